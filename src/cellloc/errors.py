@@ -1,0 +1,34 @@
+"""One exception type for bad input, so scripts can print one line instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class InputError(Exception):
+    """Bad user input: a message naming the file (or value) and the problem, on one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def exit_on_input_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a script's ``main``: an :class:`InputError` becomes ``error: ...`` on stderr and exit 2."""
+
+    @wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -1,0 +1,303 @@
+"""Channel files <-> arrays, label CSVs, and atomic writes.
+
+A *field* is one microscope image stored as one grey-level file per channel, named
+``{ID}_{channel}.{ext}`` (the Kaggle HPA layout). Reading keeps the bit depth: uint8 stays
+uint8 and uint16 stays uint16 (imageio would silently drop 16-bit RGBA to 8-bit, so OpenCV's
+``IMREAD_UNCHANGED`` decoder is used). Every problem with a file raises :class:`InputError`
+with the file's name and the problem on one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .classes import CHANNEL_SETS
+from .errors import InputError
+
+HPA_CHANNELS: tuple[str, ...] = CHANNEL_SETS["hpa"]
+IMAGE_EXTS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode PNG/TIFF/JPEG bytes to an array with the file's own bit depth."""
+    if not data:
+        raise InputError(f"{name}: file is empty")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(f"{name}: cannot decode image (corrupt or truncated file?)")
+    return img
+
+
+def read_channel(path: str | Path) -> np.ndarray:
+    """Read one channel file as a 2-D uint8 or uint16 array (HxW).
+
+    A colour file whose colour planes are identical is accepted as grey; any other colour
+    file is rejected, because which plane holds the stain would be a guess.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    img = decode_image(data, str(path))
+    if img.ndim == 3:
+        planes = img[..., :3]
+        if img.shape[2] == 4 and not np.all(img[..., 3] == img[..., 3].flat[0]):
+            raise InputError(f"{path}: has a varying alpha plane; expected a single-channel image")
+        if not (np.array_equal(planes[..., 0], planes[..., 1]) and np.array_equal(planes[..., 0], planes[..., 2])):
+            raise InputError(
+                f"{path}: is a colour image ({img.shape[2]} planes); expected one grey channel per file"
+            )
+        img = np.ascontiguousarray(planes[..., 0])
+    if img.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"{path}: unsupported pixel type {img.dtype}; expected uint8 or uint16")
+    return img
+
+
+def find_channel_file(folder: Path, image_id: str, channel: str, exts: Sequence[str] = IMAGE_EXTS) -> Path:
+    """Path of ``{ID}_{channel}.{ext}`` in ``folder``; exactly one extension may exist."""
+    hits = [folder / f"{image_id}_{channel}{ext}" for ext in exts if (folder / f"{image_id}_{channel}{ext}").exists()]
+    if not hits:
+        raise InputError(f"{folder / (image_id + '_' + channel + '.png')}: missing channel file for field {image_id}")
+    if len(hits) > 1:
+        raise InputError(f"{folder}: field {image_id} has several {channel!r} files ({', '.join(h.name for h in hits)})")
+    return hits[0]
+
+
+def read_field(
+    folder: str | Path,
+    image_id: str,
+    channels: Sequence[str] = HPA_CHANNELS,
+    exts: Sequence[str] = IMAGE_EXTS,
+) -> np.ndarray:
+    """Read a field's channel files and stack them as HxWxC in the order of ``channels``.
+
+    All channels must share one size and one dtype (uint8 or uint16); the dtype is kept.
+    """
+    folder = Path(folder)
+    if not channels:
+        raise InputError("no channels requested")
+    arrays = []
+    for ch in channels:
+        path = find_channel_file(folder, image_id, ch, exts)
+        arr = read_channel(path)
+        if arrays:
+            first = arrays[0]
+            if arr.shape != first.shape:
+                raise InputError(
+                    f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {channels[0]} channel "
+                    f"({first.shape[1]}x{first.shape[0]}) of field {image_id}"
+                )
+            if arr.dtype != first.dtype:
+                raise InputError(f"{path}: pixel type {arr.dtype} differs from {channels[0]} channel ({first.dtype})")
+        arrays.append(arr)
+    return np.stack(arrays, axis=-1)
+
+
+@dataclass
+class FieldListing:
+    """What a folder holds: complete fields, fields missing channels, and stray image files."""
+
+    ids: list[str]
+    incomplete: dict[str, list[str]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def list_fields(folder: str | Path, channels: Sequence[str] = HPA_CHANNELS, exts: Sequence[str] = IMAGE_EXTS) -> FieldListing:
+    """Find field IDs in ``folder`` from their channel file names.
+
+    IDs may themselves contain underscores (``57_F11_1``), so a name is split at the last
+    ``_{channel}`` suffix of a known channel. Image files with no known channel suffix are
+    listed in ``unmatched`` (an extra channel such as ``_purple`` or a mask) and skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    pattern = re.compile(r"^(?P<id>.+)_(?P<ch>" + "|".join(map(re.escape, channels)) + r")$")
+    seen: dict[str, set[str]] = {}
+    unmatched: list[str] = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in exts:
+            continue
+        m = pattern.match(p.stem)
+        if m is None:
+            unmatched.append(p.name)
+            continue
+        seen.setdefault(m["id"], set()).add(m["ch"])
+    ids, incomplete = [], {}
+    for image_id in sorted(seen):
+        missing = [c for c in channels if c not in seen[image_id]]
+        if missing:
+            incomplete[image_id] = missing
+        else:
+            ids.append(image_id)
+    return FieldListing(ids, incomplete, unmatched)
+
+
+def to_unit_float(img: np.ndarray) -> np.ndarray:
+    """Scale an integer image to float32 in [0, 1] by its dtype's range (uint8 /255, uint16 /65535)."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    if np.issubdtype(img.dtype, np.floating):
+        return img.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported dtype {img.dtype}")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def parse_label(text: object, num_classes: int, where: str = "label") -> list[int]:
+    """Parse a pipe-separated class-id string (``"13|16"``) into a sorted list of unique ids."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        raise InputError(f"{where}: empty label")
+    s = str(text).strip()
+    if not s:
+        raise InputError(f"{where}: empty label")
+    ids = []
+    for part in s.split("|"):
+        part = part.strip()
+        if not re.fullmatch(r"\d+", part):
+            raise InputError(f"{where}: malformed label {s!r} (expected class ids separated by '|')")
+        k = int(part)
+        if k >= num_classes:
+            raise InputError(f"{where}: unknown class id {k} in {s!r} (valid: 0..{num_classes - 1})")
+        ids.append(k)
+    return sorted(set(ids))
+
+
+def format_label(ids: Sequence[int]) -> str:
+    """Inverse of :func:`parse_label`: sorted ids joined by ``|``."""
+    return "|".join(str(int(i)) for i in sorted(set(int(i) for i in ids)))
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV as strings, failing in one line when it is missing, empty or lacks columns."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: CSV is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
+    if df.empty:
+        raise InputError(f"{path}: CSV has a header but no rows")
+    return df
+
+
+def read_labels(path: str | Path, num_classes: int, id_col: str = "ID", label_col: str = "Label") -> pd.DataFrame:
+    """Read an ``ID,Label`` CSV; validate IDs (non-empty, unique) and every label string.
+
+    Returns the frame with ``Label`` normalised (sorted unique ids) and a ``labels`` column of
+    ``list[int]``.
+    """
+    df = read_csv(path, (id_col, label_col))
+    ids = df[id_col].str.strip()
+    if (ids == "").any():
+        row = int(np.flatnonzero(ids == "")[0]) + 2
+        raise InputError(f"{path}: line {row}: empty {id_col}")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise InputError(f"{path}: duplicate {id_col} {dup.iloc[0]!r}")
+    labels = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df[label_col])]
+    df = df.assign(**{id_col: ids, label_col: [format_label(x) for x in labels]})
+    df["labels"] = labels
+    return df
+
+
+def multihot(labels: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """Lists of class ids -> (N, num_classes) uint8 multi-hot matrix."""
+    out = np.zeros((len(labels), num_classes), np.uint8)
+    for i, ids in enumerate(labels):
+        out[i, list(ids)] = 1
+    return out
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    A killed run therefore leaves either the old file or the complete new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def encode_png(img: np.ndarray, compression: int = 1) -> bytes:
+    """PNG bytes of a uint8/uint16 grey (HxW) or colour (HxWx3, RGB order) image."""
+    if img.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"PNG needs uint8 or uint16, got {img.dtype}")
+    if img.ndim == 3:
+        img = img[..., ::-1]  # OpenCV writes BGR
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(path: str | Path, img: np.ndarray, compression: int = 1) -> None:
+    """Write a uint8/uint16 image as PNG, atomically."""
+    write_bytes(path, encode_png(img, compression))
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV (no index), atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_npy(path: str | Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read an instance-label mask (PNG, uint8/uint16, 0 = background) as a 2-D array."""
+    img = read_channel(path)
+    return img
