@@ -1,0 +1,24 @@
+"""Shared fixtures: small generated datasets written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory) -> Path:
+    """A 4-field, 256 px generated training set with truth (input/<name> layout)."""
+    from cellloc.datasets import write_dataset
+    from cellloc.synth import SynthConfig
+
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(SynthConfig(size=256, seed=3), out, 4)
+    return out

@@ -1,0 +1,190 @@
+"""Reading fields and label CSVs, and every bad input getting a one-line error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellloc.errors import InputError
+from cellloc.fieldio import (
+    atomic_path, list_fields, multihot, parse_label, read_channel, read_field, read_labels, to_unit_float, write_png,
+)
+from conftest import REPO
+
+CH = ("red", "green", "blue", "yellow")
+
+
+def write_field(folder, image_id, dtype=np.uint8, shape=(20, 30), channels=CH):
+    rng = np.random.default_rng(0)
+    top = np.iinfo(dtype).max
+    planes = {}
+    for c in channels:
+        planes[c] = rng.integers(0, top, shape, dtype=dtype)
+        write_png(folder / f"{image_id}_{c}.png", planes[c])
+    return planes
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_read_field_keeps_bit_depth_and_channel_order(tmp_path, dtype):
+    planes = write_field(tmp_path, "f1", dtype)
+    img = read_field(tmp_path, "f1")
+    assert img.shape == (20, 30, 4) and img.dtype == dtype
+    for i, c in enumerate(CH):
+        np.testing.assert_array_equal(img[..., i], planes[c])
+
+
+def test_channel_order_and_count_come_from_config(tmp_path):
+    names = ("w1", "w2", "w3", "w4", "w5", "w6")
+    planes = write_field(tmp_path, "rx", channels=names)
+    img = read_field(tmp_path, "rx", channels=names[::-1])
+    assert img.shape[-1] == 6
+    np.testing.assert_array_equal(img[..., 0], planes["w6"])
+
+
+def test_real_sample_field_reads():
+    img = read_field(REPO / "input" / "sample", "57_F11_1")
+    assert img.shape == (1728, 1728, 4) and img.dtype == np.uint8
+    assert img[..., 2].max() > 100  # nuclei are there
+
+
+def test_missing_channel_names_the_file(tmp_path):
+    write_field(tmp_path, "f1")
+    (tmp_path / "f1_yellow.png").unlink()
+    with pytest.raises(InputError) as e:
+        read_field(tmp_path, "f1")
+    assert "f1_yellow.png" in one_line(e) and "missing" in str(e.value)
+
+
+def test_duplicate_channel_files_rejected(tmp_path):
+    write_field(tmp_path, "f1")
+    write_png(tmp_path / "f1_red.tif", np.zeros((20, 30), np.uint8))
+    with pytest.raises(InputError, match="several 'red' files"):
+        read_field(tmp_path, "f1")
+
+
+def test_channels_of_different_sizes(tmp_path):
+    write_field(tmp_path, "f1")
+    write_png(tmp_path / "f1_blue.png", np.zeros((21, 30), np.uint8))
+    with pytest.raises(InputError) as e:
+        read_field(tmp_path, "f1")
+    assert "f1_blue.png" in one_line(e) and "differs" in str(e.value)
+
+
+def test_mixed_bit_depth_rejected(tmp_path):
+    write_field(tmp_path, "f1")
+    write_png(tmp_path / "f1_green.png", np.zeros((20, 30), np.uint16))
+    with pytest.raises(InputError, match="pixel type uint16 differs"):
+        read_field(tmp_path, "f1")
+
+
+def test_corrupt_truncated_and_empty_png(tmp_path):
+    write_field(tmp_path, "f1")
+    data = (tmp_path / "f1_red.png").read_bytes()
+    (tmp_path / "f1_red.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as e:
+        read_field(tmp_path, "f1")
+    assert "f1_red.png" in one_line(e) and "corrupt" in str(e.value)
+    (tmp_path / "f1_red.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_channel(tmp_path / "f1_red.png")
+    (tmp_path / "f1_red.png").write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="cannot decode"):
+        read_channel(tmp_path / "f1_red.png")
+
+
+def test_colour_channel_file_rejected_but_grey_rgb_accepted(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 10
+    write_png(tmp_path / "c.png", rgb)
+    with pytest.raises(InputError, match="colour image"):
+        read_channel(tmp_path / "c.png")
+    grey = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    write_png(tmp_path / "g.png", grey)
+    np.testing.assert_array_equal(read_channel(tmp_path / "g.png"), grey[..., 0])
+
+
+def test_unsupported_dtype(tmp_path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "f.tif"), np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match="unsupported pixel type float32"):
+        read_channel(tmp_path / "f.tif")
+
+
+def test_list_fields_reports_incomplete_and_extra_files(tmp_path):
+    write_field(tmp_path, "57_F11_1")
+    write_field(tmp_path, "b")
+    (tmp_path / "b_green.png").unlink()
+    write_png(tmp_path / "57_F11_1_purple.png", np.zeros((4, 4), np.uint8))
+    listing = list_fields(tmp_path)
+    assert listing.ids == ["57_F11_1"]
+    assert listing.incomplete == {"b": ["green"]}
+    assert listing.unmatched == ["57_F11_1_purple.png"]
+
+
+def test_unit_float_scales_by_dtype_range():
+    assert to_unit_float(np.array([255], np.uint8))[0] == 1.0
+    assert to_unit_float(np.array([65535], np.uint16))[0] == 1.0
+    assert to_unit_float(np.array([255], np.uint16))[0] == pytest.approx(255 / 65535)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_parse_label():
+    assert parse_label("16|13", 19) == [13, 16]
+    assert parse_label(" 0 ", 19) == [0]
+    for bad, msg in [("", "empty"), ("1||2", "malformed"), ("a|1", "malformed"), ("1,2", "malformed"),
+                     ("19", "unknown class id 19"), ("-1", "malformed")]:
+        with pytest.raises(InputError, match=msg):
+            parse_label(bad, 19)
+
+
+def write_labels(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_read_labels_good(tmp_path):
+    df = read_labels(write_labels(tmp_path / "t.csv", "ID,Label\na,16|13\nb,18\n"), 19)
+    assert df["Label"].tolist() == ["13|16", "18"]
+    assert multihot(df["labels"], 19).sum(1).tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "CSV is empty"),
+    ("ID,Label\n", "no rows"),
+    ("Id,Labels\na,1\n", "missing column"),
+    ("ID,Label\na,1\na,2\n", "duplicate ID 'a'"),
+    ("ID,Label\n,1\n", "line 2: empty ID"),
+    ("ID,Label\na,1\nb,x|2\n", "line 3: malformed"),
+    ("ID,Label\na,30\n", "unknown class id 30"),
+    ("ID,Label\na,\n", "empty label"),
+])
+def test_read_labels_bad(tmp_path, text, msg):
+    path = write_labels(tmp_path / "t.csv", text)
+    with pytest.raises(InputError, match=msg) as e:
+        read_labels(path, 19)
+    assert "t.csv" in one_line(e)
+
+
+def test_read_labels_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_labels(tmp_path / "nope.csv", 19)
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

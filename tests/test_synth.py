@@ -1,0 +1,103 @@
+"""The generator: deterministic, HPA layout, truth consistent with the pictures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
+from cellloc.synth import SPINDLE, SynthConfig, class_example, generate_field
+from conftest import REPO
+
+
+def test_same_seed_same_field_and_different_seed_differs():
+    a = generate_field(SynthConfig(size=256, seed=1), 0)
+    b = generate_field(SynthConfig(size=256, seed=1), 0)
+    c = generate_field(SynthConfig(size=256, seed=2), 0)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.cell_labels, b.cell_labels)
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("bit_depth,dtype", [(8, np.uint8), (16, np.uint16)])
+def test_field_shapes_dtypes_and_truth(bit_depth, dtype):
+    f = generate_field(SynthConfig(size=256, bit_depth=bit_depth, seed=5), 2)
+    assert f.image.shape == (256, 256, 4) and f.image.dtype == dtype
+    ids = set(np.unique(f.cell_labels)) - {0}
+    assert ids == set(f.cell_classes) and len(ids) >= 5
+    assert set(np.unique(f.nucleus_labels)) - {0} <= ids
+    # nuclei lie inside their own cell, and the blue channel is brighter there
+    inside = f.nucleus_labels > 0
+    assert np.all(f.cell_labels[inside] == f.nucleus_labels[inside])
+    blue = f.image[..., 2].astype(float)
+    assert blue[inside].mean() > 3 * blue[f.cell_labels == 0].mean()
+
+
+def test_image_label_is_union_of_cells_and_cells_differ():
+    union_differs = 0
+    for i in range(12):
+        f = generate_field(SynthConfig(size=256, seed=0), i)
+        assert f.image_classes == sorted({c for v in f.cell_classes.values() for c in v})
+        if any(v != f.image_classes for v in f.cell_classes.values()):
+            union_differs += 1
+    assert union_differs >= 6  # weak labels: most fields have cells that lack some field class
+
+
+def test_protein_pattern_follows_class():
+    nuc = class_example(0, 256)  # nucleoplasm: green inside nuclei
+    cyt = class_example(16, 256)  # cytosol: green outside nuclei
+    neg = class_example(18, 256)
+
+    def ratio(f):
+        g = f.image[..., 1].astype(float)
+        return g[f.nucleus_labels > 0].mean() / g[(f.cell_labels > 0) & (f.nucleus_labels == 0)].mean()
+
+    assert ratio(nuc) > 2 and ratio(cyt) < 0.5
+    assert neg.image[..., 1][neg.cell_labels > 0].mean() < 0.5 * cyt.image[..., 1][cyt.cell_labels > 0].mean()
+
+
+def test_spindle_only_in_mitotic_cells():
+    f = class_example(SPINDLE, 256)
+    assert any(SPINDLE in v for v in f.cell_classes.values())
+
+
+def test_bad_config_values():
+    for kw in ({"size": 64}, {"bit_depth": 12}, {"class_weights": (1.0,)}, {"cells_per_field": (5, 2)}):
+        with pytest.raises(ValueError):
+            SynthConfig(**kw)
+
+
+def test_written_dataset_has_kaggle_layout_and_truth(synth_dataset):
+    listing = list_fields(synth_dataset / "train")
+    assert len(listing.ids) == 4 and not listing.incomplete
+    labels = read_labels(synth_dataset / "train.csv", 19)
+    cells = pd.read_csv(synth_dataset / "truth" / "cells.csv", dtype={"Label": str})
+    for image_id in listing.ids:
+        img = read_field(synth_dataset / "train", image_id)
+        mask = read_mask(synth_dataset / "truth" / f"{image_id}_cell_mask.png")
+        assert mask.dtype == np.uint16 and mask.shape == img.shape[:2]
+        mine = cells[cells.ID == image_id]
+        assert set(mine.cell_id) == set(np.unique(mask)) - {0}
+        union = sorted({int(k) for v in mine.Label for k in v.split("|")})
+        assert labels.set_index("ID").loc[image_id, "labels"] == union
+
+
+def test_make_data_cli_resumes_and_rejects_bad_args(tmp_path):
+    cmd = [sys.executable, str(REPO / "src" / "make_data.py"), "--root", str(tmp_path), "--name", "d",
+           "--fields", "2", "--size", "192"]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    mtime = (tmp_path / "d" / "train" / "synth000_00000_red.png").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0
+    assert (tmp_path / "d" / "train" / "synth000_00000_red.png").stat().st_mtime_ns == mtime
+    bad = subprocess.run(cmd[:-1] + ["32"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --size") and bad.stderr.count("\n") == 1
+    test_split = subprocess.run(cmd + ["--split", "test", "--name", "t"], capture_output=True, text=True)
+    assert test_split.returncode == 0
+    sub = pd.read_csv(tmp_path / "t" / "sample_submission.csv")
+    assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
