@@ -32,11 +32,15 @@ def main() -> None:
     ap.add_argument("--fields", type=int, default=40, help="training fields to generate")
     ap.add_argument("--test-fields", type=int, default=12, help="held-out test fields to generate")
     ap.add_argument("--size", type=int, default=512, help="field size in pixels")
+    ap.add_argument("--crop-size", type=int, default=64, help="cell crop size in pixels (the paper recipe: 260)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     run("data", ["src/make_data.py", "--fields", str(a.fields), "--size", str(a.size)])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", "1",
                       "--fields", str(a.test_fields), "--size", str(a.size)])
+    run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
+    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
+    run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
 
 

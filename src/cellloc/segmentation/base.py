@@ -11,6 +11,8 @@ or inferred from the field's width, assuming it spans the HPA field of view (204
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -83,8 +85,14 @@ def register_backend(name: str):
 
 def create_segmenter(cfg: SegmentConfig) -> Segmenter:
     """Build the backend that ``cfg.backend`` names."""
-    from . import classical, hpa  # noqa: F401  (importing registers the backends)
-
+    # A backend lives in the module of the same name; importing it registers it. Importing lazily
+    # keeps torch out of runs that use the classical backend.
+    if cfg.backend not in BACKENDS and cfg.backend.isidentifier():
+        try:
+            importlib.import_module(f"{__package__}.{cfg.backend}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{cfg.backend}":
+                raise
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:

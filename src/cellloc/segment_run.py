@@ -1,0 +1,295 @@
+"""Segment every field of a folder: masks, overlays, crops and the cells table, resumable.
+
+Outputs under ``out``:
+
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels
+    overlays/{ID}.png                                        with --overlay
+    crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
+    cells/{ID}.csv                                           the field's rows; marks it done
+    cells.csv                                                all rows (rebuilt at the end)
+    failures.csv                                             ID,reason for fields that failed
+    segment_config.json
+
+A field is done when its ``cells/{ID}.csv`` exists (written last, atomically), so a killed run
+loses nothing and a rerun skips finished fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cells import MASK_MODES, cell_table, crop_cells
+from .classes import CHANNEL_SETS, get_label_set
+from .config import opt, save_config
+from .errors import InputError
+from .fieldio import list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_npy, write_png
+from .segmentation import SegmentConfig, create_segmenter
+
+CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
+
+
+@dataclass
+class SegmentRunConfig:
+    """Options of ``python src/segment.py``."""
+
+    input: str = opt("input/synth/train", "folder of channel files {ID}_{channel}.png")
+    out: str = opt("", "output folder (default: output/<dataset name>)")
+    labels: str = opt("", "ID,Label CSV with image labels (default: train.csv beside or above --input, if any)")
+    truth: str = opt("", "truth folder with {ID}_cell_mask.png and cells.csv (default: ../truth if present)")
+    backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
+    channels: str = opt("hpa", "channel set of the files", choices=sorted(CHANNEL_SETS))
+    label_set: str = opt("hpa19", "label set of the labels CSV")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
+    crop_size: int = opt(128, "side of the saved square cell crops, pixels")
+    crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
+    remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
+    overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
+    workers: int = opt(1, "processes (CPU backends)")
+    batch_size: int = opt(1, "fields per network batch (hpa backend)")
+    device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
+    half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
+    weights_dir: str = opt("", "folder with the HPA weight files (hpa backend)")
+    limit: int = opt(0, "segment only the first N fields (0: all)")
+    resume: bool = opt(True, "skip fields already done")
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 8:
+            raise ValueError(f"--crop-size must be >= 8, got {self.crop_size}")
+        if self.workers < 1 or self.batch_size < 1 or self.limit < 0:
+            raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
+        if self.pixel_size_um < 0:
+            raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return CHANNEL_SETS[self.channels]
+
+    def dataset_dir(self) -> Path:
+        """The dataset folder: the parent of a train/ or test/ folder, else the folder itself."""
+        p = Path(self.input)
+        return p.parent if p.name in ("train", "test") else p
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
+
+    def labels_path(self) -> Path | None:
+        if self.labels:
+            return Path(self.labels)
+        for cand in (Path(self.input) / "train.csv", self.dataset_dir() / "train.csv"):
+            if cand.exists():
+                return cand
+        return None
+
+    def truth_dir(self) -> Path | None:
+        if self.truth:
+            return Path(self.truth)
+        cand = self.dataset_dir() / "truth"
+        return cand if (cand / "cells.csv").exists() else None
+
+    def segment_config(self) -> SegmentConfig:
+        return SegmentConfig(
+            backend=self.backend, channels=self.channel_names,
+            pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
+            weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
+            nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
+            cell_channels=("red", "yellow") if self.channels == "hpa" else self.channel_names[1:],
+        )
+
+
+@dataclass
+class FieldResult:
+    image_id: str
+    n_cells: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    cells: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- per field
+
+
+def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray, truth_cells: pd.DataFrame) -> pd.DataFrame:
+    """Give each segmented cell the true labels of the truth cell it overlaps at IoU >= 0.5."""
+    from .metrics import match_cells
+
+    match = match_cells(cells, truth_mask, 0.5)
+    labels = dict(zip(truth_cells["cell_id"].astype(int), truth_cells["Label"]))
+    table = table.copy()
+    table["true_cell_id"] = [match.get(int(c), (0, 0.0))[0] for c in table["cell_id"]]
+    table["match_iou"] = [round(match.get(int(c), (0, 0.0))[1], 3) for c in table["cell_id"]]
+    table["TrueLabel"] = [labels.get(int(t), "") if t else "" for t in table["true_cell_id"]]
+    return table
+
+
+class FieldWorker:
+    """Everything needed to finish one field; built once per process (the segmenter is costly)."""
+
+    def __init__(self, cfg: SegmentRunConfig, image_labels: dict[str, str], truth_cells: pd.DataFrame | None) -> None:
+        self.cfg = cfg
+        self.out = cfg.out_dir()
+        self.image_labels = image_labels
+        self.truth_cells = truth_cells
+        self.segmenter = create_segmenter(cfg.segment_config())
+
+    def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
+        """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
+        from .render import overlay
+
+        cfg, out = self.cfg, self.out
+        write_png(out / "masks" / f"{image_id}_cell_mask.png", cells)
+        write_png(out / "masks" / f"{image_id}_nucleus_mask.png", nuclei)
+        if cfg.overlay:
+            write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
+        table = cell_table(image, cells, nuclei, cfg.channel_names)
+        crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask)
+        paths = []
+        for cid, crop in crops.items():
+            rel = Path("crops") / image_id / f"{image_id}_{cid}.npy"
+            write_npy(out / rel, crop)
+            paths.append(rel.as_posix())
+        table.insert(0, "ID", image_id)
+        table.insert(2, "Label", self.image_labels.get(image_id, ""))
+        table["crop"] = paths
+        table["height"], table["width"] = cells.shape
+        if self.truth_cells is not None:
+            truth_dir = self.cfg.truth_dir()
+            mask_path = truth_dir / f"{image_id}_cell_mask.png"
+            if mask_path.exists():
+                tc = self.truth_cells[self.truth_cells["ID"] == image_id]
+                table = attach_truth(table, cells, read_mask(mask_path), tc)
+        write_csv(out / "cells" / f"{image_id}.csv", table)
+        return len(table)
+
+    def run_one(self, image_id: str) -> FieldResult:
+        t0 = time.perf_counter()
+        try:
+            image = read_field(self.cfg.input, image_id, self.cfg.channel_names)
+            cells, nuclei = self.segmenter.segment(image)
+            n = self.finish(image_id, image, cells, nuclei)
+            return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
+        except InputError as exc:
+            return FieldResult(image_id, error=str(exc))
+        except Exception as exc:  # one bad field must not stop a 20k-field run
+            return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+
+    def run_batch(self, ids: list[str]) -> list[FieldResult]:
+        """Read several fields and push them through the segmenter together (network backends)."""
+        images, results = {}, {}
+        for i in ids:
+            try:
+                images[i] = read_field(self.cfg.input, i, self.cfg.channel_names)
+            except InputError as exc:
+                results[i] = FieldResult(i, error=str(exc))
+        if images:
+            t0 = time.perf_counter()
+            try:
+                outs = self.segmenter.segment_batch(list(images.values()))
+            except Exception:  # a batch of mixed sizes or one bad field: fall back to one at a time
+                outs = None
+            for k, i in enumerate(images):
+                if outs is None:
+                    results[i] = self.run_one(i)
+                    continue
+                try:
+                    results[i] = FieldResult(i, self.finish(i, images[i], *outs[k]), seconds=time.perf_counter() - t0)
+                except Exception as exc:
+                    results[i] = FieldResult(i, error=f"{type(exc).__name__}: {exc}")
+        return [results[i] for i in ids]
+
+
+_WORKER: FieldWorker | None = None
+
+
+def _init_worker(cfg, image_labels, truth_cells) -> None:
+    global _WORKER
+    _WORKER = FieldWorker(cfg, image_labels, truth_cells)
+
+
+def _run_in_worker(image_id: str) -> FieldResult:
+    assert _WORKER is not None
+    return _WORKER.run_one(image_id)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(fields to segment, fields that cannot be (id, reason), stray file names)."""
+    listing = list_fields(cfg.input, cfg.channel_names)
+    bad = [(i, f"missing channel file(s): {', '.join(m)}") for i, m in listing.incomplete.items()]
+    ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
+    if not ids and not bad:
+        raise InputError(f"{cfg.input}: no fields found (expected files named {{ID}}_{{channel}}.png for channels {', '.join(cfg.channel_names)})")
+    return ids, bad, listing.unmatched
+
+
+def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | None = None) -> RunSummary:
+    """Segment the fields of ``cfg.input``; return what was done, skipped and failed."""
+    t0 = time.perf_counter()
+    out = cfg.out_dir()
+    ids, failed, _ = plan(cfg)
+    num_classes = get_label_set(cfg.label_set).num_classes
+    labels_path = cfg.labels_path()
+    image_labels = {}
+    if labels_path is not None:
+        df = read_labels(labels_path, num_classes)
+        image_labels = dict(zip(df["ID"], df["Label"]))
+    truth_dir = cfg.truth_dir()
+    truth_cells = read_csv(truth_dir / "cells.csv", ("ID", "cell_id", "Label")) if truth_dir else None
+    todo = [i for i in ids if not (cfg.resume and (out / "cells" / f"{i}.csv").exists())]
+    summary = RunSummary(skipped=len(ids) - len(todo))
+    if progress and summary.skipped:
+        progress(summary.skipped)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "segment_config.json")
+    for res in _results(cfg, todo, image_labels, truth_cells):
+        if res.error:
+            failed.append((res.image_id, res.error))
+        else:
+            summary.done += 1
+        if progress:
+            progress(1)
+    summary.failed = failed
+    parts = [read_field_rows(out / "cells" / f"{i}.csv") for i in ids if (out / "cells" / f"{i}.csv").exists()]
+    parts = [p for p in parts if len(p)]
+    summary.cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CELL_COLUMNS_FRONT)
+    write_csv(out / "cells.csv", summary.cells)
+    write_csv(out / "failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _results(cfg: SegmentRunConfig, todo: list[str], image_labels, truth_cells) -> Iterator[FieldResult]:
+    if not todo:
+        return
+    if cfg.workers > 1 and cfg.backend == "classical":
+        with ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(cfg, image_labels, truth_cells)) as pool:
+            yield from pool.map(_run_in_worker, todo, chunksize=1)
+        return
+    worker = FieldWorker(cfg, image_labels, truth_cells)
+    if cfg.batch_size > 1:
+        for k in range(0, len(todo), cfg.batch_size):
+            yield from worker.run_batch(todo[k:k + cfg.batch_size])
+    else:
+        for i in todo:
+            yield worker.run_one(i)
+
+
+def read_field_rows(path: Path) -> pd.DataFrame:
+    """A field's rows (possibly none: a field with no cells) with labels kept as text."""
+    return pd.read_csv(path, dtype={"ID": str, "Label": str, "TrueLabel": str}, keep_default_na=False)

@@ -1,0 +1,159 @@
+"""Classical backend, label helpers, crops and the segment/score command lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellloc.cells import cell_table, crop_cell
+from cellloc.fieldio import write_png
+from cellloc.metrics import segmentation_scores
+from cellloc.segmentation import SegmentConfig, create_segmenter
+from cellloc.segmentation.labels import fill_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
+from cellloc.synth import SynthConfig, generate_field
+from conftest import REPO, SHARED
+
+
+def test_label_helpers_on_tiny_arrays():
+    lab = np.zeros((10, 10), np.int32)
+    lab[1:5, 1:5] = 3
+    lab[2, 2] = 0  # a one-pixel hole
+    lab[7:9, 7:10] = 8  # touches the right edge
+    lab[0, 9] = 5  # a one-pixel fragment
+    assert fill_holes_per_label(lab, 2)[2, 2] == 3
+    assert fill_holes_per_label(lab, 1)[2, 2] == 0  # hole not strictly smaller than the limit
+    assert set(np.unique(remove_small_labels(lab, 2))) == {0, 3, 8}
+    assert set(np.unique(remove_edge_labels(lab))) == {0, 3}
+    assert set(np.unique(relabel_sequential(lab))) == {0, 1, 2, 3}
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown segmentation backend 'nope'"):
+        create_segmenter(SegmentConfig(backend="nope"))
+
+
+@pytest.mark.parametrize("size,bit_depth", [(512, 8), (384, 16)])
+def test_classical_finds_generated_cells(size, bit_depth):
+    seg = create_segmenter(SegmentConfig())
+    f1c, f1n = [], []
+    for i in range(3):
+        f = generate_field(SynthConfig(size=size, bit_depth=bit_depth, seed=7), i)
+        cells, nuclei = seg.segment(f.image)
+        assert cells.dtype == np.uint16 and cells.shape == f.cell_labels.shape
+        inside = nuclei > 0
+        assert np.all(cells[inside] == nuclei[inside])  # a nucleus carries its cell's id
+        f1c.append(segmentation_scores(f.cell_labels, cells)["f1_50"])
+        f1n.append(segmentation_scores(f.nucleus_labels, nuclei)["f1_50"])
+    assert np.mean(f1c) > 0.85 and np.mean(f1n) > 0.85
+
+
+def test_sizes_are_physical_so_resizing_keeps_cells():
+    f = generate_field(SynthConfig(size=512, seed=2), 0)
+    seg = create_segmenter(SegmentConfig())
+    n_full = len(np.unique(seg.segment(f.image)[0])) - 1
+    import cv2
+
+    small = cv2.resize(f.image, (256, 256), interpolation=cv2.INTER_AREA)
+    n_small = len(np.unique(seg.segment(small)[0])) - 1
+    assert n_full > 5 and abs(n_small - n_full) <= 2
+
+
+def test_empty_field_gives_no_cells():
+    seg = create_segmenter(SegmentConfig())
+    cells, nuclei = seg.segment(np.zeros((256, 256, 4), np.uint8))
+    assert cells.max() == 0 and nuclei.max() == 0
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 6, (256, 256, 4)).astype(np.uint8)
+    assert seg.segment(noise)[0].max() < 5
+
+
+def test_non_square_field_keeps_its_shape():
+    f = generate_field(SynthConfig(size=512, seed=4), 1)
+    cells, nuclei = create_segmenter(SegmentConfig()).segment(f.image[:, :300])
+    assert cells.shape == (512, 300)
+
+
+def test_cell_table_and_crops():
+    img = np.zeros((20, 30, 2), np.uint16)
+    img[..., 0] = 1000
+    cells = np.zeros((20, 30), np.uint16)
+    cells[2:6, 3:11] = 1
+    cells[10:20, 20:30] = 2
+    nuclei = (cells == 1).astype(np.uint16)
+    t = cell_table(img, cells, nuclei, ("a", "b"))
+    assert t.cell_id.tolist() == [1, 2]
+    assert t.loc[0, ["x0", "y0", "x1", "y1", "area", "nucleus_area"]].tolist() == [3, 2, 11, 6, 32, 32]
+    assert t.edge.tolist() == [False, True] and t.mean_a.tolist() == [1000, 1000]
+    crop = crop_cell(img, cells, 2, (20, 10, 30, 20), 16)
+    assert crop.shape == (16, 16, 2) and crop.dtype == np.uint16
+    assert crop[..., 0].max() == 1000 and crop[0, 0, 0] == 0  # outside the cell is zero
+    with pytest.raises(ValueError):
+        crop_cell(img, cells, 2, (20, 10, 30, 20), 16, mask="bogus")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO)
+
+
+def test_segment_cli_end_to_end_resume_and_failures(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    r = run("src/segment.py", "--input", synth_dataset / "train", "--out", out, "--crop-size", "32", "--overlay")
+    assert r.returncode == 0, r.stderr
+    cells = pd.read_csv(out / "cells.csv", dtype={"Label": str, "TrueLabel": str}, keep_default_na=False)
+    assert cells.ID.nunique() == 4 and len(cells) > 20
+    assert {"ID", "cell_id", "Label", "crop", "area", "mean_green", "TrueLabel"} <= set(cells.columns)
+    assert (cells.TrueLabel != "").mean() > 0.8
+    crop = np.load(out / cells.crop.iloc[0])
+    assert crop.shape == (32, 32, 4) and crop.dtype == np.uint8
+    assert (out / "overlays").is_dir() and (out / "masks").is_dir()
+    # rerun: everything is skipped; a corrupt field is reported, the others kept
+    again = run("src/segment.py", "--input", synth_dataset / "train", "--out", out, "--crop-size", "32")
+    assert again.returncode == 0 and "4 already done" in again.stdout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in (synth_dataset / "train").glob("synth003_00000_*.png"):
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "broken_red.png").write_bytes(b"\x89PNG garbage")
+    for ch in ("green", "blue", "yellow"):
+        (bad / f"broken_{ch}.png").write_bytes((bad / f"synth003_00000_{ch}.png").read_bytes())
+    (bad / "lonely_red.png").write_bytes((bad / "synth003_00000_red.png").read_bytes())
+    r = run("src/segment.py", "--input", bad, "--out", tmp_path / "o2")
+    assert r.returncode == 1
+    fails = pd.read_csv(tmp_path / "o2" / "failures.csv")
+    assert set(fails.ID) == {"broken", "lonely"}
+    assert "cannot decode" in fails.set_index("ID").loc["broken", "reason"]
+    assert (tmp_path / "o2" / "cells" / "synth003_00000.csv").exists()
+
+
+def test_segment_cli_one_line_errors(tmp_path):
+    r = run("src/segment.py", "--input", tmp_path / "nowhere")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and r.stderr.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    r = run("src/segment.py", "--input", tmp_path / "empty")
+    assert r.returncode == 2 and "no fields found" in r.stderr
+    write_png(tmp_path / "empty" / "a_red.png", np.zeros((8, 8), np.uint8))
+    for ch in ("green", "blue", "yellow"):
+        write_png(tmp_path / "empty" / f"a_{ch}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "empty" / "train.csv").write_text("ID,Label\na,1|x\n")
+    r = run("src/segment.py", "--input", tmp_path / "empty")
+    assert r.returncode == 2 and "malformed label" in r.stderr
+
+
+def test_score_cli_on_generated_data(synth_dataset):
+    r = run("src/score_segmentation.py", synth_dataset)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    ap, f1 = (float(x.split("=")[1]) for x in last.split())
+    assert last.startswith("AP50=") and ap > 0.8 and f1 > 0.85
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "nuclei_gt").is_dir(), reason="../shared/data/nuclei_gt not present")
+def test_score_cli_on_real_nuclei():
+    r = run("src/score_segmentation.py", SHARED / "data" / "nuclei_gt", "--pattern", "gowt1_t01", "--pixel-size-um", "0.24")
+    assert r.returncode == 0, r.stderr
+    ap = float(r.stdout.strip().splitlines()[-1].split()[0].split("=")[1])
+    assert ap > 0.6
