@@ -251,6 +251,18 @@ def test_row_order_does_not_change_a_fields_fold(tmp_path):
     pd.testing.assert_series_equal(per_id[0], per_id[1])
 
 
+def test_cells_and_labels_csv_of_the_same_fields_get_the_same_folds(tmp_path):
+    y = long_tailed_labels(40)
+    cells = write_cells(tmp_path / "cells.csv", y)
+    fields = cells.drop_duplicates("ID")[["ID", "Label"]].iloc[::-1]  # another row order too
+    fields.to_csv(tmp_path / "train.csv", index=False)
+    make_folds(FoldsConfig(cells=str(tmp_path / "cells.csv"), out=str(tmp_path / "a.csv")))
+    make_folds(FoldsConfig(labels=str(tmp_path / "train.csv"), out=str(tmp_path / "b.csv")))
+    from_cells = pd.read_csv(tmp_path / "a.csv").groupby("ID")["fold"].first()
+    from_labels = pd.read_csv(tmp_path / "b.csv").set_index("ID")["fold"].sort_index()
+    pd.testing.assert_series_equal(from_cells, from_labels)
+
+
 def test_existing_fold_column_is_replaced(tmp_path):
     write_cells(tmp_path / "cells.csv", long_tailed_labels(20))
     make_folds(FoldsConfig(cells=str(tmp_path / "cells.csv"), out=str(tmp_path / "a.csv"), folds=3))

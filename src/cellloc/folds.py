@@ -126,7 +126,7 @@ class FoldSplit:
     method: str
     n_units: int
     unit_name: str  # "fields", or "groups" when fields were grouped
-    note: str = ""  # why the splitter differs from the requested one, if it does
+    note: str = ""  # why the splitter differs from the requested one, and any empty-fold repair
 
 
 def group_units(labels_multihot: np.ndarray, groups: Sequence | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -188,9 +188,9 @@ def split_folds(
     inverse, unit_y = group_units(y, groups)
     unit_name = "groups" if groups is not None else "fields"
     if k < 2:
-        raise InputError(f"--folds {k}: need at least 2 folds")
+        raise InputError(f"{k} fold(s) asked for: need at least 2 folds")
     if k > len(unit_y):
-        raise InputError(f"--folds {k}: more folds than {unit_name} ({len(unit_y)})")
+        raise InputError(f"{k} folds asked for: more folds than {unit_name} ({len(unit_y)})")
     name, note = choose_splitter(unit_y, method, k)
     unit_folds, moved = fill_empty_folds(SPLITTERS[name](unit_y, k, int(seed)), unit_y, k)
     if moved:
@@ -349,9 +349,11 @@ def balance_report(
     combo_in_fold[combo_of_field, folds] = True
     everywhere = combo_in_fold.all(axis=1)
     frequent = combo_counts >= k
+    lacking = np.flatnonzero(frequent & ~everywhere)
+    lacking = lacking[np.argsort(-combo_counts[lacking], kind="stable")]  # most fields first
     missing = [
         (format_label(np.flatnonzero(combos[i])), int(combo_counts[i]), np.flatnonzero(~combo_in_fold[i]).tolist())
-        for i in np.flatnonzero(frequent & ~everywhere)[np.argsort(-combo_counts[frequent & ~everywhere], kind="stable")]
+        for i in lacking
     ]
     fold_cells = None
     if cells_per_field is not None:
@@ -417,7 +419,7 @@ def format_balance(report: FoldBalance, split: FoldSplit, seed: int, max_rows: i
         f"Folds: {k}, seed {seed}, splitter {split.method}",
     ]
     if split.note:
-        lines.append(f"Splitter choice: {split.note}")
+        lines.append(f"Note: {split.note}")
     lines.append(f"Split {split.n_units} {split.unit_name}" + (" (each group's fields in one fold)" if split.unit_name == "groups" else ""))
     lines.append("")
     lines.append("fold  fields" + ("   cells" if report.fold_cells is not None else ""))
@@ -533,8 +535,7 @@ class FieldTable:
     """Fields to split, read from a cells CSV or an ID,Label CSV."""
 
     table: pd.DataFrame  # the input rows, columns untouched
-    field_of_row: np.ndarray  # (rows,) index into ``ids``
-    ids: np.ndarray  # (N,) field ids, sorted
+    field_of_row: np.ndarray  # (rows,) field index; fields are numbered in sorted ID order
     labels: np.ndarray  # (N, C) multi-hot
     groups: np.ndarray | None  # (N,) group value per field
     cells_per_field: np.ndarray | None  # (N,) when read from a cells CSV
@@ -574,7 +575,7 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     ids_col = df["ID"].str.strip()
     if (ids_col == "").any():
         raise InputError(f"{path}: line {int(np.flatnonzero(ids_col == '')[0]) + 2}: empty ID")
-    field_of_row, ids = pd.factorize(ids_col, sort=True)
+    field_of_row, _ = pd.factorize(ids_col, sort=True)
     label_codes, label_strings = pd.factorize(df["Label"], sort=False)
     lines = _first_rows(label_codes) + 2
     parsed = [parse_label(s, num_classes, f"{path}: line {lines[i]}") for i, s in enumerate(label_strings)]
@@ -583,7 +584,7 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     ids_of = dict(zip(normalised, parsed))
     labels = multihot([ids_of[s] for s in field_label], num_classes)
     groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col) if group_col else None
-    return FieldTable(df, field_of_row, np.asarray(ids, dtype=object), labels, groups, np.bincount(field_of_row))
+    return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
 
 
 def read_label_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
@@ -597,7 +598,7 @@ def read_label_fields(path: str | Path, num_classes: int, group_col: str | None 
     field_of_row[order] = np.arange(len(df))
     labels = multihot([df["labels"].iloc[i] for i in order], num_classes)
     groups = _group_values(df, group_col, path).to_numpy(dtype=object)[order] if group_col else None
-    return FieldTable(df.drop(columns="labels"), field_of_row, df["ID"].to_numpy(dtype=object)[order], labels, groups, None)
+    return FieldTable(df.drop(columns="labels"), field_of_row, labels, groups, None)
 
 
 def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
@@ -620,7 +621,7 @@ class FoldsResult:
 
 def make_folds(cfg: FoldsConfig) -> FoldsResult:
     """Read the fields, split them, write the folds CSV and the balance report (txt, csv, png)."""
-    from .plots import fold_balance_heatmap
+    from .plots import fold_balance_heatmap  # here, so array-only users of this module skip matplotlib
 
     label_set = get_label_set(cfg.label_set)
     if cfg.labels:
