@@ -40,6 +40,7 @@ def main() -> None:
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
+    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
 
