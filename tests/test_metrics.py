@@ -1,0 +1,156 @@
+"""Metrics on hand-made masks: every expected number here can be checked with a pencil."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellloc.metrics import (
+    compact_labels,
+    iou_matrix,
+    label_overlap,
+    match_cells,
+    match_instances,
+    segmentation_scores,
+)
+
+
+def boxes(shape, rects, ids=None) -> np.ndarray:
+    """Label image with rectangles ``(r0, r1, c0, c1)`` numbered 1.. (or by ``ids``)."""
+    out = np.zeros(shape, np.uint16)
+    for k, (r0, r1, c0, c1) in enumerate(rects):
+        out[r0:r1, c0:c1] = ids[k] if ids is not None else k + 1
+    return out
+
+
+# --------------------------------------------------------------------------- label_overlap
+
+
+def test_label_overlap_counts_pairs_and_areas():
+    a = boxes((6, 6), [(0, 2, 0, 2), (3, 6, 3, 6)])  # areas 4, 9
+    b = boxes((6, 6), [(0, 2, 1, 3)])  # area 4, overlaps a1 by 2 pixels
+    m = label_overlap(a, b)
+    assert m.shape == (3, 2)
+    assert m[1, 1] == 2 and m[2, 1] == 0
+    assert m.sum() == 36
+    np.testing.assert_array_equal(m.sum(axis=1), [36 - 13, 4, 9])
+    np.testing.assert_array_equal(m.sum(axis=0), [32, 4])
+
+
+def test_label_overlap_non_contiguous_ids_match_contiguous():
+    rects = [(0, 3, 0, 3), (4, 8, 4, 8), (0, 2, 5, 8)]
+    a = boxes((8, 8), rects)
+    a_sparse = boxes((8, 8), rects, ids=[7, 300, 65535])
+    b = boxes((8, 8), [(1, 5, 1, 5)], ids=[42])
+    np.testing.assert_array_equal(label_overlap(a_sparse, b), label_overlap(a, b))
+
+
+def test_compact_labels_keeps_order_and_huge_ids():
+    lab = np.array([[0, 9, 9], [3, 0, 2**40]], np.int64)
+    compact, ids = compact_labels(lab)
+    np.testing.assert_array_equal(ids, [3, 9, 2**40])
+    np.testing.assert_array_equal(compact, [[0, 2, 2], [1, 0, 3]])
+
+
+def test_compact_labels_rejects_negative_and_float():
+    with pytest.raises(ValueError, match=">= 0"):
+        compact_labels(np.array([[0, -1]]))
+    with pytest.raises(ValueError, match="integer"):
+        compact_labels(np.zeros((2, 2), np.float32))
+
+
+def test_label_overlap_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        label_overlap(np.zeros((2, 3), int), np.zeros((3, 2), int))
+
+
+# --------------------------------------------------------------------------- iou and matching
+
+
+def test_iou_matrix_values():
+    t = boxes((4, 8), [(0, 4, 0, 4)])  # 16 px
+    p = boxes((4, 8), [(0, 4, 2, 6), (0, 4, 6, 8)])  # 16 px overlapping by 8; 8 px disjoint
+    np.testing.assert_allclose(iou_matrix(t, p), [[8 / 24, 0.0]])
+
+
+def test_match_instances_optimal_below_half():
+    # t1-p2 is the best single pair (IoU 6/14); taking it greedily would leave t2 and p1
+    # unmatched. The maximum matching pairs t1-p1 (0.4) and t2-p2 (0.25) instead.
+    t = boxes((2, 20), [(0, 2, 0, 10), (0, 2, 10, 20)])
+    p = boxes((2, 20), [(0, 2, 0, 4), (0, 2, 4, 14)])
+    np.testing.assert_allclose(iou_matrix(t, p), [[0.4, 6 / 14], [0.0, 0.25]])
+    ti, pi, v = match_instances(t, p, threshold=0.25)
+    assert list(zip(ti.tolist(), pi.tolist())) == [(1, 1), (2, 2)]
+    np.testing.assert_allclose(v, [0.4, 0.25])
+    assert segmentation_scores(t, p, thresholds=[0.25])["tp"][0] == 2
+
+
+def test_match_instances_reports_original_ids():
+    t = boxes((10, 10), [(0, 5, 0, 5), (5, 10, 5, 10)], ids=[11, 5])
+    p = boxes((10, 10), [(5, 10, 5, 10), (0, 5, 0, 4)], ids=[900, 3])
+    ti, pi, v = match_instances(t, p, 0.5)
+    assert dict(zip(pi.tolist(), ti.tolist())) == {900: 5, 3: 11}
+    np.testing.assert_allclose(v[ti == 11], [0.8])
+
+
+# --------------------------------------------------------------------------- segmentation_scores
+
+
+def test_segmentation_scores_perfect():
+    t = boxes((20, 20), [(0, 5, 0, 5), (10, 20, 10, 20)], ids=[4, 9])
+    s = segmentation_scores(t, t)
+    np.testing.assert_allclose(s["ap"], 1.0)
+    assert s["f1_50"] == 1.0 and s["n_true"] == 2 and s["n_pred"] == 2
+    assert s["thresholds"].shape == (10,)
+
+
+def test_segmentation_scores_counts_per_threshold():
+    t = boxes((10, 10), [(0, 10, 0, 5), (0, 4, 6, 10)])  # 50 px, 16 px
+    p = boxes((10, 10), [(0, 10, 0, 4), (8, 10, 8, 10)])  # IoU 40/50 = 0.8 with t1; p2 misses
+    s = segmentation_scores(t, p, thresholds=[0.5, 0.8, 0.85])
+    np.testing.assert_array_equal(s["tp"], [1, 1, 0])
+    np.testing.assert_array_equal(s["fp"], [1, 1, 2])
+    np.testing.assert_array_equal(s["fn"], [1, 1, 2])
+    np.testing.assert_allclose(s["ap"], [1 / 3, 1 / 3, 0.0])
+    np.testing.assert_allclose(s["f1"], [0.5, 0.5, 0.0])
+    assert s["f1_50"] == pytest.approx(0.5)
+
+
+def test_segmentation_scores_f1_50_without_half_threshold():
+    t = boxes((10, 10), [(0, 10, 0, 5)])
+    p = boxes((10, 10), [(0, 10, 0, 3)])  # IoU 0.6
+    s = segmentation_scores(t, p, thresholds=[0.9])
+    assert s["tp"][0] == 0 and s["f1_50"] == 1.0
+
+
+def test_segmentation_scores_empty_masks():
+    empty = np.zeros((8, 8), np.uint16)
+    one = boxes((8, 8), [(0, 4, 0, 4)])
+    both = segmentation_scores(empty, empty)
+    np.testing.assert_allclose(both["ap"], 1.0)
+    assert both["f1_50"] == 1.0
+    missed = segmentation_scores(one, empty)
+    np.testing.assert_allclose(missed["ap"], 0.0)
+    np.testing.assert_array_equal(missed["fn"], 1)
+    spurious = segmentation_scores(empty, one)
+    np.testing.assert_allclose(spurious["ap"], 0.0)
+    np.testing.assert_array_equal(spurious["fp"], 1)
+
+
+# --------------------------------------------------------------------------- match_cells
+
+
+def test_match_cells_maps_segmented_to_true_ids():
+    true = boxes((12, 12), [(0, 6, 0, 6), (6, 12, 6, 12), (0, 3, 9, 12)], ids=[10, 20, 30])
+    pred = boxes((12, 12), [(0, 6, 0, 5), (6, 12, 7, 12), (9, 12, 0, 3)], ids=[1, 2, 3])
+    got = match_cells(pred, true)
+    assert set(got) == {1, 2}
+    assert got[1][0] == 10 and got[1][1] == pytest.approx(30 / 36)
+    assert got[2][0] == 20 and got[2][1] == pytest.approx(30 / 36)
+
+
+def test_match_cells_respects_min_iou():
+    true = boxes((10, 10), [(0, 10, 0, 5)])
+    pred = boxes((10, 10), [(0, 10, 0, 3)])  # IoU 0.6
+    assert match_cells(pred, true, min_iou=0.5) == {1: (1, pytest.approx(0.6))}
+    assert match_cells(pred, true, min_iou=0.7) == {}
