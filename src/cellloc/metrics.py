@@ -307,6 +307,40 @@ def _rle_iou(pred: Sequence[bytes], truth: Sequence[bytes], height: int, width: 
     return np.asarray(coco_mask.iou(dt, gt, [0] * len(gt)), np.float64).reshape(len(pred), len(truth))
 
 
+def _validated_masks(
+    truth: Mapping[str, FieldTruth], predictions: Mapping[str, FieldPrediction]
+) -> tuple[dict[str, list[bytes]], dict[str, np.ndarray]]:
+    """Each field's distinct mask texts as checked COCO bytes, and which one each detection uses.
+
+    All fields' masks are validated in one vectorised pass; the first bad one raises
+    ``ValueError`` naming the field and the prediction.
+    """
+    texts: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    spans: dict[str, tuple[int, int]] = {}
+    which: dict[str, np.ndarray] = {}
+    for image_id in sorted(truth):
+        p = predictions.get(image_id)
+        if p is None or len(p.masks) == 0:
+            continue
+        height, width = truth[image_id].labels.shape
+        if (p.height, p.width) != (height, width):
+            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
+        unique: dict[str, int] = {}
+        which[image_id] = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
+        spans[image_id] = (len(texts), len(texts) + len(unique))
+        texts += unique
+        sizes += [(height, width)] * len(unique)
+    hw = np.array(sizes, np.int64).reshape(-1, 2)
+    coco, errors = unpack_masks(texts, hw[:, 0], hw[:, 1])
+    for image_id, (a, b) in spans.items():
+        for text, err in zip(texts[a:b], errors[a:b]):
+            if err is not None:
+                k = predictions[image_id].masks.index(text) + 1
+                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+    return {k: coco[a:b] for k, (a, b) in spans.items()}, which  # type: ignore[misc]
+
+
 def competition_map(
     truth: Mapping[str, FieldTruth],
     predictions: Mapping[str, FieldPrediction],
@@ -334,6 +368,7 @@ def competition_map(
     n_truth = np.zeros(num_classes, np.int64)
     scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    coco, which = _validated_masks(truth, predictions)
     for image_id in sorted(truth):
         t = truth[image_id]
         height, width = t.labels.shape
@@ -342,20 +377,11 @@ def competition_map(
         for row, cid in enumerate(cell_ids):
             is_class[row, t.cell_classes[cid]] = True
         n_truth += is_class.sum(axis=0)
-        p = predictions.get(image_id)
-        if p is None or len(p.masks) == 0:
+        if image_id not in which:
             continue
-        if (p.height, p.width) != (height, width):
-            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
-        unique: dict[str, int] = {}
-        which = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
-        coco, errors = unpack_masks(list(unique), height, width)
-        for text, err in zip(unique, errors):
-            if err is not None:
-                k = p.masks.index(text) + 1
-                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+        p = predictions[image_id]
         truth_rles = field_rles(t.labels, cell_ids)
-        iou = _rle_iou(coco, [truth_rles[c] for c in cell_ids], height, width)[which]  # type: ignore[arg-type]
+        iou = _rle_iou(coco[image_id], [truth_rles[c] for c in cell_ids], height, width)[which[image_id]]
         for c in np.unique(p.classes):
             sel = p.classes == c
             tp = match_detections(iou[sel][:, is_class[:, c]], p.confidences[sel], iou_threshold)

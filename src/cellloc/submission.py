@@ -138,12 +138,14 @@ def _coco_strings(counts: np.ndarray, bounds: np.ndarray) -> list[bytes]:
     return [buf[char_bounds[i] : char_bounds[i + 1]] for i in range(n)]
 
 
-def _parse_coco_strings(strings: Sequence[bytes], n_pixels: int | None) -> tuple[list[np.ndarray | None], list[str | None]]:
+def _parse_coco_strings(
+    strings: Sequence[bytes], n_pixels: np.ndarray | None
+) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Inverse of :func:`_coco_strings`, validating each string as it goes.
 
     Returns per string either its run lengths (int64 array) and ``None``, or ``None`` and the
-    reason it is not a mask of ``n_pixels`` pixels (``n_pixels=None`` skips the size check).
-    A string is accepted only if pycocotools would read it back to the same counts.
+    reason it is not a mask of ``n_pixels[i]`` pixels (``n_pixels=None`` skips the size
+    check). A string is accepted only if pycocotools would read it back to the same counts.
     """
     out: list[np.ndarray | None] = [None] * len(strings)
     errors: list[str | None] = [None] * len(strings)
@@ -209,8 +211,8 @@ def _parse_coco_strings(strings: Sequence[bytes], n_pixels: int | None) -> tuple
             errors[i] = "RLE run length too large"
         elif negative_count[j]:
             errors[i] = "RLE has a negative run length"
-        elif n_pixels is not None and int(totals[j]) != n_pixels:
-            errors[i] = f"mask covers {int(totals[j])} pixels but the field has {n_pixels}"
+        elif n_pixels is not None and int(totals[j]) != n_pixels[i]:
+            errors[i] = f"mask covers {int(totals[j])} pixels but the field has {n_pixels[i]}"
         else:
             out[i] = counts[vb[j] : vb[j + 1]]
     return out, errors
@@ -233,9 +235,12 @@ def _unpack(text: str) -> tuple[bytes | None, str | None]:
 
 
 def _decode_texts(
-    texts: Sequence[str], n_pixels: int | None
+    texts: Sequence[str], n_pixels: np.ndarray | None
 ) -> tuple[list[bytes | None], list[np.ndarray | None], list[str | None]]:
-    """Per mask text: (COCO bytes, run lengths, None) or (None, None, reason)."""
+    """Per mask text: (COCO bytes, run lengths, None) or (None, None, reason).
+
+    ``n_pixels``: (n,) expected pixel count per text, or None to skip that check.
+    """
     coco: list[bytes | None] = []
     errors: list[str | None] = []
     for t in texts:
@@ -244,7 +249,8 @@ def _decode_texts(
         errors.append(e)
     counts: list[np.ndarray | None] = [None] * len(texts)
     idx = [i for i, b in enumerate(coco) if b is not None]
-    parsed, parse_errors = _parse_coco_strings([coco[i] for i in idx], n_pixels)  # type: ignore[misc]
+    sub_pixels = None if n_pixels is None else n_pixels[idx]
+    parsed, parse_errors = _parse_coco_strings([coco[i] for i in idx], sub_pixels)  # type: ignore[misc]
     for i, cnt, e in zip(idx, parsed, parse_errors):
         counts[i] = cnt
         if e is not None:
@@ -252,14 +258,22 @@ def _decode_texts(
     return coco, counts, errors
 
 
-def unpack_masks(texts: Sequence[str], height: int | None, width: int | None) -> tuple[list[bytes | None], list[str | None]]:
+def unpack_masks(
+    texts: Sequence[str], height: int | np.ndarray | None, width: int | np.ndarray | None
+) -> tuple[list[bytes | None], list[str | None]]:
     """Validate submission mask texts and return their COCO ``counts`` bytes.
 
-    Returns ``(coco, errors)``: per text either the bytes (safe to hand to pycocotools as
-    ``{"size": [height, width], "counts": ...}``) and ``None``, or ``None`` and a reason.
-    With ``height``/``width`` of ``None`` only the encoding is checked, not the pixel count.
+    Args:
+        texts: (n,) mask texts, all checked in one vectorised pass (batch many fields).
+        height, width: the field size, as ints or as (n,) arrays with one size per text;
+            ``None`` checks only the encoding, not the pixel count.
+    Returns:
+        ``(coco, errors)``: per text either the bytes (safe to hand to pycocotools as
+        ``{"size": [height, width], "counts": ...}``) and ``None``, or ``None`` and a reason.
     """
-    n_pixels = None if height is None or width is None else int(height) * int(width)
+    n_pixels = None
+    if height is not None and width is not None:
+        n_pixels = np.broadcast_to(np.asarray(height, np.int64) * np.asarray(width, np.int64), (len(texts),))
     coco, _, errors = _decode_texts(texts, n_pixels)
     return coco, errors
 
@@ -331,7 +345,7 @@ def decode_mask(text: str, height: int, width: int) -> np.ndarray:
 
     Raises ``ValueError`` with the reason when the text is not a valid mask of this size.
     """
-    _, counts, errors = _decode_texts([text], int(height) * int(width))
+    _, counts, errors = _decode_texts([text], np.array([int(height) * int(width)]))
     if errors[0] is not None:
         raise ValueError(errors[0])
     return counts_to_mask(counts[0], height, width)  # type: ignore[arg-type]
