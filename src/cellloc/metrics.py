@@ -349,6 +349,9 @@ def competition_map(
 ) -> dict[str, np.ndarray | float]:
     """HPA single-cell competition score: mean over classes of Open Images AP at mask IoU.
 
+    Every field counts for every class: a detection of a class in a field with no true cell
+    of that class is a false positive. Detections are ranked by confidence over all fields.
+
     Args:
         truth: ``{ID: FieldTruth}``; every field scored, in ID order.
         predictions: ``{ID: FieldPrediction}`` (see :func:`cellloc.submission.parse_submission`);

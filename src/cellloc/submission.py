@@ -33,7 +33,8 @@ from .fieldio import read_csv
 
 COLUMNS: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 ZLIB_LEVEL = 9
-# pycocotools parses at most 6 five-bit groups per run length safely (30-bit shifts).
+# pycocotools reads a run length of at most 6 five-bit groups without overflowing its int
+# shifts (a 7th group would be shifted by 30 bits); its encoder needs 7 only past 2^29 pixels.
 _MAX_CHARS_PER_VALUE = 6
 
 
@@ -86,12 +87,10 @@ def _cell_counts(
     last = np.searchsorted(values, cell_ids, "right")
     n_runs = last - first
 
-    prev_end = np.empty_like(ends)
-    prev_end[0:1] = 0
-    prev_end[1:] = ends[:-1]
-    prev_end[first[n_runs > 0]] = 0
-    tail = np.full(cell_ids.size, n_pixels, np.int64)
     has = n_runs > 0
+    prev_end = np.concatenate(([0], ends[:-1]))  # end of the cell's previous run ...
+    prev_end[first[has]] = 0  # ... or 0 before its first run
+    tail = np.full(cell_ids.size, n_pixels, np.int64)
     tail[has] = n_pixels - ends[last[has] - 1]
 
     # Every cell gets 2 * n_runs + 1 slots; a zero tail after a run is dropped afterwards.
