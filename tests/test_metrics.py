@@ -90,6 +90,17 @@ def test_match_instances_optimal_below_half():
     assert segmentation_scores(t, p, thresholds=[0.25])["tp"][0] == 2
 
 
+def test_match_instances_never_pairs_cells_below_threshold():
+    # t3 is split in two predictions, p1 covers two true cells: 3 true x 3 predicted cells
+    # with candidates, but only 2 pairs can be matched at IoU >= 0.25.
+    t = boxes((1, 18), [(0, 1, 10, 14), (0, 1, 14, 18), (0, 1, 0, 8)])
+    p = boxes((1, 18), [(0, 1, 10, 18), (0, 1, 0, 4), (0, 1, 4, 8)])
+    ti, pi, v = match_instances(t, p, threshold=0.25)
+    assert len(ti) == 2 and (v >= 0.25).all()
+    assert set(pi.tolist()) == {1, 2} or set(pi.tolist()) == {1, 3}
+    assert segmentation_scores(t, p, thresholds=[0.25])["tp"][0] == 2
+
+
 def test_match_instances_reports_original_ids():
     t = boxes((10, 10), [(0, 5, 0, 5), (5, 10, 5, 10)], ids=[11, 5])
     p = boxes((10, 10), [(5, 10, 5, 10), (0, 5, 0, 4)], ids=[900, 3])
