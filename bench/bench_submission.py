@@ -84,8 +84,12 @@ def bench_encoding(n_fields: int = 5, size: int = 2048, n_cells: int = 20, repea
 
 
 def bench_evaluation(n_fields: int = 500, size: int = 256, n_cells: int = 10) -> tuple[list[tuple], float]:
+    with tempfile.TemporaryDirectory(prefix="bench_submission_") as tmp:
+        return _bench_evaluation(Path(tmp), n_fields, size, n_cells)
+
+
+def _bench_evaluation(work: Path, n_fields: int, size: int, n_cells: int) -> tuple[list[tuple], float]:
     truth: dict[str, FieldTruth] = {}
-    work = Path(tempfile.mkdtemp(prefix="bench_submission_"))
     sub_path = work / "submission.csv"
     with SubmissionWriter(sub_path) as writer:
         for i in range(n_fields):
