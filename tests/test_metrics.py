@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from cellloc.metrics import (
+    FieldTruth,
+    average_precision_open_images,
     compact_labels,
+    competition_map,
     iou_matrix,
     label_overlap,
     match_cells,
+    match_detections,
     match_instances,
     segmentation_scores,
 )
+from cellloc.submission import FieldPrediction, encode_mask
 
 
 def boxes(shape, rects, ids=None) -> np.ndarray:
@@ -85,6 +90,17 @@ def test_match_instances_optimal_below_half():
     assert segmentation_scores(t, p, thresholds=[0.25])["tp"][0] == 2
 
 
+def test_match_instances_never_pairs_cells_below_threshold():
+    # t3 is split in two predictions, p1 covers two true cells: 3 true x 3 predicted cells
+    # with candidates, but only 2 pairs can be matched at IoU >= 0.25.
+    t = boxes((1, 18), [(0, 1, 10, 14), (0, 1, 14, 18), (0, 1, 0, 8)])
+    p = boxes((1, 18), [(0, 1, 10, 18), (0, 1, 0, 4), (0, 1, 4, 8)])
+    ti, pi, v = match_instances(t, p, threshold=0.25)
+    assert len(ti) == 2 and (v >= 0.25).all()
+    assert set(pi.tolist()) == {1, 2} or set(pi.tolist()) == {1, 3}
+    assert segmentation_scores(t, p, thresholds=[0.25])["tp"][0] == 2
+
+
 def test_match_instances_reports_original_ids():
     t = boxes((10, 10), [(0, 5, 0, 5), (5, 10, 5, 10)], ids=[11, 5])
     p = boxes((10, 10), [(5, 10, 5, 10), (0, 5, 0, 4)], ids=[900, 3])
@@ -154,3 +170,128 @@ def test_match_cells_respects_min_iou():
     pred = boxes((10, 10), [(0, 10, 0, 3)])  # IoU 0.6
     assert match_cells(pred, true, min_iou=0.5) == {1: (1, pytest.approx(0.6))}
     assert match_cells(pred, true, min_iou=0.7) == {}
+
+
+# --------------------------------------------------------------------------- competition metric
+
+
+def test_match_detections_claims_in_confidence_order():
+    iou = np.array([[0.7, 0.0], [0.9, 0.0], [0.0, 0.59], [0.0, 0.6]])
+    tp = match_detections(iou, scores=[0.5, 0.2, 0.9, 0.1], threshold=0.6)
+    # det 0 outranks det 1 for cell 0 (det 1 is a duplicate); det 2 misses; det 3 hits at 0.6
+    np.testing.assert_array_equal(tp, [True, False, False, True])
+    assert not match_detections(np.zeros((2, 0)), [0.5, 0.4]).any()
+
+
+def test_average_precision_open_images_by_hand():
+    # ranks: TP, FP, TP with 3 true cells: precision 1, 1/2, 2/3 at recall 1/3, 1/3, 2/3
+    ap = average_precision_open_images(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 3)
+    assert ap == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3)
+    # the same detections with the false positive ranked last lose nothing
+    ap = average_precision_open_images(np.array([0.9, 0.1, 0.7]), np.array([True, False, True]), 3)
+    assert ap == pytest.approx(2 / 3)
+    assert np.isnan(average_precision_open_images(np.array([0.5]), np.array([False]), 0))
+    assert average_precision_open_images(np.zeros(0), np.zeros(0, bool), 4) == 0.0
+
+
+H, W = 20, 24
+
+
+def truth_field() -> FieldTruth:
+    """Two 10x10 cells with non-contiguous ids: 5 is class 0, 65000 is classes 0 and 3."""
+    labels = boxes((H, W), [(0, 10, 0, 10), (10, 20, 10, 20)], ids=[5, 65000])
+    return FieldTruth(labels, {5: [0], 65000: [0, 3]})
+
+
+def rect(r0, r1, c0, c1) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+CELL5, CELL65000, NOWHERE = rect(0, 10, 0, 10), rect(10, 20, 10, 20), rect(0, 5, 18, 24)
+
+
+def pred(*dets) -> FieldPrediction:
+    """FieldPrediction from (class, confidence, mask) triples."""
+    return FieldPrediction(
+        W, H, np.array([d[0] for d in dets], np.int64), np.array([d[1] for d in dets]), [encode_mask(d[2]) for d in dets], 2
+    )
+
+
+def test_competition_map_perfect():
+    r = competition_map({"f": truth_field()}, {"f": pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000))})
+    assert r["map"] == 1.0
+    assert r["ap"][0] == 1.0 and r["ap"][3] == 1.0
+    assert np.isnan(r["ap"][[1, 2, 4, 18]]).all()
+    np.testing.assert_array_equal(r["n_truth"][[0, 3, 18]], [2, 1, 0])
+    np.testing.assert_array_equal(r["n_pred"][[0, 3]], [2, 1])
+
+
+@pytest.mark.parametrize(
+    "mask, expected",
+    [
+        (rect(0, 10, 4, 14), 0.0),  # shifted 4 columns: IoU 60/140
+        (rect(0, 10, 2, 12), 1.0),  # shifted 2 columns: IoU 80/120
+        (rect(0, 10, 0, 6), 1.0),  # IoU exactly 0.6 counts
+        (rect(0, 10, 0, 5), 0.0),  # IoU 0.5
+    ],
+)
+def test_competition_map_iou_threshold(mask, expected):
+    t = FieldTruth(truth_field().labels, {5: [2], 65000: [0]})
+    r = competition_map({"f": t}, {"f": pred((2, 0.9, mask), (0, 0.9, CELL65000))})
+    assert r["ap"][2] == expected
+    assert r["map"] == pytest.approx((expected + 1.0) / 2)
+
+
+def test_competition_map_confidence_order_and_duplicates():
+    t = {"f": truth_field()}
+    fp_first = competition_map(t, {"f": pred((0, 0.9, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
+    fp_last = competition_map(t, {"f": pred((0, 0.1, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
+    assert fp_first["ap"][0] == pytest.approx(2 / 3)
+    assert fp_last["ap"][0] == pytest.approx(1.0)
+    dup = competition_map(t, {"f": pred((0, 0.9, CELL5), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
+    assert dup["ap"][0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+
+def test_competition_map_ranks_across_fields():
+    t = {"a": truth_field(), "b": truth_field()}
+    p = {"a": pred((3, 0.9, NOWHERE)), "b": pred((3, 0.5, CELL65000))}
+    r = competition_map(t, p)
+    # class 3: 2 true cells; ranked FP (a), TP (b): precision 1/2 at recall 1/2
+    assert r["ap"][3] == pytest.approx(0.25)
+    assert r["ap"][0] == 0.0  # class 0 present in truth, never predicted
+
+
+def test_competition_map_ignores_classes_absent_from_truth():
+    t = {"f": truth_field()}
+    base = pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000))
+    extra = pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000), (7, 0.99, CELL5), (18, 0.99, NOWHERE))
+    r0, r1 = competition_map(t, {"f": base}), competition_map(t, {"f": extra})
+    assert r0["map"] == r1["map"] == 1.0
+    assert np.isnan(r1["ap"][7]) and r1["n_pred"][7] == 1 and r1["n_truth"][7] == 0
+
+
+def test_competition_map_empty_predictions():
+    t = {"f": truth_field()}
+    for p in ({}, {"f": pred()}):
+        r = competition_map(t, p)
+        assert r["map"] == 0.0
+        np.testing.assert_array_equal(r["ap"][[0, 3]], [0.0, 0.0])
+    empty_truth = FieldTruth(np.zeros((H, W), np.uint16), {})
+    r = competition_map({"f": empty_truth}, {"f": pred((0, 0.5, CELL5))})
+    assert np.isnan(r["map"]) and r["n_pred"][0] == 1
+
+
+def test_competition_map_rejects_mismatches():
+    t = {"f": truth_field()}
+    with pytest.raises(ValueError, match="not in the truth"):
+        competition_map(t, {"g": pred()})
+    wrong = pred((0, 0.5, CELL5))
+    wrong.width = W + 1
+    with pytest.raises(ValueError, match="submission says 25x20"):
+        competition_map(t, {"f": wrong})
+    bad = pred((0, 0.5, CELL5), (3, 0.5, CELL5))
+    bad.masks[1] = "%%%"
+    with pytest.raises(ValueError, match="field f: prediction 2: mask is not valid base64"):
+        competition_map(t, {"f": bad})

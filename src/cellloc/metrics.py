@@ -10,13 +10,30 @@ Two families:
 * Segmentation (the 2018 Data Science Bowl / cellpose definition): cells are matched one to one
   at an IoU threshold and ``AP = TP / (TP + FP + FN)``; :func:`match_cells` gives each
   segmented cell the true cell it covers, so it can inherit that cell's labels.
-* Competition (HPA single-cell, Open Images style): :func:`competition_map`.
+* Competition (HPA single-cell, Open Images style): :func:`competition_map`. Per class, the
+  detections of every field are ranked by confidence; in each field a detection is a true
+  positive when its best-overlapping true cell of that class has IoU >= 0.6 and no
+  higher-ranked detection took that cell (a second detection of one cell is a false
+  positive). AP is the area under the precision-recall curve made monotone, and the score is
+  the mean AP over the classes that have at least one true cell: a class absent from the
+  truth is left out of the mean, as in Kaggle's Open Images evaluation, so predicting it
+  neither helps nor hurts.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+from pycocotools import mask as coco_mask
 from scipy.optimize import linear_sum_assignment
+
+from .errors import InputError
+from .fieldio import parse_label, read_csv, read_mask
+from .submission import FieldPrediction, field_rles, unpack_masks
 
 DEFAULT_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -210,3 +227,228 @@ def match_cells(pred_labels: np.ndarray, true_labels: np.ndarray, min_iou: float
     """
     true_ids, pred_ids, ious = match_instances(true_labels, pred_labels, min_iou)
     return {int(p): (int(t), float(v)) for p, t, v in zip(pred_ids, true_ids, ious)}
+
+
+# --------------------------------------------------------------------------- competition metric
+
+
+@dataclass
+class FieldTruth:
+    """One field's truth: HxW instance labels (0 = background) and each cell's classes."""
+
+    labels: np.ndarray
+    cell_classes: dict[int, list[int]]
+
+
+def match_detections(iou: np.ndarray, scores: np.ndarray, threshold: float = 0.6) -> np.ndarray:
+    """True-positive flags of one field's detections of one class (Open Images rule).
+
+    Args:
+        iou: (n_det, n_truth) IoU of each detection with each true cell of the class.
+        scores: (n_det,) confidences; higher-ranked detections claim cells first (ties keep
+            input order).
+    Returns:
+        (n_det,) bool. A detection is a true positive when its highest-IoU true cell has
+        ``IoU >= threshold`` and was not claimed by a higher-ranked detection; otherwise it
+        is a false positive, duplicates included. Each detection looks only at its best
+        cell, which loses nothing at thresholds above 0.5 (true cells are disjoint, so a mask
+        overlaps at most one of them by more than half).
+    """
+    iou = np.asarray(iou, np.float64)
+    n_det = iou.shape[0]
+    tp = np.zeros(n_det, bool)
+    if n_det == 0 or iou.shape[1] == 0:
+        return tp
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    best = iou.argmax(axis=1)
+    ok = iou[np.arange(n_det), best] >= threshold
+    ranked = order[ok[order]]
+    _, first = np.unique(best[ranked], return_index=True)
+    tp[ranked[first]] = True
+    return tp
+
+
+def average_precision_open_images(scores: np.ndarray, is_tp: np.ndarray, n_truth: int) -> float:
+    """Average precision of one class, as Open Images computes it.
+
+    Args:
+        scores: (n,) confidences of all the class's detections, over all fields.
+        is_tp: (n,) bool from :func:`match_detections`.
+        n_truth: number of true cells of the class (the recall denominator).
+    Returns:
+        Area under the precision-recall curve after making precision non-increasing in
+        recall; ``nan`` when ``n_truth == 0`` (the class is then left out of the mean), 0.0
+        when there are true cells but no detections. Ties in score keep input order.
+    """
+    if n_truth == 0:
+        return float("nan")
+    scores = np.asarray(scores, np.float64)
+    if scores.size == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.asarray(is_tp, bool)[order]
+    cum_tp = np.cumsum(tp)
+    precision = cum_tp / np.arange(1, tp.size + 1)
+    recall = cum_tp / n_truth
+    precision = np.concatenate(([0.0], precision, [0.0]))
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    step = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[step] - recall[step - 1]) * precision[step]))
+
+
+def _rle_iou(pred: Sequence[bytes], truth: Sequence[bytes], height: int, width: int) -> np.ndarray:
+    """(n_pred, n_truth) IoU of COCO RLE masks, computed on the runs (no mask is decoded)."""
+    if not pred or not truth:
+        return np.zeros((len(pred), len(truth)))
+    size = [int(height), int(width)]
+    dt = [{"size": size, "counts": b} for b in pred]
+    gt = [{"size": size, "counts": b} for b in truth]
+    return np.asarray(coco_mask.iou(dt, gt, [0] * len(gt)), np.float64).reshape(len(pred), len(truth))
+
+
+def _validated_masks(
+    truth: Mapping[str, FieldTruth], predictions: Mapping[str, FieldPrediction]
+) -> tuple[dict[str, list[bytes]], dict[str, np.ndarray]]:
+    """Each field's distinct mask texts as checked COCO bytes, and which one each detection uses.
+
+    All fields' masks are validated in one vectorised pass; the first bad one raises
+    ``ValueError`` naming the field and the prediction.
+    """
+    texts: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    spans: dict[str, tuple[int, int]] = {}
+    which: dict[str, np.ndarray] = {}
+    for image_id in sorted(truth):
+        p = predictions.get(image_id)
+        if p is None or len(p.masks) == 0:
+            continue
+        height, width = truth[image_id].labels.shape
+        if (p.height, p.width) != (height, width):
+            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
+        unique: dict[str, int] = {}
+        which[image_id] = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
+        spans[image_id] = (len(texts), len(texts) + len(unique))
+        texts += unique
+        sizes += [(height, width)] * len(unique)
+    hw = np.array(sizes, np.int64).reshape(-1, 2)
+    coco, errors = unpack_masks(texts, hw[:, 0], hw[:, 1])
+    for image_id, (a, b) in spans.items():
+        for text, err in zip(texts[a:b], errors[a:b]):
+            if err is not None:
+                k = predictions[image_id].masks.index(text) + 1
+                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+    return {k: coco[a:b] for k, (a, b) in spans.items()}, which  # type: ignore[misc]
+
+
+def competition_map(
+    truth: Mapping[str, FieldTruth],
+    predictions: Mapping[str, FieldPrediction],
+    iou_threshold: float = 0.6,
+    num_classes: int = 19,
+) -> dict[str, np.ndarray | float]:
+    """HPA single-cell competition score: mean over classes of Open Images AP at mask IoU.
+
+    Every field counts for every class: a detection of a class in a field with no true cell
+    of that class is a false positive. Detections are ranked by confidence over all fields.
+
+    Args:
+        truth: ``{ID: FieldTruth}``; every field scored, in ID order.
+        predictions: ``{ID: FieldPrediction}`` (see :func:`cellloc.submission.parse_submission`);
+            a truth field without predictions only adds misses.
+        iou_threshold: a detection must reach this IoU with a true cell of its class.
+    Returns:
+        dict with ``ap`` ((num_classes,) float64, ``nan`` for classes with no true cell),
+        ``n_truth`` and ``n_pred`` ((num_classes,) int64: true cells and detections per
+        class) and ``map`` (mean of the non-nan APs; nan when the truth has no cell at all).
+    Raises:
+        ValueError: a prediction for a field not in ``truth``, a size that differs from the
+        truth mask, or a mask text that is not a valid mask of the field's size.
+    """
+    unknown = sorted(set(predictions) - set(truth))
+    if unknown:
+        raise ValueError(f"predictions for {len(unknown)} field(s) not in the truth, e.g. {unknown[0]!r}")
+    n_truth = np.zeros(num_classes, np.int64)
+    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    coco, which = _validated_masks(truth, predictions)
+    for image_id in sorted(truth):
+        t = truth[image_id]
+        height, width = t.labels.shape
+        cell_ids = sorted(t.cell_classes)
+        is_class = np.zeros((len(cell_ids), num_classes), bool)
+        for row, cid in enumerate(cell_ids):
+            is_class[row, t.cell_classes[cid]] = True
+        n_truth += is_class.sum(axis=0)
+        if image_id not in which:
+            continue
+        p = predictions[image_id]
+        truth_rles = field_rles(t.labels, cell_ids)
+        iou = _rle_iou(coco[image_id], [truth_rles[c] for c in cell_ids], height, width)[which[image_id]]
+        for c in np.unique(p.classes):
+            sel = p.classes == c
+            tp = match_detections(iou[sel][:, is_class[:, c]], p.confidences[sel], iou_threshold)
+            scores[c].append(p.confidences[sel])
+            flags[c].append(tp)
+    ap = np.array(
+        [
+            average_precision_open_images(
+                np.concatenate(scores[c]) if scores[c] else np.zeros(0),
+                np.concatenate(flags[c]) if flags[c] else np.zeros(0, bool),
+                int(n_truth[c]),
+            )
+            for c in range(num_classes)
+        ]
+    )
+    n_pred = np.array([sum(s.size for s in scores[c]) for c in range(num_classes)], np.int64)
+    present = ~np.isnan(ap)
+    return {
+        "ap": ap,
+        "n_truth": n_truth,
+        "n_pred": n_pred,
+        "map": float(ap[present].mean()) if present.any() else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- truth folder (I/O edge)
+
+
+def read_truth(folder: str | Path, num_classes: int = 19) -> dict[str, FieldTruth]:
+    """Read a truth folder: ``{ID}_cell_mask.png`` (instance labels) and ``cells.csv``.
+
+    ``cells.csv`` has ``ID,cell_id,Label`` (the cell's classes, pipe-separated), as the data
+    generator writes it. Every cell of every mask must have a row and every row a cell, so a
+    mismatch fails loudly instead of silently shifting the score. Returns ``{ID: FieldTruth}``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: truth folder not found")
+    suffix = "_cell_mask.png"
+    masks = {p.name[: -len(suffix)]: p for p in sorted(folder.glob("*" + suffix))}
+    if not masks:
+        raise InputError(f"{folder}: no *{suffix} files")
+    table_path = folder / "cells.csv"
+    df = read_csv(table_path, ("ID", "cell_id", "Label"))
+    cells: dict[str, dict[int, list[int]]] = {}
+    for i, (image_id, cell_id, label) in enumerate(zip(df["ID"], df["cell_id"], df["Label"])):
+        where = f"{table_path}: line {i + 2}"
+        if image_id not in masks:
+            raise InputError(f"{where}: field {image_id!r} has no {image_id}{suffix}")
+        if not re.fullmatch(r"\d+", cell_id.strip()) or int(cell_id) == 0:
+            raise InputError(f"{where}: bad cell_id {cell_id!r} (expected a positive integer)")
+        field_cells = cells.setdefault(image_id, {})
+        if int(cell_id) in field_cells:
+            raise InputError(f"{where}: cell {int(cell_id)} of field {image_id!r} is listed twice")
+        field_cells[int(cell_id)] = parse_label(label, num_classes, where)
+    out = {}
+    for image_id, path in masks.items():
+        labels = read_mask(path)
+        listed = cells.get(image_id, {})
+        present = np.flatnonzero(np.bincount(labels.ravel()))
+        present = set(present[present > 0].tolist())
+        if present - set(listed):
+            raise InputError(f"{table_path}: cell {min(present - set(listed))} of {path.name} has no row")
+        if set(listed) - present:
+            raise InputError(f"{table_path}: cell {min(set(listed) - present)} of field {image_id} is not in {path.name}")
+        out[image_id] = FieldTruth(labels, listed)
+    return out
