@@ -235,3 +235,16 @@ def test_match_nuclei_to_cells():
     assert match_nuclei_to_cells(cells, nuclei).tolist() == [[1, 0, 0], [2, 2, 0]]
     with pytest.raises(ValueError):
         match_nuclei_to_cells(cells, nuclei[:, :2])
+
+
+def test_size_helpers_match_scikit_image_with_reference_semantics():
+    from skimage import morphology
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((64, 64)) > 0.55
+    for n in (1, 3, 8, 20):
+        # scikit-image 0.26 removes area <= max_size; the reference meant area < n.
+        assert np.array_equal(keep_large_components(mask, n), morphology.remove_small_objects(mask, max_size=n - 1))
+        assert np.array_equal(fill_small_holes(mask, n), morphology.remove_small_holes(mask, max_size=n - 1))
+    labels = morphology.label(mask)
+    assert np.array_equal(remove_small_labels(labels, 8), morphology.remove_small_objects(labels, max_size=7))
