@@ -1,0 +1,174 @@
+"""The HPA Cell Segmentator network: a DPN-92 encoder under a U-Net decoder.
+
+Written from the published description of the architecture (no code carried over), with
+attribute names chosen so that ``state_dict()`` has exactly the keys and shapes of the
+published weight files (``dpn_unet_nuclei_v1.pth``, ``dpn_unet_cell_3ch_v1.pth``,
+``dpn_unet_cell_v2.pth``): 595 entries, 139,108,867 parameters. Loading those files is
+``weights.py``'s job; this module only defines the layers and the forward pass.
+
+Input: float32 (N, 3, H, W) with H and W multiples of 32, normalised per channel.
+Output: float32 (N, 3, H, W) logits for [background, border between objects, object body];
+the caller applies the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BN_EPS = 1e-3  # every BatchNorm in the encoder was trained with this eps, not torch's 1e-5
+GROUPS = 32  # grouped 3x3 convolutions in every dual-path block
+DPN92_STEM = 64
+# Per encoder stage 1..4: (blocks, width of the residual path, bottleneck width, dense growth).
+DPN92_STAGES: tuple[tuple[int, int, int, int], ...] = (
+    (3, 256, 96, 16),
+    (4, 512, 192, 32),
+    (20, 1024, 384, 24),
+    (3, 2048, 768, 128),
+)
+DECODER_FILTERS: tuple[int, ...] = (64, 336, 704, 1552, 2688)  # channels of each encoder stage's output
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _cat(x: torch.Tensor | Pair) -> torch.Tensor:
+    """A dual-path block passes (residual, dense); everything downstream sees them concatenated."""
+    return torch.cat(x, dim=1) if isinstance(x, tuple) else x
+
+
+class BnActConv2d(nn.Module):
+    """Pre-activation unit (BN -> ReLU -> conv without bias) used throughout DPN."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_ch, eps=BN_EPS)
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.act(self.bn(x)))
+
+
+class CatBnAct(nn.Module):
+    """Closes the encoder: BN + ReLU over the concatenated (residual, dense) pair."""
+
+    def __init__(self, in_ch: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_ch, eps=BN_EPS)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor | Pair) -> torch.Tensor:
+        return self.act(self.bn(_cat(x)))
+
+
+class DualPathBlock(nn.Module):
+    """One DPN block: a ResNet-style summed path of ``width`` channels plus a DenseNet-style
+    path that grows by ``inc`` channels per block.
+
+    ``kind`` is ``"proj"`` (first block of stage 1: project the input, stride 1), ``"down"``
+    (first block of stages 2-4: project and halve the resolution) or ``"normal"``.
+    """
+
+    def __init__(self, in_ch: int, bottleneck: int, width: int, inc: int, kind: str = "normal"):
+        super().__init__()
+        if kind not in ("proj", "down", "normal"):
+            raise ValueError(f"unknown dual-path block kind {kind!r}")
+        self.width = width
+        stride = 2 if kind == "down" else 1
+        # The projection's name encodes its stride; the weight files key on it.
+        self.proj_name = {"proj": "c1x1_w_s1", "down": "c1x1_w_s2"}.get(kind)
+        if self.proj_name is not None:
+            self.add_module(self.proj_name, BnActConv2d(in_ch, width + 2 * inc, 1, stride=stride))
+        self.c1x1_a = BnActConv2d(in_ch, bottleneck, 1)
+        self.c3x3_b = BnActConv2d(bottleneck, bottleneck, 3, stride=stride, padding=1, groups=GROUPS)
+        self.c1x1_c = BnActConv2d(bottleneck, width + inc, 1)
+
+    def forward(self, x: torch.Tensor | Pair) -> Pair:
+        x_in = _cat(x)
+        if self.proj_name is not None:
+            proj = getattr(self, self.proj_name)(x_in)
+            resid, dense = proj[:, : self.width], proj[:, self.width :]
+        else:
+            resid, dense = x  # type: ignore[misc]  (a normal block always follows another block)
+        out = self.c1x1_c(self.c3x3_b(self.c1x1_a(x_in)))
+        return resid + out[:, : self.width], torch.cat([dense, out[:, self.width :]], dim=1)
+
+
+def dpn92_stages(in_channels: int = 3) -> nn.ModuleList:
+    """The five DPN-92 encoder stages, at strides 2, 4, 8, 16 and 32."""
+    stem = nn.Sequential(
+        nn.Conv2d(in_channels, DPN92_STEM, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(DPN92_STEM, eps=BN_EPS),
+        nn.ReLU(inplace=True),
+    )
+    stages = [stem]
+    in_ch = DPN92_STEM
+    for i, (blocks, width, bottleneck, inc) in enumerate(DPN92_STAGES):
+        layers: list[nn.Module] = [nn.MaxPool2d(3, stride=2, padding=1)] if i == 0 else []
+        for b in range(blocks):
+            kind = "normal" if b else ("proj" if i == 0 else "down")
+            layers.append(DualPathBlock(in_ch, bottleneck, width, inc, kind))
+            in_ch = (width + 3 * inc) if b == 0 else in_ch + inc
+        if i == len(DPN92_STAGES) - 1:
+            layers.append(CatBnAct(in_ch))
+        stages.append(nn.Sequential(*layers))
+    return nn.ModuleList(stages)
+
+
+class UnetDecoderBlock(nn.Module):
+    """x2 nearest-neighbour upsampling, then conv 3x3 + ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.layer = nn.Sequential(
+            nn.Upsample(scale_factor=2),  # nearest: what the weights were trained with
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class ConvBottleneck(nn.Module):
+    """Fuses decoder features with the encoder skip of the same resolution (concat, conv, ReLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
+
+    def forward(self, dec: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        return self.seq(torch.cat([dec, enc], dim=1))
+
+
+class DPNUnet(nn.Module):
+    """DPN-92 U-Net as published by the HPA Cell Segmentator (three roles share this layout).
+
+    ``in_channels`` must be 3 to load the published files; ``num_classes`` is 3
+    ([background, border, body]). H and W of the input must be multiples of 32.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 3):
+        super().__init__()
+        f = DECODER_FILTERS
+        # Registration order follows the published files (decoder first), so diffs line up.
+        self.bottlenecks = nn.ModuleList(ConvBottleneck(2 * c, c) for c in reversed(f[:-1]))
+        self.decoder_stages = nn.ModuleList(UnetDecoderBlock(f[i + 1], f[i]) for i in range(len(f) - 1))
+        self.last_upsample = UnetDecoderBlock(f[0], f[0])
+        self.final = nn.Sequential(nn.Conv2d(f[0], num_classes, 3, padding=1))
+        self.encoder_stages = dpn92_stages(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"DPNUnet needs H and W that are multiples of 32, got {tuple(x.shape[-2:])}")
+        skips = []
+        for stage in self.encoder_stages:
+            x = stage(x)
+            x = _cat(x)
+            skips.append(x)
+        # Deepest first: decoder_stages[3] lifts stride 32 -> 16 and fuses with stage 3, ...
+        x = skips[-1]
+        for i, bottleneck in enumerate(self.bottlenecks):
+            level = len(self.decoder_stages) - 1 - i
+            x = bottleneck(self.decoder_stages[level](x), skips[level])
+        return self.final(self.last_upsample(x))
