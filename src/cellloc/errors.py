@@ -10,7 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """Bad user input: a message naming the file (or value) and the problem, on one line."""
 
     def __init__(self, message: str) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from ..classes import CHANNEL_SETS
+from ..errors import InputError
 
 HPA_FIELD_OF_VIEW_UM = 2048 * 0.08
 
@@ -96,5 +97,5 @@ def create_segmenter(cfg: SegmentConfig) -> Segmenter:
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:
-        raise ValueError(f"unknown segmentation backend {cfg.backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
+        raise InputError(f"unknown segmentation backend {cfg.backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
     return factory(cfg)
