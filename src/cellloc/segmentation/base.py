@@ -97,5 +97,6 @@ def create_segmenter(cfg: SegmentConfig) -> Segmenter:
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:
+        importlib.import_module(f"{__package__}.classical")  # so the message lists it
         raise InputError(f"unknown segmentation backend {cfg.backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
     return factory(cfg)
