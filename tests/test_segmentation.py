@@ -13,7 +13,7 @@ from cellloc.cells import cell_table, crop_cell
 from cellloc.fieldio import write_png
 from cellloc.metrics import segmentation_scores
 from cellloc.segmentation import SegmentConfig, create_segmenter
-from cellloc.segmentation.labels import fill_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
+from cellloc.segmentation.postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
 from cellloc.synth import SynthConfig, generate_field
 from conftest import REPO, SHARED
 
@@ -24,8 +24,8 @@ def test_label_helpers_on_tiny_arrays():
     lab[2, 2] = 0  # a one-pixel hole
     lab[7:9, 7:10] = 8  # touches the right edge
     lab[0, 9] = 5  # a one-pixel fragment
-    assert fill_holes_per_label(lab, 2)[2, 2] == 3
-    assert fill_holes_per_label(lab, 1)[2, 2] == 0  # hole not strictly smaller than the limit
+    assert fill_small_holes_per_label(lab, 2)[2, 2] == 3
+    assert fill_small_holes_per_label(lab, 1)[2, 2] == 0  # hole not strictly smaller than the limit
     assert set(np.unique(remove_small_labels(lab, 2))) == {0, 3, 8}
     assert set(np.unique(remove_edge_labels(lab))) == {0, 3}
     assert set(np.unique(relabel_sequential(lab))) == {0, 1, 2, 3}

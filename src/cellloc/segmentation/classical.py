@@ -24,7 +24,7 @@ from skimage.segmentation import watershed
 
 from ..fieldio import to_unit_float
 from .base import SegmentConfig, register_backend
-from .labels import fill_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
+from .postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def segment_nuclei(nucleus: np.ndarray, px_um: float, min_area_px: float, max_ho
         raise ValueError(f"unknown nucleus_threshold {p.nucleus_threshold!r}; known: {', '.join(NUCLEUS_THRESHOLDS)}") from None
     fg = img > thr
     fg = remove_small_labels(ndi.label(fg)[0], max(1.0, min_area_px / 4)) > 0
-    fg = fill_holes_per_label(fg.astype(np.int32), max_hole_px) > 0
+    fg = fill_small_holes_per_label(fg.astype(np.int32), max_hole_px) > 0
     if not fg.any():
         return np.zeros(img.shape, np.int32)
     dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5) * px_um
@@ -109,13 +109,13 @@ def segment_cells(cell_signal: np.ndarray, nuclei: np.ndarray, px_um: float, min
     sig = _smooth(cell_signal, p.cell_smooth_um / px_um)
     thr = threshold_otsu(sig) * p.cell_threshold_scale
     fg = (sig > thr) | (nuclei > 0)
-    fg = fill_holes_per_label(ndi.label(fg)[0], max_hole_px) > 0
+    fg = fill_small_holes_per_label(ndi.label(fg)[0], max_hole_px) > 0
     # distance from the nearest nucleus, in cell-radius-ish units, plus darkness
     dist = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5) * px_um
     scale = np.percentile(dist[fg], 90) + 1e-6 if fg.any() else 1.0
     elevation = p.distance_weight * dist / scale + (1.0 - sig / (sig[fg].max() + 1e-6))
     cells = watershed(elevation, nuclei, mask=fg)
-    cells = fill_holes_per_label(cells, max_hole_px)
+    cells = fill_small_holes_per_label(cells, max_hole_px)
     return remove_small_labels(cells, min_area_px)
 
 

@@ -149,6 +149,35 @@ def fill_holes_per_label(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def fill_small_holes_per_label(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
+    """Fill background holes smaller than ``max_hole_px`` enclosed by one instance with its id.
+
+    A hole is a background component that does not touch the image border; it takes the id of the
+    instance around it (the most common id on its rim).
+    """
+    bg = labels == 0
+    holes, n = ndi.label(bg)
+    if n == 0:
+        return labels
+    sizes = np.bincount(holes.ravel())
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    small = (sizes < max_hole_px) & (np.arange(n + 1) > 0)
+    small[border] = False
+    if not small.any():
+        return labels
+    out = labels.copy()
+    objects = ndi.find_objects(holes)
+    for h in np.flatnonzero(small):
+        sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in objects[h - 1])
+        hole = holes[sl] == h
+        rim = ndi.binary_dilation(hole) & ~hole
+        ids = labels[sl][rim]
+        ids = ids[ids > 0]
+        if ids.size:
+            out[sl][hole] = np.bincount(ids).argmax()
+    return out
+
+
 def match_nuclei_to_cells(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     """uint16 HxW: every nucleus pixel inside a cell takes that cell's id; pixels outside cells drop.
 
