@@ -222,6 +222,41 @@ def test_accelerator_bad_requests_are_one_line_errors():
             make_accelerator("cuda")
 
 
+# --------------------------------------------------------------------------- 13. sampler epoch
+
+
+def test_sampler_epoch_follows_tez_epoch_after_resume():
+    from cellloc.data import EpochSampler
+
+    class Keyed(Toy):
+        def __getitem__(self, key):
+            i, _seed = key if isinstance(key, tuple) else (key, None)
+            return super().__getitem__(i)
+
+    train = Keyed(12)
+    seen = []
+
+    class Record(Callback):
+        def on_train_step_start(self, tez_trainer, **kwargs):
+            seen.append(tez_trainer.current_epoch)
+
+    module = toy_module()
+    order = []
+    module.net.register_forward_pre_hook(lambda m, inp: order.append(inp[0][:, 0, 0, 0].clone()) if m.training else None)
+    trainer = CellTez(module, device="cpu")
+    trainer.current_epoch = 3  # as train_fold does on --resume
+    sampler = EpochSampler(len(train), seed=1)
+    cfg = TezConfig(device="cpu", training_batch_size=4, validation_batch_size=4, epochs=1, num_jobs=0, pin_memory=False)
+    trainer.fit(train, Toy(4, 1), config=cfg, train_loader=DataLoader(train, batch_size=4, sampler=sampler),
+                valid_loader=DataLoader(Toy(4, 1), batch_size=4), callbacks=[Record()])
+    assert sampler.epoch == 3
+    ref = EpochSampler(len(train), seed=1)
+    ref.set_epoch(3)
+    first = [i for i, _ in ref][:4]
+    torch.testing.assert_close(order[0], train.x[first, 0, 0, 0])
+    assert seen == [3, 3, 3]
+
+
 # --------------------------------------------------------------------------- 10, 11. batches, validation
 
 

@@ -42,7 +42,11 @@ fixed, so the workaround can be dropped):
     also those where the optimizer did not step (torch warns "lr_scheduler.step() before
     optimizer.step()"): :meth:`CellTez._step` steps it only when gradients were synchronised,
     so a schedule is counted in optimizer steps.
-13. ``Tez.fit`` sleeps 2 s after an early stop; harmless, left alone. Multi-GPU needs
+13. accelerate's prepared loader calls ``sampler.set_epoch(n)`` with ``n`` = how many times
+    *this process* has iterated it, so after ``--resume`` epoch 3 would replay epoch 0's order
+    and augmentations: :meth:`CellTez._set_training_epoch_start` sets it to tez's
+    ``current_epoch`` instead.
+14. ``Tez.fit`` sleeps 2 s after an early stop; harmless, left alone. Multi-GPU needs
     ``accelerate launch`` (tez has no launcher of its own).
 """
 
@@ -327,6 +331,11 @@ class CellTez(tez.Tez):
             self.scheduler.step()
         else:
             self.scheduler.step(self.name_to_metric(self.config.step_scheduler_metric))
+
+    def _set_training_epoch_start(self, data_loader) -> None:  # defect 13
+        if hasattr(data_loader, "set_epoch"):
+            data_loader.set_epoch(int(self.current_epoch))
+        super()._set_training_epoch_start(data_loader)
 
     def _set_validation_epoch_start(self, data_loader) -> None:
         self._valid_buffer = []

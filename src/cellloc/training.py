@@ -316,17 +316,15 @@ class RunRecorder(Callback):
     became the best and ``last.pt`` carries the updated early-stopping state.
     """
 
-    def __init__(self, run_dir: Path, sampler: EpochSampler, early: EarlyStopping, history: list[dict], title: str) -> None:
+    def __init__(self, run_dir: Path, n_train: int, early: EarlyStopping, history: list[dict], title: str) -> None:
         self.run_dir = run_dir
-        self.sampler = sampler
+        self.n_train = n_train
         self.early = early
         self.history = history
         self.title = title
         self._t0 = self._t_train = 0.0
-        self.n_train = len(sampler)
 
     def on_epoch_start(self, tez_trainer, **kwargs) -> None:
-        self.sampler.set_epoch(tez_trainer.current_epoch)
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, tez_trainer, **kwargs) -> None:
@@ -454,7 +452,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         start_epoch = int(state["epoch"])
         write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
     title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {cfg.label_source} labels"
-    recorder = RunRecorder(run_dir, sampler, early, history, title)
+    recorder = RunRecorder(run_dir, len(train_ds) // batch_size * batch_size, early, history, title)
     trainer.current_epoch = start_epoch
     remaining = cfg.epochs - start_epoch
     stopped = bool(state and state.get("stopped"))
