@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished epochs are in {cfg.run_dir}/last.pt; add --resume to continue", file=sys.stderr)
         raise SystemExit(130) from None
-    print(format_summary(result))
+    if result is not None:  # None on the non-zero ranks of accelerate launch
+        print(format_summary(result))
     return 0
 
 

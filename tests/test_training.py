@@ -241,3 +241,22 @@ def test_true_label_training_drops_unmatched_cells(cells_csv, tmp_path):
     assert result.n_train == sum(len(t) > 0 for t in train["true"])
     hist = pd.read_csv(result.run_dir / "metrics.csv")
     assert "valid_macro_ap_weak" in hist  # the other label source is reported per epoch too
+
+
+def test_two_processes_stop_early_together_and_rank0_scores(cells_csv, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): sharded batches, gathered validation, the early-stop
+    flag broadcast from rank 0 (without it rank 1 waits forever), one writer."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=efficientnet-b0", "--image-size=32",
+            "--epochs=5", "--batch-size=4", "--pretrained=none", "--num-workers=0", "--patience=1", "--lr=1e-9", "--min-lr=0",
+            "--device=cpu"]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(ROOT / "src" / "train.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run: ") == 1 and "stopped early" in proc.stdout  # only rank 0 reports
+    hist = pd.read_csv(tmp_path / "effb2" / "fold0" / "metrics.csv")
+    assert len(hist) < 5  # lr ~ 0: the loss stops improving and patience 1 ends the run early
+    assert (tmp_path / "effb2" / "fold0" / "scores.csv").exists()

@@ -281,9 +281,11 @@ class EpochSampler(Sampler):
 SYNTH_CLASSES: tuple[int, ...] = (0, 2, 12, 13, 14, 16)
 
 
-def _synthetic_crop(rng: np.random.Generator, classes: Sequence[int], dtype: np.dtype) -> np.ndarray:
+def _synthetic_crop(
+    rng: np.random.Generator, classes: Sequence[int], dtype: np.dtype, size_range: tuple[int, int] = (40, 90)
+) -> np.ndarray:
     """One HxWx4 cell: red/yellow cytoplasm, blue nucleus, green drawn from ``classes``."""
-    h, w = (int(v) for v in rng.integers(40, 90, size=2))
+    h, w = (int(v) for v in rng.integers(size_range[0], size_range[1], size=2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy, cx = h / 2 + rng.normal(0, 2), w / 2 + rng.normal(0, 2)
     ry, rx = h / 2 - 2, w / 2 - 2
@@ -326,14 +328,16 @@ def write_synthetic_cells(
     n_folds: int = 5,
     dtype: str = "uint8",
     seed: int = 0,
+    size_range: tuple[int, int] = (40, 90),
 ) -> Path:
     """Write crops with class-dependent green patterns and a ``folds.csv`` with weak and true labels.
 
     Each field draws 1-3 classes from :data:`SYNTH_CLASSES` (Negative, 18, when none); each of
     its cells shows a non-empty subset of them; the field's ``Label`` is the union of its cells'
     labels (weak, as in HPA) and ``TrueLabel`` the cell's own. About 5% of cells get an empty
-    ``TrueLabel`` (a segmented cell that matched no true cell). For smoke runs, tests and
-    benchmarks; the real data come from the synth/crop stages. Returns the CSV path.
+    ``TrueLabel`` (a segmented cell that matched no true cell). Crop sides are drawn from
+    ``size_range`` pixels (HPA cells at full resolution are ~100-300 px). For smoke runs, tests
+    and benchmarks; the real data come from the synth/crop stages. Returns the CSV path.
     """
     folder = Path(folder)
     rng = np.random.default_rng(seed)
@@ -353,7 +357,7 @@ def write_synthetic_cells(
         union = sorted(set().union(*map(set, cell_labels))) if field_classes else []
         weak = format_label(union) if union else "18"
         for c, cls in enumerate(cell_labels):
-            crop = _synthetic_crop(rng, cls, np.dtype(dtype))
+            crop = _synthetic_crop(rng, cls, np.dtype(dtype), size_range)
             rel = f"crops/{field_id}_{c}.npy"
             write_npy(folder / rel, crop)
             true = format_label(cls) if cls else "18"

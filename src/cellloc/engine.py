@@ -280,6 +280,14 @@ class CellTez(tez.Tez):
             if self._driver.scaler is not None and self._resume_state.get("scaler"):
                 self._driver.scaler.load_state_dict(self._resume_state["scaler"])
 
+    def is_main_process(self) -> bool:
+        """True on the rank that writes files (always, outside ``accelerate launch``)."""
+        return self._driver is None or self._driver.is_main_process
+
+    def wait_for_everyone(self) -> None:
+        if self._driver is not None:
+            self._driver.wait_for_everyone()
+
     def unwrapped(self) -> nn.Module:
         return self._driver.unwrap_model(self.model) if self._driver is not None else self.model
 

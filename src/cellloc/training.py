@@ -366,11 +366,12 @@ class RunRecorder(Callback):
 # --------------------------------------------------------------------------- the run
 
 
-def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: str | None = None) -> TrainResult:
+def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: str | None = None) -> TrainResult | None:
     """Train fold ``cfg.fold`` (or continue it with ``cfg.resume``), then predict and score its cells.
 
     ``callbacks`` are extra tez callbacks run after the built-in ones (loggers, notebooks).
-    Returns a :class:`TrainResult`; every number is also written to the run folder.
+    Returns a :class:`TrainResult`; every number is also written to the run folder. Under
+    ``accelerate launch`` only rank 0 scores and writes; the other ranks return ``None``.
     """
     t_start = time.perf_counter()
     run_dir = cfg.run_dir
@@ -479,6 +480,9 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
             callbacks=[early, recorder, *callbacks],
         )
         stopped = trainer.model_state.value == "end"
+    trainer.wait_for_everyone()
+    if not trainer.is_main_process():
+        return None  # under accelerate launch, rank 0 predicts, scores and writes
 
     # Honest scoring: the best epoch's weights on every validation cell, against weak and true labels.
     model = load_model(run_dir, device=device)
