@@ -75,6 +75,12 @@ class Snapshot(Callback):
         (["--fold", "-1"], "fold must be >= 0"),
         (["--run-name", "a/b"], "run_name must be a plain folder name"),
         (["--aug-gain", "1.5"], "aug_gain must be in [0, 1)"),
+        (["--model", "resnet9"], "unknown model 'resnet9'; known: efficientnet-b0"),
+        (["--pretrained", "yes"], "pretrained must be none or imagenet"),
+        (["--label-source", "cells"], "label_source must be weak or true"),
+        (["--monitor", "f1"], "monitor must be loss or macro_ap"),
+        (["--device", "tpu"], "device must be auto, cpu or cuda"),
+        (["--optimizer", "sgd"], "optimizer must be adamw or adam"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(argv, message):
@@ -87,6 +93,7 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for argv, message in (
         (["--epochs", "0"], "error: epochs must be >= 1, got 0"),
+        (["--model", "resnet9"], "error: unknown model 'resnet9'"),
         (["--folds-csv", str(tmp_path / "none.csv")], "none.csv: file not found"),
     ):
         proc = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *argv], capture_output=True, text=True,
@@ -113,9 +120,12 @@ def test_score_table_ap_baseline_and_macro():
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
     perfect = y * 0.9 + 0.05
     constant = np.full_like(y, 0.3)
-    t = score_table(perfect, y, constant_truth := y, ["a", "b", "c"])
+    true = y.copy()
+    true[2, 0] = 0  # the field label did not apply to this cell
+    t = score_table(perfect, y, true, ["a", "b", "c"])
     assert list(t["ap_weak"][:2]) == [1.0, 1.0] and np.isnan(t["ap_weak"][2])  # no positives: undefined
-    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == int(constant_truth.sum())
+    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == 2
+    assert t["ap_true"][0] == pytest.approx(0.5)  # the weak-label-perfect scores rank a false positive first
     t = score_table(constant, y, None, ["a", "b", "c"])
     np.testing.assert_allclose(t["ap_weak"][:2], [0.5, 0.25])  # a constant score's AP is the prevalence
     assert t.iloc[-1]["ap_weak"] == pytest.approx(t.iloc[-1]["prevalence_weak"])
