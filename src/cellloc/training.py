@@ -397,6 +397,11 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     if cfg.monitor == "macro_ap" and not y_valid.any():
         raise InputError(f"fold {cfg.fold} has no positive labels: monitor macro_ap is undefined (use --monitor loss)")
 
+    # the backbone first: a missing ImageNet file fails before anything is written
+    net = _build_net(cfg, pretrained="none" if state else cfg.pretrained)
+    if state:
+        net.load_state_dict(state["model"])
+
     if not cfg.mean:
         rng = np.random.default_rng(cfg.seed)
         pick = rng.choice(len(train_cells), size=min(cfg.stats_samples, len(train_cells)), replace=False)
@@ -421,9 +426,6 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch; batches are sharded over ranks
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / world) / cfg.grad_accum)
-    net = _build_net(cfg, pretrained="none" if state else cfg.pretrained)
-    if state:
-        net.load_state_dict(state["model"])
     module = TezModule(net, nn.BCEWithLogitsLoss(), make_optimizer_factory(cfg, steps_per_epoch), on_cuda and cfg.channels_last)
 
     def epoch_metrics(logits: np.ndarray, targets: np.ndarray, index: np.ndarray):
