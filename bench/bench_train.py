@@ -116,7 +116,7 @@ def main() -> int:
     torch.manual_seed(0)
     n_fields = 6 if args.quick else 12
     steps = 2 if args.quick else 3
-    counts = [32, 64, 128] if args.quick else [64, 128, 256]
+    counts = [32, 64, 128] if args.quick else [64, 128, 256, 512]
     cuda = torch.cuda.is_available()
     t_all = time.perf_counter()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
