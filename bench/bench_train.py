@@ -140,8 +140,8 @@ def main() -> int:
         per_worker = loader[("uint16", 1)]
         print(f"\nGoal loader >= 3x step: {'met' if min(loader.values()) >= 3 * train_step else 'NOT met'} on this "
               f"machine. One worker process does {per_worker:.0f} img/s (uint16), so feeding a GPU that trains at "
-              f"R img/s with 3x headroom needs about 3R/{per_worker:.0f} workers. With 0 workers the main process "
-              "also pays the batch collate (a 17 MB torch.stack per 16 images), which is slow under CPU contention.")
+              f"R img/s with 3x headroom needs about 3R/{per_worker:.0f} workers (0 workers: loading runs in the "
+              "training process itself, between model steps).")
 
         print("\n### Train step with AMP + channels_last vs fp32 (GPU)\n")
         if cuda:
