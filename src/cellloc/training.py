@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from sklearn.metrics import average_precision_score
 from torch import nn
 from torch.utils.data import DataLoader
@@ -429,7 +430,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     module = TezModule(net, nn.BCEWithLogitsLoss(), make_optimizer_factory(cfg, steps_per_epoch), on_cuda and cfg.channels_last)
 
     def epoch_metrics(logits: np.ndarray, targets: np.ndarray, index: np.ndarray):
-        probs = 1.0 / (1.0 + np.exp(-logits))
+        probs = expit(logits)  # overflow-free sigmoid
         ap = per_class_ap(probs, targets)
         shown = {"macro_ap": _nanmean(ap), "macro_f1": _nanmean(per_class_f1(probs, targets))}
         other = y_valid_true if cfg.label_source == "weak" else y_valid_weak
