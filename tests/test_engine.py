@@ -52,9 +52,11 @@ def toy_module(lr: float = 0.1, seed: int = 0) -> TezModule:
     return TezModule(net, nn.BCEWithLogitsLoss(), factory)
 
 
-def fit(trainer: CellTez, train: Dataset, valid: Dataset, epochs: int = 1, bs: int = 4, accum: int = 1, callbacks=()):
+def fit(trainer: CellTez, train: Dataset, valid: Dataset, epochs: int = 1, bs: int = 4, accum: int = 1, callbacks=(),
+        clip: float = -1):
     cfg = TezConfig(device="cpu", training_batch_size=bs, validation_batch_size=bs, epochs=epochs,
-                    gradient_accumulation_steps=accum, step_scheduler_after="batch", num_jobs=0, pin_memory=False)
+                    gradient_accumulation_steps=accum, step_scheduler_after="batch", num_jobs=0, pin_memory=False,
+                    clip_grad_norm=clip)
     trainer.fit(train, valid, config=cfg, train_loader=DataLoader(train, batch_size=bs),
                 valid_loader=DataLoader(valid, batch_size=bs), callbacks=list(callbacks))
     return trainer
@@ -191,6 +193,22 @@ def test_scheduler_counts_optimizer_steps_under_accumulation():
         warnings.simplefilter("error", UserWarning)  # torch warns when the scheduler runs ahead
         trainer = fit(CellTez(toy_module(), device="cpu"), Toy(16), Toy(8, 1), accum=2)
     assert trainer.scheduler.state_dict()["last_epoch"] == 2  # 4 batches / 2
+
+
+# --------------------------------------------------------------------------- 8. clipping
+
+
+def test_gradient_clipping_goes_through_the_accelerator():
+    # SGD with lr 1: each of the 4 steps moves the weights by exactly the (clipped) gradient
+    start = toy_module(lr=1.0).net.state_dict()
+    clipped = fit(CellTez(toy_module(lr=1.0), device="cpu"), Toy(16), Toy(8, 1), clip=1e-3)
+    free = fit(CellTez(toy_module(lr=1.0), device="cpu"), Toy(16), Toy(8, 1))
+
+    def moved(t: CellTez) -> float:
+        return float(sum(((t.net_state_dict()[k] - start[k]) ** 2).sum() for k in start) ** 0.5)
+
+    assert moved(clipped) <= 4 * 1e-3 + 1e-6
+    assert moved(free) > 100 * moved(clipped)
 
 
 # --------------------------------------------------------------------------- 6, 7. accelerate

@@ -1,9 +1,10 @@
 """The tez adapter: Tez 0.7.2 runs the training loop; every workaround for it lives here.
 
 tez has been unmaintained since 2022 and predates numpy 2, torch's ``weights_only=True``
-default (2.6) and accelerate 1.x. What breaks, and what this module does about it (each item
-has a test in ``tests/test_engine.py``; the tests marked "tripwire" fail once tez itself is
-fixed, so the workaround can be dropped):
+default (2.6) and accelerate 1.x. What breaks, and what this module does about it (every item
+that can be shown on a CPU has a test in ``tests/test_engine.py``, item 9 in
+``tests/test_training.py`` with two torchrun ranks; the tests named "tripwire" fail once the
+defect is fixed upstream, so the workaround can be dropped):
 
 1. ``import tez`` runs ``warnings.filterwarnings("ignore", category=UserWarning)``, silencing
    every UserWarning of the process. We import tez inside ``warnings.catch_warnings()``, which
