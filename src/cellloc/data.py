@@ -1,0 +1,376 @@
+"""Cell crops -> model inputs: the cells table, preprocessing, augmentation, Dataset and sampler.
+
+A crop is an HxWxC ``.npy`` array (uint8 or uint16, channels red, green, blue, yellow, pixels of
+other cells zeroed) written by the crop stage; the cells table (``folds.csv``) names it by a
+path relative to the table's folder. Every crop goes through the same steps at training and
+inference time (:func:`preprocess_crop`):
+
+1. pad to a square with zeros (centred) and resize to ``image_size`` - padding first keeps the
+   cell's aspect ratio, which the competition write-ups found better than stretching;
+2. scale by the dtype's range (uint8 /255, uint16 /65535), so 8- and 16-bit fields land on one
+   [0, 1] scale and per-channel statistics are comparable across bit depths;
+3. subtract the per-channel mean and divide by the per-channel std (computed on training crops
+   after step 2 and saved in the run's ``config.json``).
+
+Augmentation (training only) sits between steps 2 and 3: flips, transposes, rot90 and a light
+per-channel gain. Its randomness comes from a per-sample seed that :class:`EpochSampler` hands
+to the dataset together with the index, so a run is reproducible whatever ``num_workers`` is
+and a resumed run sees the same augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .errors import InputError
+from .fieldio import format_label, multihot, parse_label, read_csv, to_unit_float, write_csv, write_npy
+
+CELLS_REQUIRED = ("ID", "cell_id", "Label", "crop", "fold")
+LABEL_COLUMNS = {"weak": "Label", "true": "TrueLabel"}
+
+
+# --------------------------------------------------------------------------- the cells table
+
+
+def read_cells(path: str | Path, num_classes: int = 19) -> pd.DataFrame:
+    """Read ``folds.csv``: validate columns, folds and labels; resolve crop paths.
+
+    Returns the table with ``fold`` as int, ``crop_path`` (absolute path of each crop),
+    ``weak`` (list of class ids from ``Label``) and, when a ``TrueLabel`` column exists, ``true``
+    (list of ids; empty when the segmented cell matched no true cell).
+    """
+    path = Path(path)
+    df = read_csv(path, CELLS_REQUIRED)
+    try:
+        df["fold"] = df["fold"].astype(int)
+    except ValueError:
+        bad = next(v for v in df["fold"] if not v.strip().lstrip("-").isdigit())
+        raise InputError(f"{path}: fold {bad!r} is not an integer") from None
+    df["weak"] = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df["Label"])]
+    if "TrueLabel" in df.columns:
+        df["true"] = [
+            parse_label(v, num_classes, f"{path}: line {i + 2} TrueLabel") if str(v).strip() else []
+            for i, v in enumerate(df["TrueLabel"])
+        ]
+    if (df["crop"].str.strip() == "").any():
+        row = int(np.flatnonzero(df["crop"].str.strip() == "")[0]) + 2
+        raise InputError(f"{path}: line {row}: empty crop path")
+    df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
+    return df
+
+
+def check_crops_exist(paths: Sequence[str]) -> None:
+    """Fail in one line naming the first missing crop, before a long run starts."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise InputError(f"{missing[0]}: crop file not found ({len(missing)} of {len(paths)} missing)")
+
+
+def label_matrix(cells: pd.DataFrame, source: str, num_classes: int) -> np.ndarray:
+    """(N, num_classes) float32 targets from the ``weak`` or ``true`` label lists."""
+    col = {"weak": "weak", "true": "true"}[source]
+    if col not in cells.columns:
+        raise InputError(f"label source {source!r} needs a {LABEL_COLUMNS[source]} column in the cells table")
+    return multihot(list(cells[col]), num_classes).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- crops -> arrays
+
+
+def load_crop(path: str | Path, in_chans: int | None = None) -> np.ndarray:
+    """Read an HxWxC uint8/uint16 crop from ``.npy``; one-line error on anything else."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: crop file not found") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read crop ({str(exc).splitlines()[0]})") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{path}: crop has shape {arr.shape}; expected HxWxC")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: crop pixel type {arr.dtype}; expected uint8 or uint16")
+    if in_chans is not None and arr.shape[2] != in_chans:
+        raise InputError(f"{path}: crop has {arr.shape[2]} channels; the model expects {in_chans}")
+    return arr
+
+
+def pad_to_square(img: np.ndarray) -> np.ndarray:
+    """Zero-pad an HxWxC array to a centred square (max(H, W) on each side); dtype kept."""
+    h, w = img.shape[:2]
+    s = max(h, w)
+    if h == w:
+        return img
+    top, left = (s - h) // 2, (s - w) // 2
+    pad = [(top, s - h - top), (left, s - w - left)] + [(0, 0)] * (img.ndim - 2)
+    return np.pad(img, pad)
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square HxWxC array to ``size`` x ``size`` (area when shrinking, linear when growing)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    c = img.shape[2]
+    if c <= 4:
+        out = cv2.resize(img, (size, size), interpolation=interp)
+    else:  # OpenCV resizes at most 4 channels at once
+        out = np.concatenate(
+            [cv2.resize(img[..., i : i + 4], (size, size), interpolation=interp).reshape(size, size, -1) for i in range(0, c, 4)],
+            axis=2,
+        )
+    return out.reshape(size, size, c)
+
+
+def preprocess_crop(
+    crop: np.ndarray,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: A.Compose | None = None,
+) -> np.ndarray:
+    """HxWxC uint8/uint16 crop -> float32 CxSxS network input (see the module docstring)."""
+    img = to_unit_float(resize_square(pad_to_square(crop), image_size))
+    if augment is not None:
+        img = augment(image=img)["image"]
+    img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+
+
+def channel_stats(crops: Sequence[np.ndarray], image_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of preprocessed (padded, resized, unit-scaled) crops."""
+    if not crops:
+        raise InputError("no crops to compute channel statistics from")
+    c = crops[0].shape[2]
+    total = np.zeros(c, np.float64)
+    total_sq = np.zeros(c, np.float64)
+    n = 0
+    for crop in crops:
+        img = to_unit_float(resize_square(pad_to_square(crop), image_size)).reshape(-1, c).astype(np.float64)
+        total += img.sum(0)
+        total_sq += (img**2).sum(0)
+        n += img.shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)  # an empty channel must not divide by zero
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def build_augment(gain: float = 0.1) -> A.Compose:
+    """Training augmentation on a unit-float HxWxC image: the 8 dihedral views and a per-channel gain.
+
+    Cells have no preferred orientation, so flips, transposes and rot90 are label-preserving;
+    ``gain`` scales each channel by U(1-gain, 1+gain) with p=0.5 (stain and exposure vary
+    between fields). ``gain=0`` disables the intensity change.
+    """
+    ops: list[A.BasicTransform] = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Transpose(p=0.5),
+        A.RandomRotate90(p=0.5),
+    ]
+    if gain > 0:
+        ops.append(A.MultiplicativeNoise(multiplier=(1.0 - gain, 1.0 + gain), per_channel=True, p=0.5))
+    compose = A.Compose(ops)
+    seed_augment(compose, 0)
+    return compose
+
+
+def seed_augment(compose: A.Compose, seed: int) -> None:
+    """Make ``compose``'s next draws depend on ``seed`` only.
+
+    Not ``compose.set_random_seed(seed)`` (nor ``A.Compose(..., seed=s)``): in albumentations
+    2.0.8 that gives every transform its own generator with the *same* seed, so their draws are
+    identical and e.g. both flips, the transpose and the rot90 fire together or not at all (2 of
+    the 8 dihedral views would dominate). One shared generator pair keeps them independent.
+    """
+    compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+# --------------------------------------------------------------------------- Dataset and sampler
+
+
+class CellCropDataset(Dataset):
+    """Crops on disk -> ``{"image", "targets", "index"}`` dicts (tez passes batches as ``model(**batch)``).
+
+    ``dataset[i]`` gives the unaugmented sample ``i``; ``dataset[(i, seed)]`` (what
+    :class:`EpochSampler` yields) augments it with randomness drawn from ``seed`` only.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: np.ndarray | None,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: A.Compose | None = None,
+        in_chans: int | None = None,
+    ) -> None:
+        if targets is not None and len(targets) != len(paths):
+            raise ValueError(f"{len(paths)} crops but {len(targets)} target rows")
+        self.paths = list(paths)
+        self.targets = None if targets is None else np.asarray(targets, np.float32)
+        self.image_size = int(image_size)
+        self.mean = list(mean)
+        self.std = list(std)
+        self.augment = augment
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = (key, None) if not isinstance(key, tuple) else key
+        augment = None
+        if self.augment is not None and seed is not None:
+            augment = self.augment
+            seed_augment(augment, int(seed))
+        crop = load_crop(self.paths[index], self.in_chans)
+        image = preprocess_crop(crop, self.image_size, self.mean, self.std, augment)
+        item = {"image": torch.from_numpy(image), "index": torch.tensor(index, dtype=torch.long)}
+        if self.targets is not None:
+            item["targets"] = torch.from_numpy(self.targets[index])
+        return item
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, augmentation_seed)``; order and seeds depend only on (seed, epoch).
+
+    Call :meth:`set_epoch` before each epoch. Because nothing depends on worker processes or on
+    how many epochs this process has already run, ``--resume`` reproduces the uninterrupted run.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+
+
+# --------------------------------------------------------------------------- synthetic crops
+
+
+# Green-channel patterns for a few classes, so a smoke run has something learnable per cell.
+SYNTH_CLASSES: tuple[int, ...] = (0, 2, 12, 13, 14, 16)
+
+
+def _synthetic_crop(
+    rng: np.random.Generator, classes: Sequence[int], dtype: np.dtype, size_range: tuple[int, int] = (40, 90)
+) -> np.ndarray:
+    """One HxWx4 cell: red/yellow cytoplasm, blue nucleus, green drawn from ``classes``."""
+    h, w = (int(v) for v in rng.integers(size_range[0], size_range[1], size=2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = h / 2 + rng.normal(0, 2), w / 2 + rng.normal(0, 2)
+    ry, rx = h / 2 - 2, w / 2 - 2
+    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    cell = r < 1.0
+    nucleus = r < 0.45
+    cyto = cell & ~nucleus
+    green = rng.normal(0.03, 0.01, (h, w)).clip(0)
+    for k in classes:
+        if k == 0:  # nucleoplasm: fill the nucleus
+            green += 0.6 * nucleus
+        elif k == 2:  # nucleoli: a few bright spots inside the nucleus
+            for _ in range(3):
+                a = rng.uniform(0, 2 * np.pi)
+                d = rng.uniform(0, 0.25)
+                sy, sx = cy + d * ry * np.sin(a), cx + d * rx * np.cos(a)
+                green += 0.9 * (((yy - sy) ** 2 + (xx - sx) ** 2) < 6)
+        elif k == 12:  # centrosome: one bright dot beside the nucleus
+            a = rng.uniform(0, 2 * np.pi)
+            sy, sx = cy + 0.6 * ry * np.sin(a), cx + 0.6 * rx * np.cos(a)
+            green += 1.0 * (((yy - sy) ** 2 + (xx - sx) ** 2) < 5)
+        elif k == 13:  # plasma membrane: the cell's rim
+            green += 0.7 * ((r > 0.85) & (r < 1.0))
+        elif k == 14:  # mitochondria: many small dots in the cytoplasm
+            green += 0.6 * (cyto & (rng.random((h, w)) < 0.12))
+        elif k == 16:  # cytosol: fill the cytoplasm
+            green += 0.4 * cyto
+    red = 0.3 * cyto * rng.uniform(0.6, 1.0) + rng.normal(0, 0.02, (h, w))
+    blue = 0.7 * nucleus * rng.uniform(0.7, 1.0)
+    yellow = 0.3 * cell * rng.uniform(0.6, 1.0)
+    img = np.stack([red, green, blue, yellow], -1).clip(0, 1) * cell[..., None]
+    scale = 255 if np.dtype(dtype) == np.uint8 else 65535
+    return (img * scale).round().astype(dtype)
+
+
+def write_synthetic_cells(
+    folder: str | Path,
+    n_fields: int = 50,
+    cells_per_field: int = 10,
+    n_folds: int = 5,
+    dtype: str = "uint8",
+    seed: int = 0,
+    size_range: tuple[int, int] = (40, 90),
+) -> Path:
+    """Write crops with class-dependent green patterns and a ``folds.csv`` with weak and true labels.
+
+    Each field draws 1-3 classes from :data:`SYNTH_CLASSES` (Negative, 18, when none); each of
+    its cells shows a non-empty subset of them; the field's ``Label`` is the union of its cells'
+    labels (weak, as in HPA) and ``TrueLabel`` the cell's own. About 5% of cells get an empty
+    ``TrueLabel`` (a segmented cell that matched no true cell). Crop sides are drawn from
+    ``size_range`` pixels (HPA cells at full resolution are ~100-300 px). For smoke runs, tests
+    and benchmarks; the real data come from the synth/crop stages. Returns the CSV path.
+    """
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f in range(n_fields):
+        field_id = f"synth{f:04d}"
+        n_cls = int(rng.integers(0, 4))
+        field_classes = sorted(rng.choice(SYNTH_CLASSES, size=n_cls, replace=False).tolist()) if n_cls else []
+        cell_labels = []
+        for c in range(cells_per_field):
+            if field_classes:
+                k = int(rng.integers(1, len(field_classes) + 1))
+                cls = sorted(rng.choice(field_classes, size=k, replace=False).tolist())
+            else:
+                cls = []
+            cell_labels.append(cls)
+        union = sorted(set().union(*map(set, cell_labels))) if field_classes else []
+        weak = format_label(union) if union else "18"
+        for c, cls in enumerate(cell_labels):
+            crop = _synthetic_crop(rng, cls, np.dtype(dtype), size_range)
+            rel = f"crops/{field_id}_{c}.npy"
+            write_npy(folder / rel, crop)
+            true = format_label(cls) if cls else "18"
+            rows.append(
+                {
+                    "ID": field_id,
+                    "cell_id": c + 1,
+                    "Label": weak,
+                    "crop": rel,
+                    "fold": f % n_folds,
+                    "TrueLabel": "" if rng.random() < 0.05 else true,
+                }
+            )
+    path = folder / "folds.csv"
+    write_csv(path, pd.DataFrame(rows))
+    return path

@@ -1,0 +1,38 @@
+"""Stage 3: train one fold's cell classifier (Tez + EfficientNet), then score it on the fold.
+
+    python src/train.py --fold 0                       # output/synth/folds.csv -> models/effb2/fold0/
+    python src/train.py --fold 0 --epochs 3 --image-size 64 --pretrained none   # CPU smoke run
+    python src/train.py --fold 0 --resume              # continue from models/effb2/fold0/last.pt
+    accelerate launch --multi_gpu --num_processes 2 src/train.py --fold 0       # several GPUs
+
+Every option is a field of ``cellloc.training.TrainConfig``; the resolved config is written to
+the run folder as config.json.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from cellloc.config import parse_config
+from cellloc.errors import exit_on_input_error
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    from cellloc.training import TrainConfig, format_summary, train_fold
+
+    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n\n")[0])
+    command = shlex.join(["python", "src/train.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        result = train_fold(cfg, command=command)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished epochs are in {cfg.run_dir}/last.pt; add --resume to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    if result is not None:  # None on the non-zero ranks of accelerate launch
+        print(format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

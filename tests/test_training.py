@@ -1,0 +1,272 @@
+"""training.py and src/train.py: runs on tiny synthetic crops (EfficientNet-B0, 32 px, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cellloc.config import parse_config
+from cellloc.data import preprocess_crop, load_crop, read_cells, write_synthetic_cells
+from cellloc.engine import Callback
+from cellloc.errors import InputError
+from cellloc.inference_model import load_model, predict_crops
+from cellloc.models import create_model
+from cellloc.training import TrainConfig, per_class_ap, score_table, train_fold, warmup_cosine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cells_csv(tmp_path_factory) -> Path:
+    """6 fields x 4 cells in 3 folds: 16 training and 8 validation cells per fold."""
+    return write_synthetic_cells(tmp_path_factory.mktemp("cells"), n_fields=6, cells_per_field=4, n_folds=3, seed=3)
+
+
+def tiny(cells_csv: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        folds_csv=str(cells_csv), out_dir=str(out), model="efficientnet-b0", pretrained="none", image_size=32,
+        batch_size=8, epochs=2, num_workers=0, lr=3e-3, device="cpu", stats_samples=8,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+class Interrupt(Callback):
+    """Ctrl-C right after ``epoch`` has been recorded (last.pt written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, tez_trainer, **kwargs):
+        if tez_trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class Snapshot(Callback):
+    """Keeps the backbone weights and the metrics dict as they are when training starts."""
+
+    def on_train_start(self, tez_trainer, **kwargs):
+        self.weights = {k: v.clone() for k, v in tez_trainer.net_state_dict().items()}
+        self.metrics = {k: dict(v) for k, v in tez_trainer.metrics.items()}
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "epochs must be >= 1, got 0"),
+        (["--batch-size", "1"], "batch_size must be >= 2"),
+        (["--lr", "-0.1"], "lr must be a positive number"),
+        (["--lr", "nan"], "lr must be a positive number"),
+        (["--image-size", "8"], "image_size must be in 32..2048"),
+        (["--tta", "3"], "tta must be one of 1, 2, 4, 8"),
+        (["--warmup-epochs", "10", "--epochs", "5"], "warmup_epochs must be in [0, epochs)"),
+        (["--mean", "0.1", "0.2", "--std", "1", "1"], "mean/std need 4 values"),
+        (["--mean", "0.1", "0.2", "0.3", "0.4"], "mean and std need the same length"),
+        (["--fold", "-1"], "fold must be >= 0"),
+        (["--run-name", "a/b"], "run_name must be a plain folder name"),
+        (["--aug-gain", "1.5"], "aug_gain must be in [0, 1)"),
+        (["--model", "resnet9"], "unknown model 'resnet9'; known: efficientnet-b0"),
+        (["--pretrained", "yes"], "pretrained must be none or imagenet"),
+        (["--label-source", "cells"], "label_source must be weak or true"),
+        (["--monitor", "f1"], "monitor must be loss or macro_ap"),
+        (["--device", "tpu"], "device must be auto, cpu or cuda"),
+        (["--optimizer", "sgd"], "optimizer must be adamw or adam"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(argv, message):
+    with pytest.raises(InputError) as exc:
+        parse_config(TrainConfig, argv)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_script_prints_one_line_and_exits_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for argv, message in (
+        (["--epochs", "0"], "error: epochs must be >= 1, got 0"),
+        (["--model", "resnet9"], "error: unknown model 'resnet9'"),
+        (["--folds-csv", str(tmp_path / "none.csv")], "none.csv: file not found"),
+    ):
+        proc = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *argv], capture_output=True, text=True,
+                              env=env, cwd=tmp_path)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0]
+
+
+def test_missing_fold_and_true_labels_are_one_line_errors(cells_csv, tmp_path):
+    with pytest.raises(InputError, match=r"fold 7 is not in the cells table \(folds: 0, 1, 2\)"):
+        train_fold(tiny(cells_csv, tmp_path, fold=7))
+    df = pd.read_csv(cells_csv, dtype=str, keep_default_na=False).drop(columns=["TrueLabel"])
+    no_truth = cells_csv.parent / "no_truth.csv"
+    df.to_csv(no_truth, index=False)
+    with pytest.raises(InputError, match="needs a TrueLabel column"):
+        train_fold(tiny(no_truth, tmp_path, label_source="true"))
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_score_table_ap_baseline_and_macro():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
+    perfect = y * 0.9 + 0.05
+    constant = np.full_like(y, 0.3)
+    true = y.copy()
+    true[2, 0] = 0  # the field label did not apply to this cell
+    t = score_table(perfect, y, true, ["a", "b", "c"])
+    assert list(t["ap_weak"][:2]) == [1.0, 1.0] and np.isnan(t["ap_weak"][2])  # no positives: undefined
+    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == 2
+    assert t["ap_true"][0] == pytest.approx(0.5)  # the weak-label-perfect scores rank a false positive first
+    t = score_table(constant, y, None, ["a", "b", "c"])
+    np.testing.assert_allclose(t["ap_weak"][:2], [0.5, 0.25])  # a constant score's AP is the prevalence
+    assert t.iloc[-1]["ap_weak"] == pytest.approx(t.iloc[-1]["prevalence_weak"])
+    assert "ap_true" not in t
+    assert np.isnan(per_class_ap(perfect, np.zeros_like(y))).all()
+
+
+def test_warmup_cosine_shape():
+    assert warmup_cosine(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10, 0.01) == pytest.approx(0.01)
+    assert warmup_cosine(0, 10, 0, 0.0) == 1.0
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_two_step_run_lowers_the_loss_on_a_fixed_batch(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=2, batch_size=16, aug_gain=0.0)  # 16 cells: 1 step per epoch
+    snap = Snapshot()
+    train_fold(cfg, callbacks=[snap])
+    hist = pd.read_csv(cfg.run_dir / "metrics.csv")
+    assert len(hist) == 2
+    cells = read_cells(cells_csv)
+    train = cells[cells["fold"] != cfg.fold]
+    saved = json.loads((cfg.run_dir / "config.json").read_text())
+    x = torch.stack([torch.from_numpy(preprocess_crop(load_crop(p), 32, saved["mean"], saved["std"])) for p in train["crop_path"]])
+    y = torch.from_numpy(np.stack([np.isin(np.arange(19), w) for w in train["weak"]]).astype(np.float32))
+
+    def loss_with(weights):
+        net = create_model("efficientnet-b0", 4, 19, "none", image_size=32)
+        net.load_state_dict(weights)
+        net.train()  # batch statistics: the loss the optimizer saw
+        with torch.no_grad():
+            return float(torch.nn.functional.binary_cross_entropy_with_logits(net(x), y))
+
+    before = loss_with(snap.weights)
+    after = loss_with(torch.load(cfg.run_dir / "last.pt", weights_only=True)["model"])
+    assert after < before - 0.01, (before, after)
+
+
+def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=1, tta=2)
+    result = train_fold(cfg)
+    run = cfg.run_dir
+    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
+                 "scores.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in best.values())  # plain state_dict
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "early_stopping", "history", "rng"} <= set(last)
+    assert last["epoch"] == 1
+    preds = pd.read_csv(run / "val_predictions.csv")
+    assert list(preds.columns) == ["ID", "cell_id"] + [f"p{k}" for k in range(19)]
+    assert len(preds) == result.n_valid == 8
+    scores = pd.read_csv(run / "scores.csv")
+    assert {"ap_weak", "ap_true", "prevalence_weak", "prevalence_true", "f1_weak"} <= set(scores.columns)
+    assert scores.iloc[-1]["ap_true"] == pytest.approx(result.macro_ap_true)
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert {"train_loss", "valid_loss", "valid_macro_ap", "valid_macro_f1", "valid_macro_ap_true", "ap_0", "lr"} <= set(metrics)
+    saved = json.loads((run / "config.json").read_text())
+    assert len(saved["mean"]) == 4 and saved["model"] == "efficientnet-b0"
+    # the inference stage's API reproduces the validation predictions
+    model = load_model(run)
+    cells = read_cells(cells_csv)
+    valid = cells[cells["fold"] == cfg.fold]
+    probs = predict_crops(model, [load_crop(p) for p in valid["crop_path"]], tta=2, batch_size=3)
+    np.testing.assert_allclose(probs, preds[[f"p{k}" for k in range(19)]].to_numpy(), atol=1e-5)
+    assert predict_crops(model, [], tta=8).shape == (0, 19)
+    with pytest.raises(InputError, match="tta must be one of"):
+        predict_crops(model, list(valid["crop_path"]), tta=3)
+
+
+def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, callbacks=[Interrupt(epoch=0)])
+    assert torch.load(cfg.run_dir / "last.pt", weights_only=True)["epoch"] == 1
+    first = pd.read_csv(cfg.run_dir / "metrics.csv")
+    assert list(first["epoch"]) == [0]
+
+    snap = Snapshot()
+    resumed = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", resume=True), callbacks=[snap])
+    hist = pd.read_csv(cfg.run_dir / "metrics.csv")
+    assert list(hist["epoch"]) == [0, 1, 2]
+    pd.testing.assert_frame_equal(hist.iloc[:1], first)  # epoch 0 is not retrained
+    assert resumed.epochs_run == 3
+
+    whole = tiny(cells_csv, tmp_path, epochs=3, run_name="whole", batch_size=8)
+    train_fold(whole)
+    a = torch.load(cfg.run_dir / "last.pt", weights_only=True)["model"]
+    b = torch.load(whole.run_dir / "last.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    whole_hist = pd.read_csv(whole.run_dir / "metrics.csv")
+    np.testing.assert_allclose(hist["train_loss"], whole_hist["train_loss"], rtol=1e-4)
+
+    with pytest.raises(InputError, match="--resume: lr is 0.1 but the saved run used 0.003"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", resume=True, lr=0.1))
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_fold(tiny(cells_csv, tmp_path, run_name="never", resume=True))
+
+
+def test_two_folds_in_one_process_do_not_share_metric_history(cells_csv, tmp_path):
+    snaps = [Snapshot(), Snapshot()]
+    r0 = train_fold(tiny(cells_csv, tmp_path, fold=0, epochs=2), callbacks=[snaps[0]])
+    r1 = train_fold(tiny(cells_csv, tmp_path, fold=1, epochs=1), callbacks=[snaps[1]])
+    assert snaps[1].metrics == {"train": {}, "valid": {}, "test": {}}
+    h0 = pd.read_csv(r0.run_dir / "metrics.csv")
+    h1 = pd.read_csv(r1.run_dir / "metrics.csv")
+    assert list(h0["epoch"]) == [0, 1] and list(h1["epoch"]) == [0]
+    assert h1["valid_loss"][0] not in set(h0["valid_loss"])
+
+
+def test_true_label_training_drops_unmatched_cells(cells_csv, tmp_path):
+    cells = read_cells(cells_csv)
+    train = cells[cells["fold"] != 0]
+    result = train_fold(tiny(cells_csv, tmp_path, label_source="true", epochs=1, monitor="macro_ap"))
+    assert result.n_train == sum(len(t) > 0 for t in train["true"])
+    hist = pd.read_csv(result.run_dir / "metrics.csv")
+    assert "valid_macro_ap_weak" in hist  # the other label source is reported per epoch too
+
+
+def test_two_processes_stop_early_together_and_rank0_scores(cells_csv, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): sharded batches, gathered validation, the early-stop
+    flag broadcast from rank 0 (without it rank 1 waits forever), one writer."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=efficientnet-b0", "--image-size=32",
+            "--epochs=5", "--batch-size=4", "--pretrained=none", "--num-workers=0", "--patience=1", "--lr=1e-9", "--min-lr=0",
+            "--device=cpu"]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(ROOT / "src" / "train.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run: ") == 1 and "stopped early" in proc.stdout  # only rank 0 reports
+    hist = pd.read_csv(tmp_path / "effb2" / "fold0" / "metrics.csv")
+    assert len(hist) < 5  # lr ~ 0: the loss stops improving and patience 1 ends the run early
+    assert (tmp_path / "effb2" / "fold0" / "scores.csv").exists()
