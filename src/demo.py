@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--test-fields", type=int, default=12, help="held-out test fields to generate")
     ap.add_argument("--size", type=int, default=512, help="field size in pixels")
     ap.add_argument("--crop-size", type=int, default=64, help="cell crop size in pixels (the paper recipe: 260)")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of the fold-0 model")
     a = ap.parse_args()
     t0 = time.perf_counter()
     run("data", ["src/make_data.py", "--fields", str(a.fields), "--size", str(a.size)])
@@ -40,8 +41,14 @@ def main() -> None:
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
-    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
+    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
+    run("train fold 0 (CPU-sized: small crops, no ImageNet weights)",
+        ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none"])
+    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test"])
+    run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
+    run("score the submission (competition metric, per-cell truth)",
+        ["src/evaluate.py", "--truth", "input/synth_test/truth", "--submission", "output/synth_test/submission.csv"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
 
 
