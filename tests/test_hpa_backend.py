@@ -1,9 +1,8 @@
 """The hpa backend end to end, with weights the test writes.
 
-The weights are a random-init DPNUnet with a readable shortcut wired in: the stem copies the
-nucleus and microtubule planes into two channels, the last decoder stage is zeroed so the skip
-from the stem carries them to the head, and the head calls a pixel "body" where they are bright.
-Both networks then find bright discs, so labels can be checked at known places.
+The weights (``shortcut_state_dict``) are a random-init DPNUnet rewired so that the head calls
+a pixel "body" where the nucleus or microtubule plane is bright: both networks then find the
+bright discs drawn below, so labels can be checked at known places.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from skimage import transform
 
 from cellloc.errors import InputError
 from cellloc.segmentation import BACKENDS, SegmentConfig
-from cellloc.segmentation.dpn_unet import DPNUnet
+from cellloc.segmentation.dpn_unet import shortcut_state_dict
 from cellloc.segmentation.hpa import (
     MEAN,
     STD,
@@ -34,32 +33,6 @@ from cellloc.segmentation.weights import CELL_MODELS, NUCLEI_MODEL
 CENTRES = [(60, 60), (70, 200), (190, 120), (180, 270)]
 
 
-def readable_state_dict() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    sd = DPNUnet().state_dict()
-    with torch.no_grad():
-        for key in (
-            "encoder_stages.0.0.weight",
-            "decoder_stages.0.layer.1.weight",
-            "decoder_stages.0.layer.1.bias",
-            "bottlenecks.3.seq.0.weight",
-            "bottlenecks.3.seq.0.bias",
-            "last_upsample.layer.1.weight",
-            "last_upsample.layer.1.bias",
-            "final.0.weight",
-            "final.0.bias",
-        ):
-            sd[key].zero_()
-        sd["encoder_stages.0.0.weight"][0, 2, 3, 3] = 1  # stem channel 0 <- input plane 2 (nuclei)
-        sd["encoder_stages.0.0.weight"][1, 0, 3, 3] = 1  # stem channel 1 <- input plane 0 (MT; nuclei for the nuclei net)
-        for c in (0, 1):
-            sd["bottlenecks.3.seq.0.weight"][c, 64 + c, 1, 1] = 1  # pass the stem skip through
-            sd["last_upsample.layer.1.weight"][c, c, 1, 1] = 1
-            sd["final.0.weight"][2, c, 1, 1] = 3  # body logit
-        sd["final.0.bias"][:] = torch.tensor([4.0, -5.0, 0.0])  # background, border, body
-    return sd
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: on a shared 2-core machine two OpenMP threads stall badly whenever
@@ -73,7 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hpa_weights")
-    torch.save(readable_state_dict(), folder / NUCLEI_MODEL)
+    torch.save(shortcut_state_dict(), folder / NUCLEI_MODEL)
     for name in CELL_MODELS.values():  # one file serves every role
         (folder / name).symlink_to(NUCLEI_MODEL)
     return folder
@@ -239,3 +212,15 @@ def test_edge_cells_removed_on_request(cfg):
     # v2 never reads the ER plane: its slot is zeros.
     _, cell_in, _ = seg.network_inputs(img)
     np.testing.assert_allclose(cell_in[1], (0 - MEAN[1]) / STD)
+
+
+def test_predict_gives_network_scale_maps(seg):
+    (nuc, cell), = seg.predict([field()])  # 256x320 at 0.25: 64x80, padded to 128x128 inside
+    assert nuc.shape == cell.shape == (64, 80, 3) and nuc.dtype == np.float32
+    assert np.all(nuc[..., 0] == 0) and np.all(cell[..., 0] == 0)
+    for y, x in CENTRES:
+        assert nuc[y // 4, x // 4, 2] > 0.9 and cell[y // 4, x // 4, 2] > 0.9
+    assert nuc[0, 0, 2] < 0.05 and nuc[:, :, 1].max() < 0.01
+    # A microtubule-only ring: the cell network sees it, the nuclei network does not.
+    y, x = CENTRES[0][0] // 4, (CENTRES[0][1] + 32) // 4
+    assert cell[y, x, 2] > 0.3 and nuc[y, x, 2] < 0.05  # MT at 200/255 scores 0.45 body

@@ -174,9 +174,10 @@ class HPASegmenter:
         out[..., 0] = 0
         return out
 
-    def _labels(self, nuc_p: np.ndarray, cell_p: np.ndarray, field_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Post-process one field's network-scale probabilities into field-size uint16 labels."""
-        H, W = field_shape
+    def labels_from_maps(self, nuc_p: np.ndarray, cell_p: np.ndarray, field_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """One field's (nuclei, cell) maps from :meth:`predict` -> (cell_labels, nucleus_labels),
+        uint16 at ``field_shape`` (H, W)."""
+        H, W = field_shape[:2]
         nuc_map = quantise(nuc_p)  # the reference quantises the nuclei map before resizing
         if self.cfg.postprocess_at_network_scale or nuc_p.shape[:2] == (H, W):
             # label_cell trims 2 map pixels of rim, 2/s field pixels here against the reference's 2:
@@ -197,24 +198,30 @@ class HPASegmenter:
 
     # ----------------------------------------------------------------- API
 
-    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cell_labels, nucleus_labels), uint16 HxW at the field's size."""
-        return self.segment_batch([image])[0]
-
-    def segment_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`segment` for many fields: those of one size share network passes, ``batch_size`` at a time."""
+    def predict(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per field, the (nuclei, cell) softmax maps at network scale, each float32 hxwx3 =
+        [0, border, body]. Fields of one size share network passes, ``batch_size`` at a time."""
         images = [self._check(im) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(im.shape[:2], []).append(i)
         results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(images)
         bs = self.cfg.batch_size
-        for field_shape, members in groups.items():
+        for members in groups.values():
             for start in range(0, len(members), bs):
                 chunk = members[start : start + bs]
                 nuc_in, cell_in, sizes = zip(*(self.network_inputs(images[i]) for i in chunk))
                 nuc_p = self._probabilities(self.nuclei_net, np.stack(nuc_in), sizes[0])
                 cell_p = self._probabilities(self.cell_net, np.stack(cell_in), sizes[0])
                 for j, i in enumerate(chunk):
-                    results[i] = self._labels(nuc_p[j], cell_p[j], field_shape)
+                    results[i] = (nuc_p[j], cell_p[j])
         return results  # type: ignore[return-value]
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cell_labels, nucleus_labels), uint16 HxW at the field's size."""
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`segment` for many fields: :meth:`predict`, then :meth:`labels_from_maps` per field."""
+        maps = self.predict(images)
+        return [self.labels_from_maps(n, c, np.shape(im)) for (n, c), im in zip(maps, images)]
