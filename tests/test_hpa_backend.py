@@ -153,6 +153,8 @@ def test_bad_config_is_one_line(weights_dir):
         HPASegmenter(SegmentConfig(backend="hpa", weights_dir=str(weights_dir), cell_model="v3"))
     with pytest.raises(InputError, match="'purple' is not among the input channels"):
         HPASegmenter(SegmentConfig(backend="hpa", weights_dir=str(weights_dir), nucleus_channel="purple"))
+    with pytest.raises(InputError, match="reads 2 cell channel"):
+        HPASegmenter(SegmentConfig(backend="hpa", weights_dir=str(weights_dir), cell_channels=("red",)))
 
 
 # --------------------------------------------------------------------------- segmenting

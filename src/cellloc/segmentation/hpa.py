@@ -128,10 +128,13 @@ class HPASegmenter:
             raise InputError(f"scale_factor must be positive, got {cfg.scale_factor}")
         if cfg.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {cfg.batch_size}")
-        needed = [cfg.nucleus_channel, cfg.cell_channels[0]] + ([cfg.cell_channels[1]] if cfg.cell_model == "3ch" else [])
+        wanted = 2 if cfg.cell_model == "3ch" else 1
+        if len(cfg.cell_channels) < wanted:
+            raise InputError(f"hpa backend: the {cfg.cell_model} cell model reads {wanted} cell channel(s) (microtubules, ER), got {cfg.cell_channels}")
+        needed = [cfg.nucleus_channel, *cfg.cell_channels[:wanted]]
         try:
             self.nucleus_index, self.mt_index, *rest = [cfg.channel_index(name) for name in needed]
-        except (ValueError, IndexError) as exc:
+        except ValueError as exc:
             raise InputError(f"hpa backend: {exc}") from None
         self.er_index = rest[0] if rest else None
         self.cfg = cfg
