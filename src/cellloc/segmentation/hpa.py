@@ -88,20 +88,20 @@ def cutoffs_for(cfg: SegmentConfig, field_shape: Sequence[int], map_shape: Seque
     areas and the closing radius, which the config does not expose, keep the reference's
     physical sizes (its pixel values at 0.08 um/px).
     """
-    ratio = (map_shape[0] * map_shape[1]) / (field_shape[0] * field_shape[1])
+    ref_px_area = REFERENCE_PIXEL_UM**2
 
     def px(area_um2: float) -> float:
-        return cfg.area_px(area_um2, field_shape) * ratio
+        return cfg.area_px(area_um2, field_shape)
 
-    ref_px_area = REFERENCE_PIXEL_UM**2
-    return Cutoffs(
+    at_field_size = Cutoffs(
         min_seed_px=px(REFERENCE_CUTOFFS.min_seed_px * ref_px_area),
         max_hole_px=px(cfg.max_hole_area_um2),
         min_fragment_px=px(REFERENCE_CUTOFFS.min_fragment_px * ref_px_area),
         min_nucleus_px=px(cfg.min_nucleus_area_um2),
         min_cell_px=px(cfg.min_cell_area_um2),
-        closing_radius_px=REFERENCE_CUTOFFS.closing_radius_px * REFERENCE_PIXEL_UM / cfg.pixel_size(field_shape) * ratio**0.5,
+        closing_radius_px=REFERENCE_CUTOFFS.closing_radius_px * REFERENCE_PIXEL_UM / cfg.pixel_size(field_shape),
     )
+    return at_field_size.scaled((map_shape[0] * map_shape[1]) / (field_shape[0] * field_shape[1]))
 
 
 def load_network(path, device: torch.device) -> DPNUnet:

@@ -1,7 +1,7 @@
 """From the networks' probability maps to instance labels, at any image scale.
 
-Pure functions on arrays. Maps are uint8 HxWx3 = [0, border*255, body*255] (section 7 of the
-reference facts); labels are uint16 HxW, 0 = background. Every size cut-off is a number of
+Pure functions on arrays. Maps are uint8 HxWx3 = [0, border*255, body*255], as the HPA Cell
+Segmentator's networks give them after softmax and quantisation; labels are uint16 HxW, 0 = background. Every size cut-off is a number of
 PIXELS at the resolution of the arrays passed in, computed by the caller from physical areas
 (``SegmentConfig.area_px``): the reference's fixed 2500/5500-pixel cut-offs delete every cell
 once a field is resized, and that cannot happen if no pixel count is built in here.
@@ -21,6 +21,8 @@ Reference quirks, and what is done with each:
 * fixed: ``label_nuclei`` compares uint8 values with probability thresholds (0.05, 0.15 and 0.4
   all act as ">= 1"); here the maps are divided by 255 first, as ``label_cell`` does.
 * not reproduced: the reference's transposed resize for non-square fields (the backend's job).
+* added, off by default: ``label_cell(regrow_px=...)`` grows back the rim that the hole filling
+  trims, which matters only on maps coarser than the reference's (see its docstring).
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ from skimage import filters, measure, morphology, segmentation
 CROSS = ndi.generate_binary_structure(2, 1)  # 4-connectivity
 SQUARE = ndi.generate_binary_structure(2, 2)  # 8-connectivity
 
-# Cut-offs of the reference, in pixels of a full-resolution HPA field at 0.08 um/px.
-REFERENCE_PIXEL_UM = 0.08
+REFERENCE_PIXEL_UM = 0.08  # the resolution the reference's pixel cut-offs were tuned at
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Cutoffs:
         )
 
 
-REFERENCE_CUTOFFS = Cutoffs(500, 1000, 8, 2500, 5500, 6)  # at REFERENCE_PIXEL_UM
+# The reference's cut-offs, in pixels of a full-resolution HPA field (REFERENCE_PIXEL_UM).
+REFERENCE_CUTOFFS = Cutoffs(500, 1000, 8, 2500, 5500, 6)
 
 
 # --------------------------------------------------------------------------- shared helpers
