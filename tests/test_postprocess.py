@@ -92,7 +92,7 @@ def test_label_cell_cutoffs_scale_with_resolution():
     small_n, small_c = two_cell_scene(scale=1)
     big_n, big_c = two_cell_scene(scale=2)
     big_cut = SMALL.scaled(4)
-    assert big_cut.min_cell_px == 240 and big_cut.closing_radius_px == 2
+    assert big_cut.min_cell_px == 240 and big_cut.closing_radius_px == 2.0
     small_cells, _ = label_cell(small_n, small_c, SMALL)
     big_cells, _ = label_cell(big_n, big_c, big_cut)
     assert small_cells.max() == big_cells.max() == 2
@@ -108,6 +108,23 @@ def test_label_cell_border_sum_does_not_wrap():
     cells, nuclei = label_cell(n, c, SMALL)
     assert cells[24, 18] == 0 and cells[24, 46] == 1
     assert cells.max() == 1 and nuclei.max() == 1
+
+
+def test_label_cell_regrow_gives_back_the_trimmed_rim_only_inside_cells():
+    shape = (40, 72)
+    nuclei = [disc(shape, (20, 18), 5), disc(shape, (20, 54), 5)]
+    body = np.zeros(shape, bool)
+    body[6:34, 4:68] = True
+    border = np.zeros(shape, bool)
+    border[6:34, 35:37] = True
+    n, c = maps(shape, nuclei, [body], [border])
+    trimmed, _ = label_cell(n, c, SMALL)
+    regrown, _ = label_cell(n, c, SMALL, regrow_px=2)
+    assert set(np.unique(regrown)) == {0, 1, 2}  # touching cells stay apart
+    assert np.all(regrown[trimmed > 0] == trimmed[trimmed > 0])
+    assert (regrown > 0).sum() > (trimmed > 0).sum()
+    assert np.all(regrown[~(body | border)] == 0)  # never into background
+    assert (regrown > 0).sum() >= 0.98 * (body | border).sum()  # the whole block but its corners
 
 
 def test_label_cell_more_than_255_cells_keep_distinct_ids():
@@ -140,7 +157,7 @@ def test_reference_cutoffs_are_the_published_pixels():
     assert REFERENCE_CUTOFFS == Cutoffs(500, 1000, 8, 2500, 5500, 6)
     quarter = REFERENCE_CUTOFFS.scaled(1 / 16)
     assert quarter.min_nucleus_px == 2500 / 16 and quarter.min_cell_px == 5500 / 16
-    assert quarter.closing_radius_px == 2  # 6 / 4 = 1.5, rounded
+    assert quarter.closing_radius_px == 1.5  # a radius scales with the square root of the area
 
 
 # --------------------------------------------------------------------------- label_nuclei

@@ -290,3 +290,19 @@ def test_download_with_wrong_pinned_sha256_keeps_nothing(tmp_path, monkeypatch):
 def test_unknown_weight_name():
     with pytest.raises(InputError, match="unknown HPA weight file"):
         ensure_weights("resnet.pth", Path("."), download=False)
+
+
+def test_command_line_fetch(tmp_path, monkeypatch, capsys):
+    (tmp_path / NUCLEI).write_bytes(b"already here")
+    weights.main([NUCLEI, "--dir", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == str(tmp_path / NUCLEI)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit) as exit_info:
+        weights.main(["dpn_unet_cell_v2.pth", "--dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "dpn_unet_cell_v2.pth" in err[-1] and "no route to host" in err[-1]

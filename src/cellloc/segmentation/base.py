@@ -72,6 +72,7 @@ class Segmenter(Protocol):
 
 
 BACKENDS: dict[str, Callable[[SegmentConfig], Segmenter]] = {}
+KNOWN_BACKEND_MODULES = ("classical", "hpa")  # imported on demand (hpa pulls in torch)
 
 
 def register_backend(name: str):
@@ -97,6 +98,7 @@ def create_segmenter(cfg: SegmentConfig) -> Segmenter:
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:
-        importlib.import_module(f"{__package__}.classical")  # so the message lists it
+        for name in KNOWN_BACKEND_MODULES:  # so the message lists them
+            importlib.import_module(f"{__package__}.{name}")
         raise InputError(f"unknown segmentation backend {cfg.backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
     return factory(cfg)

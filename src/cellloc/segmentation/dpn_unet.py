@@ -172,3 +172,40 @@ class DPNUnet(nn.Module):
             level = len(self.decoder_stages) - 1 - i
             x = bottleneck(self.decoder_stages[level](x), skips[level])
         return self.final(self.last_upsample(x))
+
+
+def shortcut_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights of known behaviour, for tests and benchmarks where the published files are absent.
+
+    A random-init DPNUnet, rewired: the stem copies input planes 2 and 0 into its first two
+    channels, the last decoder stage is zeroed so that only the stem's skip reaches the head,
+    and the head scores "body" where those planes are bright. As a nuclei network (planes =
+    nuclei x3) it finds bright nuclei; as a cell network (MT, ER, nuclei) it finds cells bright
+    in MT or nuclei. The deep path keeps its random weights, so a forward pass costs what the
+    published networks cost. It is not a trained segmentation model.
+    """
+    torch.manual_seed(seed)
+    sd = DPNUnet().state_dict()
+    rewired = (
+        "encoder_stages.0.0.weight",
+        "decoder_stages.0.layer.1.weight",
+        "decoder_stages.0.layer.1.bias",
+        "bottlenecks.3.seq.0.weight",
+        "bottlenecks.3.seq.0.bias",
+        "last_upsample.layer.1.weight",
+        "last_upsample.layer.1.bias",
+        "final.0.weight",
+        "final.0.bias",
+    )
+    with torch.no_grad():
+        for key in rewired:
+            sd[key].zero_()
+        sd["encoder_stages.0.0.weight"][0, 2, 3, 3] = 1  # stem channel 0 <- plane 2 (centre tap)
+        sd["encoder_stages.0.0.weight"][1, 0, 3, 3] = 1  # stem channel 1 <- plane 0
+        skip = DECODER_FILTERS[0]  # the stem skip follows the 64 decoder channels in the concat
+        for c in (0, 1):
+            sd["bottlenecks.3.seq.0.weight"][c, skip + c, 1, 1] = 1
+            sd["last_upsample.layer.1.weight"][c, c, 1, 1] = 1
+            sd["final.0.weight"][2, c, 1, 1] = 3  # body logit
+        sd["final.0.bias"][:] = torch.tensor([4.0, -5.0, 0.0])  # background, border, body
+    return sd

@@ -1,7 +1,7 @@
 """From the networks' probability maps to instance labels, at any image scale.
 
-Pure functions on arrays. Maps are uint8 HxWx3 = [0, border*255, body*255] (section 7 of the
-reference facts); labels are uint16 HxW, 0 = background. Every size cut-off is a number of
+Pure functions on arrays. Maps are uint8 HxWx3 = [0, border*255, body*255], as the HPA Cell
+Segmentator's networks give them after softmax and quantisation; labels are uint16 HxW, 0 = background. Every size cut-off is a number of
 PIXELS at the resolution of the arrays passed in, computed by the caller from physical areas
 (``SegmentConfig.area_px``): the reference's fixed 2500/5500-pixel cut-offs delete every cell
 once a field is resized, and that cannot happen if no pixel count is built in here.
@@ -21,6 +21,8 @@ Reference quirks, and what is done with each:
 * fixed: ``label_nuclei`` compares uint8 values with probability thresholds (0.05, 0.15 and 0.4
   all act as ">= 1"); here the maps are divided by 255 first, as ``label_cell`` does.
 * not reproduced: the reference's transposed resize for non-square fields (the backend's job).
+* added, off by default: ``label_cell(regrow_px=...)`` grows back the rim that the hole filling
+  trims, which matters only on maps coarser than the reference's (see its docstring).
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ from skimage import filters, measure, morphology, segmentation
 CROSS = ndi.generate_binary_structure(2, 1)  # 4-connectivity
 SQUARE = ndi.generate_binary_structure(2, 2)  # 8-connectivity
 
-# Cut-offs of the reference, in pixels of a full-resolution HPA field at 0.08 um/px.
-REFERENCE_PIXEL_UM = 0.08
+REFERENCE_PIXEL_UM = 0.08  # the resolution the reference's pixel cut-offs were tuned at
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Cutoffs:
     min_fragment_px: float  # specks dropped from the nucleus mask (reference 8)
     min_nucleus_px: float  # reference 2500
     min_cell_px: float  # reference 5500
-    closing_radius_px: int  # disk smoothing cell outlines (reference 6)
+    closing_radius_px: float  # disk smoothing cell outlines, rounded when used (reference 6)
 
     def scaled(self, area_ratio: float) -> Cutoffs:
         """The same physical cut-offs on maps with ``area_ratio`` times as many pixels."""
@@ -61,11 +62,12 @@ class Cutoffs:
             min_fragment_px=self.min_fragment_px * area_ratio,
             min_nucleus_px=self.min_nucleus_px * area_ratio,
             min_cell_px=self.min_cell_px * area_ratio,
-            closing_radius_px=max(1, round(self.closing_radius_px * area_ratio**0.5)),
+            closing_radius_px=self.closing_radius_px * area_ratio**0.5,
         )
 
 
-REFERENCE_CUTOFFS = Cutoffs(500, 1000, 8, 2500, 5500, 6)  # at REFERENCE_PIXEL_UM
+# The reference's cut-offs, in pixels of a full-resolution HPA field (REFERENCE_PIXEL_UM).
+REFERENCE_CUTOFFS = Cutoffs(500, 1000, 8, 2500, 5500, 6)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -225,12 +227,19 @@ def _nuclei_for_cells(nuclei_pred: np.ndarray, cell_pred: np.ndarray, cut: Cutof
     return measure.label(nuclei, connectivity=2)
 
 
-def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray, cutoffs: Cutoffs) -> tuple[np.ndarray, np.ndarray]:
+def label_cell(
+    nuclei_pred: np.ndarray, cell_pred: np.ndarray, cutoffs: Cutoffs, regrow_px: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell and nucleus instances from the nuclei and cell networks' maps.
 
     Args:
         nuclei_pred, cell_pred: uint8 HxWx3 maps [0, border*255, body*255] of the same size.
         cutoffs: sizes in pixels of these maps.
+        regrow_px: the reference's hole filling, run twice, trims a 1-px rim off every cell
+            each time and leaves 2-px gaps between touching cells: nothing at full resolution,
+            but 8 field pixels on maps at 1/4 scale. ``regrow_px`` > 0 grows the cells back by
+            that many pixels (never into each other, only where the cell map says body or
+            border) before the size filter. 0 (default) is the reference.
     Returns:
         (cells, nuclei), both uint16 HxW. Cells grow from nuclei, so a cell without a nucleus
         never appears; each nucleus carries the id of the cell holding it. (The reference
@@ -247,13 +256,17 @@ def label_cell(nuclei_pred: np.ndarray, cell_pred: np.ndarray, cutoffs: Cutoffs)
     elevation = -body  # cells flood downhill from their nuclei through bright body
     cells = segmentation.watershed(elevation, nuclei, mask=body > threshold)
     cells = remove_small_labels(cells, cutoffs.min_cell_px)
-    cells = morphology.closing(cells, morphology.disk(cutoffs.closing_radius_px))  # int32: ids never wrap
+    radius = max(1, round(cutoffs.closing_radius_px))
+    cells = morphology.closing(cells, morphology.disk(radius))  # on int32: ids never wrap
     cells = split_and_fill(cells)
 
     # Grow into pixels the cell network calls border, then tidy again.
     grow = (cells > 0) | (cell_pred[..., 1] / 255.0 > 0.05)
     cells = split_and_fill(segmentation.watershed(elevation, cells, mask=grow))
     cells = measure.label(cells > 0, connectivity=2)
+    if regrow_px > 0:
+        allowed = (body > threshold) | (cell_pred[..., 1] / 255.0 > 0.05)
+        cells = np.where(allowed, segmentation.expand_labels(cells, regrow_px), 0)
     cells = relabel_sequential(remove_small_labels(cells, cutoffs.min_cell_px))
 
     inside = measure.label((cells > 0) & (nuclei > 0), connectivity=2)

@@ -63,11 +63,7 @@ WEIGHT_FILES: dict[str, WeightFile] = {
 NUCLEI_MODEL = "dpn_unet_nuclei_v1.pth"
 CELL_MODELS: dict[str, str] = {"3ch": "dpn_unet_cell_3ch_v1.pth", "v2": "dpn_unet_cell_v2.pth"}
 
-# No publication states a size or checksum for these files, and they could not be fetched when
-# this was written. A first download prints its sha256 and writes it beside the file as
-# ``<name>.sha256`` (``sha256sum -c`` format); pin that value here, after which a download whose
-# hash differs is refused. Files put in place by hand are not re-hashed on every load (about
-# 1 s each): the restricted unpickler keeps loading closed whatever the bytes are.
+# Pinned checksums; none known yet (see ensure_weights).
 SHA256: dict[str, str | None] = {name: None for name in WEIGHT_FILES}
 
 
@@ -109,6 +105,13 @@ def ensure_weights(name: str, folder: str | os.PathLike | None = None, download:
 
     A missing file with ``download=False``, or a failed download, raises a one-line
     :class:`InputError` naming the file, the folder to put it in and the URL to get it from.
+
+    Checksums: no publication states a size or checksum for these files, and they could not be
+    fetched when this was written, so ``SHA256`` holds None for each. A first download prints
+    its sha256 and writes it beside the file as ``<name>.sha256`` (``sha256sum -c`` format); pin
+    that value in ``SHA256`` and later downloads whose hash differs are refused. Files already
+    in place are not re-hashed on every load (about 1 s each): the restricted unpickler keeps
+    loading closed whatever the bytes are.
     """
     if name not in WEIGHT_FILES:
         raise InputError(f"unknown HPA weight file {name!r}; known: {', '.join(WEIGHT_FILES)}")
