@@ -56,6 +56,7 @@ class SegmentRunConfig:
     device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
     half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
     weights_dir: str = opt("", "folder with the HPA weight files (hpa backend)")
+    cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
     resume: bool = opt(True, "skip fields already done")
 
@@ -98,6 +99,7 @@ class SegmentRunConfig:
             backend=self.backend, channels=self.channel_names,
             pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
+            cell_model=self.cell_model,
             nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
             cell_channels=("red", "yellow") if self.channels == "hpa" else self.channel_names[1:],
         )
