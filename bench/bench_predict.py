@@ -1,0 +1,135 @@
+"""Prediction throughput (fields/s) relative to segmentation alone, in one run.
+
+    PYTHONPATH=src python bench/bench_predict.py            # ~3-5 min on 2 CPU cores
+    PYTHONPATH=src python bench/bench_predict.py --quick    # 512 px fields, a smoke check
+
+Generated 4-channel fields are written as PNGs to a temporary folder. For each field size the
+same fields go through
+
+* segmentation alone: read the PNGs + the classical backend (what ``segment.py`` pays per field
+  before writing anything), and
+* ``run_predict``: read, segment, crop every cell, classify the crops, blend, encode every mask
+  as RLE and append the submission row (what ``predict.py`` pays per field),
+
+for each classifier setting: EfficientNet-B2 at 260 px (the paper recipe) with 1 and 4 TTA
+views, and B0 at 64 px (the demo's CPU-sized model). Weights are random, with batch-norm
+statistics measured on random inputs so activations have a trained net's scale; the run folder
+is written the way ``train.py`` writes it, so ``load_ensemble`` reads it like a real one. The
+ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
+
+A second table times ``predict_crops`` with subnormal floats flushed to zero (the default on
+CPU) against not flushed, for a freshly initialised net (batch-norm statistics at their
+defaults, where activations decay into the subnormal range) and the calibrated one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellloc.config import save_config
+from cellloc.datasets import write_dataset
+from cellloc.fieldio import list_fields, read_field, write_json
+from cellloc.inference_model import CellClassifier, predict_crops
+from cellloc.models import create_model
+from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
+from cellloc.segment_run import SegmentRunConfig
+from cellloc.segmentation import create_segmenter
+from cellloc.synth import SynthConfig
+
+
+def make_net(model: str, image_size: int, calibrate: bool) -> torch.nn.Module:
+    """A random net; with ``calibrate`` its batch-norm running statistics come from random batches."""
+    torch.manual_seed(0)
+    net = create_model(model, 4, 19, "none", image_size=image_size)
+    if calibrate:
+        net.train()
+        with torch.no_grad():
+            for _ in range(4):
+                net(torch.randn(16, 4, image_size, image_size))
+    return net.eval()
+
+
+def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
+    """A one-fold run folder with random weights, laid out as ``train.py`` writes it."""
+    run = root / f"{model}-{image_size}"
+    seg_dir = run / "segment"
+    seg_dir.mkdir(parents=True)
+    save_config(SegmentRunConfig(crop_size=crop_size), seg_dir / "segment_config.json")
+    fold = run / "fold0"
+    fold.mkdir()
+    net = make_net(model, image_size, calibrate=True)
+    torch.save(net.state_dict(), fold / "best.pt")
+    write_json(fold / "config.json", {"model": model, "in_chans": 4, "num_classes": 19, "image_size": image_size,
+                                      "mean": [0.1] * 4, "std": [0.2] * 4, "folds_csv": str(seg_dir / "folds.csv")})
+    return run
+
+
+def time_segmentation(folder: Path, ids: list[str]) -> float:
+    """Seconds to read and segment every field (the segmenter built once, outside the timing)."""
+    seg = create_segmenter(SegmentRunConfig().segment_config())
+    t0 = time.perf_counter()
+    for i in ids:
+        seg.segment(read_field(folder, i))
+    return time.perf_counter() - t0
+
+
+def time_predict(folder: Path, run: Path, out: Path, tta: int) -> tuple[float, int]:
+    """(seconds, cells) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
+    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
+    fns, spec, _ = load_ensemble(cfg)
+    t0 = time.perf_counter()
+    res = run_predict(cfg, spec, fns)
+    return time.perf_counter() - t0, res["cells"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="512 px fields, one classifier setting")
+    ap.add_argument("--fields", type=int, default=3, help="fields per size")
+    a = ap.parse_args()
+    sizes = [512] if a.quick else [1024, 2048]
+    settings = [("efficientnet-b0", 64, 64, 1)] if a.quick else [
+        ("efficientnet-b2", 260, 128, 1), ("efficientnet-b2", 260, 128, 4), ("efficientnet-b0", 64, 64, 1)]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; load average at start {os.getloadavg()[0]:.2f}\n")
+    print("| field | classifier (crop -> input px, TTA views) | cells/field | segment fields/s | predict fields/s | predict / segment time |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        runs = {s: write_run(root / "runs", s[0], s[1], s[2]) for s in settings}
+        for size in sizes:
+            data = root / f"data{size}"
+            write_dataset(SynthConfig(size=size, seed=11), data, a.fields, split="test")
+            folder = data / "test"
+            ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
+            t_seg = time_segmentation(folder, ids)
+            for s in settings:
+                t_pred, cells = time_predict(folder, runs[s], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}", s[3])
+                print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {cells / len(ids):.1f} | "
+                      f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x |", flush=True)
+    print("\n| classifier | weights | predict_crops, 32 crops: not flushed / flushed time |")
+    print("|---|---|---|")
+    crops = [np.random.default_rng(k).integers(0, 255, (128, 128, 4), dtype=np.uint8) for k in range(32)]
+    for model, size in ([("efficientnet-b0", 64)] if a.quick else [("efficientnet-b2", 260), ("efficientnet-b0", 64)]):
+        for calibrate in (False, True):
+            clf = CellClassifier(make_net(model, size, calibrate), size, [0.5] * 4, [0.3] * 4, 19)
+            times = {}
+            for flush in (False, True, False, True):  # alternate, keep the best of two
+                t0 = time.perf_counter()
+                predict_crops(clf, crops, batch_size=32, flush_denormal=flush)
+                times[flush] = min(times.get(flush, np.inf), time.perf_counter() - t0)
+            what = "batch-norm calibrated" if calibrate else "fresh init"
+            print(f"| {model}, {size} px | {what} | {times[False] / times[True]:.2f}x |", flush=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
