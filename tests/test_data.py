@@ -20,10 +20,10 @@ from cellloc.data import (
     pad_to_square,
     preprocess_crop,
     read_cells,
-    resize_square,
     seed_augment,
     write_synthetic_cells,
 )
+from cellloc.cells import resize_square
 from cellloc.errors import InputError
 from cellloc.fieldio import write_csv
 

@@ -95,6 +95,17 @@ def test_cell_table_and_crops():
         crop_cell(img, cells, 2, (20, 10, 30, 20), 16, mask="bogus")
 
 
+def test_crops_of_six_channel_fields_keep_every_channel():
+    """RxRx1 has 6 channels; OpenCV resizes at most 4 at once with some interpolations."""
+    img = np.arange(6, dtype=np.uint8)[None, None, :].repeat(40, 0).repeat(40, 1) * 40
+    cells = np.zeros((40, 40), np.uint16)
+    cells[5:35, 8:30] = 1
+    for size in (8, 64):  # shrinking and growing
+        crop = crop_cell(img, cells, 1, (8, 5, 30, 35), size, mask="none")
+        assert crop.shape == (size, size, 6)
+        np.testing.assert_array_equal(crop[size // 2, size // 2], np.arange(6) * 40)
+
+
 def run(*args):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO)
 

@@ -56,6 +56,25 @@ def square_box(x0: int, y0: int, x1: int, y1: int, margin: float = 0.05) -> tupl
     return int(round(cy - side / 2)), int(round(cx - side / 2)), side
 
 
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square HxWxC array to ``size`` x ``size`` (area when shrinking, linear when growing).
+
+    Shared by the crop writer and the training/inference preprocessing, so both resize alike.
+    """
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    c = img.shape[2]
+    if c <= 4:
+        out = cv2.resize(img, (size, size), interpolation=interp)
+    else:  # OpenCV resizes at most 4 channels at once
+        out = np.concatenate(
+            [cv2.resize(img[..., i : i + 4], (size, size), interpolation=interp).reshape(size, size, -1) for i in range(0, c, 4)],
+            axis=2,
+        )
+    return out.reshape(size, size, c)
+
+
 def crop_cell(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int], size: int,
               mask: str = "cell", margin: float = 0.05) -> np.ndarray:
     """``size`` x ``size`` x C crop of one cell, dtype kept (see module docstring)."""
@@ -73,9 +92,7 @@ def crop_cell(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[in
     elif mask == "others":
         patch = np.where(((lab == 0) | (lab == cell_id))[..., None], patch, 0)
     out[ys - top:ye - top, xs - left:xe - left] = patch
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    resized = cv2.resize(out, (size, size), interpolation=interp)
-    return resized.reshape(size, size, image.shape[2])
+    return resize_square(out, size)
 
 
 def crop_cells(image: np.ndarray, cells: np.ndarray, table: pd.DataFrame, size: int, mask: str = "cell") -> dict[int, np.ndarray]:

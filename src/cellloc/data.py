@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .cells import resize_square
 from .errors import InputError
 from .fieldio import format_label, multihot, parse_label, read_csv, to_unit_float, write_csv, write_npy
 
@@ -118,22 +119,6 @@ def pad_to_square(img: np.ndarray) -> np.ndarray:
     top, left = (s - h) // 2, (s - w) // 2
     pad = [(top, s - h - top), (left, s - w - left)] + [(0, 0)] * (img.ndim - 2)
     return np.pad(img, pad)
-
-
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square HxWxC array to ``size`` x ``size`` (area when shrinking, linear when growing)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    c = img.shape[2]
-    if c <= 4:
-        out = cv2.resize(img, (size, size), interpolation=interp)
-    else:  # OpenCV resizes at most 4 channels at once
-        out = np.concatenate(
-            [cv2.resize(img[..., i : i + 4], (size, size), interpolation=interp).reshape(size, size, -1) for i in range(0, c, 4)],
-            axis=2,
-        )
-    return out.reshape(size, size, c)
 
 
 def preprocess_crop(
