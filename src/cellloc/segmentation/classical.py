@@ -24,7 +24,8 @@ from skimage.segmentation import watershed
 
 from ..fieldio import to_unit_float
 from .base import SegmentConfig, register_backend
-from .postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
+from .postprocess import (fill_small_holes_per_label, match_nuclei_to_cells, relabel_sequential, remove_edge_labels,
+                          remove_small_labels)
 
 
 @dataclass(frozen=True)
@@ -156,15 +157,18 @@ class ClassicalSegmenter:
             cells = segment_cells(signal, nuclei, px, min_cell, max_hole, self.params)
         else:
             cells = nuclei.copy()
-        if cells.shape != full_hw:  # nearest-neighbour back to the field's size
-            up = (full_hw[1], full_hw[0])
-            cells = cv2.resize(cells.astype(np.float32), up, interpolation=cv2.INTER_NEAREST).astype(np.int32)
-            nuclei = cv2.resize(nuclei.astype(np.float32), up, interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        # Edge removal, renumbering and the nucleus ids commute with a nearest-neighbour upscale
+        # (every working pixel is sampled, and the field's border samples the working border), so
+        # they run on the working-scale labels; only the two finished uint16 maps are upscaled.
         if cfg.remove_edge_cells:
             cells = remove_edge_labels(cells)
-        cells, nuclei = relabel_sequential(cells), nuclei
-        nuclei = np.where(cells > 0, cells, 0) * (nuclei > 0)
-        return cells.astype(np.uint16), nuclei.astype(np.uint16)
+        cells = relabel_sequential(cells)
+        nuclei = match_nuclei_to_cells(cells, nuclei)
+        if cells.shape != full_hw:
+            up = (full_hw[1], full_hw[0])
+            cells = cv2.resize(cells, up, interpolation=cv2.INTER_NEAREST)
+            nuclei = cv2.resize(nuclei, up, interpolation=cv2.INTER_NEAREST)
+        return cells, nuclei
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.segment(im) for im in images]
