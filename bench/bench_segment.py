@@ -15,8 +15,10 @@ with ``read_field``, as every run does. The backend is the default one,
    write masks, cells table and crops), fields/s with 1 and 2 worker processes, pool start-up
    included; and the same for read + segment alone (no outputs) to show what the writing costs
    the scaling. The generated truth is moved aside so the run does what it does on real data.
-3. peak RSS (VmHWM) of a fresh process per size: after imports, after reading one field, after
-   segmenting it. The segment overhead is given in multiples of the field's own array size.
+3. memory of a fresh process per size: RSS after imports, peak RSS (VmHWM) while reading one
+   field, the RSS left holding it, then the peak while segmenting it (the peak is reset after
+   reading through /proc/self/clear_refs, so reading's transient buffers do not hide it). The
+   segment overhead is that peak over the RSS holding the field, and in field array sizes.
 
 Read the ratios, not the seconds: the machine is shared, so the load average is printed too.
 """
@@ -36,6 +38,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -49,7 +52,8 @@ from cellloc.synth import SynthConfig
 
 def machine_line() -> str:
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, numpy {np.__version__}; load average {load}"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, numpy {np.__version__}, "
+            f"OpenCV {cv2.__version__} with {cv2.getNumThreads()} threads; load average {load}")
 
 
 def make_fields(root: Path, size: int, bit_depth: int, n: int) -> Path:
@@ -114,22 +118,29 @@ def run_rate(folder: Path, out: Path, workers: int) -> float:
     return rate
 
 
-def vm_hwm_mb() -> float:
-    """This process's peak resident set so far, MB (Linux /proc)."""
+def vm_mb(key: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident since start or reset) of this process, MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def child_rss(folder: str, image_id: str) -> None:
-    """Run in a fresh process: print peak RSS after imports, after reading, after segmenting."""
+    """Run in a fresh process: print RSS after imports, peak while reading, RSS holding the field,
+    peak while segmenting (the peak reset after reading where the kernel allows it)."""
     seg = create_segmenter(SegmentConfig())
-    base = vm_hwm_mb()
+    base = vm_mb("VmRSS")
     image = read_field(folder, image_id)
-    after_read = vm_hwm_mb()
+    read_peak, holding = vm_mb("VmHWM"), vm_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
     seg.segment(image)
-    print(json.dumps({"base": base, "read": after_read, "segment": vm_hwm_mb(), "field_mb": image.nbytes / 2**20}))
+    print(json.dumps({"base": base, "read_peak": read_peak, "holding": holding, "segment_peak": vm_mb("VmHWM"),
+                      "reset": reset, "field_mb": image.nbytes / 2**20}))
 
 
 def peak_rss(folder: Path) -> dict:
@@ -163,10 +174,11 @@ def main() -> None:
             for size in a.sizes:
                 folder = make_fields(Path(tmp), size, bits, a.fields)
                 dec, seg, cells = time_decode_vs_segment(folder, a.repeat)
+                load = os.getloadavg()[0]
                 run = [run_rate(folder, Path(tmp) / "out", w) for w in (1, 2)]
                 only = [segment_only_rate(folder, w) for w in (1, 2)]
                 rss = peak_rss(folder)
-                rows.append(dict(bits=bits, size=size, dec=dec, seg=seg, cells=cells, run=run, only=only, rss=rss))
+                rows.append(dict(bits=bits, size=size, dec=dec, seg=seg, cells=cells, load=load, run=run, only=only, rss=rss))
                 shutil.rmtree(folder.parent)
 
     print("### 1. Segment vs decode, per field (goal: segment <= 3x decode)\n")
@@ -178,21 +190,25 @@ def main() -> None:
               f"{'met' if ratio <= 3 else 'NOT met'} |")
 
     print(f"\n### 2. Batch of {a.fields} fields, 1 vs 2 worker processes\n")
-    print("| field | run_segmentation fields/s, 1 worker | 2 workers | speed-up | read+segment only, 1 worker | 2 workers | speed-up | segment share of the 1-worker run |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| field | load (1 min) | run_segmentation fields/s, 1 worker | 2 workers | speed-up | read+segment only, 1 worker | 2 workers | speed-up | segment share of the 1-worker run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         (r1, r2), (o1, o2) = r["run"], r["only"]
         share = r["seg"] * r1
-        print(f"| {r['size']}^2 {r['bits']}-bit | {r1:.2f} | {r2:.2f} | {r2 / r1:.2f}x | {o1:.2f} | {o2:.2f} | "
+        print(f"| {r['size']}^2 {r['bits']}-bit | {r['load']:.1f} | {r1:.2f} | {r2:.2f} | {r2 / r1:.2f}x | {o1:.2f} | {o2:.2f} | "
               f"{o2 / o1:.2f}x | {share:.0%} |")
+    print("\nThe load column is the 1-minute load average just before the row's runs (this bench's own process "
+          "included): with it near the core count, the second worker finds no idle core and the speed-up stays near 1x.")
 
-    print("\n### 3. Peak RSS of a fresh process, one field\n")
-    print("| field | field array MB | after imports MB | after read MB | after segment MB | segment / read peak | segment overhead, field sizes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n### 3. Memory of a fresh process, one field\n")
+    print("| field | field array MB | RSS after imports MB | peak while reading MB | RSS holding the field MB | peak while segmenting MB | segment peak / holding | segment overhead, field sizes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         m = r["rss"]
-        print(f"| {r['size']}^2 {r['bits']}-bit | {m['field_mb']:.0f} | {m['base']:.0f} | {m['read']:.0f} | "
-              f"{m['segment']:.0f} | {m['segment'] / m['read']:.2f}x | {(m['segment'] - m['read']) / m['field_mb']:.1f} |")
+        print(f"| {r['size']}^2 {r['bits']}-bit | {m['field_mb']:.0f} | {m['base']:.0f} | {m['read_peak']:.0f} | {m['holding']:.0f} | "
+              f"{m['segment_peak']:.0f} | {m['segment_peak'] / m['holding']:.2f}x | {(m['segment_peak'] - m['holding']) / m['field_mb']:.1f} |")
+    if not all(r["rss"]["reset"] for r in rows):
+        print("\n(the peak could not be reset after reading here, so 'while segmenting' is the peak of the whole process)")
     print(f"\nbench wall time {time.perf_counter() - t_all:.0f} s; load average at end "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
