@@ -230,6 +230,22 @@ def test_relabel_sequential():
     assert relabel_sequential(np.array([[5, 9]])).tolist() == [[1, 2]]
     with pytest.raises(ValueError, match="uint16"):
         relabel_sequential(np.arange(1, 70_001).reshape(1, -1))
+    with pytest.raises(ValueError, match="non-negative"):
+        relabel_sequential(np.array([[0, -3]]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.uint64])
+@pytest.mark.parametrize("background", [True, False])
+def test_relabel_sequential_agrees_with_ranking_the_unique_ids(dtype, background):
+    rng = np.random.default_rng(1)
+    lab = rng.choice(np.array([3, 9, 40, 41, 200], dtype), size=(20, 30))
+    if background:
+        lab[::3] = 0
+    ids = np.unique(lab)
+    expected = np.searchsorted(ids, lab) + (0 if background else 1)
+    assert np.array_equal(relabel_sequential(lab), expected)
+    huge = lab.astype(np.int64) * 10**9  # ids far above the pixel count: the sorting route
+    assert np.array_equal(relabel_sequential(huge), expected)
 
 
 def test_fill_holes_per_label():

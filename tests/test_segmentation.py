@@ -31,6 +31,36 @@ def test_label_helpers_on_tiny_arrays():
     assert set(np.unique(relabel_sequential(lab))) == {0, 1, 2, 3}
 
 
+def test_reconstruct_by_dilation_equals_scikit_image():
+    import cv2
+    from skimage.morphology import reconstruction
+
+    from cellloc.segmentation.classical import reconstruct_by_dilation
+
+    rng = np.random.default_rng(3)
+    fg = cv2.GaussianBlur(rng.random((80, 90)).astype(np.float32), (0, 0), 4) > 0.5
+    dist = cv2.GaussianBlur(cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5), (0, 0), 1.5)
+    for h in (0.5, 2.0):
+        seed = np.clip(dist - h, 0, None)
+        assert np.array_equal(reconstruct_by_dilation(seed, dist), reconstruction(seed, dist, method="dilation"))
+
+
+def test_downscaled_segmentation_is_the_working_scale_result_upscaled():
+    import cv2
+
+    f = generate_field(SynthConfig(size=1024, seed=3), 0)
+    cells, nuclei = create_segmenter(SegmentConfig(remove_edge_cells=True)).segment(f.image)
+    assert cells.shape == (1024, 1024) and cells.dtype == nuclei.dtype == np.uint16
+    ids = np.unique(cells)
+    assert ids.tolist() == list(range(ids.size)) and ids.size > 5  # 1..n, no gaps
+    assert not set(np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))) - {0}
+    inside = nuclei > 0
+    assert np.all(cells[inside] == nuclei[inside])
+    # each working pixel became a 2x2 block
+    small = cells[::2, ::2]
+    assert np.array_equal(cv2.resize(small, (1024, 1024), interpolation=cv2.INTER_NEAREST), cells)
+
+
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="unknown segmentation backend 'nope'"):
         create_segmenter(SegmentConfig(backend="nope"))

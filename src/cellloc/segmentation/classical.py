@@ -24,7 +24,8 @@ from skimage.segmentation import watershed
 
 from ..fieldio import to_unit_float
 from .base import SegmentConfig, register_backend
-from .postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
+from .postprocess import (fill_small_holes_per_label, match_nuclei_to_cells, relabel_sequential, remove_edge_labels,
+                          remove_small_labels)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,25 @@ def segment_nuclei(nucleus: np.ndarray, px_um: float, min_area_px: float, max_ho
     return remove_small_labels(labels, min_area_px)
 
 
+def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Greyscale reconstruction by dilation of ``seed`` under ``mask`` (float32 HxW, 8-connected).
+
+    Equal to ``skimage.morphology.reconstruction(seed, mask, method="dilation")``: a 3x3
+    dilation clipped by the mask, repeated until nothing changes. The number of passes is the
+    farthest a value travels inside the mask (here about a nucleus diameter, since the distance
+    map is 0 outside the nuclei), and a pass is one OpenCV call, which is far cheaper than
+    scikit-image's sort of every pixel. Values are only ever copied (max/min), so they are exact.
+    """
+    mask = np.asarray(mask, np.float32)
+    rec = np.minimum(np.asarray(seed, np.float32), mask)
+    kernel = np.ones((3, 3), np.uint8)
+    while True:
+        nxt = np.minimum(cv2.dilate(rec, kernel, borderType=cv2.BORDER_REPLICATE), mask)
+        if np.array_equal(nxt, rec):
+            return rec
+        rec = nxt
+
+
 def h_maxima_seeds(dist: np.ndarray, h: float, min_distance_px: float, mask: np.ndarray) -> np.ndarray:
     """Markers at regional maxima of ``dist`` that stand ``h`` above their surroundings.
 
@@ -90,10 +110,9 @@ def h_maxima_seeds(dist: np.ndarray, h: float, min_distance_px: float, mask: np.
     than ``h``; what stays above the reconstruction are the prominent peaks. Peaks closer than
     ``min_distance_px`` are merged by a dilation before labelling.
     """
-    from skimage.morphology import reconstruction
-
-    rec = reconstruction(np.clip(dist - h, 0, None), dist, method="dilation")
-    peaks = (dist - rec) > 0.5 * h
+    dist = np.asarray(dist, np.float32)
+    rec = reconstruct_by_dilation(np.clip(dist - h, 0, None), dist)
+    peaks = (dist.astype(np.float64) - rec) > 0.5 * h
     peaks &= mask
     r = max(1, int(round(min_distance_px / 2)))
     peaks = cv2.dilate(peaks.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
@@ -156,15 +175,18 @@ class ClassicalSegmenter:
             cells = segment_cells(signal, nuclei, px, min_cell, max_hole, self.params)
         else:
             cells = nuclei.copy()
-        if cells.shape != full_hw:  # nearest-neighbour back to the field's size
-            up = (full_hw[1], full_hw[0])
-            cells = cv2.resize(cells.astype(np.float32), up, interpolation=cv2.INTER_NEAREST).astype(np.int32)
-            nuclei = cv2.resize(nuclei.astype(np.float32), up, interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        # Edge removal, renumbering and the nucleus ids commute with a nearest-neighbour upscale
+        # (every working pixel is sampled, and the field's border samples the working border), so
+        # they run on the working-scale labels; only the two finished uint16 maps are upscaled.
         if cfg.remove_edge_cells:
             cells = remove_edge_labels(cells)
-        cells, nuclei = relabel_sequential(cells), nuclei
-        nuclei = np.where(cells > 0, cells, 0) * (nuclei > 0)
-        return cells.astype(np.uint16), nuclei.astype(np.uint16)
+        cells = relabel_sequential(cells)
+        nuclei = match_nuclei_to_cells(cells, nuclei)
+        if cells.shape != full_hw:
+            up = (full_hw[1], full_hw[0])
+            cells = cv2.resize(cells, up, interpolation=cv2.INTER_NEAREST)
+            nuclei = cv2.resize(nuclei, up, interpolation=cv2.INTER_NEAREST)
+        return cells, nuclei
 
     def segment_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.segment(im) for im in images]

@@ -123,6 +123,17 @@ def remove_edge_labels(labels: np.ndarray) -> np.ndarray:
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """uint16 HxW with the ids renumbered 1..n in ascending order of the old ids (0 stays 0)."""
     labels = np.asarray(labels)
+    if labels.dtype.kind in "iu" and labels.dtype != np.uint64 and labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0:
+            raise ValueError("labels must be non-negative")
+        if hi <= max(2 * labels.size, 1 << 20):  # a lookup table by id: no sort of every pixel
+            present = np.bincount(labels.ravel(), minlength=hi + 1) > 0
+            n = int(present.sum()) - int(present[0])
+            if n > np.iinfo(np.uint16).max:
+                raise ValueError(f"{n} labels do not fit in uint16")
+            lut = np.cumsum(present, dtype=np.int64) - int(present[0])  # the smallest id -> 1 when 0 is absent
+            return lut.astype(np.uint16)[labels]
     ids, inverse = np.unique(labels, return_inverse=True)
     if ids.size and ids[0] < 0:
         raise ValueError("labels must be non-negative")
