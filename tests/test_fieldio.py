@@ -188,3 +188,38 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_masks_round_trip_as_png_and_npz(tmp_path):
+    from cellloc.fieldio import find_mask, read_mask, write_mask
+
+    labels = np.zeros((7, 9), np.uint16)
+    labels[1:4, 2:6] = 3
+    labels[5, 8] = 65535
+    for fmt in ("png", "npz"):
+        write_mask(tmp_path / f"a_{fmt}.{fmt}", labels)
+        back = read_mask(tmp_path / f"a_{fmt}.{fmt}")
+        assert back.dtype == np.uint16
+        np.testing.assert_array_equal(back, labels)
+    big = np.arange(12, dtype=np.int32).reshape(3, 4) * 100_000  # more ids than uint16 holds
+    write_mask(tmp_path / "big.npz", big)
+    np.testing.assert_array_equal(read_mask(tmp_path / "big.npz"), big)
+    assert find_mask(tmp_path, "big") == tmp_path / "big.npz"
+    assert find_mask(tmp_path, "nothing") is None
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 broken zip", "not a readable .npz mask"),
+    (None, "mask must be a 2-D integer array"),
+])
+def test_bad_npz_masks_are_one_line_errors(tmp_path, content, message):
+    from cellloc.fieldio import read_mask
+
+    path = tmp_path / "m.npz"
+    if content is None:
+        np.savez_compressed(path, labels=np.zeros((2, 2, 2), np.float32))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        read_mask(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -104,9 +104,11 @@ def test_test_crops_are_the_training_crops(trained):
         np.testing.assert_array_equal(crops[int(row["cell_id"])], np.load(seg_out / row["crop"]))
 
 
-def test_reusing_masks_gives_the_same_submission(trained, tmp_path):
+@pytest.mark.parametrize("mask_format", ["png", "npz"])
+def test_reusing_masks_gives_the_same_submission(trained, tmp_path, mask_format):
     seg_test = tmp_path / "seg_test"
-    run_segmentation(SegmentRunConfig(input=str(trained["test"]), out=str(seg_test), crop_size=32))
+    run_segmentation(SegmentRunConfig(input=str(trained["test"]), out=str(seg_test), crop_size=32, mask_format=mask_format))
+    assert len(list((seg_test / "masks").glob(f"*.{mask_format}"))) == 2 * N_TEST
     a, b = tmp_path / "a", tmp_path / "b"
     for out, masks in ((a, ""), (b, str(seg_test / "masks"))):
         cfg = predict_cfg(trained, out, masks=masks)

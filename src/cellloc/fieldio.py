@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -300,7 +301,48 @@ def write_npy(path: str | Path, arr: np.ndarray) -> None:
             np.save(fh, arr)
 
 
+MASK_FORMATS = ("png", "npz")
+
+
+def write_mask(path: str | Path, labels: np.ndarray) -> None:
+    """Write instance labels atomically as uint16 PNG or compressed ``.npz`` (key ``labels``), by suffix.
+
+    npz keeps any integer dtype (more than 65,535 instances) and is smaller for sparse masks;
+    PNG opens in any image viewer.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, labels=labels)
+    else:
+        write_png(path, labels)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read an instance-label mask (PNG, uint8/uint16, 0 = background) as a 2-D array."""
-    img = read_channel(path)
-    return img
+    """Read an instance-label mask (PNG uint8/uint16, or ``.npz`` with one 2-D integer array; 0 = background)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        return read_channel(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            if "labels" not in keys and len(keys) != 1:
+                raise InputError(f"{path}: expected one array named 'labels', found {keys or 'none'}")
+            arr = data["labels" if "labels" in keys else keys[0]]
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz mask ({' '.join(str(exc).split())})") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{path}: mask must be a 2-D integer array, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def find_mask(folder: str | Path, stem: str) -> Path | None:
+    """``folder/{stem}.png`` or ``.npz``, whichever exists (PNG first); None if neither."""
+    for fmt in MASK_FORMATS:
+        path = Path(folder) / f"{stem}.{fmt}"
+        if path.exists():
+            return path
+    return None

@@ -26,7 +26,7 @@ from .cells import MASK_MODES, cell_table, crop_cells
 from .classes import LABEL_SETS
 from .config import load_config, opt
 from .errors import InputError
-from .fieldio import list_fields, read_field, read_mask, write_csv
+from .fieldio import find_mask, list_fields, read_field, read_mask, write_csv
 from .inference import BLEND_MODES, blend_with_field, cell_weights, ensemble, with_negative
 from .segment_run import SegmentRunConfig
 from .segmentation import SegmentConfig, create_segmenter
@@ -43,7 +43,7 @@ class PredictConfig:
     models: str = opt("models/effb2", "training run folder; every fold*/ in it with a best.pt is used")
     folds: list[int] = opt([], "use only these folds (default: all found)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
-    masks: str = opt("", "reuse {ID}_cell_mask.png from this folder (e.g. output/<name>/masks); else segment")
+    masks: str = opt("", "reuse {ID}_cell_mask.png/.npz from this folder (e.g. output/<name>/masks); else segment")
     segment_config: str = opt("", "segment_config.json of the training crops (default: beside the run's folds CSV)")
     backend: str = opt("", "segmentation backend (default: the one that made the training crops)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
@@ -150,14 +150,14 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, spec:
 
 def _masks_for(cfg: PredictConfig, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Masks saved by ``segment.py`` for a field (nuclei optional)."""
-    cell_path = Path(cfg.masks) / f"{image_id}_cell_mask.png"
-    if not cell_path.exists():
-        raise InputError(f"{cell_path}: not found (segment the field first or drop --masks)")
+    cell_path = find_mask(cfg.masks, f"{image_id}_cell_mask")
+    if cell_path is None:
+        raise InputError(f"{Path(cfg.masks) / (image_id + '_cell_mask.png')}: not found (segment the field first or drop --masks)")
     cells = read_mask(cell_path)
     if cells.shape != shape:
         raise InputError(f"{cell_path}: size {cells.shape} differs from the field {shape}")
-    nuc_path = Path(cfg.masks) / f"{image_id}_nucleus_mask.png"
-    nuclei = read_mask(nuc_path) if nuc_path.exists() else np.zeros_like(cells)
+    nuc_path = find_mask(cfg.masks, f"{image_id}_nucleus_mask")
+    nuclei = read_mask(nuc_path) if nuc_path is not None else np.zeros_like(cells)
     return cells, nuclei
 
 

@@ -2,7 +2,7 @@
 
 Outputs under ``out``:
 
-    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (.npz with --mask-format npz)
     overlays/{ID}.png                                        with --overlay
     crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
     cells/{ID}.csv                                           the field's rows; marks it done
@@ -29,7 +29,7 @@ from .cells import MASK_MODES, cell_table, crop_cells
 from .classes import CHANNEL_SETS, get_label_set
 from .config import opt, save_config
 from .errors import InputError
-from .fieldio import list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_npy, write_png
+from .fieldio import MASK_FORMATS, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
 from .segmentation import SegmentConfig, create_segmenter
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
@@ -50,6 +50,7 @@ class SegmentRunConfig:
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
+    mask_format: str = opt("png", "masks as uint16 PNG or compressed npz", choices=list(MASK_FORMATS))
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
     workers: int = opt(1, "processes (CPU backends)")
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
@@ -153,8 +154,8 @@ class FieldWorker:
         from .render import overlay
 
         cfg, out = self.cfg, self.out
-        write_png(out / "masks" / f"{image_id}_cell_mask.png", cells)
-        write_png(out / "masks" / f"{image_id}_nucleus_mask.png", nuclei)
+        write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)
+        write_mask(out / "masks" / f"{image_id}_nucleus_mask.{cfg.mask_format}", nuclei)
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)
