@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.screenshot:
         from cellloc.browser import screenshot
 
-        shot = screenshot(result.page, cfg.screenshot, width=600, colours=128)
+        shot = screenshot(result.page, cfg.screenshot, width=600, colours=256)
         print(f"{shot}: picture of the page's top ({shot.stat().st_size // 1024} KB)")
     return 0
 

@@ -15,6 +15,7 @@ half-written picture. The page itself is assembled by :mod:`cellloc.report_page`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -172,15 +173,41 @@ def find_run(run_dir: str | Path) -> Run:
     return Run(root, folds, config, names)
 
 
+def config_command(config: dict, fold: int) -> str:
+    """A ``src/train.py`` command for ``fold`` that repeats every setting of a saved run config.
+
+    Fields left at their default are left out, and so are the measured channel statistics
+    (a new fold measures its own).
+    """
+    from .training import TrainConfig
+
+    args = ["python", "src/train.py", "--fold", str(fold)]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("fold", "resume", "mean", "std") or f.name not in config:
+            continue
+        value, default = config[f.name], getattr(TrainConfig(), f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
 def train_command(run: Run, fold: int, resume: bool = False) -> str:
-    """The command that trains (or resumes) ``fold`` with the settings the run's other folds used."""
+    """The command that trains (or resumes) ``fold`` with the settings the run's other folds used:
+    a fold's recorded command line, else one rebuilt from its config.json."""
     for k in run.folds:
         command = (run.fold_json(k, "summary.json") or {}).get("command")
         if command:
             return with_fold(command, fold, resume)
+    if run.config:
+        return with_fold(config_command(run.config, fold), fold, resume)
     args = ["python", "src/train.py", "--fold", str(fold), "--out-dir", str(run.root.parent), "--run-name", run.root.name]
-    if run.config.get("folds_csv"):
-        args += ["--folds-csv", str(run.config["folds_csv"])]
     return shlex.join(args + (["--resume"] if resume else []))
 
 
@@ -260,7 +287,7 @@ def overlays_section(cfg: ReportConfig, run: Run, assets: Assets) -> Section:
                  "(red: microtubules, green: the protein, blue: nuclei, yellow: endoplasmic reticulum). "
                  "Click a picture for its full size."))
     for title, folder, default, n, prefix, width, command in (
-        ("Generated training fields", Path(cfg.seg), "output/synth", cfg.fields, "overlay", 370,
+        ("Generated training fields", Path(cfg.seg), "output/synth", cfg.fields, "overlay", 360,
          "python src/segment.py --input input/synth/train"),
         ("The real sample field", Path(cfg.sample), "output/sample", max(cfg.fields, 1), "sample", 560,
          "python src/segment.py --input input/sample --overlay"),
@@ -505,7 +532,7 @@ def summary_section(run: Run, mAP: float | None, others: Sequence[Section]) -> S
         sec.add(Text(f"Test submission: competition mAP {mAP:.4f} (see the last section)."))
     missing = [[s.title, n.text] for s in others for n in s.notes]
     if missing:
-        sec.add(Table(["section", "missing piece"], missing, caption="missing pieces (each section says which command makes it)"))
+        sec.add(Text("Missing pieces (each section says which command makes it):"), Table(["section", "missing piece"], missing))
     return sec
 
 
