@@ -180,6 +180,27 @@ def test_no_folds_table_and_no_truth(run, tmp_path):
     assert f"no folds table at {empty / 'folds.csv'}" in text and "python src/gen_folds.py" in html
     assert "not scored here" in text and "python src/evaluate.py" in html
     assert "ap_fold0.png" in html and "curves_fold1.png" in html  # what the run folder has is still shown
+    # a folds table that cannot be read: its one-line error is the note, with the command that remakes it
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "folds.csv").write_text("ID,cell_id\na,1\n")
+    res = build_report(report_cfg(run, tmp_path / "r", run_dir=str(models), seg=str(empty), predictions=str(pred)))
+    folds_notes = [t for s, t in res.notes if s in ("Fold balance", "Correct and wrong cells per class")]
+    assert len(folds_notes) == 2 and all("missing column(s) Label, crop, fold" in t for t in folds_notes)
+
+
+def test_missing_crops_are_skipped_and_named(run, tmp_path):
+    seg = tmp_path / "seg"
+    shutil.copytree(run["seg"], seg)
+    models = copy_run(run, tmp_path / "tiny")
+    for k in (0, 1):
+        path = models / f"fold{k}" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "folds_csv": str(seg / "folds.csv")}))
+    shutil.rmtree(seg / "crops")
+    res = build_report(report_cfg(run, tmp_path / "r", run_dir=str(models), seg=str(seg)))
+    check_images(res.page)
+    html = res.page.read_text()
+    assert [t for s, t in res.notes if "crop file(s) not found" in t]
+    assert f"--out {seg} --crop-size 32" in html and "cells/c" not in html
 
 
 def test_truth_option_scores_the_submission(run, tmp_path):

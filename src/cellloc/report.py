@@ -40,7 +40,7 @@ from .metrics import competition_map, read_truth
 from .plots import fold_balance_heatmap, save_figure
 from .plots_report import ap_bars_figure
 from .plots_training import plot_training_curves
-from .render import HPA_COLOURS, composite_rgb, overlay_thumbnail
+from .render import composite_rgb, overlay_thumbnail
 from .report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
 from .segment_run import SegmentRunConfig
 from .submission import parse_submission
@@ -225,6 +225,15 @@ def channel_names(seg_dir: Path) -> tuple[str, ...]:
         return CHANNEL_SETS["hpa"]
 
 
+def segment_command(seg_dir: Path, overlay: bool = False) -> str:
+    """The ``src/segment.py`` command that remakes a segmentation output, from its segment_config.json."""
+    seg_cfg = read_json(seg_dir / "segment_config.json") or {}
+    args = ["python", "src/segment.py", "--input", str(seg_cfg.get("input", "FIELDS_FOLDER")), "--out", str(seg_dir)]
+    if seg_cfg.get("crop_size"):
+        args += ["--crop-size", str(seg_cfg["crop_size"])]
+    return shlex.join(args + (["--overlay"] if overlay else []))
+
+
 class Assets:
     """Writes the report's pictures under ``out`` and hands back their paths relative to the page."""
 
@@ -276,8 +285,7 @@ def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names:
                     rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
                 out.append(Image(assets.array(name, rgb), caption + " (saved overlay)", width))
             else:
-                out.append(Note(f"overlay of {image_id} in {seg_dir}: {exc}",
-                                f"python src/segment.py --input {seg_cfg.get('input', 'FIELDS')} --out {seg_dir} --overlay"))
+                out.append(Note(f"overlay of {image_id} in {seg_dir}: {exc}", segment_command(seg_dir, overlay=True)))
     return out
 
 
@@ -311,12 +319,22 @@ def overlays_section(cfg: ReportConfig, run: Run, assets: Assets) -> Section:
     return sec
 
 
-def folds_section(cfg: ReportConfig, run: Run, table: pd.DataFrame | None, folds_csv: Path, assets: Assets) -> Section:
+def load_folds(folds_csv: Path, num_classes: int) -> tuple[pd.DataFrame | None, Note | None]:
+    """(the cells table with folds, None), or (None, a note saying why there is none and how to make it)."""
+    command = f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
+    if not folds_csv.is_file():
+        return None, Note(f"no folds table at {folds_csv}", command)
+    try:
+        return read_cells(folds_csv, num_classes), None
+    except InputError as exc:
+        return None, Note(str(exc), command)
+
+
+def folds_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, assets: Assets) -> Section:
     sec = Section("folds", "Fold balance")
     paths = output_paths(folds_csv)
     if table is None:
-        return sec.add(Note(f"no folds table at {folds_csv}",
-                            f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"))
+        return sec.add(why or Note(f"no folds table at {folds_csv}"))
     per_fold = table.groupby("fold").agg(fields=("ID", "nunique"), cells=("ID", "size")).reset_index()
     sec.add(Text(f"{folds_csv}: {table['ID'].nunique()} fields, {len(table)} cells in {len(per_fold)} folds "
                  "(folds are assigned per field, so no field's cells are on both sides of a split)."))
@@ -404,11 +422,30 @@ def _predictions(run: Run, sec: Section) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def examples_section(run: Run, table: pd.DataFrame | None, folds_csv: Path, n: int, assets: Assets) -> Section:
+def cell_tiles(cells: pd.DataFrame, rows: Sequence[int], scores: np.ndarray, source: str, channels: Sequence[str],
+               assets: Assets, stem: str) -> tuple[list[Image], list[str]]:
+    """(one captioned tile per cell of ``rows`` whose crop exists, the crop files that do not)."""
+    tiles, missing = [], []
+    for i, r in enumerate(rows, 1):
+        row = cells.iloc[int(r)]
+        try:
+            crop = load_crop(row["crop_path"])
+        except InputError:
+            missing.append(str(row["crop_path"]))
+            continue
+        src = assets.array(f"cells/{stem}{i}.png", composite_rgb(crop, channels[: crop.shape[2]]))
+        labels = "|".join(map(str, row[source])) or "-"
+        where = f"{row['ID']} cell {row['cell_id']} (fold {row['fold']})"
+        tiles.append(Image(src, f"{scores[int(r)]:.3f} · {labels}", tooltip=where))
+    return tiles, missing
+
+
+def examples_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, n: int,
+                     assets: Assets) -> Section:
     sec = Section("examples", "Correct and wrong cells per class")
     if table is None:
-        return sec.add(Note(f"no folds table at {folds_csv}: the cells' crops and labels are unknown",
-                            f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"))
+        why = why or Note(f"no folds table at {folds_csv}")
+        return sec.add(Note(f"{why.text}: the cells' crops and labels are unknown", why.command))
     preds = _predictions(run, sec)
     if preds is None or n == 0:
         return sec
@@ -420,18 +457,19 @@ def examples_section(run: Run, table: pd.DataFrame | None, folds_csv: Path, n: i
     if joined.empty:
         return sec
     source = "true" if "true" in joined.columns else "weak"
-    labels = list(joined[source])
-    known = np.array([len(x) > 0 for x in labels])
-    truth = multihot(labels, len(run.names)).astype(bool)
+    known = np.array([len(x) > 0 for x in joined[source]])
+    truth = multihot(list(joined[source]), len(run.names)).astype(bool)
     probs = joined[[f"p{c}" for c in range(len(run.names))]].to_numpy(float)
-    sec.add(Text(f"{len(joined)} validation cells of {joined['fold'].nunique()} fold(s), scored by the model that did "
-                 f"not train on them; right and wrong are judged against the "
-                 + ("true cell labels (TrueLabel)" + (f"; {int((~known).sum())} cells that matched no true cell are left out"
-                                                      if (~known).any() else "")
-                    if source == "true" else "weak field labels (the table has no TrueLabel column)")
-                 + f". For each class with a positive cell: the {n} highest-scored cells that have it, and the {n} "
-                 "highest-scored cells that do not (its worst false positives). Captions: the class score, then the "
-                 "cell's labels. Each crop is contrast-stretched on its own."))
+    if source == "true":
+        judged = "the true cell labels (TrueLabel)" + (
+            f"; {int((~known).sum())} cells that matched no true cell are left out" if (~known).any() else "")
+    else:
+        judged = "the weak field labels (the table has no TrueLabel column)"
+    sec.add(Text(f"{len(joined)} validation cells of {joined['fold'].nunique()} fold(s), each scored by the model that "
+                 f"did not train on it; right and wrong are judged against {judged}. For each class with a positive "
+                 f"cell: the {n} highest-scored cells that have it, and the {n} highest-scored cells that do not (its "
+                 "worst false positives). Captions: the class score, then the cell's labels. Each crop is "
+                 "contrast-stretched on its own."))
     channels = channel_names(folds_csv.parent)
     missing: list[str] = []
     absent = []
@@ -442,27 +480,16 @@ def examples_section(run: Run, table: pd.DataFrame | None, folds_csv: Path, n: i
             continue
         ap = average_precision_score(pos[known], probs[known, c])
         sec.add(Heading(f"{c} {name}: {int(pos.sum())} positive cells, AP {ap:.3f}"))
-        for kind, rows in zip(("correct: has the class", "wrong: does not have it"), top_examples(probs[:, c], truth[:, c], known, n)):
-            tiles = []
-            for i, r in enumerate(rows):
-                row = joined.iloc[int(r)]
-                try:
-                    crop = load_crop(row["crop_path"])
-                except InputError:
-                    missing.append(str(row["crop_path"]))
-                    continue
-                rgb = composite_rgb(crop, channels[: crop.shape[2]])
-                tag = "tp" if kind.startswith("correct") else "fp"
-                src = assets.array(f"cells/c{c:02d}_{tag}{i + 1}.png", rgb)
-                lab = "|".join(map(str, row[source])) or "-"
-                tiles.append(Image(src, f"{probs[r, c]:.3f} · {lab}", tooltip=f"{row['ID']} cell {row['cell_id']} (fold {row['fold']})"))
+        right, wrong = top_examples(probs[:, c], truth[:, c], known, n)
+        for label, rows, tag in (("correct: has the class", right, "tp"), ("wrong: does not have it", wrong, "fp")):
+            tiles, lost = cell_tiles(joined, rows, probs[:, c], source, channels, assets, f"c{c:02d}_{tag}")
+            missing += lost
             if tiles:
-                sec.add(Gallery(tiles, kind))
+                sec.add(Gallery(tiles, label))
     if absent:
         sec.add(Text(f"Classes with no positive validation cell (not shown): {', '.join(absent)}."))
     if missing:
-        sec.add(Note(f"{len(missing)} crop file(s) not found, e.g. {missing[0]}",
-                     f"python src/segment.py (the crops of {folds_csv.parent})"))
+        sec.add(Note(f"{len(missing)} crop file(s) not found, e.g. {missing[0]}", segment_command(folds_csv.parent)))
     return sec
 
 
@@ -506,7 +533,8 @@ def submission_section(cfg: ReportConfig, run: Run) -> tuple[Section, float | No
                  + (f"; {missing} truth field(s) have no row (scored as no detections)" if missing else "") + "."))
     sec.add(Table(["class", "name", "AP", "true cells", "detections"],
                   [[c, name, float(result["ap"][c]), int(result["n_truth"][c]), int(result["n_pred"][c])]
-                   for c, name in enumerate(run.names)], caption=f"mAP = {result['map']:.4f} (AP '-': no true cell of the class)"))
+                   for c, name in enumerate(run.names)],
+                  caption=f"mAP = {result['map']:.4f} (AP '-': no true cell of the class)"))
     return sec, float(result["map"])
 
 
@@ -545,29 +573,22 @@ def build_report(cfg: ReportConfig, command: str = "") -> ReportResult:
     out = cfg.out_dir()
     assets = Assets(out)
     folds_csv = folds_csv_path(cfg, run)
-    table: pd.DataFrame | None = None
-    table_note: Note | None = None
-    if folds_csv.is_file():
-        try:
-            table = read_cells(folds_csv, len(run.names))
-        except InputError as exc:
-            table_note = Note(str(exc), f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}")
+    table, why = load_folds(folds_csv, len(run.names))
     table_folds = sorted(table["fold"].unique().tolist()) if table is not None else []
 
     submission, mAP = submission_section(cfg, run)
     sections = [
         overlays_section(cfg, run, assets),
-        folds_section(cfg, run, table, folds_csv, assets),
+        folds_section(run, table, why, folds_csv, assets),
         training_section(run, table_folds, assets),
         scores_section(run, assets),
-        examples_section(run, table, folds_csv, cfg.examples, assets),
+        examples_section(run, table, why, folds_csv, cfg.examples, assets),
         submission,
     ]
-    if table_note:
-        sections[1].blocks.insert(0, table_note)
     sections.insert(0, summary_section(run, mAP, sections))
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    subtitle = f"{len(run.folds)} fold(s): {', '.join(map(str, run.folds))}; made {stamp}" + (f" by {command}" if command else "")
+    subtitle = f"{len(run.folds)} fold(s): {', '.join(map(str, run.folds))}; made {stamp}"
+    subtitle += f" by {command}" if command else ""
     page = render_page(f"Run report: {run.root}", subtitle, sections)
     write_bytes(out / "report.html", page.encode("utf-8"))
     notes = [(s.title, n.text) for s in sections[1:] for n in s.notes]
