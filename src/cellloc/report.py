@@ -256,6 +256,13 @@ class Assets:
 # --------------------------------------------------------------------------- sections
 
 
+def mask_file(seg_dir: Path, image_id: str, kind: str) -> Path:
+    """``masks/{ID}_{kind}_mask.png``, or its ``.npz`` twin when only that exists (``--mask-format npz``)."""
+    png = seg_dir / "masks" / f"{image_id}_{kind}_mask.png"
+    npz = png.with_suffix(".npz")
+    return npz if npz.is_file() and not png.is_file() else png
+
+
 def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names: Sequence[str], max_side: int,
                    assets: Assets, prefix: str, width: int) -> list[Image | Note]:
     """Overlay pictures of some fields of a segmentation output, from its fields and masks.
@@ -274,7 +281,7 @@ def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names:
         name = f"{prefix}_{i}.png"
         try:
             image = read_field(seg_cfg.get("input", ""), image_id, channels)
-            masks = [read_mask(seg_dir / "masks" / f"{image_id}_{kind}_mask.png") for kind in ("cell", "nucleus")]
+            masks = [read_mask(mask_file(seg_dir, image_id, kind)) for kind in ("cell", "nucleus")]
             out.append(Image(assets.array(name, overlay_thumbnail(image, masks[0], masks[1], channels, max_side)), caption, width))
         except InputError as exc:
             saved = seg_dir / "overlays" / f"{image_id}.png"
