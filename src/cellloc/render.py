@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -45,3 +46,28 @@ def overlay(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = No
     if nuclei is not None:
         rgb = draw_outlines(rgb, nuclei, (0, 255, 255))
     return draw_outlines(rgb, cells)
+
+
+def nearest_resize(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D label image (any integer dtype; ids are never mixed)."""
+    rows = np.minimum((np.arange(height) + 0.5) * labels.shape[0] / height, labels.shape[0] - 1).astype(np.intp)
+    cols = np.minimum((np.arange(width) + 0.5) * labels.shape[1] / width, labels.shape[1] - 1).astype(np.intp)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def overlay_thumbnail(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None,
+                      channels: Sequence[str] = tuple(HPA_COLOURS), max_side: int = 512) -> np.ndarray:
+    """:func:`overlay` shrunk so its longer side is at most ``max_side`` (uint8 HxWx3).
+
+    The composite is shrunk by area averaging and the masks by nearest neighbour *before* the
+    outlines are drawn: shrinking a finished overlay would average the 1-pixel outlines away.
+    """
+    h, w = cells.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return overlay(image, cells, nuclei, channels)
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    rgb = cv2.resize(composite_rgb(image, channels), (sw, sh), interpolation=cv2.INTER_AREA)
+    if nuclei is not None:
+        rgb = draw_outlines(rgb, nearest_resize(nuclei, sh, sw), (0, 255, 255))
+    return draw_outlines(rgb, nearest_resize(cells, sh, sw))

@@ -1,0 +1,602 @@
+"""The run report: one HTML page with the pictures a person checks a training run by.
+
+    build_report(ReportConfig(run_dir="models/effb2"))   # -> models/effb2/report/report.html + PNGs
+
+Sections: a summary of every fold, segmentation overlays (generated fields and the real sample
+field), fold balance, training curves per fold, per-class AP against true and weak labels with
+the label-frequency baseline, the highest-scored correct and wrong cells of each class, and the
+submission's competition mAP when a truth folder exists. A missing piece (no folds, a fold not
+trained, no test predictions, no truth) does not stop the report: its section says what is
+missing and which command makes it. Only a run folder without any fold is an error.
+
+Pictures are written first and ``report.html`` last, each atomically, so the page never links a
+half-written picture. The page itself is assembled by :mod:`cellloc.report_page`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image as PILImage
+from sklearn.metrics import average_precision_score
+
+from .classes import CHANNEL_SETS, HPA_SINGLE_CELL, LABEL_SETS
+from .config import load_config, opt
+from .data import load_crop, read_cells
+from .errors import InputError
+from .fieldio import multihot, read_csv, read_field, read_mask, write_bytes, write_png
+from .folds import output_paths
+from .metrics import competition_map, read_truth
+from .plots import fold_balance_heatmap, save_figure
+from .plots_report import ap_bars_figure
+from .plots_training import plot_training_curves
+from .render import composite_rgb, overlay_thumbnail
+from .report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
+from .segment_run import SegmentRunConfig
+from .submission import parse_submission
+
+
+@dataclass
+class ReportConfig:
+    """Options of ``python src/report.py``."""
+
+    run_dir: str = opt("models/effb2", "training run folder, with fold<K>/ subfolders from src/train.py")
+    seg: str = opt("output/synth", "segmentation output of the training fields (masks/, cells.csv, folds.csv)")
+    sample: str = opt("output/sample", "segmentation output of the real sample field; shown when present")
+    predictions: str = opt("output/synth_test", "test prediction folder (submission.csv, predict_config.json)")
+    truth: str = opt("", "truth folder to score the submission (default: truth/ beside the predicted fields, if any)")
+    out: str = opt("", "report folder (default: RUN_DIR/report)")
+    fields: int = opt(3, "generated fields shown as overlays")
+    examples: int = opt(4, "cells shown per class for each kind (true positives, false positives)")
+    max_side: int = opt(640, "longest side of an overlay picture, pixels")
+    screenshot: str = opt("", "also save a picture of the page's top here (needs Chromium), e.g. docs/report.png")
+
+    def __post_init__(self) -> None:
+        if self.fields < 0 or self.examples < 0:
+            raise ValueError(f"--fields and --examples must be >= 0, got {self.fields} and {self.examples}")
+        if self.max_side < 64:
+            raise ValueError(f"--max-side must be >= 64, got {self.max_side}")
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run_dir) / "report"
+
+
+@dataclass
+class Run:
+    """A training run folder: its folds and what their files say."""
+
+    root: Path
+    folds: dict[int, Path]  # fold id -> fold<K>/ folder
+    config: dict  # config.json of the first fold that has one ({} if none has)
+    names: tuple[str, ...]  # class names
+
+    def fold_json(self, fold: int, name: str) -> dict | None:
+        return read_json(self.folds[fold] / name)
+
+
+@dataclass
+class ReportResult:
+    page: Path
+    images: int
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (section title, what is missing)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def top_examples(scores: np.ndarray, positive: np.ndarray, known: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to show for one class: (true positives, false positives), ``n`` each, highest score first.
+
+    ``scores``: (N,) the class's score per cell; ``positive``: (N,) bool, the cell has the class;
+    ``known``: (N,) bool, the cell's truth is known (a segmented cell that matched no true cell
+    is neither right nor wrong). Ties keep row order.
+    """
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    positive, known = np.asarray(positive, bool)[order], np.asarray(known, bool)[order]
+    return order[positive & known][:n], order[~positive & known][:n]
+
+
+def spread_pick(items: Sequence[str], n: int) -> list[str]:
+    """``n`` items evenly spread over ``items`` (all of them when there are at most ``n``)."""
+    if n >= len(items):
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round().astype(int)] if n else []
+
+
+def with_fold(command: str, fold: int, resume: bool = False) -> str:
+    """A recorded ``src/train.py`` command line retargeted to ``fold`` (and ``--resume`` or not)."""
+    args = [a for a in shlex.split(command) if a != "--resume"]
+    for i, a in enumerate(args):
+        if a == "--fold" and i + 1 < len(args):
+            args[i + 1] = str(fold)
+            break
+        if a.startswith("--fold="):
+            args[i] = f"--fold={fold}"
+            break
+    else:
+        args += ["--fold", str(fold)]
+    return shlex.join(args + (["--resume"] if resume else []))
+
+
+def label_names(label: str, names: Sequence[str]) -> str:
+    """``"0|16"`` -> ``"Nucleoplasm, Cytosol"`` (unknown ids are kept as numbers)."""
+    ids = [p for p in str(label).split("|") if p.strip().isdigit()]
+    return ", ".join(names[int(i)] if int(i) < len(names) else i for i in ids) or "none"
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when it is missing or unreadable (the report goes on)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_png(path: Path) -> bool:
+    """Whether ``path`` is a complete, decodable PNG (a copied picture must show)."""
+    try:
+        with PILImage.open(path) as img:
+            img.verify()
+            return img.format == "PNG"
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def find_run(run_dir: str | Path) -> Run:
+    """The run's fold folders (``fold<K>/``); a missing folder or one without folds is an :class:`InputError`."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: run folder not found (train one with python src/train.py --fold 0)")
+    folds = {int(d.name[4:]): d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"fold\d+", d.name)}
+    if not folds:
+        raise InputError(f"{root}: no fold folders (fold<K>/) in the run; train one with "
+                         f"python src/train.py --fold 0 --out-dir {root.parent} --run-name {root.name}")
+    folds = dict(sorted(folds.items()))
+    config = next((c for c in (read_json(d / "config.json") for d in folds.values()) if c), {})
+    n = int(config.get("num_classes", HPA_SINGLE_CELL.num_classes))
+    label_set = next((s for s in LABEL_SETS.values() if s.num_classes == n), None)
+    names = label_set.names if label_set else tuple(str(k) for k in range(n))
+    return Run(root, folds, config, names)
+
+
+def config_command(config: dict, fold: int) -> str:
+    """A ``src/train.py`` command for ``fold`` that repeats every setting of a saved run config.
+
+    Fields left at their default are left out, and so are the measured channel statistics
+    (a new fold measures its own).
+    """
+    from .training import TrainConfig
+
+    args = ["python", "src/train.py", "--fold", str(fold)]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("fold", "resume", "mean", "std") or f.name not in config:
+            continue
+        value, default = config[f.name], getattr(TrainConfig(), f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def train_command(run: Run, fold: int, resume: bool = False) -> str:
+    """The command that trains (or resumes) ``fold`` with the settings the run's other folds used:
+    a fold's recorded command line, else one rebuilt from its config.json."""
+    for k in run.folds:
+        command = (run.fold_json(k, "summary.json") or {}).get("command")
+        if command:
+            return with_fold(command, fold, resume)
+    if run.config:
+        return with_fold(config_command(run.config, fold), fold, resume)
+    args = ["python", "src/train.py", "--fold", str(fold), "--out-dir", str(run.root.parent), "--run-name", run.root.name]
+    return shlex.join(args + (["--resume"] if resume else []))
+
+
+def folds_csv_path(cfg: ReportConfig, run: Run) -> Path:
+    """The cells table the run trained on (its config's ``folds_csv``) if it exists, else SEG/folds.csv."""
+    recorded = Path(run.config.get("folds_csv", ""))
+    return recorded if run.config.get("folds_csv") and recorded.is_file() else Path(cfg.seg) / "folds.csv"
+
+
+def channel_names(seg_dir: Path) -> tuple[str, ...]:
+    """Channels of a segmentation output (its segment_config.json), HPA's by default."""
+    try:
+        return load_config(SegmentRunConfig, seg_dir / "segment_config.json").channel_names
+    except (OSError, ValueError, TypeError, KeyError):
+        return CHANNEL_SETS["hpa"]
+
+
+def segment_command(seg_dir: Path, overlay: bool = False) -> str:
+    """The ``src/segment.py`` command that remakes a segmentation output, from its segment_config.json."""
+    seg_cfg = read_json(seg_dir / "segment_config.json") or {}
+    args = ["python", "src/segment.py", "--input", str(seg_cfg.get("input", "FIELDS_FOLDER")), "--out", str(seg_dir)]
+    if seg_cfg.get("crop_size"):
+        args += ["--crop-size", str(seg_cfg["crop_size"])]
+    return shlex.join(args + (["--overlay"] if overlay else []))
+
+
+class Assets:
+    """Writes the report's pictures under ``out`` and hands back their paths relative to the page."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def array(self, name: str, rgb: np.ndarray) -> str:
+        write_png(self.out / name, rgb)
+        return name
+
+    def figure(self, name: str, fig) -> str:
+        save_figure(fig, self.out / name)
+        return name
+
+    def copy(self, name: str, src: Path) -> str:
+        write_bytes(self.out / name, src.read_bytes())
+        return name
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def mask_file(seg_dir: Path, image_id: str, kind: str) -> Path:
+    """``masks/{ID}_{kind}_mask.png``, or its ``.npz`` twin when only that exists (``--mask-format npz``)."""
+    png = seg_dir / "masks" / f"{image_id}_{kind}_mask.png"
+    npz = png.with_suffix(".npz")
+    return npz if npz.is_file() and not png.is_file() else png
+
+
+def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names: Sequence[str], max_side: int,
+                   assets: Assets, prefix: str, width: int) -> list[Image | Note]:
+    """Overlay pictures of some fields of a segmentation output, from its fields and masks.
+
+    The fields are read from the ``input`` recorded in its segment_config.json; when they are
+    gone, the output's own ``overlays/{ID}.png`` (``--overlay``) is used instead, if any.
+    """
+    seg_cfg = read_json(seg_dir / "segment_config.json") or {}
+    channels = channel_names(seg_dir)
+    out: list[Image | Note] = []
+    for i, image_id in enumerate(ids, 1):
+        cells = rows[rows["ID"] == image_id]
+        caption = f"{image_id}: {len(cells)} cells; field labels: {label_names(cells['Label'].iloc[0], names)}"
+        if "TrueLabel" in cells:
+            caption += f"; {(cells['TrueLabel'] != '').mean():.0%} of cells match a true cell"
+        name = f"{prefix}_{i}.png"
+        try:
+            image = read_field(seg_cfg.get("input", ""), image_id, channels)
+            masks = [read_mask(mask_file(seg_dir, image_id, kind)) for kind in ("cell", "nucleus")]
+            out.append(Image(assets.array(name, overlay_thumbnail(image, masks[0], masks[1], channels, max_side)), caption, width))
+        except InputError as exc:
+            saved = seg_dir / "overlays" / f"{image_id}.png"
+            if saved.is_file() and is_png(saved):
+                rgb = cv2.cvtColor(cv2.imread(str(saved), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                scale = min(1.0, max_side / max(rgb.shape[:2]))
+                if scale < 1:
+                    rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+                out.append(Image(assets.array(name, rgb), caption + " (saved overlay)", width))
+            else:
+                out.append(Note(f"overlay of {image_id} in {seg_dir}: {exc}", segment_command(seg_dir, overlay=True)))
+    return out
+
+
+def overlays_section(cfg: ReportConfig, run: Run, assets: Assets) -> Section:
+    sec = Section("overlays", "Segmentation overlays")
+    sec.add(Text("Cell outlines (white) and nucleus outlines (cyan) on the colour composite "
+                 "(red: microtubules, green: the protein, blue: nuclei, yellow: endoplasmic reticulum). "
+                 "Click a picture for its full size."))
+    for title, folder, default, n, prefix, width, command in (
+        ("Generated training fields", Path(cfg.seg), "output/synth", cfg.fields, "overlay", 360,
+         "python src/segment.py --input input/synth/train"),
+        ("The real sample field", Path(cfg.sample), "output/sample", max(cfg.fields, 1), "sample", 560,
+         "python src/segment.py --input input/sample --overlay"),
+    ):
+        if n == 0:
+            continue
+        sec.add(Heading(f"{title} ({folder})"))
+        if folder != Path(default):
+            command += f" --out {folder}"
+        table = folder / "cells.csv"
+        if not table.is_file():
+            sec.add(Note(f"no segmentation output at {folder} (no cells.csv)", command))
+            continue
+        try:
+            rows = read_csv(table, ("ID", "cell_id", "Label"))
+        except InputError as exc:
+            sec.add(Note(str(exc), command))
+            continue
+        ids = spread_pick(sorted(rows["ID"].unique()), n)
+        sec.add(*field_overlays(folder, ids, rows, run.names, cfg.max_side, assets, prefix, width))
+    return sec
+
+
+def load_folds(folds_csv: Path, num_classes: int) -> tuple[pd.DataFrame | None, Note | None]:
+    """(the cells table with folds, None), or (None, a note saying why there is none and how to make it)."""
+    command = f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
+    if not folds_csv.is_file():
+        return None, Note(f"no folds table at {folds_csv}", command)
+    try:
+        return read_cells(folds_csv, num_classes), None
+    except InputError as exc:
+        return None, Note(str(exc), command)
+
+
+def folds_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, assets: Assets) -> Section:
+    sec = Section("folds", "Fold balance")
+    paths = output_paths(folds_csv)
+    if table is None:
+        return sec.add(why or Note(f"no folds table at {folds_csv}"))
+    per_fold = table.groupby("fold").agg(fields=("ID", "nunique"), cells=("ID", "size")).reset_index()
+    sec.add(Text(f"{folds_csv}: {table['ID'].nunique()} fields, {len(table)} cells in {len(per_fold)} folds "
+                 "(folds are assigned per field, so no field's cells are on both sides of a split)."))
+    sec.add(Table(["fold", "fields", "cells", "trained"],
+                  [[int(r.fold), int(r.fields), int(r.cells), "yes" if int(r.fold) in run.folds else "no"]
+                   for r in per_fold.itertuples()]))
+    caption = "share of each class's fields per fold (white: the ideal 1/k; red: too many; blue: too few)"
+    if paths["png"].is_file() and is_png(paths["png"]):
+        sec.add(Image(assets.copy("fold_balance.png", paths["png"]), caption, 640))
+    elif paths["csv"].is_file():
+        balance = pd.read_csv(paths["csv"])
+        counts = balance[[c for c in balance.columns if re.fullmatch(r"fold_\d+", c)]].to_numpy()
+        fig_path = assets.out / "fold_balance.png"
+        fold_balance_heatmap(counts, list(balance["class_name"]), fig_path, title=f"{paths['csv']} (redrawn)")
+        sec.add(Image(fig_path.name, caption, 640))
+    else:
+        sec.add(Note(f"no balance report beside {folds_csv}",
+                     f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"))
+    if paths["txt"].is_file():
+        text = paths["txt"].read_text(errors="replace").split("Per-class counts")[0].strip()
+        sec.add(Pre(text))
+    return sec
+
+
+def training_section(run: Run, table_folds: Sequence[int], assets: Assets) -> Section:
+    sec = Section("training", "Training curves")
+    sec.add(Text("Loss, validation scores and learning rate per epoch; the dotted line marks the best epoch, "
+                 "whose weights (best.pt) are scored below."))
+    for k in sorted(set(run.folds) | set(table_folds)):
+        if k not in run.folds:
+            sec.add(Note(f"fold {k} is not trained", train_command(run, k)))
+            continue
+        d = run.folds[k]
+        metrics = d / "metrics.csv"
+        if not metrics.is_file():
+            sec.add(Note(f"fold {k} ({d}) has no metrics.csv: no epoch finished",
+                         train_command(run, k, resume=(d / "last.pt").is_file())))
+            continue
+        history = pd.read_csv(metrics)
+        best = history.loc[history["best"].astype(str) == "True", "epoch"] if "best" in history else pd.Series(dtype=int)
+        caption = f"fold {k}: {len(history)} epoch(s)" + (f", best epoch {int(best.iloc[-1])}" if len(best) else "")
+        name = f"curves_fold{k}.png"
+        if (d / "curves.png").is_file() and is_png(d / "curves.png"):
+            sec.add(Image(assets.copy(name, d / "curves.png"), caption, 1000))
+        elif len(history):
+            plot_training_curves(history, assets.out / name, f"{run.root.name} fold {k} (redrawn from metrics.csv)")
+            sec.add(Image(name, caption, 1000))
+        else:
+            sec.add(Note(f"fold {k}: {metrics} has no epochs", train_command(run, k, resume=True)))
+    return sec
+
+
+def scores_section(run: Run, assets: Assets) -> Section:
+    sec = Section("scores", "Per-class AP")
+    sec.add(Text("AP of the best epoch on its validation fold, per class. Against the weak field labels every cell "
+                 "inherits its field's classes, so weak-label AP rewards what the competition punishes; AP against "
+                 "the true cell labels is the per-cell score. The tick on each bar is the class's prevalence: the AP "
+                 "a constant score gets."))
+    for k, d in run.folds.items():
+        path = d / "scores.csv"
+        if not path.is_file():
+            sec.add(Note(f"fold {k} has no scores.csv (written when training ends)",
+                         train_command(run, k, resume=(d / "last.pt").is_file())))
+            continue
+        scores = pd.read_csv(path, dtype={"class": str})
+        try:
+            fig = ap_bars_figure(scores, f"{run.root.name} fold {k}: per-class AP on its validation cells")
+        except (ValueError, KeyError) as exc:
+            sec.add(Note(f"{path}: {exc}", train_command(run, k, resume=True)))
+            continue
+        sec.add(Image(assets.figure(f"ap_fold{k}.png", fig), f"fold {k}", 640))
+    return sec
+
+
+def _predictions(run: Run, sec: Section) -> pd.DataFrame | None:
+    """Every fold's val_predictions.csv stacked (out-of-fold scores), with a ``fold`` column."""
+    frames = []
+    for k, d in run.folds.items():
+        path = d / "val_predictions.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path, dtype={"ID": str}).assign(fold=k))
+        else:
+            sec.add(Note(f"fold {k} has no val_predictions.csv (written when training ends)",
+                         train_command(run, k, resume=(d / "last.pt").is_file())))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def cell_tiles(cells: pd.DataFrame, rows: Sequence[int], scores: np.ndarray, source: str, channels: Sequence[str],
+               assets: Assets, stem: str) -> tuple[list[Image], list[str]]:
+    """(one captioned tile per cell of ``rows`` whose crop exists, the crop files that do not)."""
+    tiles, missing = [], []
+    for i, r in enumerate(rows, 1):
+        row = cells.iloc[int(r)]
+        try:
+            crop = load_crop(row["crop_path"])
+        except InputError:
+            missing.append(str(row["crop_path"]))
+            continue
+        src = assets.array(f"cells/{stem}{i}.png", composite_rgb(crop, channels[: crop.shape[2]]))
+        labels = "|".join(map(str, row[source])) or "-"
+        where = f"{row['ID']} cell {row['cell_id']} (fold {row['fold']})"
+        tiles.append(Image(src, f"{scores[int(r)]:.3f} · {labels}", tooltip=where))
+    return tiles, missing
+
+
+def examples_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, n: int,
+                     assets: Assets) -> Section:
+    sec = Section("examples", "Correct and wrong cells per class")
+    if table is None:
+        why = why or Note(f"no folds table at {folds_csv}")
+        return sec.add(Note(f"{why.text}: the cells' crops and labels are unknown", why.command))
+    preds = _predictions(run, sec)
+    if preds is None or n == 0:
+        return sec
+    cells = table.assign(cell_id=table["cell_id"].astype(int))
+    joined = preds.merge(cells.drop(columns=["fold"]), on=["ID", "cell_id"], how="inner")
+    if len(joined) < len(preds):
+        sec.add(Note(f"{len(preds) - len(joined)} of {len(preds)} predicted cells are not in {folds_csv} "
+                     "(was the table rebuilt after training?)", train_command(run, min(run.folds))))
+    if joined.empty:
+        return sec
+    source = "true" if "true" in joined.columns else "weak"
+    known = np.array([len(x) > 0 for x in joined[source]])
+    truth = multihot(list(joined[source]), len(run.names)).astype(bool)
+    probs = joined[[f"p{c}" for c in range(len(run.names))]].to_numpy(float)
+    if source == "true":
+        judged = "the true cell labels (TrueLabel)" + (
+            f"; {int((~known).sum())} cells that matched no true cell are left out" if (~known).any() else "")
+    else:
+        judged = "the weak field labels (the table has no TrueLabel column)"
+    sec.add(Text(f"{len(joined)} validation cells of {joined['fold'].nunique()} fold(s), each scored by the model that "
+                 f"did not train on it; right and wrong are judged against {judged}. For each class with a positive "
+                 f"cell: the {n} highest-scored cells that have it, and the {n} highest-scored cells that do not (its "
+                 "worst false positives). Captions: the class score, then the cell's labels. Each crop is "
+                 "contrast-stretched on its own."))
+    channels = channel_names(folds_csv.parent)
+    missing: list[str] = []
+    absent = []
+    for c, name in enumerate(run.names):
+        pos = truth[:, c] & known
+        if not pos.any():
+            absent.append(str(c))
+            continue
+        ap = average_precision_score(pos[known], probs[known, c])
+        sec.add(Heading(f"{c} {name}: {int(pos.sum())} positive cells, AP {ap:.3f}"))
+        right, wrong = top_examples(probs[:, c], truth[:, c], known, n)
+        for label, rows, tag in (("correct: has the class", right, "tp"), ("wrong: does not have it", wrong, "fp")):
+            tiles, lost = cell_tiles(joined, rows, probs[:, c], source, channels, assets, f"c{c:02d}_{tag}")
+            missing += lost
+            if tiles:
+                sec.add(Gallery(tiles, label))
+    if absent:
+        sec.add(Text(f"Classes with no positive validation cell (not shown): {', '.join(absent)}."))
+    if missing:
+        sec.add(Note(f"{len(missing)} crop file(s) not found, e.g. {missing[0]}", segment_command(folds_csv.parent)))
+    return sec
+
+
+def truth_folder(cfg: ReportConfig, predict_cfg: dict | None) -> Path | None:
+    """The truth folder: --truth, else truth/ beside the predicted fields (as make_data.py writes it)."""
+    if cfg.truth:
+        return Path(cfg.truth)
+    if predict_cfg and predict_cfg.get("input"):
+        fields = Path(predict_cfg["input"])
+        cand = (fields.parent if fields.name in ("train", "test") else fields) / "truth"
+        if (cand / "cells.csv").is_file():
+            return cand
+    return None
+
+
+def submission_section(cfg: ReportConfig, run: Run) -> tuple[Section, float | None]:
+    sec = Section("submission", "Test submission")
+    pred = Path(cfg.predictions)
+    sub = pred / "submission.csv"
+    predict_cfg = read_json(pred / "predict_config.json")
+    if not sub.is_file():
+        return sec.add(Note(f"no test predictions at {sub}",
+                            f"python src/predict.py --input input/{pred.name}/test --models {run.root} --out {pred}")), None
+    if predict_cfg and Path(predict_cfg.get("models", "")).resolve() != run.root.resolve():
+        sec.add(Text(f"Note: {sub} was made by the models in {predict_cfg.get('models')}, not by {run.root}."))
+    truth_dir = truth_folder(cfg, predict_cfg)
+    if truth_dir is None:
+        return sec.add(Note(f"no truth folder for the fields of {sub}, so it is not scored here (pass --truth; "
+                            "Kaggle scores real test sets)", f"python src/evaluate.py --truth TRUTH --submission {sub}")), None
+    try:
+        truth = read_truth(truth_dir, len(run.names))
+        predictions = parse_submission(sub, len(run.names))
+        result = competition_map(truth, predictions, 0.6, len(run.names))
+    except (InputError, ValueError) as exc:
+        return sec.add(Note(f"cannot score {sub} against {truth_dir}: {exc}",
+                            f"python src/evaluate.py --truth {truth_dir} --submission {sub}")), None
+    scored = int((result["n_truth"] > 0).sum())
+    missing = len(set(truth) - set(predictions))
+    sec.add(Text(f"Competition metric (mean over classes of AP at mask IoU 0.6) of {sub} against {truth_dir}: "
+                 f"mAP {result['map']:.4f} over the {scored} classes present in {len(truth)} truth fields"
+                 + (f"; {missing} truth field(s) have no row (scored as no detections)" if missing else "") + "."))
+    sec.add(Table(["class", "name", "AP", "true cells", "detections"],
+                  [[c, name, float(result["ap"][c]), int(result["n_truth"][c]), int(result["n_pred"][c])]
+                   for c, name in enumerate(run.names)],
+                  caption=f"mAP = {result['map']:.4f} (AP '-': no true cell of the class)"))
+    return sec, float(result["map"])
+
+
+def summary_section(run: Run, mAP: float | None, others: Sequence[Section]) -> Section:
+    sec = Section("summary", "Summary")
+    c = run.config
+    if c:
+        sec.add(Text(f"{c.get('model')} at {c.get('image_size')} px, trained on {c.get('label_source')} labels of "
+                     f"{c.get('folds_csv')}, up to {c.get('epochs')} epochs (lr {c.get('lr')}, batch {c.get('batch_size')})."))
+    rows = []
+    for k in run.folds:
+        s = run.fold_json(k, "summary.json")
+        if s is None:
+            rows.append([k, "unfinished", None, None, None, None, None, None, None, None])
+            continue
+        rows.append([k, s.get("epochs_run"), s.get("best_epoch"), s.get("n_train"), s.get("n_valid"),
+                     s.get("macro_ap_true"), s.get("baseline_ap_true"), s.get("macro_ap_weak"), s.get("baseline_ap_weak"),
+                     round(float(s.get("seconds", float("nan"))) / 60, 1)])
+    sec.add(Table(["fold", "epochs", "best epoch", "train cells", "valid cells", "macro AP true", "baseline",
+                   "macro AP weak", "baseline", "minutes"], rows,
+                  caption="validation fold scores (baseline: the label-frequency AP each macro AP must beat)"))
+    if mAP is not None:
+        sec.add(Text(f"Test submission: competition mAP {mAP:.4f} (see the last section)."))
+    missing = [[s.title, n.text] for s in others for n in s.notes]
+    if missing:
+        sec.add(Text("Missing pieces (each section says which command makes it):"), Table(["section", "missing piece"], missing))
+    return sec
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def build_report(cfg: ReportConfig, command: str = "") -> ReportResult:
+    """Write ``report.html`` and its pictures to ``cfg.out_dir()``; see the module docstring."""
+    run = find_run(cfg.run_dir)
+    out = cfg.out_dir()
+    assets = Assets(out)
+    folds_csv = folds_csv_path(cfg, run)
+    table, why = load_folds(folds_csv, len(run.names))
+    table_folds = sorted(table["fold"].unique().tolist()) if table is not None else []
+
+    submission, mAP = submission_section(cfg, run)
+    sections = [
+        overlays_section(cfg, run, assets),
+        folds_section(run, table, why, folds_csv, assets),
+        training_section(run, table_folds, assets),
+        scores_section(run, assets),
+        examples_section(run, table, why, folds_csv, cfg.examples, assets),
+        submission,
+    ]
+    sections.insert(0, summary_section(run, mAP, sections))
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    subtitle = f"{len(run.folds)} fold(s): {', '.join(map(str, run.folds))}; made {stamp}"
+    subtitle += f" by {command}" if command else ""
+    page = render_page(f"Run report: {run.root}", subtitle, sections)
+    write_bytes(out / "report.html", page.encode("utf-8"))
+    notes = [(s.title, n.text) for s in sections[1:] for n in s.notes]
+    return ReportResult(out / "report.html", len(image_sources(page)), notes)
