@@ -49,6 +49,7 @@ def main() -> None:
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     run("score the submission (competition metric, per-cell truth)",
         ["src/evaluate.py", "--truth", "input/synth_test/truth", "--submission", "output/synth_test/submission.csv"])
+    run("run report", ["src/report.py", "models/effb2"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
 
 
