@@ -43,6 +43,9 @@ def test_reconstruct_by_dilation_equals_scikit_image():
     for h in (0.5, 2.0):
         seed = np.clip(dist - h, 0, None)
         assert np.array_equal(reconstruct_by_dilation(seed, dist), reconstruction(seed, dist, method="dilation"))
+        q, qs = np.rint(dist * 1000).astype(np.uint16), np.rint(seed * 1000).astype(np.uint16)
+        rec = reconstruct_by_dilation(qs, q)
+        assert rec.dtype == np.uint16 and np.array_equal(rec, reconstruction(qs, q, method="dilation"))
 
 
 def test_tighten_to_edge_finds_the_step_of_dim_and_bright_nuclei():

@@ -149,16 +149,20 @@ def fill_holes_from(labels: np.ndarray, fill: np.ndarray, max_hole_px: float) ->
 
 
 def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Greyscale reconstruction by dilation of ``seed`` under ``mask`` (float32 HxW, 8-connected).
+    """Greyscale reconstruction by dilation of ``seed`` under ``mask`` (HxW, 8-connected).
 
     Equal to ``skimage.morphology.reconstruction(seed, mask, method="dilation")``: a 3x3
     dilation clipped by the mask, repeated until nothing changes. The number of passes is the
     farthest a value travels inside the mask (here about a nucleus diameter, since the distance
     map is 0 outside the nuclei), and a pass is one OpenCV call, which is far cheaper than
     scikit-image's sort of every pixel. Values are only ever copied (max/min), so they are exact.
+    uint16 maps stay uint16 (OpenCV dilates them several times faster than float32); anything
+    else is computed in float32.
     """
-    mask = np.asarray(mask, np.float32)
-    rec = np.minimum(np.asarray(seed, np.float32), mask)
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint16:
+        mask = mask.astype(np.float32)
+    rec = np.minimum(np.asarray(seed, mask.dtype), mask)
     kernel = np.ones((3, 3), np.uint8)
     while True:
         nxt = np.minimum(cv2.dilate(rec, kernel, borderType=cv2.BORDER_REPLICATE), mask)
@@ -172,11 +176,16 @@ def h_maxima_seeds(dist: np.ndarray, h: float, min_distance_px: float, mask: np.
 
     A greyscale reconstruction by dilation of ``dist - h`` under ``dist`` flattens every peak lower
     than ``h``; what stays above the reconstruction are the prominent peaks. Peaks closer than
-    ``min_distance_px`` are merged by a dilation before labelling.
+    ``min_distance_px`` are merged by a dilation before labelling. The reconstruction runs on
+    ``dist`` quantised to 65535 steps of its range (uint16, for speed): a step is far below any
+    ``h`` that means something (1e-4 um for nuclei 13 um across).
     """
     dist = np.asarray(dist, np.float32)
-    rec = reconstruct_by_dilation(np.clip(dist - h, 0, None), dist)
-    peaks = (dist.astype(np.float64) - rec) > 0.5 * h
+    step = max(float(dist.max()), 1e-12) / 65535
+    q = np.rint(np.clip(dist, 0, None) / step).astype(np.int32)
+    h_steps = h / step
+    rec = reconstruct_by_dilation(np.clip(q - round(h_steps), 0, 65535).astype(np.uint16), q.astype(np.uint16))
+    peaks = (q - rec.astype(np.int32)) > 0.5 * h_steps
     peaks &= mask
     r = max(1, int(round(min_distance_px / 2)))
     peaks = cv2.dilate(peaks.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
