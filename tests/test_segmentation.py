@@ -100,6 +100,29 @@ def test_nuclei_are_cut_back_inside_their_territories():
     assert segmentation_scores(truth, nuc, [0.75])["ap"][0] > segmentation_scores(truth, terr, [0.75])["ap"][0] + 0.3
 
 
+def test_split_at_new_necks_splits_only_nuclei_with_two_lobes():
+    import cv2
+
+    from cellloc.segmentation.classical import split_at_new_necks
+
+    yy, xx = np.mgrid[:60, :120]
+
+    def disk(cy, cx):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2
+
+    nuclei = np.zeros((60, 120), np.int32)
+    nuclei[disk(30, 18) | disk(30, 46)] = 3  # two 5 um nuclei joined by a 5 um neck (at 0.32 um/px)
+    nuclei[disk(30, 95)] = 7  # a round one
+    territories = cv2.dilate(nuclei.astype(np.uint16), np.ones((7, 7), np.uint8)).astype(np.int32)
+    terr, nuc = split_at_new_necks(territories, nuclei, px_um=0.32)  # necks: 1.5 um, seeds 5 um apart
+    assert sorted(np.unique(nuc[:, :60])) == [0, 8, 9]  # 3 became two new ids above the old ones
+    assert np.array_equal(nuc == 7, nuclei == 7) and np.array_equal(terr == 7, territories == 7)  # kept
+    assert nuc[30, 18] != nuc[30, 46]
+    assert np.array_equal(terr > 0, territories > 0) and np.all(terr[nuc > 0] == nuc[nuc > 0])
+    round_only = np.where(nuclei == 7, 7, 0)
+    assert split_at_new_necks(round_only, round_only, 0.32)[1] is round_only  # nothing to split: untouched
+
+
 def test_downscaled_segmentation_is_the_working_scale_result_upscaled():
     import cv2
 

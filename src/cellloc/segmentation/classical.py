@@ -4,7 +4,9 @@ Nuclei: smooth the nucleus channel, threshold it (triangle on the smoothed image
 split touching nuclei by a watershed on the distance transform seeded by its h-maxima. A global
 threshold sensitive enough for dim nuclei draws bright ones too wide (it cuts their blurred rim
 near the background), so each region is then cut back to its own edge: where the signal is halfway
-between the background and that nucleus's mean, the half-height of a blurred step.
+between the background and that nucleus's mean, the half-height of a blurred step. Cut back,
+touching nuclei meet along a narrower neck, so the same h-maxima seeding runs once more on the
+cut-back mask and splits the nuclei that now hold two or more seeds.
 Cells: a foreground from the cell channels (red/yellow, plus the nuclei), then a watershed seeded
 by the nuclei on an elevation that mixes the distance from each nucleus (which splits flat
 confluent cytoplasm like a Voronoi partition) with the inverted cell signal (which follows dark
@@ -102,10 +104,61 @@ def nucleus_regions(nucleus: np.ndarray, px_um: float, min_area_px: float, max_h
         return territories, territories
     nuclei = tighten_to_edge(img, territories, fg, p.nucleus_edge_level)
     nuclei = fill_holes_from(nuclei, territories, max_hole_px)
+    territories, nuclei = split_at_new_necks(territories, nuclei, px_um, p)
     # one id set for both: a territory whose nucleus is gone or too small would seed a cell without one
-    lut = np.arange(territories.max() + 1, dtype=np.int32)
+    lut = np.arange(max(territories.max(), nuclei.max()) + 1, dtype=np.int32)
     lut[np.bincount(nuclei.ravel(), minlength=lut.size) < min_area_px] = 0
     return lut[territories], lut[nuclei]
+
+
+def split_at_new_necks(territories: np.ndarray, nuclei: np.ndarray, px_um: float,
+                       p: ClassicalParams = ClassicalParams()) -> tuple[np.ndarray, np.ndarray]:
+    """Split cut-back nuclei that now show a neck; (territories, nuclei), int32 HxW, split alike.
+
+    Two touching nuclei joined by their blurred rims look like one blob to the distance transform
+    of the wide mask; cut back to their edges they meet along a narrow neck, and the same h-maxima
+    seeds (``seed_h``, ``seed_min_distance_um``) find two. A nucleus holding two or more of the new
+    regions is replaced by them (ids above the old ones); its territory goes to the nearest part.
+    Nuclei with one new region keep their outline and id, so this only ever splits. The watershed
+    runs only around nuclei that hold two or more seeds (few), so its cost stays small.
+    """
+    fg = nuclei > 0
+    if not fg.any():
+        return territories, nuclei
+    dist = _smooth(cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5) * px_um, 1.0 / px_um)
+    seeds = h_maxima_seeds(dist, p.seed_h, p.seed_min_distance_um / px_um, fg)
+    base = int(max(territories.max(), nuclei.max()))
+    many = _distinct_per_label(nuclei, seeds, base + 1) > 1
+    if not many.any():
+        return territories, nuclei
+    box = _bbox(many[nuclei])
+    parts = watershed(-dist[box], seeds[box], mask=fg[box])
+    cut = many & (_distinct_per_label(nuclei[box], parts, base + 1) > 1)
+    split = cut[nuclei[box]]
+    if not split.any():
+        return territories, nuclei
+    nuclei, territories = nuclei.copy(), territories.copy()
+    nuclei[box] = np.where(split, np.where(parts > 0, parts + base, 0), nuclei[box])  # a seedless piece drops
+    in_split = cut[territories]
+    tbox = _bbox(in_split)
+    nearest = watershed(np.zeros(in_split[tbox].shape, np.uint8), np.where(nuclei[tbox] > base, nuclei[tbox], 0),
+                        mask=in_split[tbox])
+    territories[tbox] = np.where(in_split[tbox], nearest, territories[tbox])
+    return territories, nuclei
+
+
+def _distinct_per_label(labels: np.ndarray, parts: np.ndarray, n: int) -> np.ndarray:
+    """For each id of ``labels`` (0..n-1), how many distinct non-zero ``parts`` ids overlap it."""
+    on = parts > 0
+    stride = int(parts.max()) + 1
+    pairs = np.unique(labels[on].astype(np.int64) * stride + parts[on])
+    return np.bincount(pairs // stride, minlength=n)
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
+    """The smallest (rows, cols) slices that hold every True pixel of a non-empty bool HxW."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def tighten_to_edge(img: np.ndarray, labels: np.ndarray, fg: np.ndarray, level: float) -> np.ndarray:
