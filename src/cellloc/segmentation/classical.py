@@ -103,7 +103,8 @@ def nucleus_regions(nucleus: np.ndarray, px_um: float, min_area_px: float, max_h
     if p.nucleus_edge_level <= 0:
         return territories, territories
     nuclei = tighten_to_edge(img, territories, fg, p.nucleus_edge_level)
-    nuclei = fill_holes_from(nuclei, territories, max_hole_px)
+    # enclosed and above the global threshold: a dim inside (nucleoli), not background, at any size
+    nuclei = fill_holes_from(nuclei, territories, np.inf)
     territories, nuclei = split_at_new_necks(territories, nuclei, px_um, p)
     # one id set for both: a territory whose nucleus is gone or too small would seed a cell without one
     lut = np.arange(max(territories.max(), nuclei.max()) + 1, dtype=np.int32)
@@ -190,7 +191,8 @@ def fill_holes_from(labels: np.ndarray, fill: np.ndarray, max_hole_px: float) ->
 
     Both int HxW. A hole is a 4-connected background component that does not touch the image
     border. Cutting a nucleus back to its edge opens holes where it is dim inside (nucleoli);
-    its territory (``fill``) holds the right id there, so no per-hole search of the rim is needed.
+    its territory (``fill``) holds the right id there, so no per-hole search of the rim is needed,
+    and a gap between nuclei that was background in ``fill`` too stays background.
     """
     _, holes, stats, _ = cv2.connectedComponentsWithStats((labels == 0).astype(np.uint8), connectivity=4)
     x, y, w, h, area = stats.T
