@@ -43,6 +43,84 @@ def test_reconstruct_by_dilation_equals_scikit_image():
     for h in (0.5, 2.0):
         seed = np.clip(dist - h, 0, None)
         assert np.array_equal(reconstruct_by_dilation(seed, dist), reconstruction(seed, dist, method="dilation"))
+        q, qs = np.rint(dist * 1000).astype(np.uint16), np.rint(seed * 1000).astype(np.uint16)
+        rec = reconstruct_by_dilation(qs, q)
+        assert rec.dtype == np.uint16 and np.array_equal(rec, reconstruction(qs, q, method="dilation"))
+
+
+def test_tighten_to_edge_finds_the_step_of_dim_and_bright_nuclei():
+    import cv2
+
+    from cellloc.segmentation.classical import tighten_to_edge
+
+    yy, xx = np.mgrid[:60, :120]
+    disks = [(30, 30), (30, 90)]
+    img = np.full((60, 120), 0.05, np.float32)
+    for (cy, cx), level in zip(disks, (0.2, 1.0)):  # a dim and a bright disk of radius 12 px
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12**2] = level
+    img = cv2.GaussianBlur(img, (0, 0), 3)
+    wide = np.where(img > 0.07, 1 + (xx >= 60), 0).astype(np.int32)  # one low threshold: both too wide
+
+    def radius(lab, i):
+        return np.sqrt((lab == i).sum() / np.pi)
+
+    assert radius(wide, 2) > 17
+    tight = tighten_to_edge(img, wide, wide > 0, 0.5)
+    for i in (1, 2):  # each back near its own step (12 px): the rim in the mean puts it a little outside
+        assert 12 <= radius(tight, i) < 14
+        assert np.all(wide[tight == i] == i)
+
+
+def test_fill_holes_from_fills_inner_holes_only():
+    from cellloc.segmentation.classical import fill_holes_from
+
+    lab = np.zeros((12, 12), np.int32)
+    lab[2:7, 2:7] = 4
+    lab[4, 4] = 0  # a hole, inside the territory of 4
+    lab[9:12, 0:3] = 5
+    lab[11, 0] = 0  # touches the border: not a hole
+    fill = np.where(lab > 0, lab, 0)
+    fill[4, 4] = 4
+    out = fill_holes_from(lab, fill, max_hole_px=2)
+    assert out[4, 4] == 4 and out[11, 0] == 0
+    assert fill_holes_from(lab, fill, max_hole_px=1)[4, 4] == 0  # not strictly smaller than the limit
+
+
+def test_nuclei_are_cut_back_inside_their_territories():
+    from cellloc.segmentation.classical import ClassicalParams, nucleus_regions
+
+    f = generate_field(SynthConfig(size=512, seed=5), 0)
+    px = SegmentConfig().pixel_size(f.image.shape)
+    terr, nuc = nucleus_regions(f.image[..., 2], px, 20 / px**2, 10 / px**2)
+    assert nuc.max() > 5 and set(np.unique(nuc)) == set(np.unique(terr))
+    assert np.all(terr[nuc > 0] == nuc[nuc > 0]) and (nuc > 0).sum() < (terr > 0).sum()
+    wide = nucleus_regions(f.image[..., 2], px, 20 / px**2, 10 / px**2, ClassicalParams(nucleus_edge_level=0))
+    assert np.array_equal(wide[0], wide[1]) and np.array_equal(wide[0], terr)
+    truth = f.nucleus_labels
+    assert segmentation_scores(truth, nuc, [0.75])["ap"][0] > segmentation_scores(truth, terr, [0.75])["ap"][0] + 0.3
+
+
+def test_split_at_new_necks_splits_only_nuclei_with_two_lobes():
+    import cv2
+
+    from cellloc.segmentation.classical import split_at_new_necks
+
+    yy, xx = np.mgrid[:60, :120]
+
+    def disk(cy, cx):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2
+
+    nuclei = np.zeros((60, 120), np.int32)
+    nuclei[disk(30, 18) | disk(30, 46)] = 3  # two 5 um nuclei joined by a 5 um neck (at 0.32 um/px)
+    nuclei[disk(30, 95)] = 7  # a round one
+    territories = cv2.dilate(nuclei.astype(np.uint16), np.ones((7, 7), np.uint8)).astype(np.int32)
+    terr, nuc = split_at_new_necks(territories, nuclei, px_um=0.32)  # necks: 1.5 um, seeds 5 um apart
+    assert sorted(np.unique(nuc[:, :60])) == [0, 8, 9]  # 3 became two new ids above the old ones
+    assert np.array_equal(nuc == 7, nuclei == 7) and np.array_equal(terr == 7, territories == 7)  # kept
+    assert nuc[30, 18] != nuc[30, 46]
+    assert np.array_equal(terr > 0, territories > 0) and np.all(terr[nuc > 0] == nuc[nuc > 0])
+    round_only = np.where(nuclei == 7, 7, 0)
+    assert split_at_new_necks(round_only, round_only, 0.32)[1] is round_only  # nothing to split: untouched
 
 
 def test_downscaled_segmentation_is_the_working_scale_result_upscaled():
