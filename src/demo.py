@@ -46,10 +46,10 @@ def main() -> None:
     run("train fold 0 (CPU-sized: small crops, no ImageNet weights)",
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test"])
+    run("run report", ["src/report.py", "models/effb2"])
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     run("score the submission (competition metric, per-cell truth)",
         ["src/evaluate.py", "--truth", "input/synth_test/truth", "--submission", "output/synth_test/submission.csv"])
-    run("run report", ["src/report.py", "models/effb2"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
 
 
