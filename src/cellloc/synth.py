@@ -534,7 +534,7 @@ def generate_field(cfg: SynthConfig, index: int, size: int | None = None) -> Syn
     mapping = {}
     for old in old_ids:
         hit = labels2[labels == old]
-        if hit.size:
+        if hit.size and hit[0] > 0:  # 0: the cell was dropped as a fragment
             mapping[int(hit[0])] = old
     kept_cells = [cells[mapping[k] - 1] for k in sorted(mapping)]
     classes = {k: cell_cls[mapping[k] - 1] for k in sorted(mapping)}
