@@ -12,14 +12,10 @@ same fields go through
   as RLE and append the submission row (what ``predict.py`` pays per field),
 
 for each classifier setting: EfficientNet-B2 at 260 px (the paper recipe) with 1 and 4 TTA
-views, and B0 at 64 px (the demo's CPU-sized model). Weights are random, with batch-norm
+views, and B0 at 64 px (a CPU-sized model). Weights are random, with batch-norm
 statistics measured on random inputs so activations have a trained net's scale; the run folder
 is written the way ``train.py`` writes it, so ``load_ensemble`` reads it like a real one. The
 ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
-
-A second table times ``predict_crops`` with subnormal floats flushed to zero (the default on
-CPU) against not flushed, for a freshly initialised net (batch-norm statistics at their
-defaults, where activations decay into the subnormal range) and the calibrated one.
 """
 
 from __future__ import annotations
@@ -31,13 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cellloc.config import save_config
 from cellloc.datasets import write_dataset
 from cellloc.fieldio import list_fields, read_field, write_json
-from cellloc.inference_model import CellClassifier, predict_crops
 from cellloc.models import create_model
 from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 from cellloc.segment_run import SegmentRunConfig
@@ -104,7 +98,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        runs = {s: write_run(root / "runs", s[0], s[1], s[2]) for s in settings}
+        runs = {}
+        for s in settings:  # one run folder per model and size; TTA is a predict option
+            if (s[0], s[1], s[2]) not in runs:
+                runs[s[0], s[1], s[2]] = write_run(root / "runs", s[0], s[1], s[2])
         for size in sizes:
             data = root / f"data{size}"
             write_dataset(SynthConfig(size=size, seed=11), data, a.fields, split="test")
@@ -112,22 +109,9 @@ def main() -> None:
             ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
             t_seg = time_segmentation(folder, ids)
             for s in settings:
-                t_pred, cells = time_predict(folder, runs[s], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}", s[3])
+                t_pred, cells = time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}", s[3])
                 print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {cells / len(ids):.1f} | "
                       f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x |", flush=True)
-    print("\n| classifier | weights | predict_crops, 32 crops: not flushed / flushed time |")
-    print("|---|---|---|")
-    crops = [np.random.default_rng(k).integers(0, 255, (128, 128, 4), dtype=np.uint8) for k in range(32)]
-    for model, size in ([("efficientnet-b0", 64)] if a.quick else [("efficientnet-b2", 260), ("efficientnet-b0", 64)]):
-        for calibrate in (False, True):
-            clf = CellClassifier(make_net(model, size, calibrate), size, [0.5] * 4, [0.3] * 4, 19)
-            times = {}
-            for flush in (False, True, False, True):  # alternate, keep the best of two
-                t0 = time.perf_counter()
-                predict_crops(clf, crops, batch_size=32, flush_denormal=flush)
-                times[flush] = min(times.get(flush, np.inf), time.perf_counter() - t0)
-            what = "batch-norm calibrated" if calibrate else "fresh init"
-            print(f"| {model}, {size} px | {what} | {times[False] / times[True]:.2f}x |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

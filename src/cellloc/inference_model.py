@@ -8,9 +8,8 @@ the same function the training Dataset uses, so train and inference inputs canno
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,15 +117,11 @@ def predict_crops(
     batch_size: int = 64,
     num_workers: int = 0,
     amp: bool = True,
-    flush_denormal: bool = True,
 ) -> np.ndarray:
     """Per-class probabilities ``(N, num_classes)`` float32 for HxWxC uint8/uint16 crops (or ``.npy`` paths).
 
     ``tta`` averages the sigmoid over that many dihedral views (flips/transposes: the training
     augmentation, so every view is in-distribution). ``amp`` uses fp16 autocast on CUDA only.
-    ``flush_denormal`` treats subnormal floats as zero while predicting on the CPU: activations
-    that decay into the subnormal range make x86 arithmetic many times slower (see
-    bench/bench_predict.py) and change no probability by a visible amount.
     """
     if tta not in TTA_CHOICES:
         raise InputError(f"tta must be one of {', '.join(map(str, TTA_CHOICES))}, got {tta}")
@@ -141,20 +136,7 @@ def predict_crops(
         pin_memory=on_cuda,
     )
     model.eval()
-    with _flushing_denormals(flush_denormal and not on_cuda):
-        return _predict_loop(model, loader, tta, on_cuda and amp)
-
-
-@contextlib.contextmanager
-def _flushing_denormals(on: bool) -> Iterator[None]:
-    """Flush subnormal floats to zero inside the block (torch's switch is process-wide; off is its default)."""
-    if not on or not torch.set_flush_denormal(True):  # False: this CPU cannot flush
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+    return _predict_loop(model, loader, tta, on_cuda and amp)
 
 
 def _predict_loop(model: CellClassifier, loader: DataLoader, tta: int, amp: bool) -> np.ndarray:
