@@ -54,6 +54,11 @@ CHANNEL_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def label_set_for(num_classes: int) -> LabelSet | None:
+    """The known label set with this many classes (a run config records only the count), or None."""
+    return next((s for s in LABEL_SETS.values() if s.num_classes == num_classes), None)
+
+
 def get_label_set(name: str) -> LabelSet:
     """Look a label set up by name (``hpa19``, ``hpa28``, ``rxrx1``)."""
     try:

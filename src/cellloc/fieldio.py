@@ -120,6 +120,20 @@ class FieldListing:
     incomplete: dict[str, list[str]] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
 
+    def failures(self) -> list[tuple[str, str]]:
+        """(ID, reason) for each field that lacks channel files: what a run reports as failed."""
+        return [(i, f"missing channel file(s): {', '.join(m)}") for i, m in self.incomplete.items()]
+
+
+def dataset_root(fields_folder: str | Path) -> Path:
+    """The dataset folder of a folder of fields: the parent of ``train/`` or ``test/``, else the folder itself.
+
+    ``make_data.py`` writes ``<dataset>/{train,test}/`` beside ``<dataset>/truth/``; outputs are
+    named after the dataset, so ``input/synth/train`` goes to ``output/synth``.
+    """
+    p = Path(fields_folder)
+    return p.parent if p.name in ("train", "test") else p
+
 
 def list_fields(folder: str | Path, channels: Sequence[str] = HPA_CHANNELS, exts: Sequence[str] = IMAGE_EXTS) -> FieldListing:
     """Find field IDs in ``folder`` from their channel file names.

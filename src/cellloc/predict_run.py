@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from .cells import MASK_MODES, cell_table, crop_cells
-from .classes import LABEL_SETS
+from .classes import label_set_for
 from .config import load_config, opt
 from .errors import InputError
-from .fieldio import find_mask, list_fields, read_field, read_mask, write_csv
+from .fieldio import dataset_root, find_mask, list_fields, read_field, read_mask, write_csv
 from .inference import BLEND_MODES, blend_with_field, cell_weights, ensemble, with_negative
 from .segment_run import SegmentRunConfig
 from .segmentation import SegmentConfig, create_segmenter
@@ -67,8 +67,7 @@ class PredictConfig:
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
 
     def dataset_dir(self) -> Path:
-        p = Path(self.input)
-        return p.parent if p.name in ("train", "test") else p
+        return dataset_root(self.input)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
@@ -112,7 +111,7 @@ def model_spec(run_dir: Path, cfg: PredictConfig) -> ModelSpec:
     seg = replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir,
                   backend=cfg.backend or seg.backend)
     n = int(run_cfg["num_classes"])
-    label_set = next((s for s in LABEL_SETS.values() if s.num_classes == n), None)
+    label_set = label_set_for(n)
     if seg_run.crop_mask not in MASK_MODES:
         raise InputError(f"{seg_path}: crop mask {seg_run.crop_mask!r} unknown")
     return ModelSpec(segment=seg, crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask,
@@ -171,7 +170,7 @@ def run_predict(cfg: PredictConfig, spec: ModelSpec, predict_fns: Sequence[Predi
         raise InputError(f"{cfg.input}: no complete fields found for channels {', '.join(spec.channels)}")
     out = cfg.out_dir()
     segmenter = None if cfg.masks else create_segmenter(spec.segment)
-    failed: list[tuple[str, str]] = [(i, f"missing channel file(s): {', '.join(m)}") for i, m in listing.incomplete.items()]
+    failed = listing.failures()
     n_cells = n_done = 0
     writer = SubmissionWriter(out / "submission.csv")
     if writer.path.exists() and not writer.partial.exists():

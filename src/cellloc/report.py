@@ -30,11 +30,11 @@ import pandas as pd
 from PIL import Image as PILImage
 from sklearn.metrics import average_precision_score
 
-from .classes import CHANNEL_SETS, HPA_SINGLE_CELL, LABEL_SETS
+from .classes import CHANNEL_SETS, HPA_SINGLE_CELL, label_set_for
 from .config import load_config, opt
 from .data import load_crop, read_cells
 from .errors import InputError
-from .fieldio import multihot, read_csv, read_field, read_mask, write_bytes, write_png
+from .fieldio import dataset_root, find_mask, multihot, read_csv, read_field, read_mask, write_bytes, write_png
 from .folds import output_paths
 from .metrics import competition_map, read_truth
 from .plots import fold_balance_heatmap, save_figure
@@ -168,7 +168,7 @@ def find_run(run_dir: str | Path) -> Run:
     folds = dict(sorted(folds.items()))
     config = next((c for c in (read_json(d / "config.json") for d in folds.values()) if c), {})
     n = int(config.get("num_classes", HPA_SINGLE_CELL.num_classes))
-    label_set = next((s for s in LABEL_SETS.values() if s.num_classes == n), None)
+    label_set = label_set_for(n)
     names = label_set.names if label_set else tuple(str(k) for k in range(n))
     return Run(root, folds, config, names)
 
@@ -257,10 +257,9 @@ class Assets:
 
 
 def mask_file(seg_dir: Path, image_id: str, kind: str) -> Path:
-    """``masks/{ID}_{kind}_mask.png``, or its ``.npz`` twin when only that exists (``--mask-format npz``)."""
-    png = seg_dir / "masks" / f"{image_id}_{kind}_mask.png"
-    npz = png.with_suffix(".npz")
-    return npz if npz.is_file() and not png.is_file() else png
+    """``masks/{ID}_{kind}_mask.png`` or ``.npz`` (``--mask-format npz``); the PNG name when neither exists."""
+    stem = f"{image_id}_{kind}_mask"
+    return find_mask(seg_dir / "masks", stem) or seg_dir / "masks" / f"{stem}.png"
 
 
 def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names: Sequence[str], max_side: int,
@@ -505,8 +504,7 @@ def truth_folder(cfg: ReportConfig, predict_cfg: dict | None) -> Path | None:
     if cfg.truth:
         return Path(cfg.truth)
     if predict_cfg and predict_cfg.get("input"):
-        fields = Path(predict_cfg["input"])
-        cand = (fields.parent if fields.name in ("train", "test") else fields) / "truth"
+        cand = dataset_root(predict_cfg["input"]) / "truth"
         if (cand / "cells.csv").is_file():
             return cand
     return None

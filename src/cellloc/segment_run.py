@@ -29,7 +29,7 @@ from .cells import MASK_MODES, cell_table, crop_cells
 from .classes import CHANNEL_SETS, get_label_set
 from .config import opt, save_config
 from .errors import InputError
-from .fieldio import MASK_FORMATS, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
+from .fieldio import MASK_FORMATS, dataset_root, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
 from .segmentation import SegmentConfig, create_segmenter
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
@@ -75,8 +75,7 @@ class SegmentRunConfig:
 
     def dataset_dir(self) -> Path:
         """The dataset folder: the parent of a train/ or test/ folder, else the folder itself."""
-        p = Path(self.input)
-        return p.parent if p.name in ("train", "test") else p
+        return dataset_root(self.input)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
@@ -234,7 +233,7 @@ def _run_in_worker(image_id: str) -> FieldResult:
 def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """(fields to segment, fields that cannot be (id, reason), stray file names)."""
     listing = list_fields(cfg.input, cfg.channel_names)
-    bad = [(i, f"missing channel file(s): {', '.join(m)}") for i, m in listing.incomplete.items()]
+    bad = listing.failures()
     ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
     if not ids and not bad:
         raise InputError(f"{cfg.input}: no fields found (expected files named {{ID}}_{{channel}}.png for channels {', '.join(cfg.channel_names)})")
