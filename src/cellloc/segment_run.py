@@ -2,7 +2,7 @@
 
 Outputs under ``out``:
 
-    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (.npz with --mask-format npz)
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
     crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
     cells/{ID}.csv                                           the field's rows; marks it done
@@ -29,7 +29,7 @@ from .cells import MASK_MODES, cell_table, crop_cells
 from .classes import CHANNEL_SETS, get_label_set
 from .config import opt, save_config
 from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
+from .fieldio import MASK_FORMATS, dataset_root, mask_file, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
 from .segmentation import SegmentConfig, create_segmenter
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
@@ -46,11 +46,12 @@ class SegmentRunConfig:
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
     channels: str = opt("hpa", "channel set of the files", choices=sorted(CHANNEL_SETS))
     label_set: str = opt("hpa19", "label set of the labels CSV")
-    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
+    scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
-    mask_format: str = opt("png", "masks as uint16 PNG or compressed npz", choices=list(MASK_FORMATS))
+    mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
     workers: int = opt(1, "processes (CPU backends)")
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
@@ -68,6 +69,13 @@ class SegmentRunConfig:
             raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+        unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
+        if unknown or not self.mask_formats:
+            raise ValueError(f"--mask-format: unknown {', '.join(unknown) or 'empty'}; known: {', '.join(MASK_FORMATS)}")
+
+    @property
+    def mask_formats(self) -> list[str]:
+        return [f.strip() for f in self.mask_format.split(",") if f.strip()]
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -97,7 +105,7 @@ class SegmentRunConfig:
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
             backend=self.backend, channels=self.channel_names,
-            pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
             nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
@@ -153,8 +161,9 @@ class FieldWorker:
         from .render import overlay
 
         cfg, out = self.cfg, self.out
-        write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)
-        write_mask(out / "masks" / f"{image_id}_nucleus_mask.{cfg.mask_format}", nuclei)
+        for fmt in cfg.mask_formats:
+            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
+            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)
