@@ -3,6 +3,8 @@ each tested by reading it back: with our reader, and with the library Fiji/napar
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -14,6 +16,7 @@ from cellloc.imagemeta import pixel_size_of_file
 from cellloc.metrics import segmentation_scores
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.synth import SynthConfig, generate_field
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +118,19 @@ def test_bad_tiff_and_roi_masks_are_one_line_errors(tmp_path, name, content, mes
 def test_non_integer_labels_are_refused(tmp_path):
     with pytest.raises(ValueError, match="2-D integer"):
         write_mask(tmp_path / "x.tif", np.zeros((3, 3), np.float32))
+
+
+def test_segment_cli_writes_every_format_asked_for(synth_dataset, tmp_path):
+    def segment(*args):
+        return subprocess.run([sys.executable, "src/segment.py", "--input", synth_dataset / "train", "--limit", "1",
+                               "--crop-size", "16", *args], capture_output=True, text=True, cwd=REPO)
+
+    r = segment("--out", tmp_path / "o", "--mask-format", "png,tif,roi")
+    assert r.returncode == 0, r.stderr
+    masks = tmp_path / "o" / "masks"
+    png = sorted(masks.glob("*_cell_mask.png"))[0]
+    cells = read_mask(png)
+    for suffix in (".tif", ".zip"):
+        assert np.array_equal(read_mask(png.with_suffix(suffix), shape=cells.shape), cells)
+    r = segment("--out", tmp_path / "o2", "--mask-format", "png,bmp")
+    assert r.returncode == 2 and "unknown bmp" in r.stderr and r.stderr.count("\n") == 1

@@ -40,7 +40,7 @@ from skimage.filters import threshold_triangle
 
 from ..errors import InputError
 from .base import HPA_FIELD_OF_VIEW_UM, SCALE_AWARE_BACKENDS, SegmentConfig, Segmenter
-from .classical import drop_faint_labels, fine_levels, noise_level, smoothing_gain, tighten_to_edge, unit_range
+from .classical import ClassicalParams, drop_faint_labels, fine_levels, noise_level, smoothing_gain, tighten_to_edge, unit_range
 
 MIN_PLAUSIBLE_UM, MAX_PLAUSIBLE_UM = 0.01, 5.0  # a microscope pixel, whatever the objective
 
@@ -144,7 +144,7 @@ def _measure(nucleus: np.ndarray, scale: float, min_contrast: float) -> NucleusS
 
 
 def nucleus_size(nucleus: np.ndarray, max_side: int = 256, min_diameter_px: float = 12.0,
-                 min_contrast: float = 8.0) -> NucleusSize:
+                 min_contrast: float = ClassicalParams.nucleus_min_contrast) -> NucleusSize:
     """Typical nucleus diameter, in pixels of ``nucleus`` (HxW, any dtype): see the module docstring.
 
     ``max_side``: the first pass runs on the plane shrunk to at most this many pixels a side.
