@@ -11,7 +11,7 @@ for HPA fields of any size, wrong for everything else (HeLa nuclei drawn 4x too 
 estimate lands within ``snap_to_width`` (25%) of that rule, the field is taken for an HPA field
 and the rule's exact value is used: over generated HPA-like fields (10-22 nuclei of varied
 sizes each) the estimate lands within 10-15% of the truth, 25% at worst, and on the two real
-HPA fields at 0.83x and 1.14x of the rule, so without the snap each HPA field would be
+HPA fields at 0.81x and 1.16x of the rule, so without the snap each HPA field would be
 segmented at a slightly different scale than today for no gain.
 
 How the nuclei are measured (:func:`nucleus_size`): a first pass of the classical nucleus
@@ -22,7 +22,7 @@ and the area-weighted median of those. The inscribed radius is that of one nucle
 several touch (their union is no wider than its widest member), and weighting by area lets a
 few specks of debris count for little. When the nuclei come out under ``min_diameter_px``
 pixels at that size, the measure is repeated at a finer one, so small nuclei are not measured
-through the blur of the shrinking. A pass costs a few milliseconds (5-12% of the classical
+through the blur of the shrinking. A pass costs a few milliseconds (6-13% of the classical
 segmentation of the field; see ``bench/bench_scale.py``).
 
 The sources are a registry (``SCALE_SOURCES``): a function ``(cfg, nucleus plane, field shape)
