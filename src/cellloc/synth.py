@@ -692,17 +692,22 @@ def class_example(cls: int, size: int = 512, seed: int = 0) -> SynthField:
     return generate_field(cfg, cls)
 
 
-def class_gallery(tile: int = 128, size: int = 512, seed: int = 0, columns: int = 5) -> np.ndarray:
+def class_gallery(tile: int = 128, size: int = 512, seed: int = 0, columns: int = 5,
+                  names: Sequence[str] = HPA_SINGLE_CELL.names,
+                  example: Callable[[int, int, int], SynthField] | None = None) -> np.ndarray:
     """RGB grid (uint8) with one generated cell per class, titled, so a person can judge realism.
 
+    ``example(k, size, seed)`` draws a field showing class ``k`` (default :func:`class_example`,
+    the single-cell classes ``names``); the tile is its largest cell that shows ``k``.
     Red (microtubules) and blue (nuclei) are stretched per tile; green (the protein) uses one
     fixed scale for every tile, so a Negative cell looks as dark as it is.
     """
     from .render import stretch
 
+    example = example or class_example
     tiles = []
-    for k, name in enumerate(HPA_SINGLE_CELL.names):
-        f = class_example(k, size, seed)
+    for k, name in enumerate(names):
+        f = example(k, size, seed)
         ids = [c for c, v in f.cell_classes.items() if k in v] or list(f.cell_classes)
         areas = [(f.cell_labels == c).sum() for c in ids]
         cid = ids[int(np.argmax(areas))]
