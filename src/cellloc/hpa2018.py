@@ -7,8 +7,13 @@ The reader returns the project's frame: ``ID``, the canonical ``Label`` (``"0|16
 16-bit, read the same way through :func:`cellloc.fieldio.read_field`).
 
 Submission: ``Id,Predicted``, Predicted = space-separated class ids, empty allowed, one row per
-test Id. Scored by macro F1 over the 28 classes; a class with no positive in the truth and none
-predicted counts 0 (see :mod:`cellloc.thresholds`).
+test Id. Scored by macro F1 over the 28 classes. The competition's scoring code is not public;
+this scorer is scikit-learn's ``f1_score(truth, pred, average="macro")`` over all 28 labels with
+its default ``zero_division`` (checked against scikit-learn 1.9.1 in the tests): a class with no
+positive in the truth and none predicted has F1 0/0, which counts as 0 (scikit-learn warns
+"F-score is ill-defined") and stays in the mean. On a small test set every class missing from
+the truth therefore caps the score; the table's last line also gives the mean over the classes
+present in the truth.
 
 Problems name the file and the line (``file: line N: ...``); line numbers are the file's own,
 blank lines included (they are skipped but counted).

@@ -208,6 +208,20 @@ def make_round(c: CellGeom, rng: np.random.Generator) -> None:
     c.n_amp = c.n_amp * 0.5
 
 
+def round_mitotic(rng: np.random.Generator, cells: list[CellGeom], spindle: bool) -> None:
+    """Round up the dividing cells (in place). A spindle protein needs them: then ~30% divide, at least one."""
+    if spindle:
+        for c in cells:
+            if rng.random() < 0.3:
+                make_round(c, rng)
+        if not any(c.mitotic for c in cells) and cells:
+            make_round(cells[int(rng.integers(len(cells)))], rng)
+    else:
+        for c in cells:
+            if c.mitotic:
+                make_round(c, rng)
+
+
 def rasterise(cells: list[CellGeom], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels (uint16) for cells and nuclei; a pixel goes to the cell nearest in its own metric."""
     best = np.full((size, size), np.inf, np.float32)
@@ -664,16 +678,7 @@ def generate_field(cfg: SynthConfig, index: int, size: int | None = None) -> Syn
     rng = np.random.default_rng([cfg.seed, index, size])
     cells = place_cells(rng, cfg, size)
     field_classes = draw_field_classes(rng, cfg)
-    if SPINDLE in field_classes:  # a spindle protein needs dividing cells to show in
-        for c in cells:
-            if rng.random() < 0.3:
-                make_round(c, rng)
-        if not any(c.mitotic for c in cells) and cells:
-            make_round(cells[int(rng.integers(len(cells)))], rng)
-    else:
-        for c in cells:
-            if c.mitotic:
-                make_round(c, rng)
+    round_mitotic(rng, cells, SPINDLE in field_classes)
     cell_cls = assign_cell_classes(rng, cfg, field_classes, cells)
     labels, nuclei, kept = label_cells(cells, size)
     classes = {k: cell_cls[old] for k, old in enumerate(kept, start=1)}

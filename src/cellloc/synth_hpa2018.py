@@ -45,11 +45,11 @@ from .synth import (
     disk,
     draw_curve,
     label_cells,
-    make_round,
     pattern,
     place_cells,
     random_walk,
     render_channels,
+    round_mitotic,
 )
 
 # Images per class among the 31,072 images of the competition's train.csv (public facts).
@@ -437,16 +437,7 @@ def generate_image(cfg: Hpa2018Config, record: ImageRecord, size: int | None = N
     cells_cfg = cfg.cells(record.cell_line)
     rng = np.random.default_rng([cfg.seed, SPLIT_CODES[record.split], record.index, size])
     cells = place_cells(rng, cells_cfg, size)
-    if SPINDLE_2018 in record.classes:  # a spindle protein needs dividing cells to show in
-        for c in cells:
-            if rng.random() < 0.3:
-                make_round(c, rng)
-        if not any(c.mitotic for c in cells) and cells:
-            make_round(cells[int(rng.integers(len(cells)))], rng)
-    else:
-        for c in cells:
-            if c.mitotic:
-                make_round(c, rng)
+    round_mitotic(rng, cells, SPINDLE_2018 in record.classes)
     labels, nuclei, kept = label_cells(cells, size)
     patches = cell_patches([cells[i] for i in kept], labels, nuclei)
     by_cell = _assign(rng, cfg, record.classes, patches)
