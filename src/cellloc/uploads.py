@@ -195,6 +195,10 @@ def read_header(data: bytes, name: str, max_pixels: int) -> ImageHeader:
     try:
         if fmt == "tiff":
             header = _tiff_header(data, name)
+        elif fmt == "png":  # IHDR is the first chunk: width and height are bytes 16..24
+            if len(data) < 24 or data[12:16] != b"IHDR":
+                raise UploadError(422, f"{name}: PNG without an IHDR header (corrupt or truncated file?)")
+            header = ImageHeader(fmt, int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
         else:
             from PIL import Image
 
@@ -204,9 +208,9 @@ def read_header(data: bytes, name: str, max_pixels: int) -> ImageHeader:
                     header = ImageHeader(fmt, int(im.width), int(im.height))
     except UploadError:
         raise
-    except Exception as exc:  # Pillow's DecompressionBombError lands here too: refuse it by size below if we can
-        if type(exc).__name__ == "DecompressionBombError":
-            raise UploadError(413, f"{name}: image over the pixel limit ({exc})") from None
+    except Exception as exc:
+        if type(exc).__name__ == "DecompressionBombError":  # Pillow's own limit, past twice its default
+            raise UploadError(413, f"{name}: image over the pixel limit of {max_pixels:,} per image ({exc})") from None
         raise UploadError(422, f"{name}: cannot read the {fmt.upper()} header (corrupt or truncated file?)") from None
     if header.width * header.height > max_pixels:
         raise UploadError(413, f"{name}: {header.width}x{header.height} = {header.width * header.height:,} pixels "
@@ -338,3 +342,18 @@ def read_field_bytes(files: dict[str, bytes], channels: tuple[str, ...], limits:
     if total > limits.max_bytes:
         raise UploadError(413, f"request: {total:,} bytes is over the upload limit of {limits.max_bytes:,} bytes")
     return field_from_parts(parts, channels, limits.max_pixels)
+
+
+def encode_multipart(files: dict[str, tuple[str, bytes, str]], boundary: str = "cellloc-field-upload") -> tuple[bytes, str]:
+    """The client side: ``{field: (filename, data, content type)}`` -> (body, Content-Type header value).
+
+    What a browser's FormData sends; used by the tests and the bench to talk to the service.
+    """
+    chunks = []
+    for name, (filename, data, kind) in files.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                      f"Content-Type: {kind}\r\n\r\n".encode("latin-1"))
+        chunks.append(bytes(data))
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode("latin-1"))
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"

@@ -197,14 +197,14 @@ function drawHighlight() {
   ctx.strokeRect(x0 * s - 3, y0 * s - 3, (x1 - x0) * s + 6, (y1 - y0) * s + 6);
 }
 
-function selectCell(id) {
+function selectCell(id, scroll = false) {
   state.selected = id;
   const c = state.result.cells.find((x) => x.id === id);
   for (const tr of document.querySelectorAll("#cells tbody tr")) {
     tr.classList.toggle("selected", Number(tr.dataset.cell) === id);
   }
   const tr = document.querySelector(`#cells tbody tr[data-cell="${id}"]`);
-  if (tr) tr.scrollIntoView({ block: "nearest" });
+  if (tr && scroll) tr.scrollIntoView({ block: "nearest" });
   drawHighlight();
   $("#cell-title").textContent = `Cell ${id}`;
   const crop = el("canvas", { id: "crop", width: 180, height: 180 });
@@ -229,7 +229,7 @@ function setupOverlayClicks() {
       const d = (c.centroid[0] - x) ** 2 + (c.centroid[1] - y) ** 2;
       if (d < bestD) { bestD = d; best = c; }
     }
-    if (best) selectCell(best.id);
+    if (best) selectCell(best.id, true);
   });
   window.addEventListener("resize", () => state.result && sizeCanvas());
 }
