@@ -404,16 +404,6 @@ def test_a_model_that_fails_to_load_stops_the_script_with_one_line(tmp_path):
 # --------------------------------------------------------------------------- the page, in a real browser
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    from cellloc.browser import find_chromium
-
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
-    return browser
-
-
 def test_the_page_uploads_the_sample_field_and_shows_overlay_cells_and_a_cell(server, chromium, tmp_path):
     from cellloc.browser import open_page
 
@@ -441,6 +431,15 @@ def test_the_page_uploads_the_sample_field_and_shows_overlay_cells_and_a_cell(se
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape == (1000, 1280, 3)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # not blank
+
+
+def test_the_api_docs_render_offline(server, chromium):
+    from cellloc.browser import open_page
+
+    with open_page(f"http://127.0.0.1:{server['port']}/docs", chromium, timeout=120) as page:
+        page.wait_for("document.querySelectorAll('.opblock').length", timeout=60)
+        paths = page.evaluate("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+    assert paths == ["/predict", "/overlay", "/health"]
 
 
 def test_the_page_shows_the_services_error(server, chromium, tmp_path):

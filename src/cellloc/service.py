@@ -185,12 +185,22 @@ class Admission:
         return max(1, math.ceil(self._mean_seconds * self.active / self.workers))
 
     async def run(self, fn: Callable, *args):
-        async with self._slots:
-            t0 = time.perf_counter()
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-            finally:
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - t0)
+        """``fn(*args)`` in a worker thread once one is free.
+
+        The worker's place is given back when the thread finishes, not when the awaiting request
+        goes away (a cancelled request cannot stop its thread), so at most ``workers`` fields are
+        ever in the pipeline.
+        """
+        await self._slots.acquire()
+        t0 = time.perf_counter()
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+        def done(_) -> None:
+            self._slots.release()
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - t0)
+
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
