@@ -329,6 +329,24 @@ def test_busy_server_answers_503_with_retry_after_and_recovers(server):
     assert client.predict(sample_files())[0] == 200
 
 
+def test_a_client_that_leaves_mid_upload_gives_its_place_back(server):
+    client = server["client"]
+    body, kind = encode_multipart(sample_files())
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=60) as s:
+        s.sendall(head + body[:100_000])
+        end = time.monotonic() + 60
+        while client.get_json("/health")[1]["load"]["active"] < 1:
+            assert time.monotonic() < end
+            time.sleep(0.1)
+    end = time.monotonic() + 60
+    while client.get_json("/health")[1]["load"]["active"] > 0:
+        assert time.monotonic() < end, "the place of a client that left was not given back"
+        time.sleep(0.1)
+    assert client.predict(sample_files())[0] == 200
+
+
 def test_concurrent_clients_get_answers_or_503_never_a_crash(server):
     client = server["client"]
     body, kind = encode_multipart(sample_files())

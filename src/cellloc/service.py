@@ -258,6 +258,7 @@ def create_app(cfg: ServiceConfig, load: Callable[[], ServiceModel],
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     holder = ModelHolder(load, on_load_error)
     admission: Admission | None = None
@@ -321,6 +322,8 @@ def create_app(cfg: ServiceConfig, load: Callable[[], ServiceModel],
         try:
             parts = await upload_parts(request)
             return await admission.run(fn, parts, model, cfg, *args)
+        except ClientDisconnect:
+            return error(400, "request: the client went away before its upload ended")
         except UploadError as exc:
             return error(exc.status, str(exc))
         except InputError as exc:
