@@ -16,7 +16,7 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A 4-field, 256 px generated training set with truth (input/<name> layout)."""
-    from cellloc.datasets import write_dataset
+    from cellloc.generators import write_dataset
     from cellloc.synth import SynthConfig
 
     out = tmp_path_factory.mktemp("synth")
