@@ -33,6 +33,7 @@ from cellloc.segment_score import find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.segmentation.scale import segment_with_scale
 from cellloc.synth import SynthConfig, generate_field
+from cellloc.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -58,9 +59,9 @@ def real_nuclei() -> None:
     print("| images | no options | pixel size found | published pixel size | told | no options, 0.5x | no options, 2x |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for pattern in ("*", "gowt1*", "hela*"):
-        items = find_items(folder, pattern)
+        items = find_items(folder, get_task("hpa-sc"), pattern)
         table = score_items(items, SegmentConfig())
-        told = [summarise(score_items(find_items(folder, p), SegmentConfig(pixel_size_um=um))).iloc[0]["AP50"]
+        told = [summarise(score_items(find_items(folder, get_task("hpa-sc"), p), SegmentConfig(pixel_size_um=um))).iloc[0]["AP50"]
                 for p, um in PUBLISHED_UM.items() if pattern in ("*", p)]
         told_text = f"{told[0]:.3f}" if len(told) == 1 else "-"
         found = table.drop_duplicates("image")["pixel_size_um"]

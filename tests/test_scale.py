@@ -128,9 +128,10 @@ def test_a_dim_noisy_field_is_still_segmented():
 @pytest.mark.skipif(not NUCLEI_GT.is_dir(), reason="../shared/data/nuclei_gt not present")
 def test_real_nuclei_with_no_options_score_as_well_as_told():
     from cellloc.segment_score import find_items, score_items, summarise
+    from cellloc.tasks import get_task
 
     def ap50(pattern, **kw):
-        table = score_items(find_items(NUCLEI_GT, pattern), SegmentConfig(**kw))
+        table = score_items(find_items(NUCLEI_GT, get_task("hpa-sc"), pattern), SegmentConfig(**kw))
         return summarise(table).iloc[0]["AP50"], table
 
     default, table = ap50("*")
