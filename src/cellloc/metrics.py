@@ -32,7 +32,7 @@ from pycocotools import mask as coco_mask
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
-from .fieldio import parse_label, read_csv, read_mask
+from .fieldio import parse_label, read_csv, read_mask, row_lines
 from .submission import FieldPrediction, field_rles, unpack_masks
 
 DEFAULT_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -312,9 +312,14 @@ def _validated_masks(
 ) -> tuple[dict[str, list[bytes]], dict[str, np.ndarray]]:
     """Each field's distinct mask texts as checked COCO bytes, and which one each detection uses.
 
-    All fields' masks are validated in one vectorised pass; the first bad one raises
-    ``ValueError`` naming the field and the prediction.
+    All fields' masks are validated together (in batches of bounded memory); the first bad one
+    raises ``ValueError`` naming the submission line (when known), the field and the prediction.
     """
+
+    def where(image_id: str) -> str:
+        line = predictions[image_id].line
+        return f"line {line}: field {image_id}" if line > 0 else f"field {image_id}"
+
     texts: list[str] = []
     sizes: list[tuple[int, int]] = []
     spans: dict[str, tuple[int, int]] = {}
@@ -325,7 +330,7 @@ def _validated_masks(
             continue
         height, width = truth[image_id].labels.shape
         if (p.height, p.width) != (height, width):
-            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
+            raise ValueError(f"{where(image_id)}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
         unique: dict[str, int] = {}
         which[image_id] = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
         spans[image_id] = (len(texts), len(texts) + len(unique))
@@ -337,7 +342,7 @@ def _validated_masks(
         for text, err in zip(texts[a:b], errors[a:b]):
             if err is not None:
                 k = predictions[image_id].masks.index(text) + 1
-                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+                raise ValueError(f"{where(image_id)}: prediction {k}: {err}")
     return {k: coco[a:b] for k, (a, b) in spans.items()}, which  # type: ignore[misc]
 
 
@@ -430,8 +435,8 @@ def read_truth(folder: str | Path, num_classes: int = 19) -> dict[str, FieldTrut
     table_path = folder / "cells.csv"
     df = read_csv(table_path, ("ID", "cell_id", "Label"))
     cells: dict[str, dict[int, list[int]]] = {}
-    for i, (image_id, cell_id, label) in enumerate(zip(df["ID"], df["cell_id"], df["Label"])):
-        where = f"{table_path}: line {i + 2}"
+    for line, image_id, cell_id, label in zip(row_lines(df), df["ID"], df["cell_id"], df["Label"]):
+        where = f"{table_path}: line {line}"
         if image_id not in masks:
             raise InputError(f"{where}: field {image_id!r} has no {image_id}{suffix}")
         if not re.fullmatch(r"\d+", cell_id.strip()) or int(cell_id) == 0:
