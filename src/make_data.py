@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(cfg.root) / cfg.name
     t0 = time.perf_counter()
     with tqdm(total=cfg.fields, desc=f"make_data {cfg.name}", unit="field") as bar:
-        cells = write_dataset(synth, out, cfg.fields, cfg.split, cfg.size, cfg.workers, bar.update)
+        cells = write_dataset(synth, out, cfg.fields, cfg.split, cfg.size, cfg.workers, bar.update, bar.write)
     save_config(cfg, out / "make_data_config.json")
     n_img = cells["ID"].nunique()
     print(f"{out}: {n_img} fields, {len(cells)} cells with per-cell truth in {time.perf_counter() - t0:.1f}s")
