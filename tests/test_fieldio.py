@@ -232,3 +232,13 @@ def test_bad_npz_masks_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(InputError, match=message) as err:
         read_mask(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sha256_file_reads_in_chunks(tmp_path):
+    import hashlib
+
+    from cellloc.fieldio import sha256_file
+
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"abc" * 1000)
+    assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ from cellloc.run_state import (
     LOCK_NAME,
     RunStart,
     ensure_same_settings,
-    file_sha256,
     folder_lock,
     manifest_path,
     settings_changes,
@@ -123,12 +121,6 @@ def test_damaged_manifest_is_one_line(tmp_path):
     with pytest.raises(InputError, match="unreadable run manifest .*add --overwrite"):
         start(out)
     assert not start(out, overwrite=True).resuming
-
-
-def test_file_sha256(tmp_path):
-    path = tmp_path / "best.pt"
-    path.write_bytes(b"abc" * 1000)
-    assert file_sha256(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
 
 
 # --------------------------------------------------------------------------- the lock

@@ -10,6 +10,7 @@ with the file's name and the problem on one line.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -352,6 +353,15 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
     """Write a DataFrame as CSV (no index), atomically."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (a checkpoint or weight file, say)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, obj: object) -> None:

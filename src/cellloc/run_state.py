@@ -28,7 +28,6 @@ exits (``kill -9`` included), so a stale lock file never blocks a later run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -53,15 +52,6 @@ MANIFEST_FORMAT = 1
 
 def manifest_path(out_dir: str | Path, tool: str) -> Path:
     return Path(out_dir) / f"{tool}_manifest.json"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (a model checkpoint, say), read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ Memory is then bounded by the file's size plus a few dozen times its pickles' si
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -249,8 +250,8 @@ def _load_zip(path: Path, extra: Mapping[str, object] | None) -> Any:
                 raise TorchFileError(f"storage record data/{key} is used with a larger size than it has")
             return storages.wrap(loaded[key], kind.dtype)
 
-        with zf.open(info) as fh:
-            return _Unpickler(fh, _Globals(storages, extra), persistent).load()  # type: ignore[arg-type]
+        pickled = io.BytesIO(zf.read(info))  # stored, at most MAX_PICKLE_BYTES: read whole, unpickled fast
+        return _Unpickler(pickled, _Globals(storages, extra), persistent).load()
 
 
 class _CappedReader:
