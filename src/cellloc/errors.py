@@ -17,8 +17,19 @@ class InputError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` (``src -> dst: reason`` for a rename) of an OS error, on one line."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
 def exit_on_input_error(main: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a script's ``main``: an :class:`InputError` becomes ``error: ...`` on stderr and exit 2."""
+    """Wrap a script's ``main``: an :class:`InputError`, or an ``OSError`` (an unwritable folder,
+    a full disk: the environment, not the code), becomes one line ``error: ...`` on stderr and exit 2."""
 
     @wraps(main)
     def wrapper(*args, **kwargs):
@@ -26,6 +37,9 @@ def exit_on_input_error(main: Callable[..., T]) -> Callable[..., T]:
             return main(*args, **kwargs)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as exc:
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)

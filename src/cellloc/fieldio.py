@@ -310,10 +310,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     A killed run therefore leaves either the old file or the complete new one, never half.
+    An ``OSError`` that names no file (a full disk met by a write) or names the temporary file
+    is raised again naming ``path``, so the user is told which output could not be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise _naming_output(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -322,9 +327,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _naming_output(exc, path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _naming_output(exc: OSError, path: Path) -> OSError:
+    """``exc`` as it is, unless it names no file or one of ``path``'s temporary files: then the
+    same kind of error naming ``path``."""
+    named = exc.filename
+    if named is None or (Path(named).parent == path.parent and Path(named).name.startswith(f".{path.name}.")):
+        return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+    return exc
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
