@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -15,6 +15,11 @@ HPA_COLOURS: dict[str, tuple[float, float, float]] = {
     "blue": (0.0, 0.0, 1.0),
     "yellow": (0.5, 0.5, 0.0),
 }
+# RxRx1's six stains as two RGB pictures: (w3 actin, w2 ER, w1 nuclei) and (w5 mitochondria, w6 Golgi/membrane, w4 RNA).
+RXRX1_COMPOSITES: tuple[dict[str, tuple[float, float, float]], ...] = (
+    {"w3": (1.0, 0.0, 0.0), "w2": (0.0, 1.0, 0.0), "w1": (0.0, 0.0, 1.0)},
+    {"w5": (1.0, 0.0, 0.0), "w6": (0.0, 1.0, 0.0), "w4": (0.0, 0.0, 1.0)},
+)
 
 
 def stretch(channel: np.ndarray, percentile: float = 99.8) -> np.ndarray:
@@ -24,11 +29,12 @@ def stretch(channel: np.ndarray, percentile: float = 99.8) -> np.ndarray:
     return np.clip(c / hi, 0, 1) if hi > 0 else np.zeros_like(c)
 
 
-def composite_rgb(image: np.ndarray, channels: Sequence[str] = tuple(HPA_COLOURS), percentile: float = 99.8) -> np.ndarray:
-    """HxWxC field -> uint8 HxWx3 RGB picture; unknown channel names are shown grey."""
+def composite_rgb(image: np.ndarray, channels: Sequence[str] = tuple(HPA_COLOURS), percentile: float = 99.8,
+                  colours: Mapping[str, tuple[float, float, float]] = HPA_COLOURS) -> np.ndarray:
+    """HxWxC field -> uint8 HxWx3 RGB picture; channels missing from ``colours`` are shown grey."""
     out = np.zeros(image.shape[:2] + (3,), np.float32)
     for i, name in enumerate(channels):
-        colour = np.asarray(HPA_COLOURS.get(name, (1 / len(channels),) * 3), np.float32)
+        colour = np.asarray(colours.get(name, (1 / len(channels),) * 3), np.float32)
         out += stretch(image[..., i], percentile)[..., None] * colour
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
