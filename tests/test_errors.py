@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from cellloc.data import load_crop
 from cellloc.errors import InputError, describe_os_error, exit_on_input_error
 from cellloc.fieldio import atomic_path, write_csv
 from conftest import REPO
@@ -71,3 +74,25 @@ def test_gen_folds_into_an_unwritable_place_is_one_line(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and str(tmp_path / "blocked") in res.stderr
     assert "Traceback" not in res.stderr
+
+
+class CorruptCrops(torch.utils.data.Dataset):
+    def __init__(self, folder):
+        self.paths = [folder / "f1_1.npy", folder / "f1_2.npy"]
+        np.save(self.paths[0], np.zeros((8, 8, 4), np.uint8))
+        self.paths[1].write_bytes(b"\x93NUMPY garbage, not an array")
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(load_crop(self.paths[i]).astype(np.float32))
+
+
+def test_a_corrupt_crop_in_a_dataloader_worker_is_one_short_line_naming_it(tmp_path):
+    loader = torch.utils.data.DataLoader(CorruptCrops(tmp_path), batch_size=1, num_workers=1)
+    with pytest.raises(InputError) as err:
+        list(loader)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'f1_2.npy'}: cannot read crop (") and len(msg) < 200
+    assert "Traceback" not in msg and "worker" not in msg

@@ -10,11 +10,24 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+
+
 class InputError(ValueError):
-    """Bad user input: a message naming the file (or value) and the problem, on one line."""
+    """Bad user input: a message naming the file (or value) and the problem, on one line.
+
+    One raised in a torch ``DataLoader`` worker (a corrupt crop, say) is re-created in the main
+    process from ``"Caught InputError in DataLoader worker process N. Original Traceback ..."``:
+    the worker's whole traceback. The original one-line message is recovered from its last line.
+    """
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        text = str(message)
+        if text.startswith("Caught ") and _WORKER_TRACEBACK in text:
+            head, sep, original = text.rstrip().splitlines()[-1].partition(": ")
+            if sep and head.rsplit(".", 1)[-1] == type(self).__name__:
+                text = original
+        super().__init__(" ".join(text.split()))
 
 
 def describe_os_error(exc: OSError) -> str:
