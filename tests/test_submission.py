@@ -388,3 +388,43 @@ def test_writer_resumes_a_partial_with_long_rows(tmp_path, mask_text):
         assert w.done == {"f1"}
         w.write("f2", 5, 4, "")
     assert list(parse_submission(path)) == ["f1", "f2"]
+
+
+@pytest.mark.parametrize("piece", [64, 97, 250])
+def test_long_masks_parse_piece_by_piece_to_the_same_runs(monkeypatch, piece):
+    rng = np.random.default_rng(piece)
+    masks = [rng.random((60, 50)) < 0.5, np.indices((70, 40)).sum(0) % 2 == 1, rng.random((33, 90)) < 0.1]
+    monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", piece)
+    for m in masks:
+        assert len(field_rles(m, [1])[1]) > 2 * piece  # several pieces
+        np.testing.assert_array_equal(decode_mask(encode_mask(m), *m.shape), m)
+    good = field_rles(masks[0], [1])[1]
+    counts = submission._parse_coco_strings([good], None)[0][0]
+    negative = counts.copy()
+    negative[-10] = -3  # a run length of -3 in the last piece
+    cases = {
+        good[:-1] + b"o": "ends inside a run length",  # 'o' has the "more" bit
+        good[:200] + b"\x10" + good[201:]: "bad character",
+        good[: 2 * piece] + b"ooooooo0" + good[2 * piece :]: "too large",
+        submission._coco_strings(negative, np.array([0, negative.size]))[0]: "negative run length",
+        good + b"1": "pixels but the field has 3000",
+    }
+    for raw, reason in cases.items():
+        _, errors = unpack_masks([pack(raw)], 60, 50)
+        monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", 1 << 20)
+        _, whole = unpack_masks([pack(raw)], 60, 50)  # the same string parsed in one pass
+        monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", piece)
+        assert errors == whole and reason in errors[0], (reason, errors, whole)
+
+
+def test_a_bomb_just_under_the_bound_is_parsed_in_little_memory(tmp_path, run_memory_capped):
+    # '0' * n: every run length 0, so it inflates to just under the bound and must be parsed.
+    n = 2048 * 2048
+    text = base64.b64encode(zlib.compress(b"0" * n, 9)).decode()
+    p = write_rows(tmp_path / "s.csv", [f"f1,2048,2048,0 0.5 {text}"])
+    res, growth = run_memory_capped(
+        "from cellloc.submission import check_submission", f"print(json.dumps(check_submission({str(p)!r})))", cap_mib=768
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == [[2, f"prediction 1: mask covers 0 pixels but the field has {n}"]]
+    assert growth < 128, f"peak RSS grew by {growth:.0f} MiB"

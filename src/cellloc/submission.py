@@ -44,8 +44,8 @@ _MAX_CHARS_PER_VALUE = 6
 # The largest field a submission row may claim (8192 x 8192): far above any microscope field
 # (HPA's largest are 3072 x 3072), and what keeps one claimed size from allowing a huge mask.
 MAX_FIELD_PIXELS = 1 << 26
-# Decoded RLE characters validated per vectorised pass (the pass needs ~50 bytes per character).
-_PARSE_BATCH_CHARS = 1 << 20
+# Decoded RLE characters validated per vectorised pass (the pass needs ~110 bytes per character).
+_PARSE_BATCH_CHARS = 1 << 18
 
 
 # --------------------------------------------------------------------------- run lengths
@@ -266,15 +266,51 @@ def _unpack(text: str, max_bytes: int) -> tuple[bytes | None, str | None]:
     return coco, None
 
 
+def _parse_long(coco: bytes, n_pixels: int | None, keep_counts: bool) -> tuple[np.ndarray | None, str | None]:
+    """:func:`_parse_coco_strings` of one string longer than a parsing batch, a batch at a time.
+
+    The string is cut after the last complete value of each batch-sized piece. Every piece after
+    the first is parsed behind three whole values (0 and the two counts before it), which
+    makes its first values differences from the right counts. Memory: the string, one piece's
+    parse, and the counts only when ``keep_counts``.
+    """
+    buf = np.frombuffer(coco, np.uint8)
+    parts: list[np.ndarray] = []
+    last_two: np.ndarray | None = None
+    total = 0
+    start = 0
+    while start < len(coco):
+        stop = min(start + _PARSE_BATCH_CHARS, len(coco))
+        if stop < len(coco):
+            ends = np.flatnonzero(((buf[start:stop] - 48) & 0x20) == 0)  # uint8 wraps: bad characters stay bad
+            if ends.size == 0:
+                return None, "RLE run length too large"
+            stop = start + int(ends[-1]) + 1
+        prefix = b"" if last_two is None else _coco_strings(np.r_[0, last_two], np.array([0, 3]))[0]
+        [counts], [error] = _parse_coco_strings([prefix + coco[start:stop]], None)
+        if error is not None:
+            return None, error
+        counts = counts[3:] if last_two is not None else counts  # type: ignore[index]
+        total += int(counts.sum())
+        last_two = np.r_[last_two if last_two is not None else [], counts][-2:].astype(np.int64)
+        if keep_counts:
+            parts.append(counts)
+        start = stop
+    if n_pixels is not None and total != n_pixels:
+        return None, f"mask covers {total} pixels but the field has {n_pixels}"
+    return (np.concatenate(parts) if keep_counts else np.zeros(0, np.int64)), None
+
+
 def _decode_texts(
-    texts: Sequence[str], n_pixels: np.ndarray | None
+    texts: Sequence[str], n_pixels: np.ndarray | None, keep_counts: bool = True
 ) -> tuple[list[bytes | None], list[np.ndarray | None], list[str | None]]:
     """Per mask text: (COCO bytes, run lengths, None) or (None, None, reason).
 
     ``n_pixels``: (n,) expected pixel count per text, or None to skip that check (each text
     is then bounded as a mask of ``MAX_FIELD_PIXELS``). Texts are decompressed one by one and
-    parsed in batches of about ``_PARSE_BATCH_CHARS`` characters, so the memory in use is that
-    of the valid masks kept plus one batch, never that of everything the texts inflate to.
+    parsed in batches of about ``_PARSE_BATCH_CHARS`` characters (a longer one a piece at a
+    time), so the memory in use is that of the valid masks kept plus one batch, never that of
+    everything the texts inflate to. Without ``keep_counts`` the run lengths are not kept.
     """
     coco: list[bytes | None] = [None] * len(texts)
     counts: list[np.ndarray | None] = [None] * len(texts)
@@ -286,21 +322,27 @@ def _decode_texts(
         sub_pixels = None if n_pixels is None else n_pixels[batch]
         parsed, parse_errors = _parse_coco_strings([coco[i] for i in batch], sub_pixels)  # type: ignore[misc]
         for i, cnt, e in zip(batch, parsed, parse_errors):
-            counts[i] = cnt
+            counts[i] = cnt if keep_counts else None
             if e is not None:
                 coco[i], errors[i] = None, e
         batch.clear()
 
     for i, t in enumerate(texts):
-        limit = max_rle_bytes(MAX_FIELD_PIXELS if n_pixels is None else n_pixels[i])
-        coco[i], errors[i] = _unpack(t, limit)
+        n = None if n_pixels is None else int(n_pixels[i])
+        coco[i], errors[i] = _unpack(t, max_rle_bytes(MAX_FIELD_PIXELS if n is None else n))
+        size = len(coco[i] or b"")
         if coco[i] is None:
             continue
-        if batch and batch_chars + len(coco[i]) > _PARSE_BATCH_CHARS:  # type: ignore[arg-type]
+        if size > _PARSE_BATCH_CHARS:
+            counts[i], errors[i] = _parse_long(coco[i], n, keep_counts)  # type: ignore[arg-type]
+            if errors[i] is not None:
+                coco[i] = None
+            continue
+        if batch and batch_chars + size > _PARSE_BATCH_CHARS:
             parse_batch()
             batch_chars = 0
         batch.append(i)
-        batch_chars += len(coco[i])  # type: ignore[arg-type]
+        batch_chars += size
     if batch:
         parse_batch()
     return coco, counts, errors
@@ -322,7 +364,7 @@ def unpack_masks(
     n_pixels = None
     if height is not None and width is not None:
         n_pixels = np.broadcast_to(np.asarray(height, np.int64) * np.asarray(width, np.int64), (len(texts),))
-    coco, _, errors = _decode_texts(texts, n_pixels)
+    coco, _, errors = _decode_texts(texts, n_pixels, keep_counts=False)
     return coco, errors
 
 
