@@ -366,6 +366,15 @@ def test_progress_in_a_terminal_is_one_labelled_bar_per_epoch_and_phase():
     assert "4/4" in finished[0] and "2/2" in finished[1]
 
 
+def test_progress_of_a_resumed_run_counts_all_epochs():
+    screen = io.StringIO()
+    trainer = CellTez(toy_module(), device="cpu", progress=EpochProgress(screen))
+    trainer.current_epoch = 3  # as training.py sets it from last.pt
+    fit(trainer, Toy(16), Toy(8, 1), epochs=2)  # the 2 epochs left of 5
+    labels = [line.split(":")[0] for line in screen.getvalue().splitlines()]
+    assert labels == ["epoch 4/5 train", "epoch 4/5 valid", "epoch 5/5 train", "epoch 5/5 valid"]
+
+
 def test_tripwire_tez_progress_writes_bar_updates_into_a_pipe():
     code = PROGRESS_RUN.format(tests=str(Path(__file__).parent)).replace(
         'fit(CellTez(toy_module(), device="cpu")', "import tez\nfit(tez.Tez(model=toy_module())"

@@ -260,6 +260,7 @@ class EpochProgress(Callback):
         isatty = getattr(self.stream, "isatty", None)
         self.bars = bool(isatty and isatty()) if bars is None else bars
         self._bar: tqdm | None = None
+        self._total = 0
         self._label = ""
         self._t0 = 0.0
         self._steps = 0
@@ -269,7 +270,8 @@ class EpochProgress(Callback):
         return ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items() if k not in ("epoch", "steps"))
 
     def _start(self, trainer: tez.Tez, phase: str, loader) -> None:
-        self._label = f"epoch {int(trainer.current_epoch) + 1}/{trainer.config.epochs} {phase}"
+        total = self._total or int(trainer.config.epochs)
+        self._label = f"epoch {int(trainer.current_epoch) + 1}/{total} {phase}"
         self._t0, self._steps = time.perf_counter(), 0
         if self.bars:
             self._bar = tqdm(total=len(loader), desc=self._label, file=self.stream, leave=True, dynamic_ncols=True)
@@ -289,6 +291,10 @@ class EpochProgress(Callback):
         else:
             seconds = time.perf_counter() - self._t0
             print(f"{self._label}: {self._steps} batches in {seconds:.1f} s" + (f", {text}" if text else ""), file=self.stream, flush=True)
+
+    def on_train_start(self, tez_trainer, **kwargs) -> None:
+        # A resumed run starts at a later epoch and runs only the epochs left.
+        self._total = int(tez_trainer.current_epoch) + int(tez_trainer.config.epochs)
 
     def on_train_epoch_start(self, tez_trainer, **kwargs) -> None:
         self._start(tez_trainer, "train", tez_trainer.train_loader)
