@@ -22,7 +22,7 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A 4-field, 256 px generated training set with truth (input/<name> layout)."""
-    from cellloc.datasets import write_dataset
+    from cellloc.generators import write_dataset
     from cellloc.synth import SynthConfig
 
     out = tmp_path_factory.mktemp("synth")
@@ -89,3 +89,14 @@ def run_memory_capped():
         return res, growth[0] if growth else float("nan")
 
     return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless Chromium binary; tests that need one are skipped (with the reason) where it is absent."""
+    from cellloc.browser import find_chromium
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
+    return browser

@@ -48,7 +48,7 @@ def test_load_model_garbage_checkpoint_gives_no_unsafe_advice(tmp_path):
     from cellloc.errors import InputError
     from cellloc.inference_model import load_model
 
-    config = {"model": "efficientnet-b0", "in_chans": 4, "num_classes": 19, "image_size": 32, "mean": [0.1] * 4, "std": [0.2] * 4}
+    config = {"task": "hpa-sc", "model": "efficientnet-b0", "image_size": 32, "mean": [0.1] * 4, "std": [0.2] * 4}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "best.pt").write_bytes(b"garbage, not a checkpoint")
     with pytest.raises(InputError) as err:

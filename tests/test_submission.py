@@ -226,7 +226,7 @@ def mask_text():
 
 def test_parse_submission_reads_rows(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text} 0 1 {mask_text}", "f2,5,4,"])
-    sub = parse_submission(p)
+    sub = parse_submission(p, 19)
     assert list(sub) == ["f1", "f2"]
     f1 = sub["f1"]
     assert (f1.width, f1.height, f1.line) == (5, 4, 2)
@@ -239,15 +239,15 @@ def test_parse_submission_reads_rows(tmp_path, mask_text):
 def test_parse_submission_raises_on_first_problem(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", f"f2,5,4,3 2 {mask_text}"])
     with pytest.raises(InputError, match="line 3: prediction 1: confidence 2 is outside"):
-        parse_submission(p)
+        parse_submission(p, 19)
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,"])
     with pytest.raises(InputError, match="line 3: duplicate ID 'f1'"):
-        parse_submission(p)
+        parse_submission(p, 19)
 
 
 def test_check_submission_valid_file(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text}", "f2,5,4,"])
-    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}) == []
+    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}, num_classes=19) == []
 
 
 @pytest.mark.parametrize(
@@ -271,14 +271,14 @@ def test_check_submission_valid_file(tmp_path, mask_text):
 )
 def test_check_submission_reports_each_problem(tmp_path, mask_text, row, reason):
     p = write_rows(tmp_path / "s.csv", ["f0,5,4,", row.format(m=mask_text)])
-    problems = check_submission(p)
+    problems = check_submission(p, num_classes=19)
     assert [line for line, _ in problems] == [3] * len(problems)
     assert any(reason in r for _, r in problems), problems
 
 
 def test_check_submission_ids_and_sizes(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,", "zz,5,4,", "f3,4,5,"])
-    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)})
+    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)}, num_classes=19)
     assert (3, "duplicate ID 'f1' (first on line 2)") in problems
     assert (4, "unexpected ID 'zz'") in problems
     assert (5, "size 4x5 differs from the field's 5x4") in problems
@@ -288,13 +288,13 @@ def test_check_submission_ids_and_sizes(tmp_path, mask_text):
 
 def test_check_submission_bad_header_and_cap(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,"], header="ID,Width,Height,PredictionString")
-    [(line, reason)] = check_submission(p)
+    [(line, reason)] = check_submission(p, num_classes=19)
     assert line == 1 and "missing column(s) ImageWidth, ImageHeight" in reason
     p = write_rows(tmp_path / "s.csv", ["f1,5,4," + " ".join(["99 2 %%"] * 4)])
-    problems = check_submission(p, max_per_line=5)
+    problems = check_submission(p, max_per_line=5, num_classes=19)
     assert len(problems) == 6 and problems[-1][1] == "... and 7 more problems on this line"
     with pytest.raises(InputError, match="not found"):
-        check_submission(tmp_path / "nope.csv")
+        check_submission(tmp_path / "nope.csv", num_classes=19)
 
 
 def test_read_sample_submission(tmp_path):
@@ -324,7 +324,7 @@ def test_zlib_bomb_mask_is_refused_by_line_with_little_memory(tmp_path, zlib_bom
     p = write_rows(tmp_path / "s.csv", ["f0,5,4,", "", f"f1,2048,2048,0 0.5 {bomb} 3 0.5 {bomb}", f"f2,5,4,1 0.5 {mask_text}"])
     res, growth = run_memory_capped(
         "from cellloc.submission import check_submission",
-        f"print(json.dumps(check_submission({str(p)!r})))",
+        f"print(json.dumps(check_submission({str(p)!r}, num_classes=19)))",
         cap_mib=768,
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -337,7 +337,7 @@ def test_zlib_bomb_mask_is_refused_by_line_with_little_memory(tmp_path, zlib_bom
 
 def test_a_row_cannot_claim_a_huge_field(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,100000,100000,0 0.5 {mask_text}"])
-    problems = check_submission(p)
+    problems = check_submission(p, num_classes=19)
     assert (2, f"size 100000x100000 is larger than any field (at most {MAX_FIELD_PIXELS} pixels)") in problems
     # The mask is still checked, as a mask of unknown size: its encoding is fine.
     assert len(problems) == 1
@@ -369,12 +369,12 @@ def test_many_masks_are_parsed_in_bounded_batches():
 def test_errors_after_blank_lines_name_the_physical_line(tmp_path, mask_text):
     p = tmp_path / "s.csv"
     p.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\nf0,5,4,\n\n\nf1,5,4,3 2 {mask_text}\n")
-    assert check_submission(p) == [(5, "prediction 1: confidence 2 is outside [0, 1]")]
+    assert check_submission(p, num_classes=19) == [(5, "prediction 1: confidence 2 is outside [0, 1]")]
     with pytest.raises(InputError, match="line 5: prediction 1: confidence 2 is outside"):
-        parse_submission(p)
+        parse_submission(p, 19)
     p.write_text("ID,ImageWidth,ImageHeight,PredictionString\n\nf0,5,4,\n\nf1,5,4\n")
     with pytest.raises(InputError, match=r"line 5: 3 field\(s\) where the header .* has 4"):
-        parse_submission(p)
+        parse_submission(p, 19)
 
 
 def test_writer_resumes_a_partial_with_long_rows(tmp_path, mask_text):
@@ -387,7 +387,7 @@ def test_writer_resumes_a_partial_with_long_rows(tmp_path, mask_text):
     with SubmissionWriter(path) as w:
         assert w.done == {"f1"}
         w.write("f2", 5, 4, "")
-    assert list(parse_submission(path)) == ["f1", "f2"]
+    assert list(parse_submission(path, 19)) == ["f1", "f2"]
 
 
 @pytest.mark.parametrize("piece", [64, 97, 250])
@@ -423,7 +423,7 @@ def test_a_bomb_just_under_the_bound_is_parsed_in_little_memory(tmp_path, run_me
     text = base64.b64encode(zlib.compress(b"0" * n, 9)).decode()
     p = write_rows(tmp_path / "s.csv", [f"f1,2048,2048,0 0.5 {text}"])
     res, growth = run_memory_capped(
-        "from cellloc.submission import check_submission", f"print(json.dumps(check_submission({str(p)!r})))", cap_mib=768
+        "from cellloc.submission import check_submission", f"print(json.dumps(check_submission({str(p)!r}, num_classes=19)))", cap_mib=768
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == [[2, f"prediction 1: mask covers 0 pixels but the field has {n}"]]

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellloc.datasets import write_dataset
 from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
+from cellloc.generators import write_dataset
 from cellloc.synth import SPINDLE, SynthConfig, class_example, generate_field
 from conftest import REPO
 
