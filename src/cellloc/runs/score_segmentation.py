@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .fieldio import read_channel, read_mask
-from .layouts import LAYOUTS
-from .metrics import segmentation_scores
-from .segmentation import SegmentConfig, create_segmenter
-from .tasks import Task
+from ..errors import InputError
+from ..fieldio import read_channel, read_mask
+from ..layouts import LAYOUTS
+from ..metrics import segmentation_scores
+from ..segmentation import SegmentConfig, create_segmenter
+from ..tasks import Task
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells import MASK_MODES, cell_table, crop_cells
-from .config import opt, save_config
-from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
-from .labels import read_task_labels
-from .layouts import LAYOUTS, Layout
-from .segmentation import SegmentConfig, create_segmenter
-from .tasks import DEFAULT_TASK, TASKS, Task, get_task
+from ..cells import MASK_MODES, cell_table, crop_cells
+from ..config import opt, save_config
+from ..errors import InputError
+from ..fieldio import MASK_FORMATS, dataset_root, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..labels import read_task_labels
+from ..layouts import LAYOUTS, Layout
+from ..segmentation import SegmentConfig, create_segmenter
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
@@ -135,7 +135,7 @@ class RunSummary:
 
 def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray, truth_cells: pd.DataFrame) -> pd.DataFrame:
     """Give each segmented cell the true labels of the truth cell it overlaps at IoU >= 0.5."""
-    from .metrics import match_cells
+    from ..metrics import match_cells
 
     match = match_cells(cells, truth_mask, 0.5)
     labels = dict(zip(truth_cells["cell_id"].astype(int), truth_cells["Label"]))
@@ -159,7 +159,7 @@ class FieldWorker:
 
     def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
         """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
-        from .render import overlay
+        from ..render import overlay
 
         cfg, out = self.cfg, self.out
         write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)

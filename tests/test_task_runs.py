@@ -1,0 +1,133 @@
+"""Every registered task end to end on tiny data, through the same scripts a user runs.
+
+HPA single-cell (segment -> folds -> train on cells -> predict -> check -> evaluate) is covered in
+``test_predict.py``; here the two image-level tasks go folds -> train on whole fields -> predict ->
+check -> evaluate on fixture folders in their real layouts (``task_standins``). The models are
+EfficientNet-B0 at 32 px for one epoch: the point is the plumbing, not the score.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellloc.metrics import METRICS
+from cellloc.tasks import get_task
+
+from task_standins import provide_missing_plugins, write_hpa2018, write_rxrx1
+from test_evaluate_cli import load_script
+
+TINY = ["--model", "efficientnet-b0", "--pretrained", "none", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--stats-samples", "4"]
+
+
+@pytest.fixture(autouse=True)
+def plugins():
+    with provide_missing_plugins():
+        yield
+
+
+@pytest.mark.parametrize("task_name, writer, metric", [("hpa-2018", write_hpa2018, "macro_F1"),
+                                                         ("rxrx1", write_rxrx1, "accuracy")])
+def test_image_task_end_to_end(task_name, writer, metric, tmp_path, capsys):
+    task = get_task(task_name)
+    data = writer(tmp_path / "data")
+    folds = tmp_path / "out" / "folds.csv"
+    models = tmp_path / "models"
+    group = ["--group-col", "experiment"] if task_name == "rxrx1" else []
+    assert load_script("gen_folds").main(["--task", task_name, "--labels", str(data / "train.csv"), "--out", str(folds),
+                                          "--folds", "2", *group]) is None
+    table = pd.read_csv(folds, dtype=str)
+    assert {"ID", "Label", "fold"} <= set(table.columns) and table["ID"].is_unique
+    if task_name == "rxrx1":
+        assert table.groupby("experiment")["fold"].nunique().max() == 1  # an experiment stays in one fold
+        assert set(table["Label"]) == {"5", "513", "1108"}  # canonical label strings
+    else:
+        assert all("|" in v or v.isdigit() for v in table["Label"])
+
+    assert load_script("train").main(["--task", task_name, "--folds-csv", str(folds), "--input", str(data / "train"),
+                                      "--out-dir", str(models), "--run-name", "tiny", *TINY]) == 0
+    run = models / "tiny" / "fold0"
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert (recipe["task"], recipe["level"], recipe["kind"]) == (task_name, "image", task.kind)
+    assert recipe["input"] == {"kind": "field", "resize": 32, "tiles": 1} and recipe["in_chans"] == len(task.channels)
+    config = json.loads((run / "config.json").read_text())
+    assert config["loss"] == task.loss and config["level"] == "image"
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["metrics"]) == list(task.metrics)
+    valid_samples = (table["fold"] == "0").sum()
+    fields_per_sample = 2 if task_name == "rxrx1" else 1
+    assert summary["n_valid"] == valid_samples * fields_per_sample  # every site is a sample of its well's label
+    assert len(pd.read_csv(run / "val_predictions.csv")) == valid_samples  # scored per labelled sample
+    out = capsys.readouterr().out
+    assert f"validation: {METRICS[task.metrics[0]].label} " in out
+
+    pred = tmp_path / "pred"
+    assert load_script("predict").main(["--models", str(models / "tiny"), "--input", str(data / "test"),
+                                        "--out", str(pred)]) == 0
+    sub = pd.read_csv(pred / "submission.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(data / "truth" / "labels.csv", dtype=str)
+    assert list(sub.columns) == list(pd.read_csv(data / "sample_submission.csv").columns)
+    assert sorted(sub.iloc[:, 0]) == sorted(truth.iloc[:, 0])  # one row per sample (RxRx1: sites averaged)
+    scores = pd.read_csv(pred / "scores.csv")
+    assert len(scores) == len(truth)
+    if task.kind == "multiclass":
+        assert all(0 <= int(v) < task.num_classes for v in sub["sirna"])
+        assert (scores["p_top1"] >= scores["p_top2"]).all()
+    else:
+        assert all(sub["Predicted"].str.len() > 0)  # the top class is always kept
+        probs = scores[[f"p{k}" for k in range(task.num_classes)]].to_numpy()
+        assert ((probs >= 0) & (probs <= 1)).all()
+    saved = json.loads((pred / "predict_config.json").read_text())
+    assert saved["task"] == task_name
+
+    assert load_script("check_submission").main([str(pred / "submission.csv"), "--task", task_name,
+                                                 "--sample-submission", str(data / "sample_submission.csv")]) == 0
+    capsys.readouterr()
+    assert load_script("evaluate").main(["--task", task_name, "--truth", str(data / "truth"),
+                                         "--submission", str(pred / "submission.csv")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{metric}=\d\.\d{{4}}", last)
+
+    # a rerun finds every chunk of field scores done and writes the same submission
+    before = (pred / "submission.csv").read_text()
+    assert load_script("predict").main(["--models", str(models / "tiny"), "--input", str(data / "test"),
+                                        "--out", str(pred)]) == 0
+    assert "0 fields predicted" in capsys.readouterr().out and (pred / "submission.csv").read_text() == before
+
+
+def test_a_task_that_differs_from_the_models_is_refused(tmp_path, capsys):
+    data = write_rxrx1(tmp_path / "data", wells_per_plate=3)
+    folds = tmp_path / "folds.csv"
+    load_script("gen_folds").main(["--task", "rxrx1", "--labels", str(data / "train.csv"), "--out", str(folds), "--folds", "2"])
+    load_script("train").main(["--task", "rxrx1", "--folds-csv", str(folds), "--input", str(data / "train"),
+                               "--out-dir", str(tmp_path / "m"), "--run-name", "rx", *TINY])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        load_script("predict").main(["--models", str(tmp_path / "m" / "rx"), "--task", "hpa-sc", "--input", str(data / "test")])
+    assert stop.value.code == 2
+    assert "trained for task rxrx1, not hpa-sc" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train").main(["--task", "rxrx1", "--loss", "bce", "--label-source", "true"])
+    assert "label_source true needs cell-level training" in capsys.readouterr().err
+
+
+def test_stand_ins_read_the_real_layouts(tmp_path):
+    from cellloc.labels import read_task_labels
+    from cellloc.layouts import LAYOUTS
+
+    data = write_rxrx1(tmp_path / "rx", wells_per_plate=2)
+    layout = LAYOUTS["rxrx1"]
+    ids = layout.list_fields(data / "train", get_task("rxrx1").channels).ids
+    assert ids[:2] == ["HEPG2-01_1_B02_s1", "HEPG2-01_1_B02_s2"] and layout.sample_of(ids[0]) == "HEPG2-01_1_B02"
+    assert layout.read_field(data / "train", ids[0], ("w1", "w6")).shape == (40, 40, 2)
+    labels = read_task_labels(data / "train.csv", get_task("rxrx1"))
+    assert labels["ID"].iloc[0] == "HEPG2-01_1_B02" and labels["Label"].tolist()[:2] == ["5", "513"]
+    y18 = read_task_labels(write_hpa2018(tmp_path / "h", n_train=3, n_test=1) / "train.csv", get_task("hpa-2018"))
+    assert all(re.fullmatch(r"\d+(\|\d+)*", v) for v in y18["Label"])
+    assert np.array_equal(np.sort(y18["labels"].iloc[0]), y18["labels"].iloc[0])
