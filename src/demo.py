@@ -66,10 +66,11 @@ def hpa_single_cell(a: DemoConfig) -> None:
 def image_task(a: DemoConfig) -> None:
     """The stages of an image-level task: no segmentation, whole fields classified."""
     task = get_task(a.task)
-    test = f"{task.data_name}_test"
+    test = task.test_data_name
+    seed = "0" if test == task.data_name else "1"  # one design holding both splits (rxrx1) keeps its seed
     models = f"models/{default_run_name(task, task.level)}"
     run("data", ["src/make_data.py", "--task", a.task, "--fields", str(a.fields), "--size", str(a.size)])
-    run("test data", ["src/make_data.py", "--task", a.task, "--name", test, "--split", "test", "--seed", "1",
+    run("test data", ["src/make_data.py", "--task", a.task, "--name", test, "--split", "test", "--seed", seed,
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("folds", ["src/gen_folds.py", "--task", a.task, "--folds", "5", "--seed", "42"])
     run("train fold 0 on whole fields (CPU-sized: small input, no ImageNet weights)",

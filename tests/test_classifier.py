@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cellloc.classifier import RECIPE_FILE, Classifier, Ensemble, Recipe, dihedral_views, load_classifier, load_ensemble
+from cellloc.classifier import (RECIPE_FILE, Classifier, Ensemble, Recipe, dihedral_views, load_classifier, load_ensemble,
+                                save_untrained)
 from cellloc.errors import InputError
-from cellloc.fieldio import write_json
-from cellloc.models import create_model
 
 
 def write_fold(folder: Path, task: str = "hpa-sc", level: str = "image", kind: str = "multilabel", seed: int = 0,
@@ -20,15 +19,11 @@ def write_fold(folder: Path, task: str = "hpa-sc", level: str = "image", kind: s
     """A fold folder as train.py writes it: best.pt (random weights) and recipe.json."""
     channels = 6 if task == "rxrx1" else 4
     classes = {"hpa-sc": 19, "hpa-2018": 28, "rxrx1": 1139}[task]
-    torch.manual_seed(seed)
-    net = create_model("efficientnet-b0", channels, classes, "none", image_size=32)
-    folder.mkdir(parents=True)
-    torch.save(net.state_dict(), folder / "best.pt")
     recipe_input = {"kind": "field", "resize": 32, "tiles": 1, **input_kw} if level == "image" else \
         {"kind": "cell_crop", "crop_size": 32, "crop_mask": "cell", "segment": None}
-    write_json(folder / RECIPE_FILE, Recipe(task, level, "efficientnet-b0", channels, classes, 32, [0.1] * channels,
-                                            [0.2] * channels, kind, recipe_input).to_dict())
-    return folder
+    recipe = Recipe(task, level, "efficientnet-b0", channels, classes, 32, [0.1] * channels, [0.2] * channels, kind,
+                    recipe_input)
+    return save_untrained(folder, recipe, seed)
 
 
 def fields(n: int, channels: int = 4, size: int = 48) -> list[np.ndarray]:

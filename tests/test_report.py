@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image as PILImage
 
-from cellloc.browser import dump_dom, find_chromium, screenshot
+from cellloc.browser import dump_dom, screenshot
 from cellloc.config import save_config
 from cellloc.errors import InputError
 from cellloc.generators import write_dataset
@@ -287,14 +287,6 @@ def test_overlay_thumbnail_keeps_outlines_when_shrinking():
 
 
 # --------------------------------------------------------------------------- in a real browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
-    return browser
 
 
 def test_headless_chromium_loads_every_image(chromium, full, tmp_path):

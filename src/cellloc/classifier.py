@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import InputKind, load_crop, make_input
 from .errors import InputError
+from .fieldio import write_json
 from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
@@ -159,6 +160,21 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+def save_untrained(fold_dir: str | Path, recipe: Recipe, seed: int = 0) -> Path:
+    """A fold folder as ``train.py`` leaves it, with random weights: ``recipe.json`` and ``best.pt``.
+
+    What a benchmark or a test of the inference side needs (the speed and plumbing of a model
+    do not depend on its weights) without training one. Returns ``fold_dir``.
+    """
+    fold_dir = Path(fold_dir)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = create_model(recipe.model, recipe.in_chans, recipe.num_classes, "none", image_size=recipe.image_size)
+    torch.save(net.state_dict(), fold_dir / "best.pt")
+    write_json(fold_dir / RECIPE_FILE, recipe.to_dict())
+    return fold_dir
 
 
 @dataclass

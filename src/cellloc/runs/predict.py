@@ -54,6 +54,8 @@ class PredictConfig:
                     choices=["", *TASKS.names()])
     input: str = opt("", "folder of test fields (default: input/<data_name>_test/test of the task)")
     folds: list[int] = opt([], "use only these folds (default: all found)")
+    sample_submission: str = opt("", "only the samples this sample submission lists are predicted (default: "
+                                 "sample_submission.csv beside the input folder, when there is one; 'none': every field)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
     image_models: str = opt("", "cell models: an image-level run of the same task whose score of the whole field is "
                             "blended with each cell's (default: the field's mean cell score)")
@@ -89,7 +91,11 @@ class PredictConfig:
         """This config with the task and its default input folder filled in (what the run saves)."""
         if self.task and self.task != task.name:
             raise InputError(f"{self.models}: trained for task {task.name}, not {self.task}; drop --task or pass --task {task.name}")
-        return replace(self, task=task.name, input=self.input or str(task.data_dir("test", test=True)))
+        cfg = replace(self, task=task.name, input=self.input or str(task.data_dir("test", test=True)))
+        if not cfg.sample_submission:
+            beside = cfg.dataset_dir() / "sample_submission.csv"
+            cfg.sample_submission = str(beside) if beside.is_file() else "none"
+        return cfg
 
     def dataset_dir(self) -> Path:
         return dataset_root(self.input)
@@ -181,12 +187,23 @@ class PredictSummary:
 
 
 def field_ids(cfg: PredictConfig, task: Task) -> tuple[list[str], list[tuple[str, str]]]:
-    """(fields to predict, fields that cannot be: missing channel files) of ``cfg.input``."""
-    listing = LAYOUTS[task.layout].list_fields(cfg.input, task.channels)
-    ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
+    """(fields to predict, fields that cannot be: missing channel files) of ``cfg.input``.
+
+    With a sample submission only the fields of its samples are kept: a test folder may hold
+    more (RxRx1's control wells are imaged but not submitted).
+    """
+    layout = LAYOUTS[task.layout]
+    listing = layout.list_fields(cfg.input, task.channels)
+    ids, failed = listing.ids, listing.failures()
+    if cfg.sample_submission not in ("", "none"):
+        expected = set(FORMATS[task.submission].read_expected(Path(cfg.sample_submission)))
+        ids = [i for i in ids if layout.sample_of(i) in expected]
+        failed = [(i, why) for i, why in failed if layout.sample_of(i) in expected]
+    ids = ids[: cfg.limit] if cfg.limit else ids
     if not ids:
-        raise InputError(f"{cfg.input}: no complete fields found for channels {', '.join(task.channels)}")
-    return ids, listing.failures()
+        which = f" of the samples in {cfg.sample_submission}" if cfg.sample_submission not in ("", "none") else ""
+        raise InputError(f"{cfg.input}: no complete fields{which} found for channels {', '.join(task.channels)}")
+    return ids, failed
 
 
 def run_predict(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:

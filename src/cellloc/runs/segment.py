@@ -16,6 +16,7 @@ loses nothing and a rerun skips finished fields.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -111,6 +112,11 @@ class SegmentRunConfig:
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
         )
+
+    def recipe_input(self) -> dict:
+        """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+                "segment": dataclasses.asdict(self.segment_config())}
 
 
 @dataclass

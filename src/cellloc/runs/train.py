@@ -301,7 +301,7 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         seg = load_config(SegmentRunConfig, seg_path)
         if seg.task != cfg.task:
             raise InputError(f"{seg_path}: crops of task {seg.task}, but this run is for task {cfg.task}")
-        recipe_input.update(crop_size=seg.crop_size, crop_mask=seg.crop_mask, segment=dataclasses.asdict(seg.segment_config()))
+        recipe_input = seg.recipe_input()
     return SampleSets(
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
         label_matrix(train, cfg.label_source, cfg.num_classes), label_matrix(valid, cfg.label_source, cfg.num_classes),
