@@ -166,8 +166,15 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str =
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config as a JSON-ready dict, with ``_config`` naming its class (what :func:`save_config` writes)."""
+    """A config as a JSON-ready dict, with ``_config`` naming its class (what :func:`save_config` writes).
+
+    Fields marked ``opt(..., saved=False)`` (what one command does, like ``--overwrite``, not how
+    the run is made) are left out, so re-running a saved config never repeats them.
+    """
     data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("saved") is False:
+            data.pop(f.name, None)
     data[CONFIG_KEY] = type(cfg).__name__
     return data
 
