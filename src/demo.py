@@ -4,7 +4,9 @@
     python src/demo.py --fields 200 --size 1024   # a bigger run
     python src/demo.py --task rxrx1               # an image-level task: folds, train, predict, score
 
-Each stage is the same command a user would type; this script only chains them.
+Each stage is the same command a user would type; this script only chains them. The stages
+that make results (segment, train, predict) run with --overwrite, so a rerun with other options
+starts them over: each moves its previous outputs to <folder>.replaced-<time> and says so.
 """
 
 from __future__ import annotations
@@ -51,12 +53,14 @@ def hpa_single_cell(a: DemoConfig) -> None:
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", "1",
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
-    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
+    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
+                                    "--overwrite"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
     run("train fold 0 (CPU-sized: small crops, no ImageNet weights)",
-        ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none"])
-    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test"])
+        ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
+         "--overwrite"])
+    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     run("score the submission (competition metric, per-cell truth)",
@@ -75,8 +79,9 @@ def image_task(a: DemoConfig) -> None:
     run("folds", ["src/gen_folds.py", "--task", a.task, "--folds", "5", "--seed", "42"])
     run("train fold 0 on whole fields (CPU-sized: small input, no ImageNet weights)",
         ["src/train.py", "--task", a.task, "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.image_size),
-         "--pretrained", "none"])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"input/{test}/test"])
+         "--pretrained", "none", "--overwrite"])
+    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"input/{test}/test",
+                                             "--overwrite"])
     run("run report", ["src/report.py", models, "--predictions", f"output/{test}"])
     run("check the submission", ["src/check_submission.py", f"output/{test}/submission.csv", "--task", a.task])
     run("score the submission (competition metric)", ["src/evaluate.py", "--task", a.task])
