@@ -307,6 +307,18 @@ def test_a_copied_run_folder_resumes(cells_csv, tmp_path):
     assert list(pd.read_csv(cfg.run_dir / "metrics.csv")["epoch"]) == [0]  # the original is untouched
 
 
+def test_bad_input_moves_nothing_aside_and_an_unwritable_folder_is_one_line(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=1)
+    train_fold(cfg)
+    with pytest.raises(InputError, match="none.csv: file not found"):
+        train_fold(tiny(tmp_path / "none.csv", tmp_path, epochs=1, overwrite=True))
+    assert (cfg.run_dir / "best.pt").is_file() and not list(tmp_path.glob("*/*.replaced-*"))
+    (tmp_path / "blocked").write_text("a file where the models folder should be")
+    with pytest.raises(OSError) as err:
+        train_fold(tiny(cells_csv, tmp_path / "blocked", epochs=1))
+    assert str(tmp_path / "blocked") in str(err.value.filename)
+
+
 def test_two_trainings_of_one_fold_at_once(cells_csv, tmp_path):
     from test_run_state import hold_lock
 

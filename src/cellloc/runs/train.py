@@ -479,16 +479,16 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     if cfg.resume and not (cfg.run_dir / "config.json").exists():
         raise InputError(f"{cfg.run_dir / 'config.json'}: not found; nothing to resume")
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 locks and moves
-    with folder_lock(cfg.run_dir) if rank0 else contextlib.nullcontext():
-        return _train_fold(cfg, callbacks, command, rank0)
+    with contextlib.ExitStack() as held:  # the folder's lock, taken just before the first write
+        return _train_fold(cfg, callbacks, command, rank0, held)
 
 
-def _start_afresh(cfg: TrainConfig) -> Path | None:
-    """A run without --resume: refuse a folder holding a run, or (``--overwrite``) move that run aside.
+def _start_afresh(cfg: TrainConfig, move: bool) -> Path | None:
+    """A run without --resume: refuse a folder holding a run, or (``--overwrite`` and ``move``) move that run aside.
 
     Rank 0's job alone under ``accelerate launch``: the other ranks would see rank 0's new files."""
     present = existing_outputs(cfg.run_dir, TRAIN_OUTPUTS)
-    if not present:
+    if not present or (cfg.overwrite and not move):
         return None
     if not cfg.overwrite:
         names = ", ".join(p.name for p in present[:4]) + (", ..." if len(present) > 4 else "")
@@ -499,7 +499,8 @@ def _start_afresh(cfg: TrainConfig) -> Path | None:
     return move_aside(cfg.run_dir, present)
 
 
-def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | None, rank0: bool) -> TrainResult | None:
+def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | None, rank0: bool,
+                held: contextlib.ExitStack) -> TrainResult | None:
     t_start = time.perf_counter()
     run_dir = cfg.run_dir
     state: dict[str, Any] | None = None
@@ -510,7 +511,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         state = load_plain(run_dir / "last.pt")
         recipe = Recipe.read(run_dir / RECIPE_FILE)
     elif rank0:
-        replaced = _start_afresh(cfg)
+        _start_afresh(cfg, move=False)  # refuse a taken folder before any work
     seed_everything(cfg.seed)
     task = cfg.task_record
 
@@ -533,6 +534,11 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         recipe = Recipe(task=task.name, level=cfg.level, model=cfg.model, in_chans=cfg.in_chans,
                         num_classes=cfg.num_classes, image_size=cfg.image_size, mean=list(mean), std=list(std),
                         kind=task.kind, input=sets.input)
+    # Every input checked: lock the folder, and only now move an old run aside (--overwrite).
+    if rank0:
+        held.enter_context(folder_lock(run_dir))
+        if not cfg.resume:
+            replaced = _start_afresh(cfg, move=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     write_json(run_dir / RECIPE_FILE, recipe.to_dict())
