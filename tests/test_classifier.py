@@ -104,3 +104,12 @@ def test_missing_recipe_and_weights(tmp_path):
         load_classifier(folder)
     with pytest.raises(InputError, match="no trained fold"):
         load_ensemble(tmp_path / "nothing")
+
+
+def test_a_garbage_checkpoint_gives_no_unsafe_advice(tmp_path):
+    folder = write_fold(tmp_path / "f")
+    (folder / "best.pt").write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(InputError) as err:
+        load_classifier(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder / 'best.pt'}: cannot load checkpoint") and "weights_only" not in msg

@@ -38,6 +38,7 @@ from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
 from .tasks import Task, get_task
+from .torchfile import load_checkpoint
 
 TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 RECIPE_FILE = "recipe.json"
@@ -142,12 +143,7 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
     recipe = Recipe.read(run_dir / RECIPE_FILE)
     net = create_model(recipe.model, recipe.in_chans, recipe.num_classes, "none", image_size=recipe.image_size)
     path = run_dir / weights
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # unpickling failures have many types
-        raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    sd = load_checkpoint(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     try:

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .cells import resize_square
 from .errors import InputError
-from .fieldio import format_label, multihot, parse_label, read_csv, to_unit_float, write_csv, write_npy
+from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
 from .layouts import LAYOUTS
 from .registry import Registry
 
@@ -75,14 +75,15 @@ def read_cells(path: str | Path, num_classes: int) -> pd.DataFrame:
     except ValueError:
         bad = next(v for v in df["fold"] if not v.strip().lstrip("-").isdigit())
         raise InputError(f"{path}: fold {bad!r} is not an integer") from None
-    df["weak"] = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df["Label"])]
+    lines = row_lines(df)
+    df["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for line, v in zip(lines, df["Label"])]
     if "TrueLabel" in df.columns:
         df["true"] = [
-            parse_label(v, num_classes, f"{path}: line {i + 2} TrueLabel") if str(v).strip() else []
-            for i, v in enumerate(df["TrueLabel"])
+            parse_label(v, num_classes, f"{path}: line {line} TrueLabel") if str(v).strip() else []
+            for line, v in zip(lines, df["TrueLabel"])
         ]
     if (df["crop"].str.strip() == "").any():
-        row = int(np.flatnonzero(df["crop"].str.strip() == "")[0]) + 2
+        row = lines[int(np.flatnonzero(df["crop"].str.strip() == "")[0])]
         raise InputError(f"{path}: line {row}: empty crop path")
     df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
     return df
@@ -122,7 +123,7 @@ def read_samples(path: str | Path, num_classes: int) -> pd.DataFrame:
     if (mixed > 1).any():
         raise InputError(f"{path}: sample {mixed[mixed > 1].index[0]!r} has rows with different labels or folds")
     first = df.drop_duplicates("ID").reset_index(drop=True)
-    lines = np.flatnonzero(~df.duplicated("ID")) + 2
+    lines = np.asarray(row_lines(df))[~df.duplicated("ID").to_numpy()]
     first["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for v, line in zip(first["Label"], lines)]
     return first
 

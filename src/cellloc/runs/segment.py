@@ -2,7 +2,7 @@
 
 Outputs under ``out``:
 
-    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (.npz with --mask-format npz)
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
     crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
     cells/{ID}.csv                                           the field's rows; marks it done
@@ -29,7 +29,7 @@ import pandas as pd
 from ..cells import MASK_MODES, cell_table, crop_cells
 from ..config import opt, save_config
 from ..errors import InputError
-from ..fieldio import MASK_FORMATS, dataset_root, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..segmentation import SegmentConfig, create_segmenter
@@ -48,11 +48,12 @@ class SegmentRunConfig:
     labels: str = opt("", "the task's labels CSV with image labels (default: train.csv beside or above --input, if any)")
     truth: str = opt("", "truth folder with {ID}_cell_mask.png and cells.csv (default: ../truth if present)")
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
-    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
+    scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
-    mask_format: str = opt("png", "masks as uint16 PNG or compressed npz", choices=list(MASK_FORMATS))
+    mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
     workers: int = opt(1, "processes (CPU backends)")
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
@@ -70,7 +71,14 @@ class SegmentRunConfig:
             raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+        unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
+        if unknown or not self.mask_formats:
+            raise ValueError(f"--mask-format: unknown {', '.join(unknown) or 'empty'}; known: {', '.join(MASK_FORMATS)}")
         self.input = self.input or str(get_task(self.task).data_dir("train"))
+
+    @property
+    def mask_formats(self) -> list[str]:
+        return [f.strip() for f in self.mask_format.split(",") if f.strip()]
 
     @property
     def task_record(self) -> Task:
@@ -108,7 +116,7 @@ class SegmentRunConfig:
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
             backend=self.backend, **self.task_record.segment_channels(),
-            pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
         )
@@ -168,8 +176,9 @@ class FieldWorker:
         from ..render import overlay
 
         cfg, out = self.cfg, self.out
-        write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)
-        write_mask(out / "masks" / f"{image_id}_nucleus_mask.{cfg.mask_format}", nuclei)
+        for fmt in cfg.mask_formats:
+            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
+            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)
