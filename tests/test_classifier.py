@@ -106,8 +106,8 @@ def test_missing_recipe_and_weights(tmp_path):
         load_ensemble(tmp_path / "nothing")
 
 
-def test_a_garbage_checkpoint_gives_no_unsafe_advice(tmp_path):
-    folder = write_fold(tmp_path / "f")
+def test_a_garbage_checkpoint_is_one_line_without_unsafe_advice(tmp_path):
+    folder = write_fold(tmp_path / "fold0")
     (folder / "best.pt").write_bytes(b"garbage, not a checkpoint")
     with pytest.raises(InputError) as err:
         load_classifier(folder)
