@@ -108,7 +108,7 @@ def _efficientnet_builder(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-def hash_named_spec(url: str) -> WeightSpec | None:
+def _hash_named_spec(url: str) -> WeightSpec | None:
     """The :class:`WeightSpec` of a file named ``<name>-<hex>.pth`` (torch.hub's convention: the hex is
     the start of the file's SHA-256, which torch.hub checks); ``None`` if the name carries no digest."""
     digest = re.search(r"-([0-9a-f]{8,})\.pth$", url)
@@ -120,7 +120,7 @@ def _register_efficientnets() -> None:
 
     for name, url in url_map.items():
         size = efficientnet_params(name)[2]
-        register_model(name, hash_named_spec(url), "_conv_stem.weight", ("_fc.weight", "_fc.bias"), size)(
+        register_model(name, _hash_named_spec(url), "_conv_stem.weight", ("_fc.weight", "_fc.bias"), size)(
             _efficientnet_builder(name)
         )
 
@@ -169,7 +169,7 @@ def _backbone_builder(arch: Callable[..., nn.Module]) -> Callable[..., nn.Module
 
 def _register_published_layouts() -> None:
     for name, (arch, url, stem_key, head_keys) in _PUBLISHED_LAYOUTS.items():
-        register_model(name, hash_named_spec(url), stem_key, head_keys, 224)(_backbone_builder(arch))
+        register_model(name, _hash_named_spec(url), stem_key, head_keys, 224)(_backbone_builder(arch))
 
 
 _register_published_layouts()
