@@ -167,7 +167,7 @@ def test_offline_fetch_is_one_line_naming_the_file(tmp_path, name):
 
 def test_a_file_of_another_layout_is_refused(tmp_path):
     path, _ = write_published("resnet18", tmp_path)
-    net = create_model("resnet50", pretrained="none")
+    net = create_model("resnet50", 4, 19)
     with pytest.raises(InputError, match="does not fit resnet50"):
         load_pretrained(net, "resnet50", 4, path=path)
     # torchvision's renamed DenseNet keys (norm1, conv1, ...) are not the published file's
@@ -175,7 +175,7 @@ def test_a_file_of_another_layout_is_refused(tmp_path):
     renamed = {k.replace("norm.1", "norm1").replace("conv.2", "conv2"): v for k, v in sd.items()}
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(InputError, match="does not fit densenet121"):
-        load_pretrained(create_model("densenet121"), "densenet121", 4, path=tmp_path / "renamed.pth")
+        load_pretrained(create_model("densenet121", 4, 19), "densenet121", 4, path=tmp_path / "renamed.pth")
 
 
 def test_dense_layer_sees_every_earlier_output():
