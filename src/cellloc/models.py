@@ -86,7 +86,8 @@ def register_model(
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    """Registered names in registration order, so families stay together (efficientnet-b0..b7, resnet18, ...)."""
+    return list(MODELS)
 
 
 # --------------------------------------------------------------------------- efficientnet-pytorch
