@@ -7,6 +7,7 @@ column), ``<stem>_balance.txt/.csv/.png`` beside it (the config is saved by the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -110,7 +110,7 @@ class TrainConfig:
     out_dir: str = opt("models", "runs go to OUT_DIR/RUN_NAME/fold<K>/")
     run_name: str = opt("", "name of this run's folder under OUT_DIR (default: effb2 for hpa-sc cell models, "
                         "else with the task and level appended, e.g. effb2_image, effb2_rxrx1)")
-    model: str = opt("efficientnet-b2", "backbone: efficientnet-b0 ... efficientnet-b7 (efficientnet-pytorch)")
+    model: str = opt("efficientnet-b2", "backbone: a name in cellloc.models.model_names() (efficientnet-b0..b7, resnet18, resnet50, densenet121, se-resnext50-32x4d, se-resnext101-32x4d)")
     pretrained: str = opt("imagenet", "initial weights: imagenet (URL + checksum into the cache) or none (offline)")
     weights_dir: str = opt("", "folder of ImageNet weight files (default $CELLLOC_IMAGENET_DIR or ~/.cache/cellloc/imagenet)")
     image_size: int = opt(260, "network input side in pixels: crops (and fields) are padded to square and resized to it")
