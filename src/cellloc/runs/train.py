@@ -534,14 +534,15 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         recipe = Recipe(task=task.name, level=cfg.level, model=cfg.model, in_chans=cfg.in_chans,
                         num_classes=cfg.num_classes, image_size=cfg.image_size, mean=list(mean), std=list(std),
                         kind=task.kind, input=sets.input)
-    # Every input checked: lock the folder, and only now move an old run aside (--overwrite).
+    # Every input checked: lock the folder, and only now move an old run aside (--overwrite). Rank 0
+    # alone writes (the other ranks would otherwise write the files rank 0 is about to look for).
     if rank0:
         held.enter_context(folder_lock(run_dir))
         if not cfg.resume:
             replaced = _start_afresh(cfg, move=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
-    write_json(run_dir / RECIPE_FILE, recipe.to_dict())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        write_json(run_dir / RECIPE_FILE, recipe.to_dict())
     view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     device = _resolve_device(cfg.device)
@@ -586,7 +587,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         early.load_state_dict(state["early_stopping"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-        write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
+        if rank0:
+            write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
     what = "fields" if cfg.level == "image" else f"{cfg.label_source} labels"
     title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {what}"
     recorder = RunRecorder(run_dir, len(train_ds) // batch_size * batch_size, early, history, title)
