@@ -14,7 +14,6 @@ the failure is one line that says where to put the file and that ``--pretrained 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .fieldio import atomic_path
+from .fieldio import atomic_path, sha256_file
 
 PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet")
 CACHE_ENV = "CELLLOC_IMAGENET_DIR"
@@ -161,14 +160,6 @@ def weights_cache_dir(cache_dir: str | Path | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "cellloc" / "imagenet"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_digest(path: Path, spec: WeightSpec) -> None:

@@ -28,6 +28,7 @@ from .config import load_config, opt
 from .errors import InputError
 from .fieldio import dataset_root, find_mask, list_fields, read_field, read_mask, write_csv
 from .inference import BLEND_MODES, blend_with_field, cell_weights, ensemble, with_negative
+from .runtime import RUNTIMES
 from .segment_run import SegmentRunConfig
 from .segmentation import SegmentConfig, create_segmenter
 from .submission import SubmissionWriter, encode_field, prediction_string
@@ -54,6 +55,7 @@ class PredictConfig:
     top_k: int = opt(0, "keep at most K classes per cell (0: all)")
     batch_size: int = opt(64, "crops per forward pass")
     device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
+    runtime: str = opt("torch", "where the hpa networks run: torch (any --device) or openvino (CPU, about 2x faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
 
     def __post_init__(self) -> None:
@@ -109,7 +111,7 @@ def model_spec(run_dir: Path, cfg: PredictConfig) -> ModelSpec:
     seg_run = load_config(SegmentRunConfig, seg_path)
     seg = seg_run.segment_config()
     seg = replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir,
-                  backend=cfg.backend or seg.backend)
+                  backend=cfg.backend or seg.backend, runtime=cfg.runtime)
     n = int(run_cfg["num_classes"])
     label_set = label_set_for(n)
     if seg_run.crop_mask not in MASK_MODES:

@@ -30,6 +30,7 @@ from .classes import CHANNEL_SETS, get_label_set
 from .config import opt, save_config
 from .errors import InputError
 from .fieldio import MASK_FORMATS, dataset_root, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
+from .runtime import RUNTIMES, threads_for
 from .segmentation import SegmentConfig, create_segmenter
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
@@ -56,6 +57,7 @@ class SegmentRunConfig:
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
     device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
     half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
+    runtime: str = opt("torch", "where the hpa networks run: torch (any --device) or openvino (CPU, about 2x faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     weights_dir: str = opt("", "folder with the HPA weight files (hpa backend)")
     cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
@@ -99,6 +101,7 @@ class SegmentRunConfig:
             backend=self.backend, channels=self.channel_names,
             pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
+            runtime=self.runtime, threads=threads_for(self.workers),
             cell_model=self.cell_model,
             nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
             cell_channels=("red", "yellow") if self.channels == "hpa" else self.channel_names[1:],
