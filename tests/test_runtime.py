@@ -13,7 +13,7 @@ from torch import nn
 
 from cellloc import runtime
 from cellloc.errors import InputError
-from cellloc.runtime import RUNTIMES, compile_module, create_runtime, graph_name, load_openvino, threads_for
+from cellloc.runtime import RUNTIMES, compile_for_runtime, compile_module, create_runtime, graph_name, load_openvino, threads_for
 from cellloc.segment_run import SegmentRunConfig
 from cellloc.segmentation.dpn_unet import DPNUnet
 from conftest import REPO
@@ -165,6 +165,35 @@ def test_dpn_unet_raw_outputs_agree(ov, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     p_got, p_want = (torch.softmax(torch.from_numpy(a), 1).numpy() for a in (got, want))
     assert np.abs(p_got - p_want).max() < 1e-4
+
+
+def test_classifier_backbone_swapped_for_its_graph(ov, tmp_path):
+    """The loader hook: a 4-channel EfficientNet's class probabilities, torch vs OpenVINO, on the
+    transposed (non-contiguous) views that test-time augmentation feeds it."""
+    from cellloc.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("efficientnet-b0", 4, 19, "none", image_size=32)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.randn(8, 4, 32, 32))  # batch-norm statistics from data, so every layer carries signal
+        net.eval()
+        net._fc.weight.mul_(3 / net(torch.randn(8, 4, 32, 32)).std())  # logits spread like a trained head's
+    weights = tmp_path / "fold0" / "best.pt"
+    weights.parent.mkdir()
+    torch.save(net.state_dict(), weights)
+    fast = compile_for_runtime(net, (4, 32, 32), weights, "openvino", threads=1, stem="efficientnet-b0")
+    assert compile_for_runtime(net, (4, 32, 32), weights, "torch") is net
+    assert next(fast.parameters()).device.type == "cpu" and list((weights.parent / "compiled").glob("*.xml"))
+    x = torch.randn(5, 4, 32, 32)
+    with torch.no_grad():
+        for view in (x, x.transpose(-1, -2), x.flip(-1)):
+            want, got = torch.sigmoid(net(view)), torch.sigmoid(fast(view))
+            assert want.std() > 0.1 and (got - want).abs().max() < 1e-5
 
 
 # --------------------------------------------------------------------------- command lines

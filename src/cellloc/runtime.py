@@ -145,12 +145,13 @@ def export_openvino(module: nn.Module, input_shape: Sequence[int], path: str | o
 
 
 class OpenVINORunner:
-    """A converted graph compiled for the CPU: ``runner(x)`` with x float32 (N, *input_shape)
-    returns the first output as a float32 numpy array (a copy, safe to keep).
+    """A converted graph compiled for the CPU: ``runner(x)`` with x float32 (N, *input_shape) returns
+    the first output as a float32 numpy array (a copy, safe to keep).
 
-    One compiled model per batch size seen (compiling takes about a second; the usual run sees
-    one or two sizes). ``threads`` intra-op threads, one stream, no core pinning (several worker
-    processes would otherwise pin to the same cores).
+    Compiled once with the batch axis dynamic (measured as fast as a graph compiled for one
+    batch size, for the DPN-U-Net and EfficientNet alike, so a field's crop count never triggers
+    a recompile). ``threads`` intra-op threads (0: every CPU this process may use), one stream,
+    no core pinning (several worker processes would otherwise pin to the same cores).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 0, precision: str = "f32"):
@@ -158,25 +159,17 @@ class OpenVINORunner:
             raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         ov = load_openvino()
         self.path = Path(path)
-        self.core = ov.Core()
-        self.model = self.core.read_model(self.path)
-        self.config = {
+        config = {
             "INFERENCE_NUM_THREADS": threads_for(1, threads),
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
             "ENABLE_CPU_PINNING": False,
         }
-        self._compiled: dict[int, object] = {}
+        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        if n not in self._compiled:
-            model = self.model.clone()
-            model.reshape([n, *x.shape[1:]])
-            self._compiled[n] = self.core.compile_model(model, "CPU", self.config)
-        return np.array(self._compiled[n](x)[0], dtype=np.float32, copy=True)
+        return np.array(self.compiled(np.ascontiguousarray(x, dtype=np.float32))[0], dtype=np.float32, copy=True)
 
 
 def compile_module(
@@ -304,3 +297,48 @@ class OpenVINORuntime:
                 self._module = None  # the compiled graph holds its own weights: free ~0.5 GB per network
             self._runners[key] = OpenVINORunner(path, self.threads)
         return self._runners[key]
+
+
+# --------------------------------------------------------------------------- for code written against a module
+
+
+def as_module(runner: Runner) -> nn.Module:
+    """``runner`` as an ``nn.Module`` whose forward takes and returns CPU float tensors, so code written
+    for the converted module (TTA loops, a sigmoid, ``model.eval()``) runs on it unchanged. It holds
+    one empty parameter so ``next(module.parameters()).device`` says ``cpu``."""
+    import torch
+    from torch import nn
+
+    class RunnerModule(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.runner = runner
+            self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.runner(x.detach().cpu().numpy()))
+
+    return RunnerModule()
+
+
+def compile_for_runtime(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    weights: str | os.PathLike,
+    runtime: str,
+    *,
+    threads: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    stem: str | None = None,
+) -> nn.Module:
+    """``module`` (eval mode, CPU, loaded from the file ``weights``) under ``runtime``, as an ``nn.Module``.
+
+    ``"torch"`` returns ``module`` itself; ``"openvino"`` returns :func:`as_module` of its graph for
+    inputs (N, *input_shape), converted once per weight checksum and shape into ``cache_dir``
+    (default ``compiled/`` beside ``weights``). This is the hook for a loader: swap a classifier's
+    backbone for ``compile_for_runtime(backbone, (C, S, S), weight_file, runtime)``.
+    """
+    if runtime == "torch":
+        return module
+    rt = create_runtime(runtime, lambda: module, weights, stem=stem, cache_dir=cache_dir, threads=threads)
+    return as_module(rt.runner(input_shape))
