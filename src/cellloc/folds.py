@@ -7,9 +7,10 @@ the union of their fields' labels, because both multilabel splitters only see pr
 
 HPA classes are long-tailed, so random K-fold leaves rare classes out of some folds. Iterative
 stratification (Sechidis et al. 2011) hands out the rarest labels first; two implementations
-are offered: ``skmultilearn`` (what users expect; it ignores ``random_state`` and draws from
-NumPy's global generator, which is seeded here and restored afterwards) and ``iterstrat``
-(faster and better balanced). Single-label data (every field exactly one class, as RxRx1's
+are offered: ``iterstrat`` (the default: iterative-stratification's MultilabelStratifiedKFold,
+faster and better balanced) and ``skmultilearn`` (scikit-multilearn's; it ignores
+``random_state`` and draws from NumPy's global generator, which is seeded here and restored
+afterwards). Single-label data (every field exactly one class, as RxRx1's
 siRNAs) goes to scikit-learn's ``StratifiedKFold``, which is exact there and scales to 1,108
 classes where the iterative splitters loop once per class.
 
@@ -28,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classes import LABEL_SETS, get_label_set
 from .config import opt
 from .errors import InputError
-from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, read_labels, write_csv
+from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, row_lines, write_csv
+from .labels import read_task_labels
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task
 
-METHODS: tuple[str, ...] = ("skmultilearn", "iterstrat", "random")
+METHODS: tuple[str, ...] = ("iterstrat", "skmultilearn", "random")
 MAX_SEED = 2**32 - 1  # NumPy's legacy global generator accepts seeds in [0, 2**32)
 
 
@@ -169,7 +171,7 @@ def split_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> FoldSplit:
     """Assign each field (row of ``labels_multihot``, (N, C) 0/1) a fold in [0, k).
@@ -226,7 +228,7 @@ def assign_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> np.ndarray:
     """Fold id per field ((N,) int64); see :func:`split_folds` for the rules."""
@@ -508,14 +510,25 @@ def summary(report: FoldBalance, split: FoldSplit, n_cells: int | None) -> list[
 class FoldsConfig:
     """Options of ``src/gen_folds.py``; saved beside the folds CSV."""
 
-    cells: str = opt("output/synth/cells.csv", "cells CSV from segmentation (ID, cell_id, Label, ...); ignored with --labels")
-    labels: str | None = opt(None, "split an ID,Label CSV (one row per field) instead of the cells CSV")
-    out: str = opt("output/synth/folds.csv", "folds CSV to write; the balance report and config go beside it")
+    task: str = opt(DEFAULT_TASK, "task of the labels (names its classes and its labels CSV reader)", choices=TASKS.names())
+    cells: str = opt("", "cells CSV from segmentation (ID, cell_id, Label, ...) (default: output/<data_name>/cells.csv); "
+                     "ignored with --labels")
+    labels: str | None = opt(None, "split the task's labels CSV (one row per sample) instead of a cells CSV "
+                             "(default for image-level tasks without --cells: input/<data_name>/train.csv)")
+    out: str = opt("", "folds CSV to write (default: output/<data_name>/folds.csv); the balance report and config go beside it")
     folds: int = opt(5, "number of folds K (2 <= K <= number of fields, or groups)")
     seed: int = opt(42, "seed: the same seed and input give the same folds")
-    method: str = opt("skmultilearn", "splitter: skmultilearn, iterstrat (faster, better balanced) or random", choices=METHODS)
-    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate)")
-    label_set: str = opt("hpa19", "label set naming the classes", choices=tuple(LABEL_SETS))
+    method: str = opt("iterstrat", "splitter: iterstrat (iterative-stratification; fast, best balanced), "
+                      "skmultilearn (scikit-multilearn) or random", choices=METHODS)
+    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate, experiment)")
+
+    def __post_init__(self) -> None:
+        task = get_task(self.task)
+        data = Path("output") / task.data_name
+        if self.labels is None and not self.cells and task.level == "image":
+            self.labels = str(Path("input") / task.data_name / "train.csv")
+        self.cells = self.cells or str(data / "cells.csv")
+        self.out = self.out or str(data / "folds.csv")
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -546,8 +559,9 @@ def _first_rows(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes, return_index=True)[1]
 
 
-def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """The single value each field has in ``values``; a field with two values is an error."""
+def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what: str, lines: Sequence[int]) -> np.ndarray:
+    """The single value each field has in ``values``; a field with two values is an error
+    naming both rows' ``lines`` (physical line numbers, see :func:`fieldio.row_lines`)."""
     codes, uniques = pd.factorize(values, sort=False)
     first = _first_rows(field_of_row)
     bad = np.flatnonzero(codes != codes[first][field_of_row])
@@ -555,8 +569,8 @@ def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what
         row = int(bad[0])
         first_row = int(first[field_of_row[row]])
         raise InputError(
-            f"{path}: line {row + 2}: field {what} {values.iloc[row]!r} differs from {values.iloc[first_row]!r} "
-            f"on line {first_row + 2}; a field's cells must share one {what}"
+            f"{path}: line {lines[row]}: field {what} {values.iloc[row]!r} differs from {values.iloc[first_row]!r} "
+            f"on line {lines[first_row]}; a field's cells must share one {what}"
         )
     return np.asarray(uniques, dtype=object)[codes[first]]
 
@@ -572,25 +586,27 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
         raise InputError(f"{path}: file not found (run segmentation first, or pass --labels ID,Label.csv)")
     required = ["ID", "cell_id", "Label"] + ([group_col] if group_col else [])
     df = read_csv(path, required)
+    lines = row_lines(df)
     ids_col = df["ID"].str.strip()
     if (ids_col == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(ids_col == '')[0]) + 2}: empty ID")
+        raise InputError(f"{path}: line {lines[int(np.flatnonzero(ids_col == '')[0])]}: empty ID")
     field_of_row, _ = pd.factorize(ids_col, sort=True)
     label_codes, label_strings = pd.factorize(df["Label"], sort=False)
-    lines = _first_rows(label_codes) + 2
-    parsed = [parse_label(s, num_classes, f"{path}: line {lines[i]}") for i, s in enumerate(label_strings)]
+    first = _first_rows(label_codes)
+    parsed = [parse_label(s, num_classes, f"{path}: line {lines[first[i]]}") for i, s in enumerate(label_strings)]
     normalised = np.array([format_label(p) for p in parsed], dtype=object)
-    field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label")
+    field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label", lines)
     ids_of = dict(zip(normalised, parsed))
     labels = multihot([ids_of[s] for s in field_label], num_classes)
-    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col) if group_col else None
+    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col, lines) if group_col else None
     return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
 
 
-def read_label_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
-    """Fields of an ID,Label CSV: one row per field, IDs unique."""
+def read_label_fields(path: str | Path, task: Task, group_col: str | None = None) -> FieldTable:
+    """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique."""
     path = Path(path)
-    df = read_labels(path, num_classes)
+    num_classes = task.num_classes
+    df = read_task_labels(path, task)
     if group_col and group_col not in df.columns:
         raise InputError(f"{path}: missing column(s) {group_col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
     order = np.argsort(df["ID"].to_numpy(dtype=str), kind="stable")
@@ -604,7 +620,7 @@ def read_label_fields(path: str | Path, num_classes: int, group_col: str | None 
 def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
     values = df[group_col].str.strip()
     if (values == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(values == '')[0]) + 2}: empty {group_col}")
+        raise InputError(f"{path}: line {row_lines(df)[int(np.flatnonzero(values == '')[0])]}: empty {group_col}")
     return values
 
 
@@ -623,9 +639,10 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     """Read the fields, split them, write the folds CSV and the balance report (txt, csv, png)."""
     from .plots import fold_balance_heatmap  # here, so array-only users of this module skip matplotlib
 
-    label_set = get_label_set(cfg.label_set)
+    task = get_task(cfg.task)
+    label_set = task.label_set
     if cfg.labels:
-        fields = read_label_fields(cfg.labels, label_set.num_classes, cfg.group_col)
+        fields = read_label_fields(cfg.labels, task, cfg.group_col)
     else:
         fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col)
     split = split_folds(fields.labels, cfg.folds, cfg.seed, cfg.method, fields.groups)

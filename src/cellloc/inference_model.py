@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from .data import load_crop, preprocess_crop
 from .errors import InputError
 from .models import create_model
+from .tasks import get_task
+from .torchfile import load_checkpoint
 
 TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -59,24 +61,20 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     if not cfg_path.exists():
         raise InputError(f"{cfg_path}: not found (is {run_dir} a training run folder?)")
     cfg = json.loads(cfg_path.read_text())
-    missing = [k for k in ("model", "in_chans", "num_classes", "image_size", "mean", "std") if k not in cfg]
+    missing = [k for k in ("task", "model", "image_size", "mean", "std") if k not in cfg]
     if missing or not cfg.get("mean"):
         raise InputError(f"{cfg_path}: missing {', '.join(missing) or 'mean/std'}")
-    net = create_model(cfg["model"], cfg["in_chans"], cfg["num_classes"], "none", image_size=cfg["image_size"])
+    task = get_task(cfg["task"])
+    net = create_model(cfg["model"], len(task.channels), task.num_classes, "none", image_size=cfg["image_size"])
     path = run_dir / weights
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # unpickling failures have many types
-        raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    sd = load_checkpoint(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     try:
         net.load_state_dict(sd)
     except RuntimeError as exc:
         raise InputError(f"{path}: does not fit {cfg['model']} ({str(exc).splitlines()[0]})") from None
-    model = CellClassifier(net, cfg["image_size"], cfg["mean"], cfg["std"], cfg["num_classes"])
+    model = CellClassifier(net, cfg["image_size"], cfg["mean"], cfg["std"], task.num_classes)
     device = torch.device(device)
     model.to(device)
     if device.type == "cuda":
