@@ -1,6 +1,6 @@
-"""Prediction throughput (fields/s) relative to segmentation alone, in one run.
+"""Prediction throughput (fields/s) relative to segmentation alone, per classifier runtime, in one run.
 
-    PYTHONPATH=src python bench/bench_predict.py            # ~3-5 min on 2 CPU cores
+    PYTHONPATH=src python bench/bench_predict.py            # ~5-10 min on 2 CPU cores
     PYTHONPATH=src python bench/bench_predict.py --quick    # 512 px fields, a smoke check
 
 Generated 4-channel fields are written as PNGs to a temporary folder. For each field size the
@@ -16,6 +16,11 @@ views, and B0 at 64 px (a CPU-sized model). Weights are random, with batch-norm
 statistics measured on random inputs so activations have a trained net's scale; the run folder
 is written the way ``train.py`` writes it, so ``load_ensemble`` reads it like a real one. The
 ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
+
+Each setting runs with the classifier on PyTorch and on OpenVINO (fp32, the ``fast`` extra;
+the backbone swapped for its converted graph with ``runtime.compile_for_runtime``, converted
+before the timing), and with OpenVINO bf16 as a check of how far bf16 moves the probabilities:
+the last columns are the largest difference of any cell's class probability from PyTorch's.
 """
 
 from __future__ import annotations
@@ -27,27 +32,38 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from cellloc.config import save_config
 from cellloc.fieldio import list_fields, read_field, write_json
 from cellloc.generators import write_dataset
 from cellloc.models import create_model
-from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
+from cellloc.inference_model import load_model, predict_crops
+from cellloc.predict_run import PredictConfig, fold_dirs, load_ensemble, run_predict
+from cellloc.runtime import compile_for_runtime, threads_for
 from cellloc.segment_run import SegmentRunConfig
 from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
 
 def make_net(model: str, image_size: int, calibrate: bool) -> torch.nn.Module:
-    """A random net; with ``calibrate`` its batch-norm running statistics come from random batches."""
+    """A random net; with ``calibrate`` its batch-norm running statistics come from random batches
+    and its head is scaled so logits spread like a trained net's (std ~3: probabilities away from
+    0.5, where a precision loss would show)."""
     torch.manual_seed(0)
     net = create_model(model, 4, 19, "none", image_size=image_size)
     if calibrate:
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # cumulative average over the calibration batches
         net.train()
         with torch.no_grad():
             for _ in range(4):
                 net(torch.randn(16, 4, image_size, image_size))
+            net.eval()
+            net._fc.weight.mul_(3 / net(torch.randn(16, 4, image_size, image_size)).std())
     return net.eval()
 
 
@@ -75,13 +91,34 @@ def time_segmentation(folder: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def time_predict(folder: Path, run: Path, out: Path, tta: int) -> tuple[float, int]:
-    """(seconds, cells) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
-    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
+RUNTIMES = {"torch": ("torch", "f32"), "openvino": ("openvino", "f32"), "openvino bf16": ("openvino", "bf16")}
+
+
+def predict_fns(cfg: PredictConfig, runtime: str):
+    """``load_ensemble``'s (fns, spec), the classifier under ``runtime`` (a key of RUNTIMES)."""
     fns, spec, _ = load_ensemble(cfg)
+    name, precision = RUNTIMES[runtime]
+    if name == "torch":
+        return fns, spec
+    fns = []
+    for d in fold_dirs(cfg.models, cfg.folds):
+        model = load_model(d)
+        size = model.image_size
+        model.net = compile_for_runtime(model.net, (4, size, size), d / "best.pt", name, threads=threads_for(1), precision=precision)
+        model.net(torch.zeros(1, 4, size, size))  # compile now, not inside the timing
+        fns.append(lambda crops, m=model: predict_crops(m, list(crops), tta=cfg.tta, batch_size=cfg.batch_size))
+    return fns, spec
+
+
+def time_predict(folder: Path, run: Path, out: Path, tta: int, runtime: str) -> tuple[float, int, pd.DataFrame]:
+    """(seconds, cells, every cell's scores) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
+    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
+    fns, spec = predict_fns(cfg, runtime)
     t0 = time.perf_counter()
     res = run_predict(cfg, spec, fns)
-    return time.perf_counter() - t0, res["cells"]
+    seconds = time.perf_counter() - t0
+    scores = pd.concat([pd.read_csv(p) for p in sorted((out / "cell_scores").glob("*.csv"))])
+    return seconds, res["cells"], scores
 
 
 def main() -> None:
@@ -94,8 +131,9 @@ def main() -> None:
         ("efficientnet-b2", 260, 128, 1), ("efficientnet-b2", 260, 128, 4), ("efficientnet-b0", 64, 64, 1)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; load average at start {os.getloadavg()[0]:.2f}\n")
-    print("| field | classifier (crop -> input px, TTA views) | cells/field | segment fields/s | predict fields/s | predict / segment time |")
-    print("|---|---|---|---|---|---|")
+    print("| field | classifier (crop -> input px, TTA views) | runtime | cells/field | segment fields/s | predict fields/s | "
+          "predict / segment time | x faster than torch | max prob diff vs torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = {}
@@ -109,9 +147,17 @@ def main() -> None:
             ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
             t_seg = time_segmentation(folder, ids)
             for s in settings:
-                t_pred, cells = time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}", s[3])
-                print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {cells / len(ids):.1f} | "
-                      f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x |", flush=True)
+                results = {}
+                for runtime in RUNTIMES:
+                    out = root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{runtime.replace(' ', '_')}"
+                    results[runtime] = time_predict(folder, runs[s[0], s[1], s[2]], out, s[3], runtime)
+                t_torch, _, ref = results["torch"]
+                p_cols = [c for c in ref.columns if c[:1] == "p" and c[1:].isdigit()]
+                for runtime, (t_pred, cells, scores) in results.items():
+                    diff = float(np.abs(scores[p_cols].to_numpy() - ref[p_cols].to_numpy()).max()) if len(ref) else 0.0
+                    print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {runtime} | {cells / len(ids):.1f} | "
+                          f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x | {t_torch / t_pred:.2f} | "
+                          f"{diff:.1e} |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

@@ -219,6 +219,7 @@ def create_runtime(
     threads: int = 0,
     device: str = "cpu",
     half: bool = False,
+    precision: str = "f32",
 ) -> NetworkRuntime:
     """The network that ``build()`` makes from the file ``weights``, under runtime ``name``.
 
@@ -226,7 +227,7 @@ def create_runtime(
     when it needs the module (OpenVINO: only to convert a graph not cached yet). ``stem`` names
     the cached graphs (default: the weight file's name without suffix), ``cache_dir`` holds them
     (default: ``compiled/`` beside the weight file). ``device`` and ``half`` (fp16 autocast on
-    CUDA) apply to the torch runtime.
+    CUDA) apply to the torch runtime, ``precision`` (see :data:`PRECISIONS`) to openvino.
     """
     try:
         factory = RUNTIMES[name]
@@ -235,7 +236,7 @@ def create_runtime(
     weights = Path(weights)
     return factory(
         build, weights, stem=stem or weights.stem, cache_dir=cache_dir if cache_dir is not None else weights.parent / "compiled",
-        threads=threads, device=device, half=half,
+        threads=threads, device=device, half=half, precision=precision,
     )
 
 
@@ -245,7 +246,7 @@ class TorchRuntime:
     any device; ``threads`` > 0 sets torch's intra-op threads for the whole process."""
 
     def __init__(self, build: Callable[[], nn.Module], weights: Path, *, stem: str, cache_dir, threads: int = 0,
-                 device: str = "cpu", half: bool = False):
+                 device: str = "cpu", half: bool = False, precision: str = "f32"):
         import torch
 
         self.device = torch.device(device)
@@ -275,11 +276,11 @@ class OpenVINORuntime:
     """
 
     def __init__(self, build: Callable[[], nn.Module], weights: Path, *, stem: str, cache_dir, threads: int = 0,
-                 device: str = "cpu", half: bool = False):
+                 device: str = "cpu", half: bool = False, precision: str = "f32"):
         load_openvino()
         if not str(device).startswith("cpu"):
             raise InputError(f"the openvino runtime runs on the CPU; use --runtime torch for --device {device}")
-        self.build, self.stem, self.threads = build, stem, threads
+        self.build, self.stem, self.threads, self.precision = build, stem, threads, precision
         self.sha256 = sha256_file(weights)
         self.cache_dir = writable_cache_dir(cache_dir)
         self._module: nn.Module | None = None
@@ -295,7 +296,7 @@ class OpenVINORuntime:
                 module = self._module if self._module is not None else self.build()
                 export_openvino(module, key, path)
                 self._module = None  # the compiled graph holds its own weights: free ~0.5 GB per network
-            self._runners[key] = OpenVINORunner(path, self.threads)
+            self._runners[key] = OpenVINORunner(path, self.threads, self.precision)
         return self._runners[key]
 
 
@@ -330,6 +331,7 @@ def compile_for_runtime(
     threads: int = 0,
     cache_dir: str | os.PathLike | None = None,
     stem: str | None = None,
+    precision: str = "f32",
 ) -> nn.Module:
     """``module`` (eval mode, CPU, loaded from the file ``weights``) under ``runtime``, as an ``nn.Module``.
 
@@ -340,5 +342,5 @@ def compile_for_runtime(
     """
     if runtime == "torch":
         return module
-    rt = create_runtime(runtime, lambda: module, weights, stem=stem, cache_dir=cache_dir, threads=threads)
+    rt = create_runtime(runtime, lambda: module, weights, stem=stem, cache_dir=cache_dir, threads=threads, precision=precision)
     return as_module(rt.runner(input_shape))
