@@ -48,6 +48,7 @@ import torch
 from skimage import transform
 
 from cellloc.fieldio import read_field, write_png
+from cellloc.models import calibrate
 from cellloc.runtime import OpenVINORunner, export_openvino
 from cellloc.segmentation import create_segmenter
 from cellloc.segmentation.base import SegmentConfig
@@ -310,18 +311,7 @@ def calibrated_dpn(seed: int, batches: list[np.ndarray]) -> DPNUnet:
     logits spread like a trained net's (std ~4): every layer matters to the output."""
     torch.manual_seed(seed)
     net = DPNUnet()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for x in batches:
-            net(torch.from_numpy(x))
-        net.eval()
-        spread = net(torch.from_numpy(batches[0])).std(dim=(0, 2, 3))
-        net.final[0].weight.mul_((4 / spread)[:, None, None, None])
-        net.final[0].bias.mul_(4 / spread)
-    return net.requires_grad_(False)
+    return calibrate(net, [torch.from_numpy(x) for x in batches], head=net.final[0], logit_std=4)
 
 
 def precision(args: argparse.Namespace) -> None:

@@ -39,7 +39,7 @@ import torch
 from cellloc.config import save_config
 from cellloc.fieldio import list_fields, read_field, write_json
 from cellloc.generators import write_dataset
-from cellloc.models import create_model
+from cellloc.models import calibrate, create_model
 from cellloc.inference_model import load_model, predict_crops
 from cellloc.predict_run import PredictConfig, fold_dirs, load_ensemble, run_predict
 from cellloc.runtime import compile_for_runtime, threads_for
@@ -48,22 +48,14 @@ from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
 
-def make_net(model: str, image_size: int, calibrate: bool) -> torch.nn.Module:
-    """A random net; with ``calibrate`` its batch-norm running statistics come from random batches
-    and its head is scaled so logits spread like a trained net's (std ~3: probabilities away from
-    0.5, where a precision loss would show)."""
+def make_net(model: str, image_size: int, calibrate_on_random: bool) -> torch.nn.Module:
+    """A random net; with ``calibrate_on_random`` its batch-norm statistics come from random batches
+    and its logits spread like a trained net's (std ~3: probabilities away from 0.5, where a
+    precision loss would show)."""
     torch.manual_seed(0)
     net = create_model(model, 4, 19, "none", image_size=image_size)
-    if calibrate:
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None  # cumulative average over the calibration batches
-        net.train()
-        with torch.no_grad():
-            for _ in range(4):
-                net(torch.randn(16, 4, image_size, image_size))
-            net.eval()
-            net._fc.weight.mul_(3 / net(torch.randn(16, 4, image_size, image_size)).std())
+    if calibrate_on_random:
+        calibrate(net, [torch.randn(16, 4, image_size, image_size) for _ in range(4)], head=net._fc)
     return net.eval()
 
 
@@ -75,7 +67,7 @@ def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
     save_config(SegmentRunConfig(crop_size=crop_size), seg_dir / "segment_config.json")
     fold = run / "fold0"
     fold.mkdir()
-    net = make_net(model, image_size, calibrate=True)
+    net = make_net(model, image_size, calibrate_on_random=True)
     torch.save(net.state_dict(), fold / "best.pt")
     write_json(fold / "config.json", {"task": "hpa-sc", "model": model, "image_size": image_size,
                                       "mean": [0.1] * 4, "std": [0.2] * 4, "folds_csv": str(seg_dir / "folds.csv")})

@@ -13,6 +13,7 @@ from torch import nn
 
 from cellloc import runtime
 from cellloc.errors import InputError
+from cellloc.models import calibrate, create_model
 from cellloc.runtime import RUNTIMES, compile_for_runtime, compile_module, create_runtime, graph_name, load_openvino, threads_for
 from cellloc.segment_run import SegmentRunConfig
 from cellloc.segmentation.dpn_unet import DPNUnet
@@ -137,23 +138,11 @@ def test_openvino_is_cpu_only(ov, tmp_path):
 
 
 def calibrated_dpn(seed: int = 0) -> DPNUnet:
-    """A random DPN-U-Net whose batch-norm statistics come from data, so every layer carries signal
-    (uncalibrated random weights give near-constant maps that would agree whatever the runtime)."""
+    """A random DPN-U-Net whose every layer carries signal (uncalibrated random weights give
+    near-constant maps that would agree whatever the runtime)."""
     torch.manual_seed(seed)
     net = DPNUnet()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the calibration batches
-    net.train()
-    with torch.no_grad():
-        for _ in range(2):
-            net(torch.randn(2, 3, 64, 64))
-        net.eval()
-        # The decoder has no batch norm: scale the head so logits spread like a trained net's (std ~4).
-        spread = net(torch.randn(1, 3, 64, 64)).std()
-        net.final[0].weight.mul_(4 / spread)
-        net.final[0].bias.mul_(4 / spread)
-    return net.requires_grad_(False)
+    return calibrate(net, [torch.randn(2, 3, 64, 64) for _ in range(2)], head=net.final[0], logit_std=4)
 
 
 def test_dpn_unet_raw_outputs_agree(ov, tmp_path):
@@ -170,19 +159,9 @@ def test_dpn_unet_raw_outputs_agree(ov, tmp_path):
 def test_classifier_backbone_swapped_for_its_graph(ov, tmp_path):
     """The loader hook: a 4-channel EfficientNet's class probabilities, torch vs OpenVINO, on the
     transposed (non-contiguous) views that test-time augmentation feeds it."""
-    from cellloc.models import create_model
-
     torch.manual_seed(0)
     net = create_model("efficientnet-b0", 4, 19, "none", image_size=32)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the calibration batches
-    net.train()
-    with torch.no_grad():
-        for _ in range(2):
-            net(torch.randn(8, 4, 32, 32))  # batch-norm statistics from data, so every layer carries signal
-        net.eval()
-        net._fc.weight.mul_(3 / net(torch.randn(8, 4, 32, 32)).std())  # logits spread like a trained head's
+    calibrate(net, [torch.randn(8, 4, 32, 32) for _ in range(2)], head=net._fc)
     weights = tmp_path / "fold0" / "best.pt"
     weights.parent.mkdir()
     torch.save(net.state_dict(), weights)
