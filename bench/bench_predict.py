@@ -1,6 +1,6 @@
 """Prediction throughput (fields/s) relative to segmentation alone, per classifier runtime, in one run.
 
-    PYTHONPATH=src python bench/bench_predict.py            # ~5-10 min on 2 CPU cores
+    PYTHONPATH=src python bench/bench_predict.py            # ~3-5 min on 2 CPU cores
     PYTHONPATH=src python bench/bench_predict.py --quick    # 512 px fields, a smoke check
 
 Generated 4-channel fields are written as PNGs to a temporary folder. For each field size the
@@ -14,18 +14,19 @@ same fields go through
 for each classifier setting: EfficientNet-B2 at 260 px (the paper recipe) with 1 and 4 TTA
 views, and B0 at 64 px (a CPU-sized model). Weights are random, with batch-norm
 statistics measured on random inputs so activations have a trained net's scale; the run folder
-is written the way ``train.py`` writes it, so ``load_ensemble`` reads it like a real one. The
+is written the way ``train.py`` writes it (best.pt + recipe.json), so ``load_predictor`` reads it like a
+real one. The
 ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
 
-Each setting runs with the classifier on PyTorch and on OpenVINO (fp32, the ``fast`` extra;
-the backbone swapped for its converted graph with ``runtime.compile_for_runtime``, converted
-before the timing), and with OpenVINO bf16 as a check of how far bf16 moves the probabilities:
-the last columns are the largest difference of any cell's class probability from PyTorch's.
+Each setting runs with the classifier on PyTorch and on OpenVINO (``--runtime openvino``, fp32,
+the ``fast`` extra; graphs converted before the timing): the last columns give the speed-up
+and the largest difference of any cell's class probability from PyTorch's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import tempfile
@@ -36,14 +37,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellloc.config import save_config
+from cellloc.classifier import RECIPE_FILE, Recipe
 from cellloc.fieldio import list_fields, read_field, write_json
 from cellloc.generators import write_dataset
 from cellloc.models import calibrate, create_model
-from cellloc.inference_model import load_model, predict_crops
-from cellloc.predict_run import PredictConfig, fold_dirs, load_ensemble, run_predict
-from cellloc.runtime import compile_for_runtime, threads_for
-from cellloc.segment_run import SegmentRunConfig
+from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
+from cellloc.runs.segment import SegmentRunConfig
 from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
@@ -62,15 +61,15 @@ def make_net(model: str, image_size: int, calibrate_on_random: bool) -> torch.nn
 def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
     """A one-fold run folder with random weights, laid out as ``train.py`` writes it."""
     run = root / f"{model}-{image_size}"
-    seg_dir = run / "segment"
-    seg_dir.mkdir(parents=True)
-    save_config(SegmentRunConfig(crop_size=crop_size), seg_dir / "segment_config.json")
     fold = run / "fold0"
-    fold.mkdir()
+    fold.mkdir(parents=True)
     net = make_net(model, image_size, calibrate_on_random=True)
     torch.save(net.state_dict(), fold / "best.pt")
-    write_json(fold / "config.json", {"task": "hpa-sc", "model": model, "image_size": image_size,
-                                      "mean": [0.1] * 4, "std": [0.2] * 4, "folds_csv": str(seg_dir / "folds.csv")})
+    seg = SegmentRunConfig(crop_size=crop_size)
+    recipe_input = {"kind": "cell_crop", "crop_size": crop_size, "crop_mask": seg.crop_mask,
+                    "segment": dataclasses.asdict(seg.segment_config())}
+    recipe = Recipe("hpa-sc", "cell", model, 4, 19, image_size, [0.1] * 4, [0.2] * 4, "multilabel", recipe_input)
+    write_json(fold / RECIPE_FILE, recipe.to_dict())
     return run
 
 
@@ -83,34 +82,16 @@ def time_segmentation(folder: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-RUNTIMES = {"torch": ("torch", "f32"), "openvino": ("openvino", "f32"), "openvino bf16": ("openvino", "bf16")}
-
-
-def predict_fns(cfg: PredictConfig, runtime: str):
-    """``load_ensemble``'s (fns, spec), the classifier under ``runtime`` (a key of RUNTIMES)."""
-    fns, spec, _ = load_ensemble(cfg)
-    name, precision = RUNTIMES[runtime]
-    if name == "torch":
-        return fns, spec
-    fns = []
-    for d in fold_dirs(cfg.models, cfg.folds):
-        model = load_model(d)
-        size = model.image_size
-        model.net = compile_for_runtime(model.net, (4, size, size), d / "best.pt", name, threads=threads_for(1), precision=precision)
-        model.net(torch.zeros(1, 4, size, size))  # compile now, not inside the timing
-        fns.append(lambda crops, m=model: predict_crops(m, list(crops), tta=cfg.tta, batch_size=cfg.batch_size))
-    return fns, spec
-
-
 def time_predict(folder: Path, run: Path, out: Path, tta: int, runtime: str) -> tuple[float, int, pd.DataFrame]:
-    """(seconds, cells, every cell's scores) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
-    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
-    fns, spec = predict_fns(cfg, runtime)
+    """(seconds, cells, every cell's scores) of a full ``run_predict`` over the folder (models loaded,
+    and converted for openvino, outside the timing)."""
+    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta, runtime=runtime)
+    predictor = load_predictor(cfg)
     t0 = time.perf_counter()
-    res = run_predict(cfg, spec, fns)
+    res = run_predict(cfg, predictor)
     seconds = time.perf_counter() - t0
     scores = pd.concat([pd.read_csv(p) for p in sorted((out / "cell_scores").glob("*.csv"))])
-    return seconds, res["cells"], scores
+    return seconds, res.cells, scores
 
 
 def main() -> None:
@@ -139,15 +120,13 @@ def main() -> None:
             ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
             t_seg = time_segmentation(folder, ids)
             for s in settings:
-                results = {}
-                for runtime in RUNTIMES:
-                    out = root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{runtime.replace(' ', '_')}"
-                    results[runtime] = time_predict(folder, runs[s[0], s[1], s[2]], out, s[3], runtime)
+                results = {rt: time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{rt}", s[3], rt)
+                           for rt in ("torch", "openvino")}
                 t_torch, _, ref = results["torch"]
                 p_cols = [c for c in ref.columns if c[:1] == "p" and c[1:].isdigit()]
-                for runtime, (t_pred, cells, scores) in results.items():
+                for rt, (t_pred, cells, scores) in results.items():
                     diff = float(np.abs(scores[p_cols].to_numpy() - ref[p_cols].to_numpy()).max()) if len(ref) else 0.0
-                    print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {runtime} | {cells / len(ids):.1f} | "
+                    print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {rt} | {cells / len(ids):.1f} | "
                           f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x | {t_torch / t_pred:.2f} | "
                           f"{diff:.1e} |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")

@@ -15,7 +15,7 @@ from cellloc import runtime
 from cellloc.errors import InputError
 from cellloc.models import calibrate, create_model
 from cellloc.runtime import RUNTIMES, compile_for_runtime, compile_module, create_runtime, graph_name, load_openvino, threads_for
-from cellloc.segment_run import SegmentRunConfig
+from cellloc.runs.segment import SegmentRunConfig
 from cellloc.segmentation.dpn_unet import DPNUnet
 from conftest import REPO
 

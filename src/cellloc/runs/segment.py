@@ -16,6 +16,7 @@ loses nothing and a rerun skips finished fields.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells import MASK_MODES, cell_table, crop_cells
-from .config import opt, save_config
-from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
-from .labels import read_task_labels
-from .layouts import LAYOUTS, Layout
-from .runtime import RUNTIMES, threads_for
-from .segmentation import SegmentConfig, create_segmenter
-from .tasks import DEFAULT_TASK, TASKS, Task, get_task
+from ..cells import MASK_MODES, cell_table, crop_cells
+from ..config import opt, save_config
+from ..errors import InputError
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..labels import read_task_labels
+from ..layouts import LAYOUTS, Layout
+from ..runtime import RUNTIMES, threads_for
+from ..segmentation import SegmentConfig, create_segmenter
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
@@ -123,6 +124,11 @@ class SegmentRunConfig:
             cell_model=self.cell_model,
         )
 
+    def recipe_input(self) -> dict:
+        """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+                "segment": dataclasses.asdict(self.segment_config())}
+
 
 @dataclass
 class FieldResult:
@@ -146,7 +152,7 @@ class RunSummary:
 
 def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray, truth_cells: pd.DataFrame) -> pd.DataFrame:
     """Give each segmented cell the true labels of the truth cell it overlaps at IoU >= 0.5."""
-    from .metrics import match_cells
+    from ..metrics import match_cells
 
     match = match_cells(cells, truth_mask, 0.5)
     labels = dict(zip(truth_cells["cell_id"].astype(int), truth_cells["Label"]))
@@ -170,7 +176,7 @@ class FieldWorker:
 
     def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
         """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
-        from .render import overlay
+        from ..render import overlay
 
         cfg, out = self.cfg, self.out
         for fmt in cfg.mask_formats:

@@ -28,14 +28,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .fieldio import read_channel, read_mask
-from .imagemeta import pixel_size_of_file
-from .layouts import LAYOUTS
-from .metrics import segmentation_scores
-from .segmentation import SegmentConfig, create_segmenter
-from .segmentation.scale import segment_with_scale
-from .tasks import Task
+from ..errors import InputError
+from ..fieldio import read_channel, read_mask
+from ..imagemeta import pixel_size_of_file
+from ..layouts import LAYOUTS
+from ..metrics import segmentation_scores
+from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.scale import segment_with_scale
+from ..tasks import Task
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
