@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cellloc.config import opt, parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.fieldio import write_csv
+from cellloc.runtime import RUNTIMES
 from cellloc.runs.score_segmentation import describe_scales, find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task

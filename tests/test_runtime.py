@@ -172,7 +172,7 @@ def test_classifier_backbone_swapped_for_its_graph(ov, tmp_path):
     with torch.no_grad():
         for view in (x, x.transpose(-1, -2), x.flip(-1)):
             want, got = torch.sigmoid(net(view)), torch.sigmoid(fast(view))
-            assert want.std() > 0.1 and (got - want).abs().max() < 1e-5
+            assert want.std() > 0.1 and (got - want).abs().max() < 1e-4  # the goal: 1e-3
 
 
 # --------------------------------------------------------------------------- command lines
