@@ -223,8 +223,8 @@ def compare(args: argparse.Namespace) -> None:
     print()
     print("- first field: the untimed one; for openvino it includes converting both graphs for that size "
           "(once per weights and size, cached beside the weights) and compiling them.")
-    print("- file-backed: pages of files mapped into memory (OpenVINO maps its graph files, ~0.6 GB per network, "
-          "and keeps its own packed copy of the weights); the kernel can drop them under memory pressure.")
+    print("- file-backed: RssFile at the end of that process, pages of mapped files (OpenVINO maps each graph file, "
+          "0.61 GB per network when resident, beside its own packed copy of the weights); the kernel can drop them.")
     print(f"- loading: {', '.join(f'{n} {t:.1f} s' for n, t in t_load.items())}.")
     for size in sizes:
         same = [np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
