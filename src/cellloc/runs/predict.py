@@ -33,6 +33,7 @@ from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
 from ..layouts import LAYOUTS
 from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
 from ..registry import Registry
+from ..runtime import RUNTIMES
 from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
@@ -72,6 +73,8 @@ class PredictConfig:
     batch_size: int = opt(64, "samples per forward pass")
     num_workers: int = opt(0, "image models: DataLoader worker processes reading fields")
     device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
+    runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
+                       "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
 
     def __post_init__(self) -> None:
@@ -127,13 +130,13 @@ class Predictor:
 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """Every fold of ``cfg.models`` (and ``cfg.image_models``), and the segmentation a cell model needs."""
-    model = load_ensemble(cfg.models, cfg.folds, cfg.device)
+    model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
     if cfg.image_models:
         if model.recipe.level != "cell":
             raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
-        image_model = load_ensemble(cfg.image_models, (), cfg.device)
+        image_model = load_ensemble(cfg.image_models, (), cfg.device, cfg.runtime)
         if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
             raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
                              f"({image_model.recipe.level}-level, task {image_model.task.name})")
@@ -157,7 +160,8 @@ def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
         if seg is None:
             raise InputError(f"{cfg.models}: the recipe records no segmentation (its cells table had no segment_config.json); "
                              "pass --segment-config (the segment_config.json of the training crops)")
-    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend)
+    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend,
+                   runtime=cfg.runtime)
 
 
 def _masks_for(cfg: PredictConfig, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
