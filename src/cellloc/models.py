@@ -22,7 +22,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +173,36 @@ def _register_published_layouts() -> None:
 
 
 _register_published_layouts()
+
+
+# --------------------------------------------------------------------------- stand-ins for trained weights
+
+
+def calibrate(net: nn.Module, batches: Iterable[torch.Tensor], head: nn.Module | None = None, logit_std: float = 3.0) -> nn.Module:
+    """A random-weight ``net`` made to behave like a trained one where precision and speed are measured.
+
+    Random init leaves batch-norm running statistics at (0, 1), so activations drift off scale
+    layer by layer and the outputs come out near-constant: two runtimes then agree whatever they
+    do. Here every batch norm's statistics become the cumulative average over ``batches`` (run in
+    training mode), and ``head`` (the last layer, with weight and bias) is scaled so the outputs
+    spread with std ``logit_std`` on the first batch, as a trained net's logits do. Returns
+    ``net`` in eval mode without gradients.
+    """
+    batches = list(batches)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+        net.eval()
+        if head is not None:
+            scale = logit_std / net(batches[0]).std()
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.mul_(scale)
+    return net.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- stem adaptation

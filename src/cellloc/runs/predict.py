@@ -42,6 +42,7 @@ from ..layouts import LAYOUTS
 from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
 from ..registry import Registry
 from ..run_state import RunStart, ensure_same_settings, folder_lock
+from ..runtime import RUNTIMES
 from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
@@ -81,6 +82,8 @@ class PredictConfig:
     batch_size: int = opt(64, "samples per forward pass")
     num_workers: int = opt(0, "image models: DataLoader worker processes reading fields")
     device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
+    runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
+                       "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
     overwrite: bool = opt(False, "start over: move this folder's prediction outputs to <out>.replaced-<time> first", saved=False)
 
@@ -137,13 +140,13 @@ class Predictor:
 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """Every fold of ``cfg.models`` (and ``cfg.image_models``), and the segmentation a cell model needs."""
-    model = load_ensemble(cfg.models, cfg.folds, cfg.device)
+    model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
     if cfg.image_models:
         if model.recipe.level != "cell":
             raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
-        image_model = load_ensemble(cfg.image_models, (), cfg.device)
+        image_model = load_ensemble(cfg.image_models, (), cfg.device, cfg.runtime)
         if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
             raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
                              f"({image_model.recipe.level}-level, task {image_model.task.name})")
@@ -167,7 +170,8 @@ def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
         if seg is None:
             raise InputError(f"{cfg.models}: the recipe records no segmentation (its cells table had no segment_config.json); "
                              "pass --segment-config (the segment_config.json of the training crops)")
-    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend)
+    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend,
+                   runtime=cfg.runtime)
 
 
 def _masks_for(cfg: PredictConfig, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -233,12 +237,12 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
     """What a prediction run's rows depend on: compared with the manifest of the finished rows.
 
     The models count by content (each fold's ``best.pt`` SHA-256 and recipe), not by folder
-    name. Not in it: batch size, workers, device and ``--limit``.
+    name. Not in it: batch size, workers, device, runtime and ``--limit``.
     """
     seg = None
     if predictor.segment is not None:
         seg = dataclasses.asdict(predictor.segment)
-        for key in ("device", "batch_size", "weights_dir"):
+        for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
             seg.pop(key)
     return {
         "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
