@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from cellloc.config import save_config
-from cellloc.datasets import write_dataset
 from cellloc.fieldio import list_fields, read_field, write_json
+from cellloc.generators import write_dataset
 from cellloc.models import create_model
 from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 from cellloc.segment_run import SegmentRunConfig
@@ -61,7 +61,7 @@ def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
     fold.mkdir()
     net = make_net(model, image_size, calibrate=True)
     torch.save(net.state_dict(), fold / "best.pt")
-    write_json(fold / "config.json", {"model": model, "in_chans": 4, "num_classes": 19, "image_size": image_size,
+    write_json(fold / "config.json", {"task": "hpa-sc", "model": model, "image_size": image_size,
                                       "mean": [0.1] * 4, "std": [0.2] * 4, "folds_csv": str(seg_dir / "folds.csv")})
     return run
 

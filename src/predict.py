@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cellloc.config import parse_config, save_config
 from cellloc.errors import exit_on_input_error
-from cellloc.fieldio import list_fields
+from cellloc.layouts import LAYOUTS
 from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 
 
@@ -29,7 +29,8 @@ from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PredictConfig, argv, __doc__)
     fns, spec, names = load_ensemble(cfg)
-    n = len(list_fields(cfg.input, spec.channels).ids)
+    cfg = cfg.resolved(spec.task)
+    n = len(LAYOUTS[spec.task.layout].list_fields(cfg.input, spec.channels).ids)
     n = min(n, cfg.limit) if cfg.limit else n
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,13 @@ from cellloc.errors import exit_on_input_error
 from cellloc.fieldio import write_csv
 from cellloc.segment_score import find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig
+from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
 
 
 @dataclass
 class ScoreConfig:
     folder: str = opt("input/synth", "dataset with truth/, or a folder of {name}_image.png + {name}_mask.png")
+    task: str = opt(DEFAULT_TASK, "task of the dataset (names its layout and segmentation channels)", choices=TASKS.names())
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
     pattern: str = opt("*", "only images whose name matches this glob")
     pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer from width, HPA field of view)")
@@ -38,8 +40,9 @@ class ScoreConfig:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ScoreConfig, argv, __doc__, positional=("folder",))
-    items = find_items(Path(cfg.folder), cfg.pattern)
-    seg_cfg = SegmentConfig(backend=cfg.backend, pixel_size_um=cfg.pixel_size_um or None,
+    task = get_task(cfg.task)
+    items = find_items(Path(cfg.folder), task, cfg.pattern)
+    seg_cfg = SegmentConfig(backend=cfg.backend, **task.segment_channels(), pixel_size_um=cfg.pixel_size_um or None,
                             weights_dir=cfg.weights_dir or None, device=cfg.device)
     with tqdm(total=len(items), desc="score", unit="image") as bar:
         per_image = score_items(items, seg_cfg, bar.update)

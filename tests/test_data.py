@@ -113,7 +113,7 @@ def cells_csv(tmp_path: Path) -> Path:
 
 
 def test_read_cells_resolves_crops_and_labels(cells_csv: Path):
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     assert len(cells) == 18 and cells["fold"].dtype.kind == "i"
     assert all(Path(p).is_absolute() and Path(p).exists() for p in cells["crop_path"])
     for _, field in cells.groupby("ID"):
@@ -129,14 +129,14 @@ def test_read_cells_errors_are_one_line(tmp_path: Path, cells_csv: Path):
     bad = tmp_path / "bad.csv"
     write_csv(bad, df.assign(fold=["x"] + list(df["fold"][1:])))
     with pytest.raises(InputError, match="fold 'x' is not an integer"):
-        read_cells(bad)
+        read_cells(bad, 19)
     write_csv(bad, df.assign(Label=["3|99"] + list(df["Label"][1:])))
     with pytest.raises(InputError, match="unknown class id 99"):
-        read_cells(bad)
+        read_cells(bad, 19)
     write_csv(bad, df.drop(columns=["crop"]))
     with pytest.raises(InputError, match="missing column"):
-        read_cells(bad)
-    cells = read_cells(cells_csv).drop(columns=["true"])
+        read_cells(bad, 19)
+    cells = read_cells(cells_csv, 19).drop(columns=["true"])
     with pytest.raises(InputError, match="needs a TrueLabel column"):
         label_matrix(cells, "true", 19)
 
@@ -159,7 +159,7 @@ def test_load_crop_validates(tmp_path: Path):
 
 
 def _dataset(cells_csv: Path, augment=True) -> CellCropDataset:
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     return CellCropDataset(
         cells["crop_path"], label_matrix(cells, "weak", 19), 32, [0.1] * 4, [0.2] * 4,
         build_augment() if augment else None, in_chans=4,

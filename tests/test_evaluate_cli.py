@@ -15,8 +15,8 @@ import pytest
 
 from cellloc.errors import InputError
 from cellloc.fieldio import write_png
-from cellloc.metrics import read_truth
 from cellloc.submission import SubmissionWriter, encode_field, prediction_string
+from cellloc.submission_formats import read_truth
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -80,7 +80,7 @@ def perfect_scores(image_id: str, cell_id: int) -> np.ndarray:
 
 
 def test_read_truth(truth_dir):
-    truth = read_truth(truth_dir)
+    truth = read_truth(truth_dir, 19)
     assert sorted(truth) == ["a", "b"]
     assert truth["a"].cell_classes == {3: [0, 16], 8: [0]}
     np.testing.assert_array_equal(truth["a"].labels, field_labels("a"))
@@ -100,7 +100,7 @@ def test_read_truth_rejects_inconsistent_folders(truth_dir, edit, reason):
     table = truth_dir / "cells.csv"
     edit(pd.read_csv(table, dtype=str)).to_csv(table, index=False)
     with pytest.raises(InputError, match=reason):
-        read_truth(truth_dir)
+        read_truth(truth_dir, 19)
 
 
 def test_evaluate_perfect_submission_end_to_end(truth_dir, tmp_path):

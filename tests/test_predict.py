@@ -17,15 +17,17 @@ import pytest
 
 from cellloc.cells import crop_cells
 from cellloc.config import save_config
-from cellloc.datasets import write_dataset
 from cellloc.errors import InputError
 from cellloc.fieldio import list_fields, read_field, read_mask
-from cellloc.metrics import competition_map, read_truth
+from cellloc.generators import write_dataset
+from cellloc.metrics import competition_map
 from cellloc.predict_run import ModelSpec, PredictConfig, field_scores, fold_dirs, load_ensemble, run_predict
 from cellloc.segment_run import SegmentRunConfig, run_segmentation
 from cellloc.segmentation import SegmentConfig
 from cellloc.submission import check_submission, decode_mask, parse_submission
+from cellloc.submission_formats import read_truth
 from cellloc.synth import SynthConfig
+from cellloc.tasks import get_task
 from cellloc.training import TrainConfig, train_fold
 
 from test_evaluate_cli import load_script
@@ -66,8 +68,8 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
     assert res["done"] == N_TEST and not res["failed"]
     sub = tmp_path / "submission.csv"
     sizes = {i: (256, 256) for i in list_fields(cfg.input, spec.channels).ids}
-    assert check_submission(sub, expected_ids=list(sizes), sizes=sizes) == []
-    parsed = parse_submission(sub)
+    assert check_submission(sub, expected_ids=list(sizes), sizes=sizes, num_classes=19) == []
+    parsed = parse_submission(sub, 19)
     assert sorted(parsed) == sorted(list_fields(cfg.input, spec.channels).ids)
     # every predicted mask is exactly one segmented cell, scored for all 19 classes
     from cellloc.segmentation import create_segmenter
@@ -84,8 +86,8 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
         assert ((probs >= 0) & (probs <= 1)).all()
         # Negative is at least min(1 - p) over the other classes for every cell
         assert (probs[:, 18] >= (1 - np.delete(probs, 18, 1)).min(1) - 1e-4).all()
-    truth = read_truth(trained["truth"])
-    result = competition_map(truth, parsed)
+    truth = read_truth(trained["truth"], 19)
+    result = competition_map(truth, parsed, 19)
     assert 0.0 <= result["map"] <= 1.0
 
 
@@ -152,7 +154,7 @@ def test_bad_fields_fail_alone_and_exit_non_zero(trained, tmp_path, capsys):
     assert f"failed: {ids[1]}: missing channel file(s): yellow" in err
     failures = pd.read_csv(tmp_path / "out" / "predict_failures.csv")
     assert sorted(failures["ID"]) == sorted(ids[:2])
-    assert list(parse_submission(tmp_path / "out" / "submission.csv")) == ids[2:]
+    assert list(parse_submission(tmp_path / "out" / "submission.csv", 19)) == ids[2:]
 
 
 def test_mask_of_wrong_size_is_a_field_failure(trained, tmp_path):
@@ -206,7 +208,7 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
 
 
 def test_field_with_no_cells_gets_an_empty_row():
-    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", num_classes=19, negative=18)
+    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", task=get_task("hpa-sc"))
     image = np.zeros((64, 64, 4), np.uint8)
     empty = np.zeros((64, 64), np.uint16)
 
@@ -219,7 +221,7 @@ def test_field_with_no_cells_gets_an_empty_row():
 
 def test_field_scores_blend_and_negative():
     """Two cells; the model is sure of class 0 for cell 1 only: blending lifts cell 2, Negative fills in."""
-    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", num_classes=19, negative=18)
+    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", task=get_task("hpa-sc"))
     image = np.full((64, 64, 4), 100, np.uint8)
     cells = np.zeros((64, 64), np.uint16)
     cells[5:25, 5:25] = 1

@@ -222,7 +222,7 @@ def mask_text():
 
 def test_parse_submission_reads_rows(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text} 0 1 {mask_text}", "f2,5,4,"])
-    sub = parse_submission(p)
+    sub = parse_submission(p, 19)
     assert list(sub) == ["f1", "f2"]
     f1 = sub["f1"]
     assert (f1.width, f1.height, f1.line) == (5, 4, 2)
@@ -235,15 +235,15 @@ def test_parse_submission_reads_rows(tmp_path, mask_text):
 def test_parse_submission_raises_on_first_problem(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", f"f2,5,4,3 2 {mask_text}"])
     with pytest.raises(InputError, match="line 3: prediction 1: confidence 2 is outside"):
-        parse_submission(p)
+        parse_submission(p, 19)
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,"])
     with pytest.raises(InputError, match="line 3: duplicate ID 'f1'"):
-        parse_submission(p)
+        parse_submission(p, 19)
 
 
 def test_check_submission_valid_file(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text}", "f2,5,4,"])
-    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}) == []
+    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}, num_classes=19) == []
 
 
 @pytest.mark.parametrize(
@@ -267,14 +267,14 @@ def test_check_submission_valid_file(tmp_path, mask_text):
 )
 def test_check_submission_reports_each_problem(tmp_path, mask_text, row, reason):
     p = write_rows(tmp_path / "s.csv", ["f0,5,4,", row.format(m=mask_text)])
-    problems = check_submission(p)
+    problems = check_submission(p, num_classes=19)
     assert [line for line, _ in problems] == [3] * len(problems)
     assert any(reason in r for _, r in problems), problems
 
 
 def test_check_submission_ids_and_sizes(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,", "zz,5,4,", "f3,4,5,"])
-    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)})
+    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)}, num_classes=19)
     assert (3, "duplicate ID 'f1' (first on line 2)") in problems
     assert (4, "unexpected ID 'zz'") in problems
     assert (5, "size 4x5 differs from the field's 5x4") in problems
@@ -284,13 +284,13 @@ def test_check_submission_ids_and_sizes(tmp_path, mask_text):
 
 def test_check_submission_bad_header_and_cap(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,"], header="ID,Width,Height,PredictionString")
-    [(line, reason)] = check_submission(p)
+    [(line, reason)] = check_submission(p, num_classes=19)
     assert line == 1 and "missing column(s) ImageWidth, ImageHeight" in reason
     p = write_rows(tmp_path / "s.csv", ["f1,5,4," + " ".join(["99 2 %%"] * 4)])
-    problems = check_submission(p, max_per_line=5)
+    problems = check_submission(p, max_per_line=5, num_classes=19)
     assert len(problems) == 6 and problems[-1][1] == "... and 7 more problems on this line"
     with pytest.raises(InputError, match="not found"):
-        check_submission(tmp_path / "nope.csv")
+        check_submission(tmp_path / "nope.csv", num_classes=19)
 
 
 def test_read_sample_submission(tmp_path):

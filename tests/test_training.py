@@ -19,7 +19,7 @@ from cellloc.engine import Callback
 from cellloc.errors import InputError
 from cellloc.inference_model import load_model, predict_crops
 from cellloc.models import create_model
-from cellloc.training import TrainConfig, per_class_ap, score_table, train_fold, warmup_cosine
+from cellloc.training import TrainConfig, train_fold, warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,23 +116,6 @@ def test_missing_fold_and_true_labels_are_one_line_errors(cells_csv, tmp_path):
 # --------------------------------------------------------------------------- pure helpers
 
 
-def test_score_table_ap_baseline_and_macro():
-    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
-    perfect = y * 0.9 + 0.05
-    constant = np.full_like(y, 0.3)
-    true = y.copy()
-    true[2, 0] = 0  # the field label did not apply to this cell
-    t = score_table(perfect, y, true, ["a", "b", "c"])
-    assert list(t["ap_weak"][:2]) == [1.0, 1.0] and np.isnan(t["ap_weak"][2])  # no positives: undefined
-    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == 2
-    assert t["ap_true"][0] == pytest.approx(0.5)  # the weak-label-perfect scores rank a false positive first
-    t = score_table(constant, y, None, ["a", "b", "c"])
-    np.testing.assert_allclose(t["ap_weak"][:2], [0.5, 0.25])  # a constant score's AP is the prevalence
-    assert t.iloc[-1]["ap_weak"] == pytest.approx(t.iloc[-1]["prevalence_weak"])
-    assert "ap_true" not in t
-    assert np.isnan(per_class_ap(perfect, np.zeros_like(y))).all()
-
-
 def test_warmup_cosine_shape():
     assert warmup_cosine(0, 100, 10, 0.0) == pytest.approx(0.1)
     assert warmup_cosine(9, 100, 10, 0.0) == pytest.approx(1.0)
@@ -151,7 +134,7 @@ def test_two_step_run_lowers_the_loss_on_a_fixed_batch(cells_csv, tmp_path):
     train_fold(cfg, callbacks=[snap])
     hist = pd.read_csv(cfg.run_dir / "metrics.csv")
     assert len(hist) == 2
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     train = cells[cells["fold"] != cfg.fold]
     saved = json.loads((cfg.run_dir / "config.json").read_text())
     x = torch.stack([torch.from_numpy(preprocess_crop(load_crop(p), 32, saved["mean"], saved["std"])) for p in train["crop_path"]])
@@ -194,7 +177,7 @@ def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
     assert len(saved["mean"]) == 4 and saved["model"] == "efficientnet-b0"
     # the inference stage's API reproduces the validation predictions
     model = load_model(run)
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     valid = cells[cells["fold"] == cfg.fold]
     probs = predict_crops(model, [load_crop(p) for p in valid["crop_path"]], tta=2, batch_size=3)
     np.testing.assert_allclose(probs, preds[[f"p{k}" for k in range(19)]].to_numpy(), atol=1e-5)
@@ -245,7 +228,7 @@ def test_two_folds_in_one_process_do_not_share_metric_history(cells_csv, tmp_pat
 
 
 def test_true_label_training_drops_unmatched_cells(cells_csv, tmp_path):
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     train = cells[cells["fold"] != 0]
     result = train_fold(tiny(cells_csv, tmp_path, label_source="true", epochs=1, monitor="macro_ap"))
     assert result.n_train == sum(len(t) > 0 for t in train["true"])

@@ -46,7 +46,7 @@ LABEL_COLUMNS = {"weak": "Label", "true": "TrueLabel"}
 # --------------------------------------------------------------------------- the cells table
 
 
-def read_cells(path: str | Path, num_classes: int = 19) -> pd.DataFrame:
+def read_cells(path: str | Path, num_classes: int) -> pd.DataFrame:
     """Read ``folds.csv``: validate columns, folds and labels; resolve crop paths.
 
     Returns the table with ``fold`` as int, ``crop_path`` (absolute path of each crop),

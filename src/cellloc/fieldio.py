@@ -57,18 +57,28 @@ def read_channel(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    img = decode_image(data, str(path))
+    return grey_channel(decode_image(data, str(path)), str(path))
+
+
+def grey_channel(img: np.ndarray, name: str) -> np.ndarray:
+    """A decoded channel image as a 2-D uint8/uint16 array: HxW, or colour planes that are all equal.
+
+    A colour image whose planes differ is refused, because which plane holds the stain would be
+    a guess; ``name`` (a file or upload field) starts the one-line message.
+    """
     if img.ndim == 3:
         planes = img[..., :3]
         if img.shape[2] == 4 and not np.all(img[..., 3] == img[..., 3].flat[0]):
-            raise InputError(f"{path}: has a varying alpha plane; expected a single-channel image")
-        if not (np.array_equal(planes[..., 0], planes[..., 1]) and np.array_equal(planes[..., 0], planes[..., 2])):
-            raise InputError(
-                f"{path}: is a colour image ({img.shape[2]} planes); expected one grey channel per file"
-            )
+            raise InputError(f"{name}: has a varying alpha plane; expected a single-channel image")
+        if img.shape[2] < 3 or not (
+            np.array_equal(planes[..., 0], planes[..., 1]) and np.array_equal(planes[..., 0], planes[..., 2])
+        ):
+            raise InputError(f"{name}: is a colour image ({img.shape[2]} planes); expected one grey channel per file")
         img = np.ascontiguousarray(planes[..., 0])
+    if img.ndim != 2:
+        raise InputError(f"{name}: has shape {img.shape}; expected a 2-D grey image")
     if img.dtype not in SUPPORTED_DTYPES:
-        raise InputError(f"{path}: unsupported pixel type {img.dtype}; expected uint8 or uint16")
+        raise InputError(f"{name}: unsupported pixel type {img.dtype}; expected uint8 or uint16")
     return img
 
 

@@ -7,9 +7,10 @@ the union of their fields' labels, because both multilabel splitters only see pr
 
 HPA classes are long-tailed, so random K-fold leaves rare classes out of some folds. Iterative
 stratification (Sechidis et al. 2011) hands out the rarest labels first; two implementations
-are offered: ``skmultilearn`` (what users expect; it ignores ``random_state`` and draws from
-NumPy's global generator, which is seeded here and restored afterwards) and ``iterstrat``
-(faster and better balanced). Single-label data (every field exactly one class, as RxRx1's
+are offered: ``iterstrat`` (the default: iterative-stratification's MultilabelStratifiedKFold,
+faster and better balanced) and ``skmultilearn`` (scikit-multilearn's; it ignores
+``random_state`` and draws from NumPy's global generator, which is seeded here and restored
+afterwards). Single-label data (every field exactly one class, as RxRx1's
 siRNAs) goes to scikit-learn's ``StratifiedKFold``, which is exact there and scales to 1,108
 classes where the iterative splitters loop once per class.
 
@@ -28,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classes import LABEL_SETS, get_label_set
 from .config import opt
 from .errors import InputError
-from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, read_labels, write_csv
+from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, write_csv
+from .labels import read_task_labels
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task
 
-METHODS: tuple[str, ...] = ("skmultilearn", "iterstrat", "random")
+METHODS: tuple[str, ...] = ("iterstrat", "skmultilearn", "random")
 MAX_SEED = 2**32 - 1  # NumPy's legacy global generator accepts seeds in [0, 2**32)
 
 
@@ -169,7 +171,7 @@ def split_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> FoldSplit:
     """Assign each field (row of ``labels_multihot``, (N, C) 0/1) a fold in [0, k).
@@ -226,7 +228,7 @@ def assign_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> np.ndarray:
     """Fold id per field ((N,) int64); see :func:`split_folds` for the rules."""
@@ -508,14 +510,25 @@ def summary(report: FoldBalance, split: FoldSplit, n_cells: int | None) -> list[
 class FoldsConfig:
     """Options of ``src/gen_folds.py``; saved beside the folds CSV."""
 
-    cells: str = opt("output/synth/cells.csv", "cells CSV from segmentation (ID, cell_id, Label, ...); ignored with --labels")
-    labels: str | None = opt(None, "split an ID,Label CSV (one row per field) instead of the cells CSV")
-    out: str = opt("output/synth/folds.csv", "folds CSV to write; the balance report and config go beside it")
+    task: str = opt(DEFAULT_TASK, "task of the labels (names its classes and its labels CSV reader)", choices=TASKS.names())
+    cells: str = opt("", "cells CSV from segmentation (ID, cell_id, Label, ...) (default: output/<data_name>/cells.csv); "
+                     "ignored with --labels")
+    labels: str | None = opt(None, "split the task's labels CSV (one row per sample) instead of a cells CSV "
+                             "(default for image-level tasks without --cells: input/<data_name>/train.csv)")
+    out: str = opt("", "folds CSV to write (default: output/<data_name>/folds.csv); the balance report and config go beside it")
     folds: int = opt(5, "number of folds K (2 <= K <= number of fields, or groups)")
     seed: int = opt(42, "seed: the same seed and input give the same folds")
-    method: str = opt("skmultilearn", "splitter: skmultilearn, iterstrat (faster, better balanced) or random", choices=METHODS)
-    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate)")
-    label_set: str = opt("hpa19", "label set naming the classes", choices=tuple(LABEL_SETS))
+    method: str = opt("iterstrat", "splitter: iterstrat (iterative-stratification; fast, best balanced), "
+                      "skmultilearn (scikit-multilearn) or random", choices=METHODS)
+    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate, experiment)")
+
+    def __post_init__(self) -> None:
+        task = get_task(self.task)
+        data = Path("output") / task.data_name
+        if self.labels is None and not self.cells and task.level == "image":
+            self.labels = str(Path("input") / task.data_name / "train.csv")
+        self.cells = self.cells or str(data / "cells.csv")
+        self.out = self.out or str(data / "folds.csv")
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -587,10 +600,11 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
 
 
-def read_label_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
-    """Fields of an ID,Label CSV: one row per field, IDs unique."""
+def read_label_fields(path: str | Path, task: Task, group_col: str | None = None) -> FieldTable:
+    """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique."""
     path = Path(path)
-    df = read_labels(path, num_classes)
+    num_classes = task.num_classes
+    df = read_task_labels(path, task)
     if group_col and group_col not in df.columns:
         raise InputError(f"{path}: missing column(s) {group_col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
     order = np.argsort(df["ID"].to_numpy(dtype=str), kind="stable")
@@ -623,9 +637,10 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     """Read the fields, split them, write the folds CSV and the balance report (txt, csv, png)."""
     from .plots import fold_balance_heatmap  # here, so array-only users of this module skip matplotlib
 
-    label_set = get_label_set(cfg.label_set)
+    task = get_task(cfg.task)
+    label_set = task.label_set
     if cfg.labels:
-        fields = read_label_fields(cfg.labels, label_set.num_classes, cfg.group_col)
+        fields = read_label_fields(cfg.labels, task, cfg.group_col)
     else:
         fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col)
     split = split_folds(fields.labels, cfg.folds, cfg.seed, cfg.method, fields.groups)

@@ -41,7 +41,7 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     return ((1 - field_weight) * probs + field_weight * field_score[None, :]).astype(np.float32)
 
 
-def with_negative(probs: np.ndarray, negative: int | None = 18) -> np.ndarray:
+def with_negative(probs: np.ndarray, negative: int | None) -> np.ndarray:
     """Make the Negative score at least ``min over other classes of (1 - p)``.
 
     A cell with no confident class then still gets a confident Negative prediction, instead of

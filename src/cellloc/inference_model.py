@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import load_crop, preprocess_crop
 from .errors import InputError
 from .models import create_model
+from .tasks import get_task
 
 TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -59,10 +60,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     if not cfg_path.exists():
         raise InputError(f"{cfg_path}: not found (is {run_dir} a training run folder?)")
     cfg = json.loads(cfg_path.read_text())
-    missing = [k for k in ("model", "in_chans", "num_classes", "image_size", "mean", "std") if k not in cfg]
+    missing = [k for k in ("task", "model", "image_size", "mean", "std") if k not in cfg]
     if missing or not cfg.get("mean"):
         raise InputError(f"{cfg_path}: missing {', '.join(missing) or 'mean/std'}")
-    net = create_model(cfg["model"], cfg["in_chans"], cfg["num_classes"], "none", image_size=cfg["image_size"])
+    task = get_task(cfg["task"])
+    net = create_model(cfg["model"], len(task.channels), task.num_classes, "none", image_size=cfg["image_size"])
     path = run_dir / weights
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,7 +78,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
         net.load_state_dict(sd)
     except RuntimeError as exc:
         raise InputError(f"{path}: does not fit {cfg['model']} ({str(exc).splitlines()[0]})") from None
-    model = CellClassifier(net, cfg["image_size"], cfg["mean"], cfg["std"], cfg["num_classes"])
+    model = CellClassifier(net, cfg["image_size"], cfg["mean"], cfg["std"], task.num_classes)
     device = torch.device(device)
     model.to(device)
     if device.type == "cuda":

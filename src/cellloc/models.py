@@ -266,8 +266,8 @@ def _entry(name: str) -> ModelEntry:
 
 def create_model(
     name: str,
-    in_chans: int = 4,
-    num_classes: int = 19,
+    in_chans: int,
+    num_classes: int,
     pretrained: str | bool = "none",
     image_size: int | None = None,
     cache_dir: str | Path | None = None,

@@ -23,14 +23,15 @@ import numpy as np
 import pandas as pd
 
 from .cells import MASK_MODES, cell_table, crop_cells
-from .classes import label_set_for
 from .config import load_config, opt
 from .errors import InputError
-from .fieldio import dataset_root, find_mask, list_fields, read_field, read_mask, write_csv
+from .fieldio import dataset_root, find_mask, read_mask, write_csv
 from .inference import BLEND_MODES, blend_with_field, cell_weights, ensemble, with_negative
+from .layouts import LAYOUTS
 from .segment_run import SegmentRunConfig
 from .segmentation import SegmentConfig, create_segmenter
 from .submission import SubmissionWriter, encode_field, prediction_string
+from .tasks import TASKS, Task, get_task
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -39,8 +40,10 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 class PredictConfig:
     """Options of ``python src/predict.py``."""
 
-    input: str = opt("input/synth_test/test", "folder of test fields {ID}_{channel}.png")
     models: str = opt("models/effb2", "training run folder; every fold*/ in it with a best.pt is used")
+    task: str = opt("", "task (default: the one the models were trained for; given, it must match)",
+                    choices=["", *TASKS.names()])
+    input: str = opt("", "folder of test fields (default: input/<data_name>_test/test of the task)")
     folds: list[int] = opt([], "use only these folds (default: all found)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
     masks: str = opt("", "reuse {ID}_cell_mask.png/.npz from this folder (e.g. output/<name>/masks); else segment")
@@ -66,6 +69,12 @@ class PredictConfig:
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
 
+    def resolved(self, task: Task) -> PredictConfig:
+        """This config with the task and its default input folder filled in (what the run saves)."""
+        if self.task and self.task != task.name:
+            raise InputError(f"{self.models}: trained for task {task.name}, not {self.task}; drop --task or pass --task {task.name}")
+        return replace(self, task=task.name, input=self.input or str(task.data_dir("test", test=True)))
+
     def dataset_dir(self) -> Path:
         return dataset_root(self.input)
 
@@ -80,12 +89,19 @@ class ModelSpec:
     segment: SegmentConfig
     crop_size: int
     crop_mask: str
-    num_classes: int
-    negative: int | None
+    task: Task
 
     @property
     def channels(self) -> tuple[str, ...]:
         return self.segment.channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def negative(self) -> int | None:
+        return self.task.label_set.negative
 
 
 def fold_dirs(models: str | Path, folds: Sequence[int] = ()) -> list[Path]:
@@ -110,12 +126,10 @@ def model_spec(run_dir: Path, cfg: PredictConfig) -> ModelSpec:
     seg = seg_run.segment_config()
     seg = replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir,
                   backend=cfg.backend or seg.backend)
-    n = int(run_cfg["num_classes"])
-    label_set = label_set_for(n)
     if seg_run.crop_mask not in MASK_MODES:
         raise InputError(f"{seg_path}: crop mask {seg_run.crop_mask!r} unknown")
     return ModelSpec(segment=seg, crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask,
-                     num_classes=n, negative=label_set.negative if label_set else None)
+                     task=get_task(run_cfg.get("task", "")))
 
 
 def load_ensemble(cfg: PredictConfig) -> tuple[list[PredictFn], ModelSpec, list[str]]:
@@ -164,7 +178,9 @@ def run_predict(cfg: PredictConfig, spec: ModelSpec, predict_fns: Sequence[Predi
                 progress: Callable[[int], None] | None = None) -> dict:
     """Write ``submission.csv`` (and per-cell scores) for every field of ``cfg.input``."""
     t0 = time.perf_counter()
-    listing = list_fields(cfg.input, spec.channels)
+    cfg = cfg.resolved(spec.task)
+    layout = LAYOUTS[spec.task.layout]
+    listing = layout.list_fields(cfg.input, spec.channels)
     ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
     if not ids:
         raise InputError(f"{cfg.input}: no complete fields found for channels {', '.join(spec.channels)}")
@@ -184,7 +200,7 @@ def run_predict(cfg: PredictConfig, spec: ModelSpec, predict_fns: Sequence[Predi
             if image_id in writer.done:
                 continue
             try:
-                image = read_field(cfg.input, image_id, spec.channels)
+                image = layout.read_field(cfg.input, image_id, spec.channels)
                 if segmenter is None:
                     cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
                 else:

@@ -26,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from .cells import MASK_MODES, cell_table, crop_cells
-from .classes import CHANNEL_SETS, get_label_set
 from .config import opt, save_config
 from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
+from .fieldio import MASK_FORMATS, dataset_root, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from .labels import read_task_labels
+from .layouts import LAYOUTS, Layout
 from .segmentation import SegmentConfig, create_segmenter
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
@@ -39,13 +41,12 @@ CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 class SegmentRunConfig:
     """Options of ``python src/segment.py``."""
 
-    input: str = opt("input/synth/train", "folder of channel files {ID}_{channel}.png")
+    task: str = opt(DEFAULT_TASK, "task of the fields (names their layout, channels and labels CSV)", choices=TASKS.names())
+    input: str = opt("", "folder of the task's fields (default: input/<data_name>/train; hpa-sc: {ID}_{channel}.png)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
-    labels: str = opt("", "ID,Label CSV with image labels (default: train.csv beside or above --input, if any)")
+    labels: str = opt("", "the task's labels CSV with image labels (default: train.csv beside or above --input, if any)")
     truth: str = opt("", "truth folder with {ID}_cell_mask.png and cells.csv (default: ../truth if present)")
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
-    channels: str = opt("hpa", "channel set of the files", choices=sorted(CHANNEL_SETS))
-    label_set: str = opt("hpa19", "label set of the labels CSV")
     pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
@@ -68,10 +69,19 @@ class SegmentRunConfig:
             raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+        self.input = self.input or str(get_task(self.task).data_dir("train"))
+
+    @property
+    def task_record(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.task_record.layout]
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        return CHANNEL_SETS[self.channels]
+        return self.task_record.channels
 
     def dataset_dir(self) -> Path:
         """The dataset folder: the parent of a train/ or test/ folder, else the folder itself."""
@@ -96,12 +106,10 @@ class SegmentRunConfig:
 
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
-            backend=self.backend, channels=self.channel_names,
+            backend=self.backend, **self.task_record.segment_channels(),
             pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
-            nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
-            cell_channels=("red", "yellow") if self.channels == "hpa" else self.channel_names[1:],
         )
 
 
@@ -146,6 +154,7 @@ class FieldWorker:
         self.out = cfg.out_dir()
         self.image_labels = image_labels
         self.truth_cells = truth_cells
+        self.layout = cfg.layout
         self.segmenter = create_segmenter(cfg.segment_config())
 
     def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
@@ -165,7 +174,7 @@ class FieldWorker:
             write_npy(out / rel, crop)
             paths.append(rel.as_posix())
         table.insert(0, "ID", image_id)
-        table.insert(2, "Label", self.image_labels.get(image_id, ""))
+        table.insert(2, "Label", self.image_labels.get(self.layout.sample_of(image_id), ""))
         table["crop"] = paths
         table["height"], table["width"] = cells.shape
         if self.truth_cells is not None:
@@ -180,7 +189,7 @@ class FieldWorker:
     def run_one(self, image_id: str) -> FieldResult:
         t0 = time.perf_counter()
         try:
-            image = read_field(self.cfg.input, image_id, self.cfg.channel_names)
+            image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
             cells, nuclei = self.segmenter.segment(image)
             n = self.finish(image_id, image, cells, nuclei)
             return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
@@ -194,7 +203,7 @@ class FieldWorker:
         images, results = {}, {}
         for i in ids:
             try:
-                images[i] = read_field(self.cfg.input, i, self.cfg.channel_names)
+                images[i] = self.layout.read_field(self.cfg.input, i, self.cfg.channel_names)
             except InputError as exc:
                 results[i] = FieldResult(i, error=str(exc))
         if images:
@@ -232,11 +241,12 @@ def _run_in_worker(image_id: str) -> FieldResult:
 
 def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """(fields to segment, fields that cannot be (id, reason), stray file names)."""
-    listing = list_fields(cfg.input, cfg.channel_names)
+    listing = cfg.layout.list_fields(cfg.input, cfg.channel_names)
     bad = listing.failures()
     ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
     if not ids and not bad:
-        raise InputError(f"{cfg.input}: no fields found (expected files named {{ID}}_{{channel}}.png for channels {', '.join(cfg.channel_names)})")
+        raise InputError(f"{cfg.input}: no fields found (task {cfg.task}: {cfg.task_record.layout} layout, "
+                         f"channels {', '.join(cfg.channel_names)})")
     return ids, bad, listing.unmatched
 
 
@@ -245,11 +255,10 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
     t0 = time.perf_counter()
     out = cfg.out_dir()
     ids, failed, _ = plan(cfg)
-    num_classes = get_label_set(cfg.label_set).num_classes
     labels_path = cfg.labels_path()
     image_labels = {}
     if labels_path is not None:
-        df = read_labels(labels_path, num_classes)
+        df = read_task_labels(labels_path, cfg.task_record)
         image_labels = dict(zip(df["ID"], df["Label"]))
     truth_dir = cfg.truth_dir()
     truth_cells = read_csv(truth_dir / "cells.csv", ("ID", "cell_id", "Label")) if truth_dir else None

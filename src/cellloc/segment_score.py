@@ -2,8 +2,8 @@
 
 Two layouts are understood:
 
-* a generated dataset: ``DIR/{train,test}/{ID}_{channel}.png`` with ``DIR/truth/{ID}_cell_mask.png``
-  and ``{ID}_nucleus_mask.png`` (cells and nuclei are scored);
+* a generated dataset: ``DIR/{train,test}/`` in its task's layout (HPA: ``{ID}_{channel}.png``)
+  with ``DIR/truth/{ID}_cell_mask.png`` and ``{ID}_nucleus_mask.png`` (cells and nuclei are scored);
 * nucleus-only pairs ``DIR/{name}_image.png`` + ``DIR/{name}_mask.png`` (e.g. Cell Tracking
   Challenge frames): the single-channel image is the nucleus channel; nuclei are scored.
 
@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .fieldio import list_fields, read_channel, read_field, read_mask
+from .fieldio import read_channel, read_mask
+from .layouts import LAYOUTS
 from .metrics import segmentation_scores
 from .segmentation import SegmentConfig, create_segmenter
+from .tasks import Task
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -37,7 +39,7 @@ class ScoreItem:
     nucleus_truth: Path
 
 
-def find_items(folder: Path, pattern: str = "*") -> list[ScoreItem]:
+def find_items(folder: Path, task: Task, pattern: str = "*") -> list[ScoreItem]:
     """What can be scored in ``folder`` (see the module docstring for the two layouts)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -55,8 +57,9 @@ def find_items(folder: Path, pattern: str = "*") -> list[ScoreItem]:
     for split in ("train", "test"):
         images, truth = folder / split, folder / "truth"
         if images.is_dir() and truth.is_dir():
-            ids = [i for i in list_fields(images).ids if Path(i).match(pattern)]
-            return [ScoreItem(i, lambda i=i: read_field(images, i), truth / f"{i}_cell_mask.png",
+            layout = LAYOUTS[task.layout]
+            ids = [i for i in layout.list_fields(images, task.channels).ids if Path(i).match(pattern)]
+            return [ScoreItem(i, lambda i=i: layout.read_field(images, i, task.channels), truth / f"{i}_cell_mask.png",
                               truth / f"{i}_nucleus_mask.png") for i in ids]
     raise InputError(f"{folder}: found neither {{name}}_image.png/{{name}}_mask.png pairs nor train/ or test/ with truth/")
 

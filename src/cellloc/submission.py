@@ -454,7 +454,7 @@ def _read_rows(path: str | Path) -> list[tuple[int, list[str]]]:
     return [(i + 2, [c[i] for c in cols]) for i in range(len(df))]
 
 
-def parse_submission(path: str | Path, num_classes: int = 19) -> dict[str, FieldPrediction]:
+def parse_submission(path: str | Path, num_classes: int) -> dict[str, FieldPrediction]:
     """Read a submission CSV into ``{ID: FieldPrediction}``; the first malformed row raises.
 
     Mask texts are kept as text (decoding is the evaluator's and the checker's job). Raises
@@ -476,7 +476,8 @@ def check_submission(
     path: str | Path,
     expected_ids: Iterable[str] | None = None,
     sizes: Mapping[str, tuple[int, int]] | None = None,
-    num_classes: int = 19,
+    *,
+    num_classes: int,
     max_per_line: int = 5,
 ) -> list[tuple[int, str]]:
     """Every problem in a submission file, as ``(line, reason)``; empty means valid.

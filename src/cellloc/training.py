@@ -37,11 +37,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import expit
-from sklearn.metrics import average_precision_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .classes import HPA_SINGLE_CELL
 from .config import opt, save_config
 from .data import (
     CellCropDataset,
@@ -56,9 +54,11 @@ from .data import (
 from .engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from .errors import InputError
 from .fieldio import write_csv, write_json
+from .metrics import nanmean, per_class_ap, per_class_f1, score_table
 from .inference_model import TTA_CHOICES, load_model, predict_crops
 from .models import PRETRAINED_CHOICES, create_model, model_names
 from .plots_training import plot_training_curves
+from .tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 # Fields that may differ between a run and its --resume (everything else must match).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "resume", "tta", "amp", "channels_last"})
@@ -68,15 +68,14 @@ RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "r
 class TrainConfig:
     """Everything one training run used; saved as ``config.json`` in the run folder."""
 
-    folds_csv: str = opt("output/synth/folds.csv", "cells table (ID, cell_id, Label, crop, fold[, TrueLabel])")
+    task: str = opt(DEFAULT_TASK, "task (names channels, classes, level, loss and metrics)", choices=TASKS.names())
+    folds_csv: str = opt("", "cells table (ID, cell_id, Label, crop, fold[, TrueLabel]) (default: output/<data_name>/folds.csv)")
     fold: int = opt(0, "validation fold K; all other folds train")
     out_dir: str = opt("models", "runs go to OUT_DIR/RUN_NAME/fold<K>/")
     run_name: str = opt("effb2", "name of this run's folder under OUT_DIR")
     model: str = opt("efficientnet-b2", "backbone: efficientnet-b0 ... efficientnet-b7 (efficientnet-pytorch)")
     pretrained: str = opt("imagenet", "initial weights: imagenet (URL + checksum into the cache) or none (offline)")
     weights_dir: str = opt("", "folder of ImageNet weight files (default $CELLLOC_IMAGENET_DIR or ~/.cache/cellloc/imagenet)")
-    in_chans: int = opt(4, "channels per crop (red, green, blue, yellow)")
-    num_classes: int = opt(19, "output classes (HPA single-cell: 19, 18 = Negative)")
     image_size: int = opt(260, "crops are padded to square and resized to this many pixels")
     label_source: str = opt("weak", "training labels: weak (the field's Label) or true (the cell's TrueLabel)")
     epochs: int = opt(10, "maximum epochs (early stopping may end sooner)")
@@ -108,13 +107,12 @@ class TrainConfig:
             if not ok:
                 raise InputError(msg)
 
+        self.folds_csv = self.folds_csv or str(Path("output") / get_task(self.task).data_name / "folds.csv")
         need(self.fold >= 0, f"fold must be >= 0, got {self.fold}")
         need(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."),
              f"run_name must be a plain folder name, got {self.run_name!r}")
         need(self.model in model_names(), f"unknown model {self.model!r}; known: {', '.join(model_names())}")
         need(self.pretrained in PRETRAINED_CHOICES, f"pretrained must be none or imagenet, got {self.pretrained!r}")
-        need(self.in_chans >= 1, f"in_chans must be >= 1, got {self.in_chans}")
-        need(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
         need(32 <= self.image_size <= 2048, f"image_size must be in 32..2048, got {self.image_size}")
         need(self.label_source in ("weak", "true"), f"label_source must be weak or true, got {self.label_source!r}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -143,6 +141,19 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name / f"fold{self.fold}"
 
+    @property
+    def task_record(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def in_chans(self) -> int:
+        """Channels per input: the task's channel files."""
+        return len(self.task_record.channels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task_record.num_classes
+
 
 @dataclass
 class TrainResult:
@@ -160,57 +171,6 @@ class TrainResult:
     baseline_ap_true: float | None
     seconds: float
     scores: pd.DataFrame
-
-
-# --------------------------------------------------------------------------- metrics (pure)
-
-
-def per_class_ap(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """AP per class ``(C,)``; NaN for classes without a positive (AP is undefined there)."""
-    out = np.full(targets.shape[1], np.nan)
-    for k in range(targets.shape[1]):
-        if targets[:, k].any():
-            out[k] = average_precision_score(targets[:, k] > 0.5, probs[:, k])
-    return out
-
-
-def per_class_f1(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """F1 per class at ``threshold``; NaN for classes without a positive (as for AP)."""
-    pred = probs >= threshold
-    truth = targets > 0.5
-    tp = (pred & truth).sum(0)
-    denom = pred.sum(0) + truth.sum(0)
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).astype(float)
-    f1[~truth.any(0)] = np.nan
-    return f1
-
-
-def _nanmean(v: np.ndarray) -> float:
-    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-
-
-def score_table(probs: np.ndarray, weak: np.ndarray, true: np.ndarray | None, names: Sequence[str]) -> pd.DataFrame:
-    """Per-class scores of ``probs`` against weak and (optionally) true labels, plus a ``macro`` row.
-
-    ``prevalence_*`` is the share of positive cells: the AP a constant (label-frequency)
-    predictor gets, so the macro row's prevalence is the baseline the macro AP must beat.
-    Macro values average the classes with at least one positive.
-    """
-    rows: dict[str, Any] = {"class": list(range(len(names))), "name": list(names)}
-    for tag, y in (("weak", weak), ("true", true)):
-        if y is None:
-            continue
-        ap = per_class_ap(probs, y)
-        rows[f"pos_{tag}"] = y.sum(0).astype(int)
-        prev = y.mean(0)
-        rows[f"prevalence_{tag}"] = np.where(np.isnan(ap), np.nan, prev)
-        rows[f"ap_{tag}"] = ap
-        rows[f"f1_{tag}"] = per_class_f1(probs, y)
-    df = pd.DataFrame(rows)
-    macro: dict[str, Any] = {"class": "macro", "name": "mean over classes with positives"}
-    for col in df.columns[2:]:
-        macro[col] = int(df[col].sum()) if col.startswith("pos_") else _nanmean(df[col].to_numpy(float))
-    return pd.concat([df.astype({"class": object}), pd.DataFrame([macro])], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -432,10 +392,10 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     def epoch_metrics(logits: np.ndarray, targets: np.ndarray, index: np.ndarray):
         probs = expit(logits)  # overflow-free sigmoid
         ap = per_class_ap(probs, targets)
-        shown = {"macro_ap": _nanmean(ap), "macro_f1": _nanmean(per_class_f1(probs, targets))}
+        shown = {"macro_ap": nanmean(ap), "macro_f1": nanmean(per_class_f1(probs, targets))}
         other = y_valid_true if cfg.label_source == "weak" else y_valid_weak
         if other is not None:
-            shown[f"macro_ap_{'true' if cfg.label_source == 'weak' else 'weak'}"] = _nanmean(per_class_ap(probs, other[index]))
+            shown[f"macro_ap_{'true' if cfg.label_source == 'weak' else 'weak'}"] = nanmean(per_class_ap(probs, other[index]))
         return shown, {"ap": ap}
 
     trainer = CellTez(
@@ -491,7 +451,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     model = load_model(run_dir, device=device)
     probs = predict_crops(model, list(valid_cells["crop_path"]), tta=cfg.tta, batch_size=2 * cfg.batch_size,
                           num_workers=cfg.num_workers)
-    names = HPA_SINGLE_CELL.names if cfg.num_classes == HPA_SINGLE_CELL.num_classes else [str(k) for k in range(cfg.num_classes)]
+    names = cfg.task_record.label_set.names
     preds = pd.DataFrame(probs, columns=[f"p{k}" for k in range(cfg.num_classes)])
     preds.insert(0, "cell_id", valid_cells["cell_id"].to_numpy())
     preds.insert(0, "ID", valid_cells["ID"].to_numpy())

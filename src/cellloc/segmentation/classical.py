@@ -281,8 +281,10 @@ class ClassicalSegmenter:
         if image.ndim == 2:  # a lone nucleus channel
             image = image[..., None]
             nucleus_index, cell_indices = 0, []
-        else:
-            nucleus_index, cell_indices = self.nucleus_index, self.cell_indices
+        else:  # keep only the planes used: fewer to resize, and OpenCV resizes at most 4 at once (RxRx1 has 6)
+            used = [self.nucleus_index, *self.cell_indices]
+            image = np.ascontiguousarray(image[..., used])
+            nucleus_index, cell_indices = 0, list(range(1, len(used)))
         cfg, shape = self.cfg, image.shape
         px = cfg.pixel_size(shape)
         full_hw = shape[:2]

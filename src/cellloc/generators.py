@@ -1,4 +1,13 @@
-"""Write generated fields to disk in the Kaggle HPA single-cell layout, with truth beside them.
+"""Generated datasets with the truth their competitions never gave: one generator per task.
+
+``GENERATORS[task_name](out_dir, cfg, split, workers, progress) -> summary`` writes a dataset in
+its task's real layout plus a ``truth/`` folder, and returns a one-line summary; ``cfg`` is the
+:class:`MakeDataConfig` of ``python src/make_data.py`` (a generator reads the options it knows).
+The HPA-2018 and RxRx1 generators are provided by :mod:`cellloc.hpa2018` and
+:mod:`cellloc.rxrx1` (imported on first use).
+
+HPA single-cell (:func:`generate_hpa_sc`, drawing in :mod:`cellloc.synth`) writes the Kaggle
+single-cell layout:
 
     input/<name>/train/{ID}_{red,green,blue,yellow}.png   (or test/ for --split test)
     input/<name>/train.csv                               ID,Label   (image-level weak labels)
@@ -14,6 +23,7 @@ so a killed run resumes where it stopped. The CSVs are rebuilt from per-field tr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +32,53 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import opt
+from .errors import InputError
 from .fieldio import HPA_CHANNELS, format_label, read_csv, write_csv, write_png
+from .registry import Registry
 from .synth import SynthConfig, generate_field
+from .tasks import DEFAULT_TASK, TASKS, get_task
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class MakeDataConfig:
+    """Options of ``python src/make_data.py``; each task's generator reads the ones it knows."""
+
+    task: str = opt(DEFAULT_TASK, "task whose dataset to generate", choices=TASKS.names())
+    name: str = opt("", "dataset folder name under --root (default: the task's, e.g. synth for hpa-sc)")
+    root: str = opt("input", "where datasets live")
+    split: str = opt("train", "train (with train.csv) or test (with sample_submission.csv)", choices=["train", "test"])
+    fields: int = opt(40, "number of fields")
+    size: list[int] = opt([512], "field size(s) in pixels; several: each field draws one")
+    bit_depth: int = opt(8, "8 or 16-bit PNGs", choices=[8, 16])
+    seed: int = opt(0, "random seed (same seed, same fields)")
+    workers: int = opt(1, "processes")
+    min_cells: int = opt(10, "fewest cells placed per field")
+    max_cells: int = opt(22, "most cells placed per field")
+    noise: float = opt(1.0, "noise multiplier (0 = clean)")
+    gallery: str = opt("", "hpa-sc: write a per-class example grid PNG to this path instead of a dataset")
+
+    def __post_init__(self) -> None:
+        if self.fields < 1:
+            raise ValueError(f"--fields must be >= 1, got {self.fields}")
+        if any(s < 128 or s > 8192 for s in self.size):
+            raise ValueError(f"--size must be within 128..8192, got {self.size}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not self.name:
+            self.name = get_task(self.task).data_name
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.root) / self.name
+
+
+Generator = Callable[[Path, MakeDataConfig, str, int, "Progress | None"], str]
+GENERATORS: Registry[Generator] = Registry(
+    "dataset generator", plugins={"hpa-2018": "cellloc.hpa2018", "rxrx1": "cellloc.rxrx1"}
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +123,7 @@ def write_dataset(
     split: str = "train",
     sizes: Sequence[int] | None = None,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Write ``n_fields`` generated fields under ``out_dir``; return the per-cell truth table.
 
@@ -115,3 +170,18 @@ def write_dataset(
         })
         write_csv(out / "sample_submission.csv", sub)
     return cells
+
+
+@GENERATORS.register("hpa-sc")
+def generate_hpa_sc(out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
+                    progress: Progress | None = None) -> str:
+    """HPA single-cell fields with per-cell truth (:func:`write_dataset`); returns a one-line summary."""
+    try:
+        synth = SynthConfig(size=cfg.size[0], bit_depth=cfg.bit_depth, seed=cfg.seed,
+                            cells_per_field=(cfg.min_cells, cfg.max_cells), noise=cfg.noise)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    t0 = time.perf_counter()
+    cells = write_dataset(synth, out_dir, cfg.fields, split, cfg.size, workers, progress)
+    return (f"{out_dir}: {cells['ID'].nunique()} fields, {len(cells)} cells with per-cell truth "
+            f"in {time.perf_counter() - t0:.1f}s")
