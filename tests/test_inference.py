@@ -40,3 +40,18 @@ def test_negative_rises_when_no_class_is_confident():
 def test_cell_weights_downweight_small_and_edge_cells():
     w = cell_weights(np.array([100, 100, 25]), np.array([False, True, False]))
     np.testing.assert_allclose(w, [1.0, 0.5, 0.25])
+
+
+def test_load_model_garbage_checkpoint_gives_no_unsafe_advice(tmp_path):
+    import json
+
+    from cellloc.errors import InputError
+    from cellloc.inference_model import load_model
+
+    config = {"task": "hpa-sc", "model": "efficientnet-b0", "image_size": 32, "mean": [0.1] * 4, "std": [0.2] * 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "best.pt").write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(InputError) as err:
+        load_model(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'best.pt'}: cannot load checkpoint") and "weights_only" not in msg

@@ -166,3 +166,13 @@ def test_pickled_module_is_not_a_state_dict(tmp_path):
     model = create_model(NAME, 4, 19, pretrained="none", image_size=32)
     with pytest.raises(InputError, match="not a loadable state_dict"):
         load_pretrained(model, NAME, 4, path=path)
+
+
+def test_garbage_weight_file_error_gives_no_unsafe_advice(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"garbage, not a state dict")
+    model = create_model(NAME, 4, 19, pretrained="none", image_size=32)
+    with pytest.raises(InputError) as err:
+        load_pretrained(model, NAME, 4, path=path)
+    msg = str(err.value)
+    assert "not a loadable state_dict" in msg and "weights_only" not in msg and "\n" not in msg

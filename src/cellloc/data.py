@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .cells import resize_square
 from .errors import InputError
-from .fieldio import format_label, multihot, parse_label, read_csv, to_unit_float, write_csv, write_npy
+from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
 
 CELLS_REQUIRED = ("ID", "cell_id", "Label", "crop", "fold")
 LABEL_COLUMNS = {"weak": "Label", "true": "TrueLabel"}
@@ -60,14 +60,15 @@ def read_cells(path: str | Path, num_classes: int) -> pd.DataFrame:
     except ValueError:
         bad = next(v for v in df["fold"] if not v.strip().lstrip("-").isdigit())
         raise InputError(f"{path}: fold {bad!r} is not an integer") from None
-    df["weak"] = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df["Label"])]
+    lines = row_lines(df)
+    df["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for line, v in zip(lines, df["Label"])]
     if "TrueLabel" in df.columns:
         df["true"] = [
-            parse_label(v, num_classes, f"{path}: line {i + 2} TrueLabel") if str(v).strip() else []
-            for i, v in enumerate(df["TrueLabel"])
+            parse_label(v, num_classes, f"{path}: line {line} TrueLabel") if str(v).strip() else []
+            for line, v in zip(lines, df["TrueLabel"])
         ]
     if (df["crop"].str.strip() == "").any():
-        row = int(np.flatnonzero(df["crop"].str.strip() == "")[0]) + 2
+        row = lines[int(np.flatnonzero(df["crop"].str.strip() == "")[0])]
         raise InputError(f"{path}: line {row}: empty crop path")
     df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
     return df

@@ -9,6 +9,8 @@ with the file's name and the problem on one line.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import re
@@ -214,42 +216,91 @@ def format_label(ids: Sequence[int]) -> str:
     return "|".join(str(int(i)) for i in sorted(set(int(i) for i in ids)))
 
 
+def allow_csv_fields(n_chars: int) -> None:
+    """Let the csv module read fields of up to ``n_chars`` characters (it refuses fields over
+    128 KiB by default, and one submission row's PredictionString can be longer)."""
+    csv.field_size_limit(max(csv.field_size_limit(), int(n_chars) + 1))
+
+
 def read_csv(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV as strings, failing in one line when it is missing, empty or lacks columns."""
+    """Read a CSV as strings, failing in one line when it is missing, empty, ragged or lacks columns.
+
+    Every row must have as many fields as the header: a ragged row is an error naming its
+    line, not a row shifted into other columns. Blank lines are skipped. Each row's physical
+    line number in the file (1 = the header; a quoted field may span lines, the row's first
+    counts) is kept for error messages: see :func:`row_lines`.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a CSV file")
+    allow_csv_fields(path.stat().st_size)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: CSV is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            end = 0
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if not row:
+                    continue
+                if header is None:
+                    header = row
+                    continue
+                if len(row) != len(header):
+                    raise InputError(
+                        f"{path}: line {start}: {len(row)} field(s) where the header ({','.join(header)}) has {len(header)}"
+                    )
+                rows.append(row)
+                lines.append(start)
+    except (csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in required if c not in df.columns]
+    if header is None:
+        raise InputError(f"{path}: CSV is empty")
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise InputError(f"{path}: column {dup[0]!r} appears more than once in the header")
+    missing = [c for c in required if c not in header]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
-    if df.empty:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)})")
+    if not rows:
         raise InputError(f"{path}: CSV has a header but no rows")
+    df = pd.DataFrame(rows, columns=header, dtype=str)
+    df.attrs["lines"] = lines
     return df
+
+
+def row_lines(df: pd.DataFrame) -> list[int]:
+    """Physical line number in its file of each row of a frame from :func:`read_csv`.
+
+    Falls back to ``position + 2`` (a header and no blank lines) for other frames.
+    """
+    lines = df.attrs.get("lines")
+    return list(lines) if lines is not None and len(lines) == len(df) else [i + 2 for i in range(len(df))]
 
 
 def read_labels(path: str | Path, num_classes: int, id_col: str = "ID", label_col: str = "Label") -> pd.DataFrame:
     """Read an ``ID,Label`` CSV; validate IDs (non-empty, unique) and every label string.
 
     Returns the frame with ``Label`` normalised (sorted unique ids) and a ``labels`` column of
-    ``list[int]``.
+    ``list[int]``. Errors name the file's physical line.
     """
     df = read_csv(path, (id_col, label_col))
+    lines = row_lines(df)
     ids = df[id_col].str.strip()
     if (ids == "").any():
-        row = int(np.flatnonzero(ids == "")[0]) + 2
-        raise InputError(f"{path}: line {row}: empty {id_col}")
-    dup = ids[ids.duplicated()]
+        raise InputError(f"{path}: line {lines[int(np.flatnonzero(ids == '')[0])]}: empty {id_col}")
+    dup = np.flatnonzero(ids.duplicated().to_numpy())
     if len(dup):
-        raise InputError(f"{path}: duplicate {id_col} {dup.iloc[0]!r}")
-    labels = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df[label_col])]
+        first = lines[int(np.flatnonzero((ids == ids.iloc[dup[0]]).to_numpy())[0])]
+        raise InputError(f"{path}: line {lines[dup[0]]}: duplicate {id_col} {ids.iloc[dup[0]]!r} (first on line {first})")
+    labels = [parse_label(v, num_classes, f"{path}: line {line}") for line, v in zip(lines, df[label_col])]
     df = df.assign(**{id_col: ids, label_col: [format_label(x) for x in labels]})
     df["labels"] = labels
+    df.attrs["lines"] = lines
     return df
 
 
@@ -269,10 +320,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     A killed run therefore leaves either the old file or the complete new one, never half.
+    An ``OSError`` that names no file (a full disk met by a write) or names the temporary file
+    is raised again naming ``path``, so the user is told which output could not be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise _naming_output(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -281,9 +337,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _naming_output(exc, path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _naming_output(exc: OSError, path: Path) -> OSError:
+    """``exc`` as it is, unless it names no file or one of ``path``'s temporary files: then the
+    same kind of error naming ``path``."""
+    named = exc.filename
+    if exc.errno is None:  # not a system call's error (a URLError, say): left as it is
+        return exc
+    if named is None or (Path(named).parent == path.parent and Path(named).name.startswith(f".{path.name}.")):
+        return OSError(exc.errno, exc.strerror or str(exc), str(path))  # the errno's own subclass
+    return exc
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -312,6 +381,15 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
     """Write a DataFrame as CSV (no index), atomically."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (a checkpoint or weight file, say)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, obj: object) -> None:

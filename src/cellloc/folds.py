@@ -31,7 +31,7 @@ import pandas as pd
 
 from .config import opt
 from .errors import InputError
-from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, write_csv
+from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, row_lines, write_csv
 from .labels import read_task_labels
 from .tasks import DEFAULT_TASK, TASKS, Task, get_task
 
@@ -559,8 +559,9 @@ def _first_rows(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes, return_index=True)[1]
 
 
-def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """The single value each field has in ``values``; a field with two values is an error."""
+def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what: str, lines: Sequence[int]) -> np.ndarray:
+    """The single value each field has in ``values``; a field with two values is an error
+    naming both rows' ``lines`` (physical line numbers, see :func:`fieldio.row_lines`)."""
     codes, uniques = pd.factorize(values, sort=False)
     first = _first_rows(field_of_row)
     bad = np.flatnonzero(codes != codes[first][field_of_row])
@@ -568,8 +569,8 @@ def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what
         row = int(bad[0])
         first_row = int(first[field_of_row[row]])
         raise InputError(
-            f"{path}: line {row + 2}: field {what} {values.iloc[row]!r} differs from {values.iloc[first_row]!r} "
-            f"on line {first_row + 2}; a field's cells must share one {what}"
+            f"{path}: line {lines[row]}: field {what} {values.iloc[row]!r} differs from {values.iloc[first_row]!r} "
+            f"on line {lines[first_row]}; a field's cells must share one {what}"
         )
     return np.asarray(uniques, dtype=object)[codes[first]]
 
@@ -585,18 +586,19 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
         raise InputError(f"{path}: file not found (run segmentation first, or pass --labels ID,Label.csv)")
     required = ["ID", "cell_id", "Label"] + ([group_col] if group_col else [])
     df = read_csv(path, required)
+    lines = row_lines(df)
     ids_col = df["ID"].str.strip()
     if (ids_col == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(ids_col == '')[0]) + 2}: empty ID")
+        raise InputError(f"{path}: line {lines[int(np.flatnonzero(ids_col == '')[0])]}: empty ID")
     field_of_row, _ = pd.factorize(ids_col, sort=True)
     label_codes, label_strings = pd.factorize(df["Label"], sort=False)
-    lines = _first_rows(label_codes) + 2
-    parsed = [parse_label(s, num_classes, f"{path}: line {lines[i]}") for i, s in enumerate(label_strings)]
+    first = _first_rows(label_codes)
+    parsed = [parse_label(s, num_classes, f"{path}: line {lines[first[i]]}") for i, s in enumerate(label_strings)]
     normalised = np.array([format_label(p) for p in parsed], dtype=object)
-    field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label")
+    field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label", lines)
     ids_of = dict(zip(normalised, parsed))
     labels = multihot([ids_of[s] for s in field_label], num_classes)
-    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col) if group_col else None
+    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col, lines) if group_col else None
     return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
 
 
@@ -618,7 +620,7 @@ def read_label_fields(path: str | Path, task: Task, group_col: str | None = None
 def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
     values = df[group_col].str.strip()
     if (values == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(values == '')[0]) + 2}: empty {group_col}")
+        raise InputError(f"{path}: line {row_lines(df)[int(np.flatnonzero(values == '')[0])]}: empty {group_col}")
     return values
 
 

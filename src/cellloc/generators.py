@@ -19,10 +19,16 @@ single-cell layout:
 
 Fields are written one by one, atomically; a field whose files all exist is not drawn again,
 so a killed run resumes where it stopped. The CSVs are rebuilt from per-field truth files.
+
+A rerun asks for exactly the fields it lists: generated fields found in the split's folder
+that it does not list (a previous run with more ``--fields``, or another ``--seed``) are
+deleted with their truth files, so the folder never holds fields the CSVs do not name (they
+would be segmented with no label). Only files named as this generator names them are touched.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -101,6 +107,29 @@ def field_files(job: FieldJob) -> list[Path]:
     return imgs + truth + [job.truth_dir / f"{job.image_id}_cells.csv"]
 
 
+# Every file write_field makes: {ID}_{channel}.png in the split folder; masks and cells in truth/.
+_GENERATED = re.compile(r"(synth\d{3}_\d{5})_(red|green|blue|yellow|cell_mask|nucleus_mask|cells)\.(png|csv)")
+_TRUTH_SUFFIXES = ("_cell_mask.png", "_nucleus_mask.png", "_cells.csv")
+
+
+def remove_stale_fields(image_dir: Path, truth_dir: Path, keep: Sequence[str]) -> list[str]:
+    """Delete generated fields in ``image_dir`` whose ids are not in ``keep``, with their truth files.
+
+    Returns the removed ids, sorted. Truth files of fields absent from ``image_dir`` (another
+    split's, say) and files not named as :func:`write_field` names them are left alone.
+    """
+    keep_ids = set(keep)
+    found: dict[str, list[Path]] = {}
+    for path in image_dir.iterdir() if image_dir.is_dir() else ():
+        m = _GENERATED.fullmatch(path.name)
+        if m and m.group(2) in HPA_CHANNELS and m.group(1) not in keep_ids:
+            found.setdefault(m.group(1), []).append(path)
+    for image_id, paths in found.items():
+        for path in paths + [truth_dir / f"{image_id}{suffix}" for suffix in _TRUTH_SUFFIXES]:
+            path.unlink(missing_ok=True)
+    return sorted(found)
+
+
 def write_field(job: FieldJob) -> str:
     """Draw one field and write its channels and truth; skip when already complete."""
     if all(p.exists() for p in field_files(job)):
@@ -124,10 +153,13 @@ def write_dataset(
     sizes: Sequence[int] | None = None,
     workers: int = 1,
     progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Write ``n_fields`` generated fields under ``out_dir``; return the per-cell truth table.
 
     ``sizes`` (optional) gives a set of field sizes; each field draws one, seeded by its index.
+    Generated fields of earlier runs that this one does not list are removed first (see the
+    module docstring); ``log`` receives one line saying how many, if any.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
@@ -140,6 +172,9 @@ def write_dataset(
     for i in range(n_fields):
         size = choices[int(np.random.default_rng([cfg.seed, i, 7]).integers(len(choices)))]
         jobs.append(FieldJob(cfg, i, size, field_id(cfg.seed, i), image_dir, truth_dir))
+    removed = remove_stale_fields(image_dir, truth_dir, [j.image_id for j in jobs])
+    if removed and log:
+        log(f"{image_dir}: removed {len(removed)} generated field(s) this run does not list ({removed[0]} ...)")
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for _ in pool.map(write_field, jobs):
@@ -182,6 +217,7 @@ def generate_hpa_sc(out_dir: Path, cfg: MakeDataConfig, split: str = "train", wo
     except ValueError as exc:
         raise InputError(str(exc)) from None
     t0 = time.perf_counter()
-    cells = write_dataset(synth, out_dir, cfg.fields, split, cfg.size, workers, progress)
+    said: list[str] = []
+    cells = write_dataset(synth, out_dir, cfg.fields, split, cfg.size, workers, progress, said.append)
     return (f"{out_dir}: {cells['ID'].nunique()} fields, {len(cells)} cells with per-cell truth "
-            f"in {time.perf_counter() - t0:.1f}s")
+            f"in {time.perf_counter() - t0:.1f}s" + "".join(f"; {line}" for line in said))

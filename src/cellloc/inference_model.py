@@ -21,6 +21,7 @@ from .data import load_crop, preprocess_crop
 from .errors import InputError
 from .models import create_model
 from .tasks import get_task
+from .torchfile import load_checkpoint
 
 TTA_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -66,12 +67,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     task = get_task(cfg["task"])
     net = create_model(cfg["model"], len(task.channels), task.num_classes, "none", image_size=cfg["image_size"])
     path = run_dir / weights
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # unpickling failures have many types
-        raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    sd = load_checkpoint(path)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     try:

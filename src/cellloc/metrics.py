@@ -431,9 +431,14 @@ def _validated_masks(
 ) -> tuple[dict[str, list[bytes]], dict[str, np.ndarray]]:
     """Each field's distinct mask texts as checked COCO bytes, and which one each detection uses.
 
-    All fields' masks are validated in one vectorised pass; the first bad one raises
-    ``ValueError`` naming the field and the prediction.
+    All fields' masks are validated together (in batches of bounded memory); the first bad one
+    raises ``ValueError`` naming the submission line (when known), the field and the prediction.
     """
+
+    def where(image_id: str) -> str:
+        line = predictions[image_id].line
+        return f"line {line}: field {image_id}" if line > 0 else f"field {image_id}"
+
     texts: list[str] = []
     sizes: list[tuple[int, int]] = []
     spans: dict[str, tuple[int, int]] = {}
@@ -444,7 +449,7 @@ def _validated_masks(
             continue
         height, width = truth[image_id].labels.shape
         if (p.height, p.width) != (height, width):
-            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
+            raise ValueError(f"{where(image_id)}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
         unique: dict[str, int] = {}
         which[image_id] = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
         spans[image_id] = (len(texts), len(texts) + len(unique))
@@ -456,7 +461,7 @@ def _validated_masks(
         for text, err in zip(texts[a:b], errors[a:b]):
             if err is not None:
                 k = predictions[image_id].masks.index(text) + 1
-                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+                raise ValueError(f"{where(image_id)}: prediction {k}: {err}")
     return {k: coco[a:b] for k, (a, b) in spans.items()}, which  # type: ignore[misc]
 
 

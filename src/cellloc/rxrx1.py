@@ -31,7 +31,7 @@ import pandas as pd
 
 from .classes import CHANNEL_SETS, LabelSet
 from .errors import InputError
-from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, format_label, read_csv
+from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, format_label, read_csv, row_lines
 from .fieldio import list_fields as list_flat_fields
 from .fieldio import read_field as read_flat_field
 
@@ -263,8 +263,7 @@ def read_table(path: str | Path, label_set: LabelSet = LABELS) -> pd.DataFrame:
     full = label_set.num_classes == NUM_CLASSES
     rows = []
     first_line: dict[str, int] = {}
-    for i, r in enumerate(df.to_dict("records")):
-        line = i + 2
+    for line, r in zip(row_lines(df), df.to_dict("records")):
         where = f"{path}: line {line}"
         id_code, exp, plate, well = (r[c].strip() for c in TEST_COLUMNS)
         if not id_code or not exp:
@@ -332,6 +331,7 @@ def read_pixel_stats(path: str | Path) -> pd.DataFrame:
     unknown = [c for c in df.columns if c not in PIXEL_STATS_COLUMNS]
     if unknown:
         raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (expected {', '.join(PIXEL_STATS_COLUMNS)})")
+    lines = row_lines(df)
     out = df.copy()
     for col, kind in (("plate", int), ("site", int), ("channel", int), ("mean", float), ("std", float),
                       ("median", float), ("min", float), ("max", float)):
@@ -339,15 +339,15 @@ def read_pixel_stats(path: str | Path) -> pd.DataFrame:
         bad = values.isna() | ((values % 1 != 0) if kind is int else False)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: line {i + 2}: {col} {df[col].iloc[i]!r} is not {'an integer' if kind is int else 'a number'}")
+            raise InputError(f"{path}: line {lines[i]}: {col} {df[col].iloc[i]!r} is not {'an integer' if kind is int else 'a number'}")
         out[col] = values.astype(kind)
     if (out["std"] < 0).any():
         i = int(np.flatnonzero((out["std"] < 0).to_numpy())[0])
-        raise InputError(f"{path}: line {i + 2}: negative std")
+        raise InputError(f"{path}: line {lines[i]}: negative std")
     dup = out.duplicated(["id_code", "site", "channel"])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise InputError(f"{path}: line {i + 2}: well {out['id_code'].iloc[i]} site {out['site'].iloc[i]} "
+        raise InputError(f"{path}: line {lines[i]}: well {out['id_code'].iloc[i]} site {out['site'].iloc[i]} "
                          f"channel {out['channel'].iloc[i]} listed twice")
     return out
 

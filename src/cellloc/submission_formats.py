@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .fieldio import atomic_path, parse_label, read_csv, read_mask
+from .fieldio import atomic_path, parse_label, read_csv, read_mask, row_lines
 from .metrics import FieldTruth, competition_map
 from .registry import Registry
 from .submission import COLUMNS as RLE_COLUMNS
@@ -108,8 +108,8 @@ def read_truth(folder: str | Path, num_classes: int) -> dict[str, FieldTruth]:
     table_path = folder / "cells.csv"
     df = read_csv(table_path, ("ID", "cell_id", "Label"))
     cells: dict[str, dict[int, list[int]]] = {}
-    for i, (image_id, cell_id, label) in enumerate(zip(df["ID"], df["cell_id"], df["Label"])):
-        where = f"{table_path}: line {i + 2}"
+    for line, image_id, cell_id, label in zip(row_lines(df), df["ID"], df["cell_id"], df["Label"]):
+        where = f"{table_path}: line {line}"
         if image_id not in masks:
             raise InputError(f"{where}: field {image_id!r} has no {image_id}{suffix}")
         if not re.fullmatch(r"\d+", cell_id.strip()) or int(cell_id) == 0:
