@@ -189,3 +189,4 @@ def test_dask_unreachable_address_is_one_line():
     with pytest.raises(InputError, match="cannot reach a Dask scheduler"):
         with open_executor("dask", address="tcp://127.0.0.1:9"):
             pass
+

@@ -28,6 +28,7 @@ down by the executor's context manager, or an existing cluster joined with ``add
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -135,28 +136,40 @@ class _Future(Protocol):
     def result(self, timeout: float | None = None) -> Any: ...
 
 
-def in_order(submit: Callable[[Any], _Future], items: Iterable[Any], window: int) -> Iterator[Any]:
+def in_order(submit: Callable[[Any], _Future], items: Iterable[Any], window: int | Callable[[], int]) -> Iterator[Any]:
     """Submit ahead at most ``window`` items, yield results in input order.
 
     The window keeps the driver's memory bounded on a 100k-field map and lets every worker stay
-    busy while the head item is still running. A future that raises (its worker died, the
-    cluster went away) is a :class:`Failure` for its item.
+    busy while the head item is still running; a callable window follows a cluster that grows
+    (workers joining after the run started). A future that raises (its worker died, the cluster
+    went away) is a :class:`Failure` for its item.
     """
+    size = window if callable(window) else (lambda: window)
     pending: deque[tuple[Any, _Future]] = deque()
     it = iter(items)
-    for item in it:
-        pending.append((item, submit(item)))
-        if len(pending) >= window:
-            break
+    exhausted = False
+
+    def top_up() -> None:
+        nonlocal exhausted
+        limit = max(1, size())
+        while not exhausted and len(pending) < limit:
+            nxt = next(it, _END)
+            if nxt is _END:
+                exhausted = True
+            else:
+                pending.append((nxt, submit(nxt)))
+
+    top_up()
     while pending:
         item, fut = pending.popleft()
         try:
             yield fut.result()
         except Exception as exc:  # noqa: BLE001
             yield _lost(item, exc)
-        for nxt in it:
-            pending.append((nxt, submit(nxt)))
-            break
+        top_up()
+
+
+_END = object()
 
 
 class Executor:
@@ -332,8 +345,15 @@ class DaskExecutor(Executor):
             return client.submit(apply, fn, token, item, key=f"cellloc-{token[:8]}-{next(counter)}",
                                  pure=False, resources=resources)
 
+        checked = [0.0, 16]
+
+        def window() -> int:  # 8 items per worker thread, re-read from the scheduler every 5 s
+            if time.monotonic() - checked[0] > 5:
+                checked[:] = [time.monotonic(), max(16, 8 * self.slots)]
+            return checked[1]
+
         try:
-            yield from in_order(submit, items, window=max(16, 8 * self.slots))
+            yield from in_order(submit, items, window=window)
         finally:
             try:
                 client.unregister_worker_plugin(StateFactory.name)
