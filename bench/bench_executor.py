@@ -110,7 +110,7 @@ def real_runs(folder: str, runs) -> None:
     """``run_segmentation`` per executor into a fresh folder; fields/s and byte-identity to serial."""
     import tempfile
 
-    from cellloc.segment_run import SegmentRunConfig, run_segmentation
+    from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 
     def files(out: Path) -> dict[str, bytes]:
         return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))

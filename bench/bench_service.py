@@ -48,17 +48,19 @@ def free_port() -> int:
 
 def random_run(root: Path) -> Path:
     """A one-fold run like the demo's (EfficientNet-B2 on 64 px crops) with random weights."""
+    from cellloc.classifier import Recipe, save_untrained
     from cellloc.config import save_config
-    from cellloc.models import create_model
-    from cellloc.segment_run import SegmentRunConfig
-    from cellloc.training import TrainConfig
+    from cellloc.runs.segment import SegmentRunConfig
+    from cellloc.runs.train import TrainConfig
 
-    save_config(SegmentRunConfig(crop_size=64), root / "seg" / "segment_config.json")
+    seg = SegmentRunConfig(crop_size=64)
+    save_config(seg, root / "seg" / "segment_config.json")
     fold = root / "run" / "fold0"
-    save_config(TrainConfig(folds_csv=str(root / "seg" / "folds.csv"), model="efficientnet-b2", pretrained="none",
-                            image_size=64, mean=[0.1] * 4, std=[0.2] * 4), fold / "config.json")
-    torch.manual_seed(0)
-    torch.save(create_model("efficientnet-b2", 4, 19, "none", image_size=64).state_dict(), fold / "best.pt")
+    cfg = TrainConfig(folds_csv=str(root / "seg" / "folds.csv"), model="efficientnet-b2", pretrained="none",
+                      image_size=64, mean=[0.1] * 4, std=[0.2] * 4)
+    save_config(cfg, fold / "config.json")
+    save_untrained(fold, Recipe("hpa-sc", "cell", cfg.model, 4, 19, cfg.image_size, cfg.mean, cfg.std, "multilabel",
+                                seg.recipe_input()))
     return fold.parent
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from cellloc.data import CellCropDataset, EpochSampler, build_augment, label_matrix, read_cells, write_synthetic_cells
 from cellloc.models import create_model
-from cellloc.training import TrainConfig, train_fold
+from cellloc.runs.train import TrainConfig, train_fold
 
 
 def loader_rate(csv: Path, image_size: int, workers: int, batch: int = 16) -> float:

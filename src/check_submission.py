@@ -1,7 +1,7 @@
 """Check a submission CSV before uploading it: every malformed row, value and mask, by line.
 
     python src/check_submission.py output/synth_test/submission.csv [--sample-submission CSV]
-    python src/check_submission.py output/rxrx1_test/submission.csv --task rxrx1
+    python src/check_submission.py --task rxrx1     # output/rxrx1/submission.csv
 
 Prints ``line N: reason`` per problem (``file: reason`` for IDs missing from the sample
 submission), then a summary; exits 1 when anything is wrong, 0 when the file is valid.
@@ -21,7 +21,7 @@ from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
 
 @dataclass
 class CheckConfig:
-    file: str = opt("output/synth_test/submission.csv", "submission CSV to check")
+    file: str = opt("", "submission CSV to check (default: the task's, output/<data_name>_test/submission.csv)")
     task: str = opt(DEFAULT_TASK, "task of the submission (names its format and valid classes)", choices=TASKS.names())
     sample_submission: str | None = opt(None, "sample submission CSV: its IDs must all be present (hpa-sc: with its sizes)")
     max_per_line: int = opt(5, "list at most this many problems per line")
@@ -31,6 +31,7 @@ class CheckConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CheckConfig, argv, __doc__.splitlines()[0], positional=("file",))
     task = get_task(cfg.task)
+    cfg.file = cfg.file or str(task.submission_path())
     fmt = FORMATS[task.submission]
     expected = fmt.read_expected(Path(cfg.sample_submission)) if cfg.sample_submission else None
     problems = fmt.check(cfg.file, task, expected, max_per_line=cfg.max_per_line)

@@ -3,7 +3,10 @@
     python src/make_data.py                      # input/synth: 40 HPA single-cell training fields, 512 px
     python src/make_data.py --name synth_test --split test --seed 1 --fields 12
     python src/make_data.py --size 2048 --bit-depth 16 --fields 100 --workers 2
-    python src/make_data.py --task rxrx1         # input/rxrx1, in RxRx1's own layout
+    python src/make_data.py --task rxrx1         # input/rxrx1/train, in RxRx1's own layout (plates of wells, 2 sites)
+    python src/make_data.py --task rxrx1 --split test   # the same design's test plates, answers in input/rxrx1/truth
+    python src/make_data.py --task rxrx1 --size 128 --options sirnas=8 plates=1 train_experiments=1   # smaller
+    python src/make_data.py --task hpa-2018 --fields 200         # input/hpa2018: 28-class HPA 2018-like images
     python src/make_data.py --gallery docs/classes.png   # one generated cell per class
 """
 
@@ -33,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         write_png(cfg.gallery, class_gallery(), compression=9)
         print(f"wrote {cfg.gallery}")
         return
-    generate = GENERATORS[cfg.task]
-    with tqdm(total=cfg.fields, desc=f"make_data {cfg.name}", unit="field") as bar:
-        summary = generate(cfg.out_dir, cfg, cfg.split, cfg.workers, bar.update)
+    generator = GENERATORS[cfg.task]
+    settings = generator.configure(cfg)  # bad options fail here, before anything is drawn
+    with tqdm(total=generator.units(settings, cfg), desc=f"make_data {cfg.name}", unit=generator.unit) as bar:
+        summary = generator.write(cfg.out_dir, settings, cfg, cfg.split, cfg.workers, bar.update)
     save_config(cfg, cfg.out_dir / "make_data_config.json")
     print(summary)
 

@@ -2,6 +2,8 @@
 
     python src/serve.py --models models/effb2              # http://127.0.0.1:8000/ (page), /docs (API)
     python src/serve.py                                    # no trained model: cells without classes
+    python src/serve.py --models models/effb2 --image-models models/effb2_image   # cells blended with an image model
+    python src/serve.py --task hpa-2018 --models models/effb2_hpa-2018          # an image-level task: the field's classes
     python src/serve.py --models models/effb2 --host 0.0.0.0 --port 8080 --workers 1 --queue 8
 
     curl -F red=@f_red.png -F green=@f_green.png -F blue=@f_blue.png -F yellow=@f_yellow.png \
@@ -28,6 +30,7 @@ from cellloc.service_model import check_run
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ServiceConfig, argv, __doc__)
     check_run(cfg.models)
+    check_run(cfg.image_models)
     print(f"cellloc service: task {cfg.task}, model {cfg.models or 'none (segmentation only)'}; "
           f"page http://{cfg.host}:{cfg.port}/, API docs http://{cfg.host}:{cfg.port}/docs", flush=True)
     run_server(cfg)

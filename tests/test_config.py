@@ -10,8 +10,8 @@ import pytest
 
 from cellloc.config import load_config, opt, parse_config, read_config_file, save_config
 from cellloc.errors import InputError
-from cellloc.folds import FoldsConfig
 from cellloc.generators import MakeDataConfig
+from cellloc.runs.folds import FoldsConfig
 
 
 @dataclass

@@ -13,17 +13,16 @@ from cellloc.config import parse_config
 from cellloc.fieldio import format_label
 from cellloc.folds import (
     METHODS,
-    FoldsConfig,
     assign_folds,
     balance_report,
     balance_table,
     deviation_floor,
     fill_empty_folds,
     label_combinations,
-    make_folds,
     split_folds,
 )
 from cellloc.plots import fold_balance_heatmap
+from cellloc.runs.folds import FoldsConfig, make_folds
 from gen_folds import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -63,8 +63,10 @@ def test_accuracy_and_top_k_perfect_constant_and_known():
     y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]  # 5 samples, 4 classes, one each
     assert METRICS["accuracy"].fn(y * 0.7 + 0.1, y) == 1.0
     constant = np.full((5, 4), 0.25)
-    # a constant score ties every class: no class scores higher than the true one, so top-1 counts it
-    assert top_k_accuracy(constant, y, 1) == 1.0
+    # a constant score ties every class: broken at random, the true one is first 1 time in 4
+    assert top_k_accuracy(constant, y, 1) == pytest.approx(0.25) and top_k_accuracy(constant, y, 3) == pytest.approx(0.75)
+    # a tie of the true class with one other for the top place: half a hit
+    assert top_k_accuracy(np.array([[0.4, 0.4, 0.2]]), np.eye(3)[[1]], 1) == pytest.approx(0.5)
     guess0 = np.tile([0.4, 0.3, 0.2, 0.1], (5, 1))  # always class 0 first, 1 second, ...
     assert METRICS["accuracy"].fn(guess0, y) == pytest.approx(2 / 5)
     assert top_k_accuracy(guess0, y, 2) == pytest.approx(3 / 5) and top_k_accuracy(guess0, y, 3) == pytest.approx(4 / 5)

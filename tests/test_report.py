@@ -20,16 +20,16 @@ from PIL import Image as PILImage
 from cellloc.browser import dump_dom, screenshot
 from cellloc.config import save_config
 from cellloc.errors import InputError
-from cellloc.folds import FoldsConfig, make_folds
 from cellloc.generators import write_dataset
 from cellloc.plots_report import ap_bars_figure
-from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 from cellloc.render import nearest_resize, overlay_thumbnail
-from cellloc.report import ReportConfig, build_report, find_run, spread_pick, top_examples
 from cellloc.report_page import Gallery, Image, Note, Section, Table, Text, image_sources, render_page
-from cellloc.segment_run import SegmentRunConfig, run_segmentation
+from cellloc.runs.folds import FoldsConfig, make_folds
+from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
+from cellloc.runs.report import ReportConfig, build_report, find_run, spread_pick, top_examples
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
+from cellloc.runs.train import TrainConfig, train_fold
 from cellloc.synth import SynthConfig
-from cellloc.training import TrainConfig, train_fold
 
 from test_evaluate_cli import load_script, run_script
 
@@ -52,8 +52,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
     write_dataset(SynthConfig(size=256, seed=9), root / "test_data", 2, split="test")
     pred = root / "pred"
     cfg = PredictConfig(input=str(root / "test_data" / "test"), models=str(root / "models" / "tiny"), out=str(pred))
-    fns, spec, _ = load_ensemble(cfg)
-    run_predict(cfg, spec, fns)
+    run_predict(cfg, load_predictor(cfg))
     save_config(cfg, pred / "predict_config.json")  # as src/predict.py does
     return {"root": root, "seg": seg, "models": root / "models" / "tiny", "pred": pred}
 

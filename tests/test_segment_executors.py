@@ -112,7 +112,7 @@ def test_dask_run_killed_then_rerun_redoes_only_unfinished_fields(tmp_path):
 
 
 def test_workers_alone_means_a_process_pool_and_address_needs_dask(tmp_path):
-    from cellloc.segment_run import SegmentRunConfig
+    from cellloc.runs.segment import SegmentRunConfig
 
     assert SegmentRunConfig(input=str(tmp_path), workers=2).executor == "process"
     assert SegmentRunConfig(input=str(tmp_path), workers=2, executor="dask").executor == "dask"

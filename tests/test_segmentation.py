@@ -187,7 +187,7 @@ def test_empty_field_gives_no_cells():
     assert cells.max() == 0 and nuclei.max() == 0
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 6, (256, 256, 4)).astype(np.uint8)
-    assert seg.segment(noise)[0].max() < 5
+    assert seg.segment(noise)[0].max() == 0  # the contrast floor (tests/test_scale.py)
 
 
 def test_non_square_field_keeps_its_shape():

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
+from cellloc.classifier import Recipe, save_untrained
 from cellloc.config import save_config
 from cellloc.fieldio import encode_png, read_field
-from cellloc.models import create_model
-from cellloc.segment_run import SegmentRunConfig
-from cellloc.training import TrainConfig
+from cellloc.runs.segment import SegmentRunConfig
+from cellloc.runs.train import TrainConfig
+from cellloc.tasks import get_task
 from cellloc.uploads import encode_multipart
 
 from conftest import REPO
@@ -51,18 +51,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_untrained_run(root: Path, num_classes: int = 19) -> Path:
-    """A run folder as train.py leaves it (fold0/config.json + best.pt, segment_config.json beside the folds CSV)."""
-    seg = root / "seg"
-    seg.mkdir(parents=True)
-    save_config(SegmentRunConfig(input=str(SAMPLE), out=str(seg), crop_size=32), seg / "segment_config.json")
-    fold = root / "models" / "tiny" / "fold0"
-    fold.mkdir(parents=True)
-    cfg = TrainConfig(folds_csv=str(seg / "folds.csv"), model="efficientnet-b0", pretrained="none", image_size=32,
-                      num_classes=num_classes, mean=[0.1] * 4, std=[0.2] * 4)
+def write_untrained_run(root: Path, task: str = "hpa-sc", level: str = "", name: str = "tiny") -> Path:
+    """A run folder as train.py leaves it (fold0/config.json, recipe.json, best.pt), with random weights.
+
+    At the task's level by default: hpa-sc a cell model whose recipe records the sample field's
+    segmentation (32 px crops), the other tasks image-level models of 32 px fields.
+    """
+    spec = get_task(task)
+    level = level or spec.level
+    fold = root / "models" / name / "fold0"
+    n = len(spec.channels)
+    if level == "cell":
+        seg = SegmentRunConfig(input=str(SAMPLE), out=str(root / "seg"), crop_size=32)
+        save_config(seg, root / "seg" / "segment_config.json")
+        recipe_input = seg.recipe_input()
+    else:
+        recipe_input = {"kind": "field", "resize": 32, "tiles": 1}
+    cfg = TrainConfig(task=task, level=level, folds_csv=str(root / "seg" / "folds.csv"), model="efficientnet-b0", pretrained="none",
+                      image_size=32, mean=[0.1] * n, std=[0.2] * n)
     save_config(cfg, fold / "config.json")
-    torch.manual_seed(0)
-    torch.save(create_model("efficientnet-b0", 4, num_classes, "none", image_size=32).state_dict(), fold / "best.pt")
+    save_untrained(fold, Recipe(task, level, cfg.model, n, spec.num_classes, cfg.image_size, cfg.mean, cfg.std,
+                                spec.kind, recipe_input))
     return fold.parent
 
 
@@ -409,11 +418,11 @@ def test_health_is_503_until_the_model_is_loaded_and_no_model_still_segments():
 
 
 def test_a_model_that_fails_to_load_stops_the_script_with_one_line(tmp_path):
-    run = write_untrained_run(tmp_path, num_classes=28)  # an HPA-2018-sized head, served as hpa-sc
+    run = write_untrained_run(tmp_path, "hpa-2018")  # an HPA-2018 run, served as hpa-sc
     done = subprocess.run([sys.executable, "src/serve.py", "--models", str(run), "--port", str(free_port())],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "28 classes" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "trained for task hpa-2018, not hpa-sc" in done.stderr
     done = subprocess.run([sys.executable, "src/serve.py", "--models", str(tmp_path / "nothing")], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "no trained fold" in done.stderr

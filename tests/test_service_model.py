@@ -42,9 +42,33 @@ def test_without_a_model_any_task_segments_its_own_channels(sample):
         model.predict(sample)
 
 
+def test_an_image_level_run_scores_the_whole_field_and_outlines_its_cells(sample, tmp_path):
+    model = load_service_model(write_untrained_run(tmp_path, "hpa-2018"), "hpa-2018")
+    assert model.level == "image" and len(model.class_names) == 28
+    pred = model.predict(sample)
+    assert len(pred.table) >= 5 and pred.cell_scores is None
+    assert pred.field_scores.shape == (28,) and np.all((pred.field_scores > 0) & (pred.field_scores < 1))
+    again = model.predict(sample)
+    assert np.array_equal(again.field_scores, pred.field_scores)  # a pure function of the field
+
+
+def test_cells_blend_with_an_image_model_of_the_task(sample, tmp_path):
+    cell_run = write_untrained_run(tmp_path / "c")
+    image_run = write_untrained_run(tmp_path / "i", level="image", name="image")
+    plain = load_service_model(cell_run, "hpa-sc", blend="none").predict(sample)
+    model = load_service_model(cell_run, "hpa-sc", image_models=image_run)
+    assert model.info()["image_classifier"]
+    pred = model.predict(sample)
+    # product blend: sqrt(cell x field) with the image model's field score (Negative, class 18, raised after)
+    expected = np.sqrt(plain.cell_scores[:, :18] * pred.field_scores[None, :18])
+    assert np.allclose(pred.cell_scores[:, :18], expected, atol=1e-5)
+    with pytest.raises(InputError, match="not an image-level run of task hpa-sc"):
+        load_service_model(cell_run, "hpa-sc", image_models=cell_run)
+
+
 def test_a_run_of_another_task_is_refused(tmp_path):
     run = write_untrained_run(tmp_path)
-    with pytest.raises(InputError, match="19 classes, but task hpa-2018 has 28"):
+    with pytest.raises(InputError, match="trained for task hpa-sc, not hpa-2018"):
         load_service_model(run, "hpa-2018")
     with pytest.raises(InputError, match="unknown task"):
         load_service_model(None, "hpa-2019")

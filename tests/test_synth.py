@@ -97,7 +97,7 @@ def test_make_data_cli_resumes_and_rejects_bad_args(tmp_path):
     assert again.returncode == 0
     assert (tmp_path / "d" / "train" / "synth000_00000_red.png").stat().st_mtime_ns == mtime
     bad = subprocess.run(cmd[:-1] + ["32"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --size") and bad.stderr.count("\n") == 1
+    assert bad.returncode == 2 and bad.stderr.startswith("error: hpa-sc generator: size 32 is too small") and bad.stderr.count("\n") == 1
     test_split = subprocess.run(cmd + ["--split", "test", "--name", "t"], capture_output=True, text=True)
     assert test_split.returncode == 0
     sub = pd.read_csv(tmp_path / "t" / "sample_submission.csv")

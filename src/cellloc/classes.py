@@ -43,9 +43,15 @@ HPA_2018 = LabelSet(
     ),
 )
 
-# RxRx1: 1,108 treatment siRNAs (0..1107) and the 31 control siRNAs (1108..1138, labelled even in test).
+# RxRx1: 1,108 treatment siRNAs (0..1107), 30 positive controls (1108..1137) and the negative
+# control (1138); the controls are labelled even in the test split.
 RXRX1_TREATMENTS = 1108
-RXRX1 = LabelSet("rxrx1", tuple(f"sirna_{i}" for i in range(RXRX1_TREATMENTS + 31)))
+RXRX1 = LabelSet(
+    "rxrx1",
+    tuple(f"sirna_{i}" for i in range(RXRX1_TREATMENTS))
+    + tuple(f"positive_control_{i}" for i in range(RXRX1_TREATMENTS, RXRX1_TREATMENTS + 30))
+    + ("negative_control",),
+)
 
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (HPA_SINGLE_CELL, HPA_2018, RXRX1)}
 

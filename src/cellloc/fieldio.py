@@ -403,48 +403,194 @@ def write_npy(path: str | Path, arr: np.ndarray) -> None:
             np.save(fh, arr)
 
 
-MASK_FORMATS = ("png", "npz")
+# mask format name -> file suffix
+MASK_FORMATS: dict[str, str] = {"png": ".png", "npz": ".npz", "tif": ".tif", "roi": ".zip"}
+# what find_mask looks for, in this order: the formats that hold the image size (a ROI set does not)
+FIELD_MASK_FORMATS: tuple[str, ...] = ("png", "npz", "tif")
 
 
-def write_mask(path: str | Path, labels: np.ndarray) -> None:
-    """Write instance labels atomically as uint16 PNG or compressed ``.npz`` (key ``labels``), by suffix.
+def mask_file(folder: str | Path, stem: str, fmt: str) -> Path:
+    """``folder/{stem}{suffix}`` for a mask format name (``roi`` -> ``.zip``, an ImageJ ROI set)."""
+    try:
+        return Path(folder) / f"{stem}{MASK_FORMATS[fmt]}"
+    except KeyError:
+        raise InputError(f"unknown mask format {fmt!r}; known: {', '.join(MASK_FORMATS)}") from None
 
-    npz keeps any integer dtype (more than 65,535 instances) and is smaller for sparse masks;
-    PNG opens in any image viewer.
+
+def write_mask(path: str | Path, labels: np.ndarray, pixel_size_um: float | None = None) -> None:
+    """Write instance labels (int HxW, 0 = background) atomically, in the format of the suffix.
+
+    * ``.png``: uint16 PNG; opens in any image viewer.
+    * ``.npz``: compressed, key ``labels``; keeps any integer dtype (more than 65,535 instances).
+    * ``.tif``/``.tiff``: deflate-compressed TIFF, ImageJ-flavoured uint16 (uint32 plain TIFF above
+      65,535 ids), with ``pixel_size_um`` as its resolution in micrometres when given; opens with
+      its scale in Fiji, QuPath and napari.
+    * ``.zip``: an ImageJ ROI set, one traced polygon per label named by its id (``7``; a second
+      piece of the same label ``7-2``), along pixel edges so it fills back to the same pixels
+      (holes inside a label are filled). Fiji's ROI Manager and QuPath open it over the image.
     """
     path = Path(path)
-    if path.suffix == ".npz":
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels)
+    elif suffix in (".tif", ".tiff"):
+        _write_tiff_mask(path, labels, pixel_size_um)
+    elif suffix == ".zip":
+        _write_roi_set(path, labels)
     else:
         write_png(path, labels)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read an instance-label mask (PNG uint8/uint16, or ``.npz`` with one 2-D integer array; 0 = background)."""
+def _write_tiff_mask(path: Path, labels: np.ndarray, pixel_size_um: float | None) -> None:
+    import tifffile
+
+    top = int(labels.max(initial=0))
+    if int(labels.min(initial=0)) < 0:
+        raise ValueError("labels must be non-negative")
+    imagej = top <= 65535  # ImageJ's TIFFs hold 8/16-bit integers or 32-bit float, not uint32
+    data = labels.astype(np.uint16 if imagej else np.uint32, copy=False)
+    kwargs: dict = {"compression": "zlib", "imagej": imagej}
+    if pixel_size_um:
+        kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+        if imagej:
+            kwargs["metadata"] = {"unit": "um"}
+        else:
+            kwargs["resolutionunit"] = "CENTIMETER"
+            kwargs["resolution"] = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
+
+
+def _write_roi_set(path: Path, labels: np.ndarray) -> None:
+    from roifile import ROI_TYPE, ImagejRoi, roiwrite
+
+    from .outlines import label_outlines
+
+    rois = []
+    for label, pieces in label_outlines(labels).items():
+        for k, points in enumerate(pieces):
+            roi = ImagejRoi.frompoints(points, name=f"{label}" if k == 0 else f"{label}-{k + 1}")
+            roi.roitype = ROI_TYPE.TRACED  # outlines along pixel edges, as ImageJ's wand draws them
+            rois.append(roi)
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # roiwrite appends to an existing zip
+        if rois:
+            roiwrite(tmp, rois)
+        else:  # no cells: an empty set, still a zip
+            zipfile.ZipFile(tmp, "w").close()
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an instance-label mask written by :func:`write_mask` (0 = background), by suffix.
+
+    PNG uint8/uint16; ``.npz`` with one 2-D integer array; TIFF with one 2-D integer plane; an
+    ImageJ ROI set (``.zip`` or a single ``.roi``) filled into uint16 labels of ``shape`` (H, W),
+    a ROI's id from its name (``7`` or ``7-2``) else its position, later ROIs over earlier ones.
+    A ROI set does not record the image size: without ``shape`` the labels end at the ROIs' extent.
+    """
     path = Path(path)
-    if path.suffix != ".npz":
+    suffix = path.suffix.lower()
+    if suffix in (".zip", ".roi"):
+        return _read_roi_set(path, shape)
+    if suffix in (".tif", ".tiff"):
+        arr = _read_tiff_mask(path)
+    elif suffix != ".npz":
         return read_channel(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            if "labels" not in keys and len(keys) != 1:
-                raise InputError(f"{path}: expected one array named 'labels', found {keys or 'none'}")
-            arr = data["labels" if "labels" in keys else keys[0]]
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz mask ({' '.join(str(exc).split())})") from None
+    else:
+        arr = _read_npz_mask(path)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{path}: mask must be a 2-D integer array, got {arr.dtype} {arr.shape}")
     return arr
 
 
+def _read_npz_mask(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            if "labels" not in keys and len(keys) != 1:
+                raise InputError(f"{path}: expected one array named 'labels', found {keys or 'none'}")
+            return data["labels" if "labels" in keys else keys[0]]
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz mask ({' '.join(str(exc).split())})") from None
+
+
+@contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's logged warnings for a block: about a damaged file they would print
+    beside the one-line error that reports it."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _read_tiff_mask(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with quiet_tifffile():
+            arr = tifffile.imread(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise InputError(f"{path}: not a readable TIFF mask ({' '.join(str(exc).split())})") from None
+    if arr.size == 0:
+        raise InputError(f"{path}: not a readable TIFF mask (no image in it)")
+    return np.squeeze(arr) if arr.ndim > 2 else arr
+
+
+def _read_roi_set(path: Path, shape: tuple[int, int] | None) -> np.ndarray:
+    from roifile import ROI_TYPE, roiread
+
+    from .outlines import fill_outline
+
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        rois = roiread(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable ImageJ ROI file ({' '.join(str(exc).split())})") from None
+    rois = rois if isinstance(rois, list) else [rois]
+    polygons = []
+    for k, roi in enumerate(rois):
+        if roi.roitype in (ROI_TYPE.RECT, ROI_TYPE.OVAL) and not roi.subpixelresolution:
+            x0, y0, x1, y1 = roi.left, roi.top, roi.right, roi.bottom
+            if roi.roitype == ROI_TYPE.RECT:
+                pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+            else:
+                t = np.linspace(0, 2 * np.pi, 4 * max(8, x1 - x0 + y1 - y0), endpoint=False)
+                pts = np.stack([(x0 + x1) / 2 + (x1 - x0) / 2 * np.cos(t), (y0 + y1) / 2 + (y1 - y0) / 2 * np.sin(t)], 1)
+        else:
+            pts = np.asarray(roi.coordinates(), np.float64).reshape(-1, 2)
+        name = (roi.name or "").split("-")[0]
+        polygons.append((int(name) if name.isdigit() else k + 1, pts))
+    if shape is None:
+        extent = [np.ceil(p.max(axis=0)) for _, p in polygons if len(p)]
+        width, height = (int(v) for v in np.max(extent, axis=0)) if extent else (0, 0)
+        shape = (height, width)
+    top = max((label for label, _ in polygons), default=0)
+    out = np.zeros(shape, np.uint16 if top <= 65535 else np.uint32)
+    for label, pts in polygons:
+        out[fill_outline(pts, shape)] = label
+    return out
+
+
 def find_mask(folder: str | Path, stem: str) -> Path | None:
-    """``folder/{stem}.png`` or ``.npz``, whichever exists (PNG first); None if neither."""
-    for fmt in MASK_FORMATS:
-        path = Path(folder) / f"{stem}.{fmt}"
+    """``folder/{stem}`` in the first of :data:`FIELD_MASK_FORMATS` that exists (PNG first); None if none."""
+    for fmt in FIELD_MASK_FORMATS:
+        path = mask_file(folder, stem, fmt)
         if path.exists():
             return path
     return None

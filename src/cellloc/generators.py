@@ -2,9 +2,11 @@
 
 ``GENERATORS[task_name](out_dir, cfg, split, workers, progress) -> summary`` writes a dataset in
 its task's real layout plus a ``truth/`` folder, and returns a one-line summary; ``cfg`` is the
-:class:`MakeDataConfig` of ``python src/make_data.py`` (a generator reads the options it knows).
-The HPA-2018 and RxRx1 generators are provided by :mod:`cellloc.hpa2018` and
-:mod:`cellloc.rxrx1` (imported on first use).
+:class:`MakeDataConfig` of ``python src/make_data.py`` (a generator reads the options it knows;
+``--options KEY=VALUE ...`` sets any field of the task's own generator config, e.g.
+``sirnas=8 plates=1`` for RxRx1), and ``.units(cfg)`` says how many progress steps it reports.
+The HPA-2018 and RxRx1 generators are provided by :mod:`cellloc.synth_hpa2018` and
+:mod:`cellloc.synth_rxrx1` (imported on first use).
 
 HPA single-cell (:func:`generate_hpa_sc`, drawing in :mod:`cellloc.synth`) writes the Kaggle
 single-cell layout:
@@ -28,15 +30,18 @@ would be segmented with no label). Only files named as this generator names them
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .config import opt
 from .errors import InputError
@@ -56,21 +61,23 @@ class MakeDataConfig:
     name: str = opt("", "dataset folder name under --root (default: the task's, e.g. synth for hpa-sc)")
     root: str = opt("input", "where datasets live")
     split: str = opt("train", "train (with train.csv) or test (with sample_submission.csv)", choices=["train", "test"])
-    fields: int = opt(40, "number of fields")
-    size: list[int] = opt([512], "field size(s) in pixels; several: each field draws one")
+    fields: int = opt(40, "number of fields (hpa-sc, hpa-2018; rxrx1 draws whole plates: size it with --options)")
+    size: list[int] = opt([512], "field size(s) in pixels; several (hpa-sc): each field draws one")
     bit_depth: int = opt(8, "8 or 16-bit PNGs", choices=[8, 16])
     seed: int = opt(0, "random seed (same seed, same fields)")
     workers: int = opt(1, "processes")
-    min_cells: int = opt(10, "fewest cells placed per field")
-    max_cells: int = opt(22, "most cells placed per field")
+    min_cells: int = opt(10, "hpa-sc: fewest cells placed per field")
+    max_cells: int = opt(22, "hpa-sc: most cells placed per field")
     noise: float = opt(1.0, "noise multiplier (0 = clean)")
     gallery: str = opt("", "hpa-sc: write a per-class example grid PNG to this path instead of a dataset")
+    options: list[str] = opt([], "KEY=VALUE settings of the task's own generator config (hpa-sc SynthConfig, hpa-2018 "
+                             "Hpa2018Config, rxrx1 RxRx1SynthConfig), e.g. --options sirnas=8 plates=1 train_experiments=1")
 
     def __post_init__(self) -> None:
         if self.fields < 1:
             raise ValueError(f"--fields must be >= 1, got {self.fields}")
-        if any(s < 128 or s > 8192 for s in self.size):
-            raise ValueError(f"--size must be within 128..8192, got {self.size}")
+        if any(s < 32 or s > 8192 for s in self.size):
+            raise ValueError(f"--size must be within 32..8192 (each generator checks its own range), got {self.size}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if not self.name:
@@ -81,10 +88,67 @@ class MakeDataConfig:
         return Path(self.root) / self.name
 
 
-Generator = Callable[[Path, MakeDataConfig, str, int, "Progress | None"], str]
-GENERATORS: Registry[Generator] = Registry(
-    "dataset generator", plugins={"hpa-2018": "cellloc.hpa2018", "rxrx1": "cellloc.rxrx1"}
+@dataclass(frozen=True)
+class DatasetGenerator:
+    """A task's generator in two steps, so bad options fail before anything is drawn.
+
+    ``configure(cfg)`` builds (and checks) the generator's own settings from make_data's options;
+    ``write(out_dir, settings, cfg, split, workers, progress)`` draws one split and returns a
+    one-line summary; ``units(settings, cfg)`` is how many progress steps ``write`` reports.
+    """
+
+    configure: Callable[[MakeDataConfig], Any]
+    write: Callable[[Path, Any, MakeDataConfig, str, int, "Progress | None"], str]
+    units: Callable[[Any, MakeDataConfig], int] = lambda settings, cfg: cfg.fields
+    unit: str = "field"  # what one progress step is
+
+    def __call__(self, out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
+                 progress: Progress | None = None) -> str:
+        return self.write(out_dir, self.configure(cfg), cfg, split, workers, progress)
+
+
+GENERATORS: Registry[DatasetGenerator] = Registry(
+    "dataset generator", plugins={"hpa-2018": "cellloc.synth_hpa2018", "rxrx1": "cellloc.synth_rxrx1"}
 )
+
+G = TypeVar("G")
+
+
+def generator_config(cls: type[G], cfg: MakeDataConfig, **base: Any) -> G:
+    """A generator's own config: ``base`` (what make_data's options map to), then ``cfg.options`` (``KEY=VALUE``).
+
+    Values are read as YAML scalars or lists (``noise=0.5``, ``cell_types=[HEPG2, U2OS]``); a
+    key the config lacks, a value of the wrong kind or one the config rejects is a one-line
+    :class:`InputError` naming the option.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = dict(base)
+    for item in cfg.options:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise InputError(f"--options {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        value = yaml.safe_load(text)
+        default = fields[key].default
+        if isinstance(value, list):
+            value = tuple(value)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if default is not dataclasses.MISSING and default is not None and not (
+                isinstance(value, type(default)) or (isinstance(default, float) and numeric)
+                or (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, tuple))):
+            raise InputError(f"--options {item!r}: {key} takes {type(default).__name__} values (default {default!r})")
+        values[key] = float(value) if isinstance(default, float) and numeric else value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{cfg.task} generator: {exc}") from None
+
+
+def single_size(cfg: MakeDataConfig) -> int:
+    """The one field size of a generator that draws all fields alike; several ``--size`` values are an error."""
+    if len(cfg.size) != 1:
+        raise InputError(f"task {cfg.task} draws every field at one size; got --size {' '.join(map(str, cfg.size))}")
+    return cfg.size[0]
 
 
 @dataclass(frozen=True)
@@ -207,17 +271,20 @@ def write_dataset(
     return cells
 
 
-@GENERATORS.register("hpa-sc")
-def generate_hpa_sc(out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
+def hpa_sc_settings(cfg: MakeDataConfig) -> SynthConfig:
+    """The single-cell generator's config: --size, --bit-depth, --seed, --min/max-cells, --noise, then --options."""
+    return generator_config(SynthConfig, cfg, size=cfg.size[0], bit_depth=cfg.bit_depth, seed=cfg.seed,
+                            cells_per_field=(cfg.min_cells, cfg.max_cells), noise=cfg.noise)
+
+
+def generate_hpa_sc(out_dir: Path, synth: SynthConfig, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
                     progress: Progress | None = None) -> str:
     """HPA single-cell fields with per-cell truth (:func:`write_dataset`); returns a one-line summary."""
-    try:
-        synth = SynthConfig(size=cfg.size[0], bit_depth=cfg.bit_depth, seed=cfg.seed,
-                            cells_per_field=(cfg.min_cells, cfg.max_cells), noise=cfg.noise)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
     t0 = time.perf_counter()
     said: list[str] = []
     cells = write_dataset(synth, out_dir, cfg.fields, split, cfg.size, workers, progress, said.append)
     return (f"{out_dir}: {cells['ID'].nunique()} fields, {len(cells)} cells with per-cell truth "
             f"in {time.perf_counter() - t0:.1f}s" + "".join(f"; {line}" for line in said))
+
+
+GENERATORS["hpa-sc"] = DatasetGenerator(hpa_sc_settings, generate_hpa_sc)

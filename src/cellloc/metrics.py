@@ -98,8 +98,10 @@ def score_table(probs: np.ndarray, weak: np.ndarray, true: np.ndarray | None, na
 def top_k_accuracy(probs: np.ndarray, targets: np.ndarray, k: int = 1) -> float:
     """Share of samples whose true class (the argmax of its target row) is among the ``k`` highest scores.
 
-    Ties at the k-th score count against the sample only when more than ``k`` classes score
-    higher than its class; NaN for no samples.
+    Ties are broken at random, in expectation: with ``h`` classes scoring higher than the true
+    one and ``e`` others scoring the same, the sample counts ``clip((k - h) / (e + 1), 0, 1)``.
+    So a constant score over C classes gets ``k / C``, not a perfect score, and the label-frequency
+    baseline is the share of the most common class. NaN for no samples.
     """
     probs, targets = np.asarray(probs, np.float64), np.asarray(targets)
     if len(probs) == 0:
@@ -107,7 +109,8 @@ def top_k_accuracy(probs: np.ndarray, targets: np.ndarray, k: int = 1) -> float:
     truth = targets.argmax(axis=1)
     own = probs[np.arange(len(probs)), truth]
     higher = (probs > own[:, None]).sum(axis=1)
-    return float((higher < k).mean())
+    equal = (probs == own[:, None]).sum(axis=1) - 1
+    return float(np.clip((k - higher) / (equal + 1), 0.0, 1.0).mean())
 
 
 def to_probabilities(logits: np.ndarray, kind: str) -> np.ndarray:

@@ -44,7 +44,8 @@ from .config import opt
 from .errors import InputError
 from .fieldio import encode_png
 from .render import class_colours, class_overlay
-from .service_model import TASK_VIEWS, FieldPrediction, ServiceModel
+from .service_model import FieldPrediction, ServiceModel
+from .tasks import TASKS, get_task
 from .uploads import STACK_FIELD, MultipartCollector, Part, UploadError, UploadLimits, field_from_parts
 
 log = logging.getLogger("cellloc.service")
@@ -56,7 +57,8 @@ class ServiceConfig:
     """Options of ``python src/serve.py``."""
 
     models: str = opt("", "training run folder (models/<run>); empty: segmentation only, cells without classes")
-    task: str = opt("hpa-sc", "task: its channel files, classes and level", choices=list(TASK_VIEWS))
+    image_models: str = opt("", "cell models: an image-level run of the same task whose field score each cell is blended with")
+    task: str = opt("hpa-sc", "task: its channel files, classes and level", choices=TASKS.names())
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = opt(8000, "port to listen on")
     device: str = opt("cpu", "torch device for the classifier (cpu, cuda)")
@@ -263,7 +265,7 @@ def create_app(cfg: ServiceConfig, load: Callable[[], ServiceModel],
     holder = ModelHolder(load, on_load_error)
     admission: Admission | None = None
     limits = cfg.limits
-    channels = TASK_VIEWS[cfg.task].channels
+    channels = get_task(cfg.task).channels
 
     @asynccontextmanager
     async def lifespan(app):
@@ -352,7 +354,7 @@ def create_app(cfg: ServiceConfig, load: Callable[[], ServiceModel],
         model = ready()
         if isinstance(model, JSONResponse):
             return model
-        names = model.class_names or TASK_VIEWS[cfg.task].label_set.names
+        names = model.class_names or get_task(cfg.task).label_set.names
         colours = ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in class_colours(len(names))]
         busy = {"active": admission.active if admission else 0, "capacity": admission.capacity if admission else 0}
         return {"status": "ok", **model.info(), "colours": colours if model.class_names else [],
@@ -376,7 +378,8 @@ def run_server(cfg: ServiceConfig, load: Callable[[], ServiceModel] | None = Non
 
     if load is None:
         def load() -> ServiceModel:
-            return load_service_model(cfg.models or None, cfg.task, cfg.device, cfg.tta)
+            return load_service_model(cfg.models or None, cfg.task, cfg.device, cfg.tta,
+                                      image_models=cfg.image_models or None)
 
     failed: list[str] = []
     server: uvicorn.Server | None = None

@@ -2,10 +2,11 @@
 
 Everything the service needs of segmentation, crops and classifiers goes through
 :class:`ServiceModel` (``load_service_model(...)`` once, then ``predict(image)`` per request),
-so the service itself never imports the pipeline or opens a run folder. Today it calls
-``predict_run.load_ensemble``/``field_scores`` and ``create_segmenter``; when the per-field
-core (``pipeline.py``, ``classifier.load_classifier`` reading a run's ``recipe.json``) and the
-task registry (``tasks.get_task``) land, this module is the only one that changes.
+so the service itself never imports the pipeline or opens a run folder. The task comes from
+:func:`cellloc.tasks.get_task`, the models from :func:`cellloc.classifier.load_ensemble` (each
+fold folder carries its own ``recipe.json``), and a field goes through
+:func:`cellloc.pipeline.field_scores` (cell models) or :func:`cellloc.pipeline.score_image`
+(image models), exactly as ``predict.py`` does it.
 
 ``predict`` is a pure function of the field array (the models are read-only after loading),
 so several threads may call it at once.
@@ -14,43 +15,15 @@ so several threads may call it at once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .cells import cell_table
-from .classes import CHANNEL_SETS, HPA_2018, HPA_SINGLE_CELL, RXRX1, LabelSet
 from .errors import InputError
-from .inference import cell_weights
-
-
-@dataclass(frozen=True)
-class TaskView:
-    """What the service needs to know of a task: its channel files, segmentation channels, classes, level."""
-
-    name: str
-    channels: tuple[str, ...]
-    nucleus_channel: str
-    cell_channels: tuple[str, ...]
-    label_set: LabelSet
-    level: str  # "cell" | "image"
-
-
-# The three tasks as the service sees them, until cellloc.tasks (issue 12) replaces this table.
-TASK_VIEWS: dict[str, TaskView] = {
-    "hpa-sc": TaskView("hpa-sc", CHANNEL_SETS["hpa"], "blue", ("red", "yellow"), HPA_SINGLE_CELL, "cell"),
-    "hpa-2018": TaskView("hpa-2018", CHANNEL_SETS["hpa"], "blue", ("red", "yellow"), HPA_2018, "image"),
-    "rxrx1": TaskView("rxrx1", CHANNEL_SETS["rxrx1"], "w1", ("w3", "w6"), RXRX1, "image"),
-}
-
-
-def get_task_view(name: str) -> TaskView:
-    try:
-        return TASK_VIEWS[name]
-    except KeyError:
-        raise InputError(f"unknown task {name!r}; known: {', '.join(TASK_VIEWS)}") from None
+from .tasks import Task, get_task
 
 
 @dataclass
@@ -74,15 +47,20 @@ class FieldPrediction:
 
 
 class ServiceModel:
-    """A loaded model run (or none: segmentation only) for one task; see :func:`load_service_model`."""
+    """A loaded model run (or none: segmentation only) for one task; see :func:`load_service_model`.
 
-    def __init__(self, task: TaskView, segmenter, classifier=None, spec=None, predict_cfg=None,
+    ``classifier`` is a cell- or image-level :class:`~cellloc.classifier.Ensemble`;
+    ``image_classifier`` (cell models only) an image-level one whose field score the cells are
+    blended with; ``options`` the :class:`~cellloc.pipeline.FieldOptions` (blend, TTA).
+    """
+
+    def __init__(self, task: Task, segmenter, classifier=None, image_classifier=None, options=None,
                  run: str | None = None, folds: tuple[str, ...] = ()) -> None:
         self.task = task
         self._segmenter = segmenter
-        self._classifier = classifier  # today: the fold models' predict functions
-        self._spec = spec
-        self._predict_cfg = predict_cfg
+        self._classifier = classifier
+        self._image_classifier = image_classifier
+        self._options = options
         self.run = run
         self.folds = folds
 
@@ -97,68 +75,89 @@ class ServiceModel:
 
     @property
     def level(self) -> str:
-        return self.task.level
+        """What the loaded model classifies (``cell`` or ``image``); the task's level without a model."""
+        return self._classifier.recipe.level if self._classifier is not None else self.task.level
 
     def info(self) -> dict:
         """What is loaded, for ``/health`` and the page."""
         return {"task": self.task.name, "level": self.level, "channels": list(self.channels),
                 "classes": list(self.class_names), "run": self.run, "folds": list(self.folds),
-                "classifier": self._classifier is not None}
+                "classifier": self._classifier is not None, "image_classifier": self._image_classifier is not None}
 
     def predict(self, image: np.ndarray) -> FieldPrediction:
-        """Segment an HxWxC uint8/uint16 field (channels in :attr:`channels` order) and score its cells."""
+        """Segment an HxWxC uint8/uint16 field (channels in :attr:`channels` order) and score it.
+
+        Cell models score every cell (blended with the field score, Negative raised: the
+        submission's scores); image models score the whole field, and its cells come back
+        outlined but without scores.
+        """
+        from .pipeline import cell_weights, field_scores, mean_cell_score, score_image
+
         if image.ndim != 3 or image.shape[2] != len(self.channels):
             raise InputError(f"field: shape {image.shape}; expected HxWx{len(self.channels)} ({', '.join(self.channels)})")
         t0 = time.perf_counter()
         cells, nuclei = self._segmenter.segment(image)
         t1 = time.perf_counter()
-        if self._classifier is None:
+        if self._classifier is None or self.level == "image":
             table = cell_table(image, cells, nuclei, self.channels)
-            return FieldPrediction(cells, nuclei, table, None, None, {"segment": t1 - t0, "classify": 0.0})
-        from .predict_run import field_scores
-
-        table, scores = field_scores(image, cells, nuclei, self._spec, self._classifier, self._predict_cfg)
+            field = None if self._classifier is None else score_image(image, self._classifier, self._options.tta)
+            return FieldPrediction(cells, nuclei, table, None, field, {"segment": t1 - t0, "classify": time.perf_counter() - t1})
+        res = field_scores(image, cells, nuclei, self._classifier, self._image_classifier, self._options)
         field = None
-        if len(table):
-            w = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
-            field = ((scores * w[:, None]).sum(0) / max(float(w.sum()), 1e-9)).astype(np.float32)
-        return FieldPrediction(cells, nuclei, table, scores, field,
+        if self._image_classifier is not None:
+            field = res.field_score
+        elif len(res.table):
+            w = cell_weights(res.table["area"].to_numpy(), res.table["edge"].to_numpy())
+            field = mean_cell_score(res.scores, w).astype(np.float32)
+        return FieldPrediction(cells, nuclei, res.table, res.scores, field,
                                {"segment": t1 - t0, "classify": time.perf_counter() - t1})
 
 
 def check_run(models: str | Path | None) -> None:
     """Fail fast, in one line, when ``models`` is given but holds no trained fold (cheap: no loading)."""
     if models:
-        from .predict_run import fold_dirs
+        from .classifier import fold_dirs
 
         fold_dirs(models)
 
 
 def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", device: str = "cpu",
-                       tta: int = 1, blend: str = "product") -> ServiceModel:
+                       tta: int = 1, blend: str = "product", image_models: str | Path | None = None) -> ServiceModel:
     """Load a training run's fold ensemble (or nothing: segmentation only) for ``task``.
 
-    The run's own segmentation and crop settings are used, so a field is segmented and cropped
-    as the model's training crops were. A run whose classes or channels are not the task's is
-    an :class:`InputError`.
+    A cell model's own segmentation and crop settings (its recipe) are used, so a field is
+    segmented and cropped as the training crops were; an image model's fields are segmented
+    with the task's defaults, only to outline the cells. ``image_models`` (cell models) is an
+    image-level run of the same task whose field score the cells are blended with. A run of
+    another task is an :class:`InputError`.
     """
+    from .classifier import load_ensemble
+    from .pipeline import FieldOptions
     from .segmentation import SegmentConfig, create_segmenter
 
-    view = get_task_view(task)
+    spec = get_task(task)
+    default_seg = SegmentConfig(**spec.segment_channels(), device=device)
     if not models:
-        seg = SegmentConfig(channels=view.channels, nucleus_channel=view.nucleus_channel,
-                            cell_channels=view.cell_channels, device=device)
-        return ServiceModel(view, create_segmenter(seg))
-    from .predict_run import PredictConfig, load_ensemble
-
-    cfg = PredictConfig(models=str(models), device=device, tta=tta, blend=blend)
-    fns, spec, names = load_ensemble(cfg)
-    if spec.num_classes != view.label_set.num_classes:
-        raise InputError(f"{models}: its model has {spec.num_classes} classes, but task {task} has "
-                         f"{view.label_set.num_classes} ({view.label_set.name}); pass the run's --task")
-    if tuple(spec.channels) != view.channels:
-        raise InputError(f"{models}: trained on channels {', '.join(spec.channels)}, task {task} has {', '.join(view.channels)}")
-    if view.level != "cell":
-        raise InputError(f"{models}: a cell classifier, but task {task} is classified per image; "
-                         "image-level runs load once the tasks work gives their recipe")
-    return ServiceModel(view, create_segmenter(spec.segment), fns, spec, cfg, run=Path(models).name, folds=tuple(names))
+        if image_models:
+            raise InputError("--image-models blends with a cell model's scores; pass --models too")
+        return ServiceModel(spec, create_segmenter(default_seg))
+    model = load_ensemble(models, device=device)
+    if model.task.name != spec.name:
+        raise InputError(f"{models}: trained for task {model.task.name}, not {spec.name}; pass --task {model.task.name}")
+    image_model = None
+    if image_models:
+        if model.recipe.level != "cell":
+            raise InputError(f"--image-models blends with cell scores; {models} is an image-level run")
+        image_model = load_ensemble(image_models, device=device)
+        if image_model.recipe.level != "image" or image_model.task.name != spec.name:
+            raise InputError(f"{image_models}: not an image-level run of task {spec.name} "
+                             f"({image_model.recipe.level}-level, task {image_model.task.name})")
+    seg = default_seg
+    if model.recipe.level == "cell":
+        recorded = model.recipe.segment_config()
+        if recorded is None:
+            raise InputError(f"{models}: the recipe records no segmentation (its cells table had no segment_config.json)")
+        seg = replace(recorded, device=device)
+    options = FieldOptions(blend=blend, tta=tta)
+    return ServiceModel(spec, create_segmenter(seg), model, image_model, options, run=Path(models).name,
+                        folds=tuple(Path(n).name for n in model.names))

@@ -6,6 +6,8 @@
     check(path, task, expected_ids=None, **options) -> list[(line, reason)]   # line 0 = whole file
     evaluate(truth, submission_path, task, **options) -> (table, summary)
     read_expected(sample_submission_path) -> the ids a submission must hold (or {id: size})
+    encode(sample_ids, probs, task, thresholds) -> rows  # image-level tasks: scores -> rows (else None)
+    show(table) -> str                                  # the evaluation table as text (evaluate.py prints it)
 
 ``summary``'s last line is ``<metric>=0.xxxx``; lines before it say what was scored. Options a
 format does not know are ignored, so one command line serves every format.
@@ -49,7 +51,9 @@ class SubmissionFormat:
     columns: tuple[str, ...]
     check: Callable[..., Problems]
     evaluate: Callable[..., tuple[pd.DataFrame, str]]
-    read_expected: Callable[[Path], Collection[str]]
+    read_expected: Callable[[Path], Collection[str]] = lambda path: first_column_ids(path)
+    encode: Callable[[Sequence[str], np.ndarray, Task, dict | None], list[tuple]] | None = None
+    show: Callable[[pd.DataFrame], str] = lambda table: format_table(table)  # the evaluation table as text
 
     def write(self, path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
         """Write ``rows`` (one value per column, in :attr:`columns` order) as CSV, atomically."""
@@ -81,6 +85,28 @@ def first_column_ids(path: Path) -> list[str]:
     """The ids of a sample submission: its first column (every format lists ids first)."""
     df = read_csv(path)
     return df[df.columns[0]].str.strip().tolist()
+
+
+def encode_multilabel(sample_ids: Sequence[str], probs: np.ndarray, task: Task, thresholds: dict | None = None,
+                      separator: str = " ") -> list[tuple[str, str]]:
+    """``(id, "a b c")`` rows: the classes at or above their threshold, and always the top class.
+
+    ``thresholds`` is a recipe's ``{"global": t, "per_class": [...]}`` (``per_class`` wins; 0.5
+    without any). Keeping the most likely class even below its threshold follows the HPA-2018
+    winners: every image shows at least one location.
+    """
+    t = np.full(probs.shape[1], 0.5)
+    if thresholds:
+        t = np.asarray(thresholds.get("per_class") or [thresholds.get("global", 0.5)] * probs.shape[1], float)
+    chosen = probs >= t[None, :]
+    if len(probs):
+        chosen[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    return [(i, separator.join(str(k) for k in np.flatnonzero(row))) for i, row in zip(sample_ids, chosen)]
+
+
+def encode_argmax(sample_ids: Sequence[str], probs: np.ndarray, task: Task, thresholds: dict | None = None) -> list[tuple[str, int]]:
+    """``(id, class)`` rows: the most likely class of each sample (multiclass tasks)."""
+    return [(i, int(k)) for i, k in zip(sample_ids, probs.argmax(axis=1))]
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -165,4 +191,4 @@ def evaluate_rle(truth: str | Path, submission_path: str | Path, task: Task, iou
     return table, "\n".join(lines)
 
 
-register_format(SubmissionFormat("hpa-sc-rle", RLE_COLUMNS, check_rle, evaluate_rle, read_sample_submission))
+register_format(SubmissionFormat("hpa-sc-rle", RLE_COLUMNS, check_rle, evaluate_rle, read_sample_submission, encode=None))

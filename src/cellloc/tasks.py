@@ -42,7 +42,8 @@ class Task:
     loss: str  # default loss name in cellloc.losses.LOSSES
     metrics: tuple[str, ...]  # names in cellloc.metrics.METRICS; the first is the headline
     submission: str  # name in cellloc.submission_formats.FORMATS
-    data_name: str  # default dataset folder under input/ (test data: <data_name>_test)
+    data_name: str  # default dataset folder under input/
+    test_data: str = ""  # dataset folder of the test split (default <data_name>_test; rxrx1: the same design's folder)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -59,9 +60,22 @@ class Task:
     def num_classes(self) -> int:
         return self.label_set.num_classes
 
+    @property
+    def test_data_name(self) -> str:
+        """The dataset folder of generated test data: ``test_data``, else ``<data_name>_test``."""
+        return self.test_data or self.data_name + "_test"
+
     def data_dir(self, split: str = "train", test: bool = False) -> Path:
-        """``input/<data_name>[_test]/<split>``: where ``make_data.py`` writes this task's fields."""
-        return Path("input") / (self.data_name + ("_test" if test else "")) / split
+        """``input/<data_name>/<split>`` (``test``: the test dataset's): where ``make_data.py`` writes fields."""
+        return Path("input") / (self.test_data_name if test else self.data_name) / split
+
+    def truth_dir(self) -> Path:
+        """``input/<test data>/truth``: the generated test split's answers, what ``evaluate.py`` scores against."""
+        return Path("input") / self.test_data_name / "truth"
+
+    def submission_path(self) -> Path:
+        """``output/<test data>/submission.csv``: where ``predict.py`` writes the test split's submission by default."""
+        return Path("output") / self.test_data_name / "submission.csv"
 
     def segment_channels(self) -> dict[str, object]:
         """The channel fields of a :class:`cellloc.segmentation.SegmentConfig` for this task's files."""
@@ -128,4 +142,5 @@ register_task(Task(
     metrics=("accuracy", "top5_accuracy"),
     submission="rxrx1",
     data_name="rxrx1",
+    test_data="rxrx1",  # one generated design holds both splits (the test plates share the training siRNAs' effects)
 ))

@@ -2,7 +2,7 @@
 
 Outputs under ``out``:
 
-    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (.npz with --mask-format npz)
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
     crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
     cells/{ID}.csv                                           the field's rows; marks it done
@@ -16,6 +16,7 @@ loses nothing and a rerun skips finished fields.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -25,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells import MASK_MODES, cell_table, crop_cells
-from .config import opt, save_config
-from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
-from .labels import read_task_labels
-from .layouts import LAYOUTS, Layout
-from .runs.executor import Failure, executor_names, open_executor
-from .segmentation import SegmentConfig, create_segmenter
-from .tasks import DEFAULT_TASK, TASKS, Task, get_task
+from ..cells import MASK_MODES, cell_table, crop_cells
+from ..config import opt, save_config
+from ..errors import InputError
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..labels import read_task_labels
+from ..layouts import LAYOUTS, Layout
+from ..segmentation import SegmentConfig, create_segmenter
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
+from .executor import Failure, executor_names, open_executor
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
@@ -48,11 +49,12 @@ class SegmentRunConfig:
     labels: str = opt("", "the task's labels CSV with image labels (default: train.csv beside or above --input, if any)")
     truth: str = opt("", "truth folder with {ID}_cell_mask.png and cells.csv (default: ../truth if present)")
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
-    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
+    scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
-    mask_format: str = opt("png", "masks as uint16 PNG or compressed npz", choices=list(MASK_FORMATS))
+    mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
     executor: str = opt("serial", "where fields run: serial, process (a local pool of --workers) or dask "
                         "(a local cluster of --workers, or the cluster at --address; pip install -e \".[distributed]\"); "
@@ -74,11 +76,18 @@ class SegmentRunConfig:
             raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+        unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
+        if unknown or not self.mask_formats:
+            raise ValueError(f"--mask-format: unknown {', '.join(unknown) or 'empty'}; known: {', '.join(MASK_FORMATS)}")
         self.input = self.input or str(get_task(self.task).data_dir("train"))
         if self.executor == "serial" and self.workers > 1:
             self.executor = "process"
         if self.address and self.executor != "dask":
             raise ValueError(f"--address joins a Dask cluster; use it with --executor dask, not {self.executor}")
+
+    @property
+    def mask_formats(self) -> list[str]:
+        return [f.strip() for f in self.mask_format.split(",") if f.strip()]
 
     @property
     def task_record(self) -> Task:
@@ -116,10 +125,15 @@ class SegmentRunConfig:
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
             backend=self.backend, **self.task_record.segment_channels(),
-            pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
         )
+
+    def recipe_input(self) -> dict:
+        """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+                "segment": dataclasses.asdict(self.segment_config())}
 
 
 @dataclass
@@ -144,7 +158,7 @@ class RunSummary:
 
 def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray, truth_cells: pd.DataFrame) -> pd.DataFrame:
     """Give each segmented cell the true labels of the truth cell it overlaps at IoU >= 0.5."""
-    from .metrics import match_cells
+    from ..metrics import match_cells
 
     match = match_cells(cells, truth_mask, 0.5)
     labels = dict(zip(truth_cells["cell_id"].astype(int), truth_cells["Label"]))
@@ -168,11 +182,12 @@ class FieldWorker:
 
     def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
         """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
-        from .render import overlay
+        from ..render import overlay
 
         cfg, out = self.cfg, self.out
-        write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)
-        write_mask(out / "masks" / f"{image_id}_nucleus_mask.{cfg.mask_format}", nuclei)
+        for fmt in cfg.mask_formats:
+            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
+            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)

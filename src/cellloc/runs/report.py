@@ -29,19 +29,19 @@ import pandas as pd
 from PIL import Image as PILImage
 from sklearn.metrics import average_precision_score
 
-from .config import load_config, opt
-from .data import load_crop, read_cells
-from .errors import InputError
-from .fieldio import dataset_root, find_mask, multihot, read_csv, read_mask, write_bytes, write_png
+from ..config import load_config, opt
+from ..data import load_crop, read_cells, read_samples
+from ..errors import InputError
+from ..fieldio import dataset_root, find_mask, multihot, read_csv, read_mask, write_bytes, write_png
+from ..plots import fold_balance_heatmap, save_figure
+from ..plots_report import ap_bars_figure
+from ..plots_training import plot_training_curves
+from ..render import composite_rgb, overlay_thumbnail
+from ..report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
+from ..submission_formats import FORMATS
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .folds import output_paths
-from .plots import fold_balance_heatmap, save_figure
-from .plots_report import ap_bars_figure
-from .plots_training import plot_training_curves
-from .render import composite_rgb, overlay_thumbnail
-from .report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
-from .segment_run import SegmentRunConfig
-from .submission_formats import FORMATS
-from .tasks import DEFAULT_TASK, TASKS, Task, get_task
+from .segment import SegmentRunConfig
 
 
 @dataclass
@@ -83,6 +83,11 @@ class Run:
     def names(self) -> tuple[str, ...]:
         """Class names."""
         return self.task.label_set.names
+
+    @property
+    def level(self) -> str:
+        """What the run's models classify: cell or image."""
+        return self.config.get("level", self.task.level)
 
     def fold_json(self, fold: int, name: str) -> dict | None:
         return read_json(self.folds[fold] / name)
@@ -296,13 +301,17 @@ def overlays_section(cfg: ReportConfig, run: Run, assets: Assets) -> Section:
     return sec
 
 
-def load_folds(folds_csv: Path, num_classes: int) -> tuple[pd.DataFrame | None, Note | None]:
-    """(the cells table with folds, None), or (None, a note saying why there is none and how to make it)."""
-    command = f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
+def load_folds(folds_csv: Path, run: Run) -> tuple[pd.DataFrame | None, Note | None]:
+    """(the table with folds the run trained on, None), or (None, a note saying why there is none and how to make it).
+
+    Cell runs read a cells table (crops and labels per cell), image runs a samples table.
+    """
+    command = f"python src/gen_folds.py --task {run.task.name} --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
     if not folds_csv.is_file():
         return None, Note(f"no folds table at {folds_csv}", command)
     try:
-        return read_cells(folds_csv, num_classes), None
+        read = read_cells if run.level == "cell" else read_samples
+        return read(folds_csv, run.task.num_classes), None
     except InputError as exc:
         return None, Note(str(exc), command)
 
@@ -376,6 +385,10 @@ def scores_section(run: Run, assets: Assets) -> Section:
             sec.add(Note(f"fold {k} has no scores.csv (written when training ends)",
                          train_command(run, k, resume=(d / "last.pt").is_file())))
             continue
+        if run.task.kind == "multiclass":  # one row per metric, no per-class AP
+            scores = pd.read_csv(path)
+            sec.add(Table(list(scores.columns), scores.to_numpy().tolist(), caption=f"fold {k}"))
+            continue
         scores = pd.read_csv(path, dtype={"class": str})
         try:
             fig = ap_bars_figure(scores, f"{run.root.name} fold {k}: per-class AP on its validation cells")
@@ -420,6 +433,8 @@ def cell_tiles(cells: pd.DataFrame, rows: Sequence[int], scores: np.ndarray, sou
 def examples_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, n: int,
                      assets: Assets) -> Section:
     sec = Section("examples", "Correct and wrong cells per class")
+    if run.level != "cell":
+        return sec.add(Text(f"An {run.level}-level run scores whole fields; examples of cells are shown for cell models."))
     if table is None:
         why = why or Note(f"no folds table at {folds_csv}")
         return sec.add(Note(f"{why.text}: the cells' crops and labels are unknown", why.command))
@@ -512,20 +527,32 @@ def summary_section(run: Run, headline: tuple[str, float] | None, others: Sequen
     sec = Section("summary", "Summary")
     c = run.config
     if c:
-        sec.add(Text(f"{c.get('model')} at {c.get('image_size')} px, trained on {c.get('label_source')} labels of "
-                     f"{c.get('folds_csv')}, up to {c.get('epochs')} epochs (lr {c.get('lr')}, batch {c.get('batch_size')})."))
+        trained_on = f"{c.get('label_source')} labels of the cells in" if run.level == "cell" else "whole fields of"
+        sec.add(Text(f"Task {run.task.name}, {run.level}-level: {c.get('model')} at {c.get('image_size')} px, trained on "
+                     f"{trained_on} {c.get('folds_csv')}, up to {c.get('epochs')} epochs ({c.get('optimizer')} lr {c.get('lr')}, "
+                     f"{c.get('schedule')} schedule, {c.get('loss')} loss, batch {c.get('batch_size')}); config: "
+                     f"{run.config_path(min(run.folds))}."))
+    cell_ap = run.level == "cell" and run.task.kind == "multilabel"
+    names = ["macro_ap_true", "baseline_ap_true", "macro_ap_weak", "baseline_ap_weak"] if cell_ap else \
+        [m for name in run.task.metrics for m in (name, f"baseline {name}")]
     rows = []
     for k in run.folds:
         s = run.fold_json(k, "summary.json")
         if s is None:
-            rows.append([k, "unfinished", None, None, None, None, None, None, None, None])
+            rows.append([k, "unfinished", *[None] * (len(names) + 4)])
             continue
-        rows.append([k, s.get("epochs_run"), s.get("best_epoch"), s.get("n_train"), s.get("n_valid"),
-                     s.get("macro_ap_true"), s.get("baseline_ap_true"), s.get("macro_ap_weak"), s.get("baseline_ap_weak"),
+        if cell_ap:
+            values = [s.get(n) for n in names]
+        else:
+            values = [v for name in run.task.metrics
+                      for v in ((s.get("metrics") or {}).get(name), (s.get("baselines") or {}).get(name))]
+        rows.append([k, s.get("epochs_run"), s.get("best_epoch"), s.get("n_train"), s.get("n_valid"), *values,
                      round(float(s.get("seconds", float("nan"))) / 60, 1)])
-    sec.add(Table(["fold", "epochs", "best epoch", "train cells", "valid cells", "macro AP true", "baseline",
-                   "macro AP weak", "baseline", "minutes"], rows,
-                  caption="validation fold scores (baseline: the label-frequency AP each macro AP must beat)"))
+    unit = "cells" if run.level == "cell" else "fields"
+    header = ["macro AP true", "baseline", "macro AP weak", "baseline"] if cell_ap else \
+        [h for name in run.task.metrics for h in (name, "baseline")]
+    sec.add(Table(["fold", "epochs", "best epoch", f"train {unit}", f"valid {unit}", *header, "minutes"], rows,
+                  caption="validation fold scores (baseline: what a constant label-frequency guess gets)"))
     if headline is not None:
         sec.add(Text(f"Test submission: competition {headline[0]} {headline[1]:.4f} (see the last section)."))
     missing = [[s.title, n.text] for s in others for n in s.notes]
@@ -543,7 +570,7 @@ def build_report(cfg: ReportConfig, command: str = "") -> ReportResult:
     out = cfg.out_dir()
     assets = Assets(out)
     folds_csv = folds_csv_path(cfg, run)
-    table, why = load_folds(folds_csv, run.task.num_classes)
+    table, why = load_folds(folds_csv, run)
     table_folds = sorted(table["fold"].unique().tolist()) if table is not None else []
 
     submission, headline = submission_section(cfg, run)
