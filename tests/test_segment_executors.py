@@ -31,6 +31,11 @@ def tree(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "segment_config.json" and not p.name.startswith(".")}
 
 
+def finished(out: Path) -> dict[str, int]:
+    """{field id: mtime} of the fields marked done (cells/{ID}.csv; not a killed writer's temporary file)."""
+    return {p.stem: p.stat().st_mtime_ns for p in (out / "cells").glob("*.csv") if not p.name.startswith(".")}
+
+
 @pytest.fixture(scope="module")
 def fields_with_a_bad_one(synth_dataset, tmp_path_factory) -> Path:
     """The 4 generated fields (with train.csv and truth beside them) plus a field whose red PNG is corrupt."""
@@ -87,7 +92,7 @@ def test_dask_run_killed_then_rerun_redoes_only_unfinished_fields(tmp_path):
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while len(list((out / "cells").glob("*.csv"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        while len(finished(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -98,7 +103,7 @@ def test_dask_run_killed_then_rerun_redoes_only_unfinished_fields(tmp_path):
         except ProcessLookupError:
             break
         time.sleep(0.05)
-    done = {p.stem: p.stat().st_mtime_ns for p in (out / "cells").glob("*.csv")}
+    done = finished(out)
     assert 3 <= len(done) < 12, "the run was not caught midway"
     assert not (out / "cells.csv").exists()  # the driver writes the table only at the end
 
