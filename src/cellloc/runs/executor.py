@@ -37,6 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..config import opt
 from ..errors import InputError
 
 DISTRIBUTED_INSTALL = 'pip install -e ".[distributed]"'
@@ -363,6 +364,32 @@ class DaskExecutor(Executor):
 
 def executor_names() -> list[str]:
     return sorted(EXECUTORS, key=lambda n: (n != "serial", n != "process", n))
+
+
+@dataclass
+class ExecutorOptions:
+    """``--executor``, ``--workers``, ``--address``: where a folder run's fields run (a config mixin).
+
+    A subclass's ``__post_init__`` calls :meth:`check_executor`. They do not change results (the
+    outputs are byte-identical whatever runs them), so they are not settings a resume compares.
+    """
+
+    executor: str = opt("serial", "where fields run: serial, process (a local pool of --workers) or dask "
+                        "(a local cluster of --workers, or the cluster at --address; pip install -e \".[distributed]\"); "
+                        "--workers > 1 with serial means process", choices=executor_names())
+    workers: int = opt(1, "worker processes of the process pool or the local Dask cluster")
+    address: str = opt("", "join a running Dask cluster (--executor dask): tcp://host:8786 or a scheduler JSON file")
+
+    def check_executor(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.executor == "serial" and self.workers > 1:
+            self.executor = "process"
+        if self.address and self.executor != "dask":
+            raise ValueError(f"--address joins a Dask cluster; use it with --executor dask, not {self.executor}")
+
+    def open_executor(self) -> Executor:
+        return open_executor(self.executor, self.workers, self.address)
 
 
 def open_executor(name: str = "serial", workers: int = 1, address: str | None = None) -> Executor:

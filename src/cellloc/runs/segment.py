@@ -34,13 +34,13 @@ from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..segmentation import SegmentConfig, create_segmenter
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
-from .executor import Failure, executor_names, open_executor
+from .executor import ExecutorOptions, Failure
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
 
 @dataclass
-class SegmentRunConfig:
+class SegmentRunConfig(ExecutorOptions):
     """Options of ``python src/segment.py``."""
 
     task: str = opt(DEFAULT_TASK, "task of the fields (names their layout, channels and labels CSV)", choices=TASKS.names())
@@ -56,11 +56,6 @@ class SegmentRunConfig:
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
     mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
-    executor: str = opt("serial", "where fields run: serial, process (a local pool of --workers) or dask "
-                        "(a local cluster of --workers, or the cluster at --address; pip install -e \".[distributed]\"); "
-                        "--workers > 1 with serial means process", choices=executor_names())
-    workers: int = opt(1, "worker processes of the process pool or the local Dask cluster")
-    address: str = opt("", "join a running Dask cluster (--executor dask): tcp://host:8786 or a scheduler JSON file")
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
     device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
     half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
@@ -72,18 +67,15 @@ class SegmentRunConfig:
     def __post_init__(self) -> None:
         if self.crop_size < 8:
             raise ValueError(f"--crop-size must be >= 8, got {self.crop_size}")
-        if self.workers < 1 or self.batch_size < 1 or self.limit < 0:
-            raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
+        if self.batch_size < 1 or self.limit < 0:
+            raise ValueError("--batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
         unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
         if unknown or not self.mask_formats:
             raise ValueError(f"--mask-format: unknown {', '.join(unknown) or 'empty'}; known: {', '.join(MASK_FORMATS)}")
         self.input = self.input or str(get_task(self.task).data_dir("train"))
-        if self.executor == "serial" and self.workers > 1:
-            self.executor = "process"
-        if self.address and self.executor != "dask":
-            raise ValueError(f"--address joins a Dask cluster; use it with --executor dask, not {self.executor}")
+        self.check_executor()
 
     @property
     def mask_formats(self) -> list[str]:
@@ -321,7 +313,7 @@ def _results(cfg: SegmentRunConfig, todo: list[str], image_labels, truth_cells) 
     init = partial(FieldWorker, here, image_labels, truth_cells)
     batch = cfg.batch_size
     items: list = [todo[k:k + batch] for k in range(0, len(todo), batch)] if batch > 1 else todo
-    with open_executor(cfg.executor, cfg.workers, cfg.address) as ex:
+    with cfg.open_executor() as ex:
         for item, res in zip(items, ex.map(segment_batch if batch > 1 else segment_one, items, init=init)):
             if isinstance(res, Failure):
                 ids = item if batch > 1 else [item]
