@@ -27,6 +27,7 @@ down by the executor's context manager, or an existing cluster joined with ``add
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 import uuid
@@ -234,8 +235,10 @@ class SerialExecutor(Executor):
 class ProcessExecutor(Executor):
     """A pool of ``workers`` local processes; each builds the state once, in its first item.
 
-    A worker process that dies (killed, out of memory) breaks a Python process pool: the items
-    it had in flight become failures and a fresh pool takes the rest.
+    The processes are spawned, not forked: a driver that already ran torch (prediction loads its
+    models first) has thread pools that a forked child inherits locked, and hangs in its first
+    forward pass. A worker process that dies (killed, out of memory) breaks a Python process
+    pool: the items it had in flight become failures and a fresh pool takes the rest.
     """
 
     def map(self, fn, items, init=None, **options):
@@ -245,7 +248,8 @@ class ProcessExecutor(Executor):
         def new_pool() -> ProcessPoolExecutor:
             if pool:
                 pool.pop().shutdown(wait=False, cancel_futures=True)
-            pool.append(ProcessPoolExecutor(self.workers, initializer=register_init, initargs=(token, init)))
+            pool.append(ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=register_init, initargs=(token, init)))
             return pool[0]
 
         def submit(item):
