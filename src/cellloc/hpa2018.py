@@ -324,3 +324,30 @@ def format_table(table: pd.DataFrame) -> str:
     lines.append(f"{len(table)} classes, {int(present.sum())} with a positive in the truth; "
                  f"mean F1 over those {table.loc[present, 'F1'].mean() if present.any() else float('nan'):.4f}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the task registries' entries
+
+
+def _register() -> None:
+    """What the ``hpa-2018`` task finds in the registries: its labels reader and its submission format.
+
+    Imported on first use (the registries' ``plugins`` name this module), so nothing here runs
+    for a task that does not need it.
+    """
+    from .labels import LABEL_READERS
+    from .submission_formats import SubmissionFormat, encode_multilabel, register_format
+
+    def check(path: str | Path, task, expected_ids: Iterable[str] | None = None, max_per_line: int = 5,
+              **_: object) -> list[tuple[int, str]]:
+        return check_submission(path, task.label_set, expected_ids, max_per_line)
+
+    def evaluate(truth: str | Path, submission_path: str | Path, task, **_: object) -> tuple[pd.DataFrame, str]:
+        return evaluate_submission(truth, submission_path, task.label_set)
+
+    LABEL_READERS.register("hpa-2018")(read_labels)
+    register_format(SubmissionFormat("hpa-2018", SUBMISSION_COLUMNS, check, evaluate, read_ids,
+                                     encode=encode_multilabel, show=format_table))
+
+
+_register()

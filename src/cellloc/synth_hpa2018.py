@@ -548,3 +548,32 @@ def write_dataset(
     for r in records:
         shares[list(r.classes)] += 1
     return DatasetSummary(out, split, len(records), written, shares / len(records))
+
+
+# --------------------------------------------------------------------------- make_data.py --task hpa-2018
+
+
+def _settings(cfg) -> Hpa2018Config:
+    """The Hpa2018Config of a ``make_data.py`` config: --size, --bit-depth, --seed, --noise, then --options."""
+    from .generators import generator_config, single_size
+
+    return generator_config(Hpa2018Config, cfg, size=single_size(cfg), bit_depth=cfg.bit_depth, seed=cfg.seed,
+                            noise=cfg.noise)
+
+
+def _generate(out_dir: Path, synth: Hpa2018Config, cfg, split: str = "train", workers: int = 1,
+              progress: Callable[[int], None] | None = None) -> str:
+    """``--fields`` images of one split."""
+    info = write_dataset(out_dir, synth, cfg.fields, split, workers, progress)
+    present = int((info.label_shares > 0).sum())
+    return (f"{out_dir}: {info.images} {split} images ({info.written} drawn now), {present} of "
+            f"{HPA_2018.num_classes} classes present, truth in {Path(out_dir) / 'truth'}")
+
+
+def _register() -> None:
+    from .generators import GENERATORS, DatasetGenerator
+
+    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate)
+
+
+_register()

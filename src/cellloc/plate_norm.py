@@ -1,0 +1,123 @@
+"""Per-experiment or per-plate intensity normalisation: the first answer to RxRx1's batch effect.
+
+Every experiment (and, less, every plate) of RxRx1 was stained and imaged on its own day, so
+the same siRNA gives brighter or dimmer, sharper or softer fields from one batch to the next.
+A model that learns absolute intensities learns the batch. Standardising each channel by the
+statistics of the field's own experiment or plate removes the first-order part of it (gain and
+offset per channel) before the network sees a pixel.
+
+The statistics come from ``pixel_stats.csv`` (one row per well, site and channel with that
+site's mean and std), pooled over all the wells of a plate or experiment, or over its
+negative-control wells only: the controls carry no siRNA effect, so their statistics measure the
+batch and nothing else, at the price of fewer pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+LEVELS: dict[str, tuple[str, ...]] = {"experiment": ("experiment",), "plate": ("experiment", "plate")}
+SOURCES: tuple[str, ...] = ("all", "negative_controls")
+
+
+def pooled_channel_stats(means: np.ndarray, stds: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the union of several images, per channel, from each image's own mean and std.
+
+    ``means``, ``stds``: (N, C) float (N images, C channels; population std). ``pixels``: (N,)
+    pixel counts per image (equal if omitted). Returns two (C,) float64 arrays: the pooled mean
+    and the pooled population std, exactly what the concatenated pixels would give (the
+    within-image variance plus the spread of the image means).
+    """
+    means = np.asarray(means, np.float64)
+    stds = np.asarray(stds, np.float64)
+    if means.shape != stds.shape or means.ndim != 2 or means.shape[0] == 0:
+        raise ValueError(f"means and stds must be equal (N, C) arrays with N >= 1, got {means.shape} and {stds.shape}")
+    w = np.ones(len(means)) if pixels is None else np.asarray(pixels, np.float64)
+    w = w / w.sum()
+    mean = w @ means
+    second = w @ (stds**2 + means**2)
+    return mean, np.sqrt(np.maximum(second - mean**2, 0.0))
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel mean and std (pixel units of the files) of one experiment or plate."""
+
+    mean: np.ndarray  # (C,) float64, in the order of the channels asked for
+    std: np.ndarray  # (C,) float64
+    sites: int  # how many imaging sites were pooled
+
+
+def channel_numbers(channels: Sequence[str]) -> list[int]:
+    """RxRx1 channel names -> the numbers ``pixel_stats.csv`` uses: ``("w1", "w5")`` -> ``[1, 5]``."""
+    out = []
+    for ch in channels:
+        if len(ch) < 2 or ch[0] != "w" or not ch[1:].isdigit():
+            raise InputError(f"channel {ch!r}: expected w1..w6")
+        out.append(int(ch[1:]))
+    return out
+
+
+def group_stats(
+    pixel_stats: pd.DataFrame,
+    level: str = "plate",
+    channels: Sequence[str] = ("w1", "w2", "w3", "w4", "w5", "w6"),
+    wells: Collection[str] | None = None,
+) -> dict[tuple[str, ...], ChannelStats]:
+    """Pool ``pixel_stats.csv`` rows into per-experiment (``level="experiment"``) or per-plate statistics.
+
+    ``pixel_stats``: the frame :func:`cellloc.rxrx1.read_pixel_stats` returns. ``wells``:
+    restrict to these id_codes (e.g. the negative controls). Keys are ``(experiment,)`` or
+    ``(experiment, plate)`` with plate as a string. A group whose sites lack one of the channels
+    is an InputError (its statistics would mix channels).
+    """
+    if level not in LEVELS:
+        raise InputError(f"unknown normalisation level {level!r} (known: {', '.join(LEVELS)})")
+    by = list(LEVELS[level])
+    numbers = channel_numbers(channels)
+    df = pixel_stats
+    if wells is not None:
+        df = df[df["id_code"].isin(set(wells))]
+    df = df[df["channel"].isin(numbers)]
+    out: dict[tuple[str, ...], ChannelStats] = {}
+    for key, g in df.groupby(by, sort=True):
+        key = tuple(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        wide_mean = g.pivot_table(index=["id_code", "site"], columns="channel", values="mean", aggfunc="first")
+        wide_std = g.pivot_table(index=["id_code", "site"], columns="channel", values="std", aggfunc="first")
+        wide_mean = wide_mean.reindex(columns=numbers)
+        wide_std = wide_std.reindex(columns=numbers)
+        if wide_mean.isna().to_numpy().any():
+            row = wide_mean[wide_mean.isna().any(axis=1)].index[0]
+            raise InputError(f"pixel_stats: {'/'.join(key)}: site {row[0]} s{row[1]} lacks a row for some of channels {numbers}")
+        mean, std = pooled_channel_stats(wide_mean.to_numpy(), wide_std.to_numpy())
+        out[key] = ChannelStats(mean, std, len(wide_mean))
+    return out
+
+
+def stats_for(stats: Mapping[tuple[str, ...], ChannelStats], experiment: str, plate: int | str, level: str) -> ChannelStats:
+    """The statistics a field of ``experiment``/``plate`` is normalised with; InputError if there are none."""
+    key = (experiment,) if level == "experiment" else (experiment, str(plate))
+    try:
+        return stats[key]
+    except KeyError:
+        raise InputError(f"no pixel statistics for {'/'.join(key)} (is it in pixel_stats.csv, with the wells asked for?)") from None
+
+
+def normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray, min_std: float = 1.0) -> np.ndarray:
+    """Standardise each channel: ``(image - mean) / std``.
+
+    ``image``: HxWxC uint8/uint16/float; ``mean``, ``std``: (C,) in the image's pixel units.
+    ``min_std`` (pixel units) keeps a nearly empty channel from being blown up into noise.
+    Returns float32 HxWxC with mean about 0 and std about 1 over the batch the stats describe.
+    """
+    mean = np.asarray(mean, np.float32)
+    std = np.maximum(np.asarray(std, np.float32), np.float32(min_std))
+    if image.ndim != 3 or image.shape[2] != mean.shape[0] or std.shape != mean.shape:
+        raise ValueError(f"image {image.shape} needs one mean and std per channel, got {mean.shape} and {std.shape}")
+    return (image.astype(np.float32) - mean) / std

@@ -1,0 +1,86 @@
+"""Site averaging and plate-aware assignment on hand-made logit tables with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellloc.plate_assignment import (
+    assign_by_plate,
+    assign_once,
+    assign_plate,
+    average_by_sample,
+    log_softmax,
+    plate_groups,
+)
+
+
+def test_average_by_sample_means_each_wells_sites():
+    logits = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [5.0, 5.0]], np.float32)
+    ids, avg = average_by_sample(logits, ["w2", "w1", "w2", "w3"])
+    assert ids == ["w2", "w1", "w3"] and avg.dtype == np.float32
+    np.testing.assert_allclose(avg, [[0.5, 2.0], [3.0, 2.0], [5.0, 5.0]])
+    with pytest.raises(ValueError):
+        average_by_sample(logits, ["a"])
+
+
+def test_log_softmax_rows_sum_to_one_and_survive_large_logits():
+    lp = log_softmax(np.array([[1000.0, 1000.0], [0.0, np.log(3.0)]]))
+    np.testing.assert_allclose(np.exp(lp).sum(1), 1.0)
+    np.testing.assert_allclose(lp[0], np.log(0.5))
+    np.testing.assert_allclose(np.exp(lp[1]), [0.25, 0.75])
+
+
+def test_plate_groups_join_plates_that_share_sirnas():
+    groups = plate_groups([{0, 1}, {2, 3}, {1, 4}, {5}, {3, 6}])
+    assert groups == [frozenset({0, 1, 4}), frozenset({2, 3, 6}), frozenset({5})]
+
+
+def test_assignment_gives_each_sirna_once_where_argmax_repeats_one():
+    # three wells; argmax says 0, 0, 1. Well 0 is sure of 0, well 1 only leans to 0 and
+    # would take 2 next: the one-to-one answer is 0, 2, 1 (total log-prob higher than any other).
+    p = np.array([
+        [0.90, 0.05, 0.05],
+        [0.50, 0.10, 0.40],
+        [0.20, 0.70, 0.10],
+    ])
+    assert p.argmax(1).tolist() == [0, 0, 1]
+    pred, score = assign_once(np.log(p), [0, 1, 2])
+    assert pred.tolist() == [0, 2, 1]
+    assert score == pytest.approx(np.log(0.9 * 0.4 * 0.7))
+
+
+def test_assignment_uses_only_the_candidates_and_allows_fewer_wells():
+    p = np.full((2, 6), 0.01)
+    p[0, 5], p[1, 5] = 0.9, 0.8  # both want class 5, which is not a candidate
+    p[0, 1], p[1, 1] = 0.05, 0.04
+    p[1, 3] = 0.03
+    pred, _ = assign_once(np.log(p), [1, 3, 4])
+    assert pred.tolist() == [1, 3]
+
+
+def test_more_wells_than_candidates_repeats_them_evenly():
+    pred, _ = assign_once(np.zeros((5, 3)), [0, 2])
+    assert sorted(np.bincount(pred, minlength=3).tolist()) == [0, 2, 3]
+
+
+def test_assign_plate_chooses_the_group_the_wells_look_like():
+    # 4 classes in two groups {0, 1} and {2, 3}; the wells are unsure between 1 and 2, but
+    # together they fit group {2, 3} better.
+    logits = np.log(np.array([
+        [0.05, 0.40, 0.35, 0.20],
+        [0.05, 0.40, 0.20, 0.35],
+    ]))
+    pred, g = assign_plate(logits, [{0, 1}, {2, 3}])
+    assert g == 1 and pred.tolist() == [2, 3]
+    assert log_softmax(logits).argmax(1).tolist() == [1, 1]
+
+
+def test_assign_by_plate_keeps_plates_apart():
+    logits = np.log(np.array([
+        [0.6, 0.3, 0.05, 0.05],  # plate A
+        [0.6, 0.3, 0.05, 0.05],  # plate B
+        [0.55, 0.4, 0.03, 0.02],  # plate A
+    ]))
+    pred = assign_by_plate(logits, [("E", 1), ("E", 2), ("E", 1)], [{0, 1}, {2, 3}])
+    assert pred.tolist() == [0, 0, 1]  # each plate uses 0 once; plate A's second well takes 1

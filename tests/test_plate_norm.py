@@ -1,0 +1,84 @@
+"""Per-experiment / per-plate normalisation on hand-made plates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellloc.errors import InputError
+from cellloc.plate_norm import channel_numbers, group_stats, normalise, pooled_channel_stats, stats_for
+
+
+def stats_rows(id_code: str, site: int, image: np.ndarray) -> list[dict]:
+    """pixel_stats.csv rows of one site, computed the way the generator and Kaggle do."""
+    exp, plate, well = id_code.rsplit("_", 2)
+    return [{"id_code": id_code, "experiment": exp, "plate": int(plate), "well": well, "site": site, "channel": c + 1,
+             "mean": float(image[..., c].mean()), "std": float(image[..., c].std()), "median": float(np.median(image[..., c])),
+             "min": float(image[..., c].min()), "max": float(image[..., c].max())} for c in range(image.shape[2])]
+
+
+def test_pooled_stats_equal_those_of_the_concatenated_pixels():
+    rng = np.random.default_rng(0)
+    images = [rng.normal(m, s, (50, 3)) for m, s in ((1, 1), (5, 2), (-3, 0.5))]
+    means = np.stack([i.mean(0) for i in images])
+    stds = np.stack([i.std(0) for i in images])
+    mean, std = pooled_channel_stats(means, stds)
+    allpix = np.concatenate(images)
+    np.testing.assert_allclose(mean, allpix.mean(0))
+    np.testing.assert_allclose(std, allpix.std(0))
+    # unequal sizes need the pixel counts
+    mean2, std2 = pooled_channel_stats(means[:2], stds[:2], pixels=[50, 50])
+    np.testing.assert_allclose(std2, np.concatenate(images[:2]).std(0))
+
+
+def test_hand_made_plate_two_wells():
+    # well A: all pixels 10 in w1, 100 in w2; well B: half 10 / half 30 in w1, 100 in w2
+    a = np.stack([np.full((2, 2), 10.0), np.full((2, 2), 100.0)], -1)
+    b = np.stack([np.array([[10.0, 30.0], [10.0, 30.0]]), np.full((2, 2), 100.0)], -1)
+    df = pd.DataFrame(stats_rows("E-1_1_B02", 1, a) + stats_rows("E-1_1_B03", 1, b))
+    st = group_stats(df, "plate", ("w1", "w2"))[("E-1", "1")]
+    # pixels of w1: 10,10,10,10,10,30,10,30 -> mean 15, std sqrt(75)
+    np.testing.assert_allclose(st.mean, [15.0, 100.0])
+    np.testing.assert_allclose(st.std, [np.sqrt(75.0), 0.0])
+    assert st.sites == 2
+    out = normalise(b, st.mean, st.std)
+    np.testing.assert_allclose(out[0, :, 0], [-5 / np.sqrt(75), 15 / np.sqrt(75)], rtol=1e-6)
+    np.testing.assert_allclose(out[..., 1], 0.0)  # a flat channel: min_std keeps it finite
+    # only the negative-control well (A)
+    ctrl = group_stats(df, "plate", ("w1", "w2"), wells={"E-1_1_B02"})[("E-1", "1")]
+    np.testing.assert_allclose(ctrl.mean, [10.0, 100.0])
+
+
+def test_normalisation_removes_a_batch_gain_and_offset():
+    """Two experiments see the same cells through different gains and offsets; after
+    per-experiment normalisation their pixels agree, before it they do not."""
+    rng = np.random.default_rng(1)
+    wells = [rng.gamma(2.0, 10.0, (8, 8, 2)) for _ in range(3)]
+    gain, offset = np.array([2.5, 0.6]), np.array([12.0, 3.0])
+    rows = []
+    for k, w in enumerate(wells):
+        rows += stats_rows(f"A-1_1_B0{k + 2}", 1, w)
+        rows += stats_rows(f"B-1_1_B0{k + 2}", 1, w * gain + offset)
+    st = group_stats(pd.DataFrame(rows), "experiment", ("w1", "w2"))
+    assert set(st) == {("A-1",), ("B-1",)}
+    x_a = normalise(wells[0], st[("A-1",)].mean, st[("A-1",)].std)
+    x_b = normalise(wells[0] * gain + offset, st[("B-1",)].mean, st[("B-1",)].std)
+    np.testing.assert_allclose(x_a, x_b, rtol=1e-4, atol=1e-4)
+    assert np.abs((wells[0] * gain + offset) - wells[0]).mean() > 5
+
+
+def test_channel_subsets_and_lookup_errors():
+    img = np.arange(12, dtype=np.float64).reshape(2, 2, 3)
+    rows = stats_rows("E-1_2_C03", 1, img)
+    st = group_stats(pd.DataFrame(rows), "plate", ("w3", "w1"))[("E-1", "2")]
+    np.testing.assert_allclose(st.mean, [img[..., 2].mean(), img[..., 0].mean()])
+    assert channel_numbers(["w1", "w6"]) == [1, 6]
+    with pytest.raises(InputError, match="expected w1..w6"):
+        channel_numbers(["red"])
+    with pytest.raises(InputError, match="no pixel statistics for E-1/3"):
+        stats_for({("E-1", "2"): st}, "E-1", 3, "plate")
+    with pytest.raises(InputError, match="lacks a row for some of channels"):
+        group_stats(pd.DataFrame(rows[:2]), "plate", ("w1", "w3"))
+    with pytest.raises(InputError, match="unknown normalisation level"):
+        group_stats(pd.DataFrame(rows), "well")
