@@ -1,11 +1,10 @@
-"""Class-balanced sampling weights and sampler; the byte-capped field cache."""
+"""Class-balanced sampling weights and the resumable weighted sampler."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cellloc.field_cache import FieldCache, parse_size
 from cellloc.sampling import BalancedEpochSampler, class_balanced_weights, expected_class_draws
 
 
@@ -62,46 +61,3 @@ def test_sampler_draws_by_weight_and_repeats_by_epoch():
     assert list(s) == first  # a resumed run sees the same epoch
     with pytest.raises(ValueError):
         BalancedEpochSampler(np.array([0.0, 0.0]), seed=0)
-
-
-def test_cache_keeps_under_its_cap_and_evicts_least_recent():
-    arr = lambda v: np.full((10, 10), v, np.float32)  # noqa: E731  (400 bytes each)
-    cache = FieldCache(1000)
-    loads = []
-
-    def loader(v):
-        def load():
-            loads.append(v)
-            return arr(v)
-
-        return load
-
-    for v in (1, 2):
-        cache.get_or_load(v, loader(v))
-    assert cache.get_or_load(1, loader(1))[0, 0] == 1  # hit: 1 is now the most recent
-    cache.get_or_load(3, loader(3))  # 3 * 400 > 1000: the least recent (2) goes
-    assert 2 not in cache and 1 in cache and 3 in cache
-    assert cache.nbytes == 800 <= cache.max_bytes
-    assert loads == [1, 2, 3]
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (1, 3, 1)
-    with pytest.raises(ValueError):
-        cache.get(1)[0, 0] = 5  # read-only: an in-place augmentation cannot corrupt the cache
-
-
-def test_cache_off_and_too_big_entries():
-    off = FieldCache(0)
-    calls = []
-    for _ in range(3):
-        off.get_or_load("a", lambda: calls.append(1) or np.zeros(4))
-    assert len(calls) == 3 and len(off) == 0
-    small = FieldCache(10)
-    small.get_or_load("big", lambda: np.zeros(100))
-    assert len(small) == 0 and small.stats.too_big == 1
-
-
-def test_parse_size():
-    assert parse_size("2G") == 2 << 30 and parse_size("512M") == 512 << 20 and parse_size("300k") == 300 << 10
-    assert parse_size("0") == 0 and parse_size(1234) == 1234 and parse_size("1.5GB") == int(1.5 * (1 << 30))
-    for bad in ("lots", "-1G"):
-        with pytest.raises(ValueError):
-            parse_size(bad)

@@ -3,29 +3,34 @@
 Whole-image training reads every field once per epoch: four PNG decodes and a resize from 512
 (or 2048) px down to the network's input size, for an array that is then a few hundred KB. The
 2018 competition's pipelines kept those arrays in RAM after the first epoch. This cache does
-that under a memory cap: entries are kept until the cap is reached, then the least recently
-used are dropped, so a dataset larger than the cap still trains (it just decodes more).
+that under a memory cap: fields are kept until the cap is reached; the ones beyond it are
+decoded each time they are read. (Evicting old entries would not help: an epoch visits every
+field once in random order, so any policy hits about cap/size of the time; keeping what is
+loaded avoids re-decoding churn.)
 
-The cache lives in the process that reads the data; with DataLoader worker processes each
-worker holds its own (the cap applies to each). Arrays are stored read-only so a caller that
-augments in place cannot corrupt what the next epoch gets.
+The cache lives in the process that reads the data. :meth:`CachedFields.preload` fills it in
+the training process before the DataLoader starts its workers: forked workers then share the
+arrays (copy-on-write pages) instead of each decoding and holding its own copy. Arrays are
+stored read-only so a caller that augments in place cannot corrupt what the next epoch gets.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from .cells import resize_square
+from .data import pad_to_square
 
 
 @dataclass
 class CacheStats:
     hits: int = 0
     misses: int = 0
-    evictions: int = 0
-    too_big: int = 0  # entries larger than the whole cap, never stored
+    full: int = 0  # loads not kept because the cap was reached
 
     @property
     def hit_rate(self) -> float:
@@ -34,10 +39,10 @@ class CacheStats:
 
 
 class FieldCache:
-    """``key -> ndarray`` with a byte cap and least-recently-used eviction.
+    """``key -> ndarray``, kept until ``max_bytes`` is reached (``max_bytes=0``: caching off).
 
-    ``max_bytes=0`` disables caching (every ``get_or_load`` calls the loader), so one code path
-    serves cache on and off.
+    One code path serves cache on and off: :meth:`get_or_load` always returns the array, and
+    keeps it when it fits.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -46,7 +51,7 @@ class FieldCache:
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self.stats = CacheStats()
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._items: dict[Hashable, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,32 +59,29 @@ class FieldCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 
+    def room(self) -> int:
+        """Bytes still free under the cap."""
+        return self.max_bytes - self.nbytes
+
     def get(self, key: Hashable) -> np.ndarray | None:
-        arr = self._items.get(key)
-        if arr is not None:
-            self._items.move_to_end(key)
-        return arr
+        return self._items.get(key)
 
     def put(self, key: Hashable, arr: np.ndarray) -> np.ndarray:
-        """Store ``arr`` (made read-only) under ``key``, evicting old entries to stay under the cap."""
+        """Keep ``arr`` (made read-only) under ``key`` if it fits under the cap; return it either way."""
         arr = np.asarray(arr)
         arr.flags.writeable = False
         if key in self._items:
-            self.nbytes -= self._items.pop(key).nbytes
-        if arr.nbytes > self.max_bytes:
-            self.stats.too_big += self.max_bytes > 0
+            return self._items[key]
+        if arr.nbytes > self.room():
+            self.stats.full += self.max_bytes > 0
             return arr
-        while self.nbytes + arr.nbytes > self.max_bytes and self._items:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= old.nbytes
-            self.stats.evictions += 1
         self._items[key] = arr
         self.nbytes += arr.nbytes
         return arr
 
     def get_or_load(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array for ``key``, or ``load()``'s result (then cached). Read-only either way."""
-        arr = self.get(key)
+        """The cached array for ``key``, or ``load()``'s result (kept if it fits). Read-only either way."""
+        arr = self._items.get(key)
         if arr is not None:
             self.stats.hits += 1
             return arr
@@ -91,18 +93,43 @@ class FieldCache:
         self.nbytes = 0
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes from ``"2G"``, ``"512M"``, ``"300k"`` or a plain number (``"0"``: off)."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().removesuffix("B")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    mult = units.get(s[-1:], 1)
-    number = s[:-1] if s[-1:] in units else s
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 2G, 512M, 0)") from None
-    if value < 0:
-        raise ValueError(f"memory size must be >= 0, got {text!r}")
-    return int(value * mult)
+class CachedFields(Sequence):
+    """A field reader (``reader[i]`` -> HxWxC array) whose fields come back padded square and resized, cached.
+
+    ``resize`` is the side :class:`cellloc.data.FieldInput` resizes fields to, so its own resize
+    of these arrays is a no-op and training sees exactly what it would see without the cache.
+    Several readers (training and validation) may share one :class:`FieldCache` and its cap;
+    ``key`` keeps their entries apart.
+    """
+
+    def __init__(self, reader: Sequence[np.ndarray], resize: int, cache: FieldCache, key: str = "") -> None:
+        self.reader = reader
+        self.resize = int(resize)
+        self.cache = cache
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _load(self, i: int) -> np.ndarray:
+        return resize_square(pad_to_square(self.reader[i]), self.resize)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.cache.get_or_load((self.key, int(i)), lambda: self._load(int(i)))
+
+    def preload(self, threads: int = 2) -> int:
+        """Decode and resize fields into the cache, in order, while they fit; returns how many it holds.
+
+        Fields of one reader share a size and dtype after resizing, so the first one says how
+        many fit. PNG decoding and OpenCV resizing release the GIL: a few threads decode in
+        parallel without copying arrays between processes.
+        """
+        todo = [i for i in range(len(self)) if (self.key, i) not in self.cache]
+        if todo and self.cache.room() > 0:
+            first = self[todo[0]]
+            n_fit = self.cache.room() // max(first.nbytes, 1) + ((self.key, todo[0]) in self.cache)
+            todo = todo[1:n_fit]
+            with ThreadPoolExecutor(max(1, threads)) as pool:
+                for i, arr in zip(todo, pool.map(self._load, todo)):
+                    self.cache.put((self.key, i), arr)
+        return sum((self.key, i) in self.cache for i in range(len(self)))

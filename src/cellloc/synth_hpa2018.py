@@ -573,7 +573,7 @@ def _generate(out_dir: Path, synth: Hpa2018Config, cfg, split: str = "train", wo
 def _register() -> None:
     from .generators import GENERATORS, DatasetGenerator
 
-    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate)
+    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate, gallery=class_gallery)
 
 
 _register()
