@@ -8,6 +8,9 @@ validation loss or any of the task's metrics (``--monitor``). What it trains on 
 resize; each labelled sample's fields, e.g. RxRx1's two sites, are samples of its label). The
 loss, optimizer and schedule are chosen by name (:mod:`cellloc.losses`, :mod:`cellloc.optim`);
 outputs are sigmoid per class for multilabel tasks and softmax for multiclass ones.
+``--balance-power`` draws each epoch's samples by the rarity of their rarest class
+(:mod:`cellloc.sampling`); ``--cache-mb`` keeps image models' decoded, resized fields in RAM,
+filled before the first epoch (:mod:`cellloc.field_cache`; the predictions are the same).
 
 Cell models train on the field's weak labels by default (every cell inherits its field's
 ``Label``, as in HPA); ``label_source="true"`` trains on the per-cell ``TrueLabel`` of generated
