@@ -45,6 +45,7 @@ class DemoConfig:
     image_size: int = opt(0, "image-level tasks: network input size in pixels (0: the task's; hpa-2018 128, rxrx1 64)")
     epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-2018 10, the others 3)")
     folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3)")
+    seed: int = opt(0, "hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds training with 42+S")
 
     def __post_init__(self) -> None:
         for key, value in DEMO_DEFAULTS.get(self.task, DEMO_DEFAULTS[DEFAULT_TASK]).items():
@@ -131,9 +132,9 @@ def hpa2018(a: DemoConfig) -> list[str]:
     data, test = f"input/{task.data_name}", f"input/{task.test_data_name}"
     models, out = f"models/{default_run_name(task, task.level)}", f"output/{task.test_data_name}"
     size = ["--size", str(a.size), "--workers", "2"]
-    run("data", ["src/make_data.py", "--task", task.name, "--fields", str(a.fields), *size])
+    run("data", ["src/make_data.py", "--task", task.name, "--seed", str(2 * a.seed), "--fields", str(a.fields), *size])
     run("test data", ["src/make_data.py", "--task", task.name, "--name", task.test_data_name, "--split", "test",
-                      "--seed", "1", "--fields", str(a.test_fields), *size])
+                      "--seed", str(2 * a.seed + 1), "--fields", str(a.test_fields), *size])
     run("folds (each protein's images in one fold)",
         ["src/gen_folds.py", "--task", task.name, "--folds", str(a.folds), "--seed", "42",
          "--groups", f"{data}/truth/images.csv", "--group-col", "protein"])
@@ -142,7 +143,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
             ["src/train.py", "--task", task.name, "--fold", str(fold), "--epochs", str(a.epochs),
              "--image-size", str(a.image_size), "--model", "efficientnet-b0", "--pretrained", "none",
              "--batch-size", "16", "--lr", "0.003", "--balance-power", "0.5", "--cache-mb", "256",
-             "--num-workers", "0", "--patience", str(a.epochs)])
+             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed)])
     run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name])
     run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test"])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", task.name])
