@@ -144,11 +144,13 @@ def hpa2018(a: DemoConfig) -> list[str]:
              "--image-size", str(a.image_size), "--model", "efficientnet-b0", "--pretrained", "none",
              "--batch-size", "16", "--lr", "0.003", "--balance-power", "0.5", "--cache-mb", "256",
              "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed)])
-    run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test"])
+    folds = ["--folds", *map(str, range(a.folds))]  # the folds of this run, whatever an earlier one left
+    run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name, *folds])
+    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", task.name])
     compared = run("held-out macro F1 of each threshold rule",
-                   ["src/fit_thresholds.py", "--task", task.name, "--scores", f"{out}/scores.csv", "--truth", f"{test}/truth"],
+                   ["src/fit_thresholds.py", "--task", task.name, *folds, "--scores", f"{out}/scores.csv",
+                    "--truth", f"{test}/truth"],
                    capture=True)
     scored = run("score the submission (competition metric: macro F1 over the 28 classes)",
                  ["src/evaluate.py", "--task", task.name], capture=True)

@@ -130,3 +130,11 @@ def test_bad_runs_fail_in_one_line(tmp_path, capsys, damage, words):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err
+
+
+def test_only_the_folds_asked_for(tmp_path, capsys):
+    run = write_run(tmp_path)
+    assert load_script("fit_thresholds").main(["--models", str(run), "--folds", "1"]) == 0
+    assert json.loads((run / "thresholds.json").read_text())["fitted_on"] == {"folds": [1], "of_folds": 2, "samples": 30}
+    assert Recipe.read(run / "fold0" / RECIPE_FILE).thresholds is None  # fold 0 was not asked for: left as it was
+    assert "folds 1 of 2" in capsys.readouterr().out

@@ -16,6 +16,7 @@ fitted per-class thresholds and the 2018 winner's share rule.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class ThresholdsConfig:
     models: str = opt("", "image-level multilabel run folder; its fold*/val_predictions.csv are the out-of-fold "
                       "predictions (default: the default run of --task, e.g. models/effb2_hpa-2018)")
     task: str = opt("hpa-2018", "task (names the default run folder; the run's recipe must agree)", choices=TASKS.names())
+    folds: list[int] = opt([], "use only these folds' predictions (default: every trained fold of the run)")
     method: str = opt("f1", "f1: per-class thresholds that maximise each class's F1 on the OOF predictions; "
                       "share: at prediction, each class takes its OOF label share of the images (the 2018 winner's rule)",
                       choices=["f1", "share"])
@@ -99,9 +101,9 @@ def probability_columns(df: pd.DataFrame, num_classes: int, path: Path) -> np.nd
     return probs
 
 
-def read_oof(models: str | Path) -> OutOfFold:
-    """Every trained fold's ``val_predictions.csv`` and the truth from the folds table it trained on."""
-    dirs = fold_dirs(models)
+def read_oof(models: str | Path, folds: Sequence[int] = ()) -> OutOfFold:
+    """Every trained fold's (or ``folds``') ``val_predictions.csv`` and the truth from the folds table it trained on."""
+    dirs = fold_dirs(models, folds)
     recipes = [Recipe.read(d / RECIPE_FILE) for d in dirs]
     task = recipes[0].task_record
     if any(r.task != task.name for r in recipes):
@@ -134,7 +136,7 @@ def read_oof(models: str | Path) -> OutOfFold:
 
 def fit_run(cfg: ThresholdsConfig) -> tuple[Thresholds, OutOfFold, pd.DataFrame]:
     """Fit on a run's OOF predictions; write ``thresholds.json``/``.csv`` and every fold's recipe entry."""
-    oof = read_oof(cfg.models)
+    oof = read_oof(cfg.models, cfg.folds)
     if cfg.method == "share":
         shares = oof.truth.mean(0)
         th = share_thresholds(oof.probs, shares, KEEP_TOP[cfg.keep_top] is not False)
