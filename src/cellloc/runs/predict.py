@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
+from .executor import ExecutorOptions, Failure
 from .segment import SegmentRunConfig
 from .train import default_run_name
 
@@ -55,7 +57,7 @@ CHUNK = 64  # fields per saved chunk of image-level scores
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ExecutorOptions):
     """Options of ``python src/predict.py``."""
 
     models: str = opt("", "training run folder; every fold*/ in it with a best.pt is used (default: models/effb2, "
@@ -96,6 +98,7 @@ class PredictConfig:
             raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1")
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
+        self.check_executor()
         if not self.models:
             task = get_task(self.task or DEFAULT_TASK)
             self.models = str(Path("models") / default_run_name(task, task.level))
@@ -270,50 +273,101 @@ def run_predict(cfg: PredictConfig, predictor: Predictor, progress: Progress | N
     return summary
 
 
+@dataclass
+class FieldPrediction:
+    """What a worker sends back for one field: its submission row's parts (its cell scores are on disk)."""
+
+    image_id: str
+    width: int = 0
+    height: int = 0
+    prediction: str = ""
+    cells: int = 0
+    error: str = ""
+
+
+class PredictWorker:
+    """A worker's loaded models and segmenter, built once per worker process (``init`` of the map)."""
+
+    def __init__(self, cfg: PredictConfig, predictor: Predictor | None = None) -> None:
+        self.cfg = cfg
+        self.predictor = predictor or load_predictor(cfg)
+        self.task = self.predictor.task
+        self.layout = LAYOUTS[self.task.layout]
+        self.segmenter = None if cfg.masks else create_segmenter(self.predictor.segment)
+        self.options = cfg.field_options()
+        self.out = cfg.out_dir()
+
+    def run_one(self, image_id: str) -> FieldPrediction:
+        """Segment (or read the masks of), score and encode one field; write its ``cell_scores/{ID}.csv``."""
+        cfg, task, predictor = self.cfg, self.task, self.predictor
+        try:
+            image = self.layout.read_field(cfg.input, image_id, task.channels)
+            if self.segmenter is None:
+                cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
+            else:
+                cells, nuclei = self.segmenter.segment(image)
+            result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, self.options)
+        except InputError as exc:
+            return FieldPrediction(image_id, error=str(exc))
+        table, scores = result.table, result.scores
+        score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
+        rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
+        rows.insert(0, "ID", image_id)
+        write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        h, w = image.shape[:2]
+        return FieldPrediction(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None),
+                               len(table))
+
+
+def predict_one(worker: PredictWorker, image_id: str) -> FieldPrediction:
+    return worker.run_one(image_id)
+
+
+def _absolute(cfg: PredictConfig) -> PredictConfig:
+    """The config with every path absolute, for workers that may run elsewhere (a cluster)."""
+    def full(path: str) -> str:
+        return str(Path(path).expanduser().resolve()) if path and path != "none" else path
+
+    return replace(cfg, input=full(cfg.input), out=str(cfg.out_dir().resolve()), models=full(cfg.models),
+                   image_models=full(cfg.image_models), masks=full(cfg.masks), segment_config=full(cfg.segment_config),
+                   weights_dir=full(cfg.weights_dir), sample_submission=full(cfg.sample_submission))
+
+
 def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
-    """Cell models: ``submission.csv`` (RLE rows) and ``cell_scores/{ID}.csv`` for every field."""
+    """Cell models: ``submission.csv`` (RLE rows) and ``cell_scores/{ID}.csv`` for every field.
+
+    Fields run on ``cfg.executor``; each worker loads the models once and writes the field's cell
+    scores; this process appends the submission rows, in field order, so the file is the same
+    whatever ran the fields.
+    """
     t0 = time.perf_counter()
     task = predictor.task
-    layout = LAYOUTS[task.layout]
     ids, failed = field_ids(cfg, task)
     out = cfg.out_dir()
-    segmenter = None if cfg.masks else create_segmenter(predictor.segment)
-    options = cfg.field_options()
     n_cells = n_done = 0
     writer = SubmissionWriter(out / "submission.csv")
     if writer.path.exists() and not writer.partial.exists():
         # a finished earlier run (perhaps with failed fields): resume from its rows, keep it until done
         shutil.copyfile(writer.path, writer.partial)
+    # the driver's loaded models serve a serial run; other executors load them in each worker
+    init = partial(PredictWorker, _absolute(cfg), predictor if cfg.executor == "serial" else None)
     with writer:
         skipped = sum(i in writer.done for i in ids)
         if progress and skipped:
             progress(skipped)
-        for image_id in ids:
-            if image_id in writer.done:
-                continue
-            try:
-                image = layout.read_field(cfg.input, image_id, task.channels)
-                if segmenter is None:
-                    cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
+        todo = [i for i in ids if i not in writer.done]
+        with cfg.open_executor() as ex:
+            for image_id, res in zip(todo, ex.map(predict_one, todo, init=init) if todo else ()):
+                if isinstance(res, Failure):
+                    res = FieldPrediction(image_id, error=res.error)
+                if res.error:
+                    failed.append((image_id, res.error))
                 else:
-                    cells, nuclei = segmenter.segment(image)
-                result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, options)
-            except InputError as exc:
-                failed.append((image_id, str(exc)))
+                    writer.write(image_id, res.width, res.height, res.prediction)
+                    n_cells += res.cells
+                    n_done += 1
                 if progress:
                     progress(1)
-                continue
-            table, scores = result.table, result.scores
-            score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
-            rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
-            rows.insert(0, "ID", image_id)
-            write_csv(out / "cell_scores" / f"{image_id}.csv", rows)
-            h, w = image.shape[:2]
-            writer.write(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None))
-            n_cells += len(table)
-            n_done += 1
-            if progress:
-                progress(1)
     write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
     return PredictSummary(len(ids), n_done, skipped, failed, n_cells, time.perf_counter() - t0, out / "submission.csv")
 
@@ -341,6 +395,9 @@ def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[l
 
 def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
     """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written."""
+    if cfg.executor != "serial":
+        raise InputError(f"--executor {cfg.executor}: image-level models score fields in batches in this process; "
+                         "use --num-workers for parallel reading (--executor maps cell-model runs)")
     t0 = time.perf_counter()
     task = predictor.task
     ids, failed = field_ids(cfg, task)
