@@ -7,7 +7,7 @@
                                                   # ends with macro_F1_at_0.5= and macro_F1= (the fitted thresholds)
 
 Each stage is the same command a user would type; this script only chains them. The stages
-that make results (segment, train, predict) run with --overwrite, so a rerun with other options
+that make results (segment, train, fit_thresholds, predict) run with --overwrite, so a rerun with other options
 starts them over: each moves its previous outputs to <folder>.replaced-<time> and says so.
 """
 
@@ -148,10 +148,12 @@ def hpa2018(a: DemoConfig) -> list[str]:
             ["src/train.py", "--task", task.name, "--fold", str(fold), "--epochs", str(a.epochs),
              "--image-size", str(a.image_size), "--model", "efficientnet-b0", "--pretrained", "none",
              "--batch-size", "16", "--lr", "0.003", "--balance-power", "0.5", "--cache-mb", "256",
-             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed)])
+             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed), "--overwrite"])
     folds = ["--folds", *map(str, range(a.folds))]  # the folds of this run, whatever an earlier one left
-    run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name, *folds])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds])
+    run("fit per-class thresholds on the out-of-fold predictions",
+        ["src/fit_thresholds.py", "--task", task.name, *folds, "--overwrite"])
+    run("predict the held-out test fields",
+        ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds, "--overwrite"])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", task.name])
     compared = run("held-out macro F1 of each threshold rule",
                    ["src/fit_thresholds.py", "--task", task.name, *folds, "--scores", f"{out}/scores.csv",
