@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import cv2
 import numpy as np
 import pytest
 
@@ -242,3 +245,18 @@ def test_sha256_file_reads_in_chunks(tmp_path):
     path = tmp_path / "best.pt"
     path.write_bytes(b"abc" * 1000)
     assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_a_truncated_png_is_one_line_without_opencv_log_noise(tmp_path):
+    """OpenCV logs '[ WARN:0@..] ... buffer is incomplete' on stderr beside our one line unless told not to."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "a_red.png"
+    cv2.imwrite(str(good), np.full((32, 32), 7, np.uint8))
+    (tmp_path / "b_red.png").write_bytes(good.read_bytes()[:60])
+    code = ("import sys\nfrom cellloc.errors import InputError\nfrom cellloc.fieldio import read_channel\n"
+            "try:\n    read_channel(sys.argv[1])\nexcept InputError as e:\n    print('error:', e, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b_red.png")], capture_output=True, text=True, env=env)
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'b_red.png'}: cannot decode image (corrupt or truncated file?)"]
