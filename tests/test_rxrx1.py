@@ -251,3 +251,8 @@ def test_a_site_lacking_a_channel_is_not_silently_left_out_of_training(tmp_path)
                               "restore them, or drop the sample from the folds table")
     rows = expand_to_fields(samples[1:], "rxrx1", tmp_path, rxrx1.CHANNELS)  # other samples' gaps do not count
     assert rows["field_id"].tolist() == ["U2OS-01_1_B02_s1", "U2OS-01_1_B02_s2"]
+
+
+def test_a_folder_given_as_the_submission_is_named_as_a_folder(tmp_path):
+    with pytest.raises(InputError, match=f"{tmp_path}: is a folder, not a CSV file"):
+        rxrx1.check_submission(tmp_path)
