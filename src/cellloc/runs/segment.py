@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
-from ..runtime import RUNTIMES, threads_for
+from ..runtime import RUNTIMES, require_runtime, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
@@ -269,6 +269,7 @@ def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[
 def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | None = None) -> RunSummary:
     """Segment the fields of ``cfg.input``; return what was done, skipped and failed."""
     t0 = time.perf_counter()
+    require_runtime(cfg.runtime)
     out = cfg.out_dir()
     ids, failed, _ = plan(cfg)
     labels_path = cfg.labels_path()
