@@ -39,7 +39,7 @@ from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..run_state import RunStart, ensure_same_settings, folder_lock
-from ..runtime import RUNTIMES, threads_for
+from ..runtime import RUNTIMES, require_runtime, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
@@ -329,8 +329,10 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
     """Segment the fields of ``cfg.input``; return what was done, skipped and failed.
 
     Holds the output folder's lock throughout; stops before any work (:class:`InputError`) when
-    the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set.
+    the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set,
+    or when ``cfg.runtime``'s package is missing.
     """
+    require_runtime(cfg.runtime)
     out = cfg.out_dir()
     with folder_lock(out):
         return _run_segmentation(cfg, out, progress)
