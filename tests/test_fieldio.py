@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -215,6 +216,22 @@ def test_masks_round_trip_as_png_and_npz(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "big.npz"), big)
     assert find_mask(tmp_path, "big") == tmp_path / "big.npz"
     assert find_mask(tmp_path, "nothing") is None
+
+
+def test_unfiltered_png_masks_read_the_same_everywhere(tmp_path):
+    """Masks are written without PNG row filters (faster); Pillow and OpenCV decode the same labels."""
+    from PIL import Image
+
+    from cellloc.fieldio import encode_png, write_mask
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, 65535, (40, 50)), 7, 0), 5, 1).astype(np.uint16)
+    write_mask(tmp_path / "m.png", labels)
+    data = (tmp_path / "m.png").read_bytes()
+    assert data != encode_png(labels)  # not the filtered encoding ...
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), labels)  # ... the same pixels
+    with Image.open(tmp_path / "m.png") as im:
+        np.testing.assert_array_equal(np.asarray(im).astype(np.uint16), labels)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -4,14 +4,21 @@ Outputs under ``out``:
 
     masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
-    crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
-    cells/{ID}.csv                                           the field's rows; marks it done
+    crops/{ID}.npy                                           (n_cells, S, S, C) crops of the field's cells in row order, field dtype kept;
+                                                             a row's ``crop`` names its own: crops/{ID}.npy#k (cells.split_crop_reference)
+    cells/{ID}.csv                                           the field's rows (with the pixel size used and its source); marks it done
     cells.csv                                                all rows (rebuilt at the end)
     failures.csv                                             ID,reason for fields that failed
     segment_config.json
 
 A field is done when its ``cells/{ID}.csv`` exists (written last, atomically), so a killed run
 loses nothing and a rerun skips finished fields.
+
+Each field is segmented at its own pixel size (``segmentation.scale.segment_with_scale``):
+``--pixel-size-um`` when given, else the one its nucleus channel file records in its tags, else
+``--scale-from``'s estimate. The per-field work after segmenting is kept small: masks are
+encoded while the table and crops are computed (a second thread; OpenCV's encoder releases the
+GIL), the PNG masks without row filters, and a field's crops go to one file.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -26,14 +34,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cells import MASK_MODES, cell_table, crop_cells
+from ..cells import MASK_MODES, cell_table, crop_cells, crop_reference
 from ..config import opt, save_config
 from ..errors import InputError
 from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..imagemeta import pixel_size_of_file
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..runtime import RUNTIMES, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.base import SCALE_AWARE_BACKENDS
+from ..segmentation.scale import PixelSize, resolve_pixel_size, segment_with_scale
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
 
@@ -137,6 +148,8 @@ class FieldResult:
     n_cells: int = 0
     error: str = ""
     seconds: float = 0.0
+    pixel_size_um: float = 0.0  # what the field was segmented at
+    pixel_size_source: str = ""  # where that came from: given, file, image, width (PixelSize.source)
 
 
 @dataclass
@@ -146,6 +159,7 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame | None = None
     seconds: float = 0.0
+    pixel_sizes: list[tuple[str, float]] = field(default_factory=list)  # (source, um) of each field segmented now
 
 
 # ----------------------------------------------------------------------------- per field
@@ -173,29 +187,46 @@ class FieldWorker:
         self.image_labels = image_labels
         self.truth_cells = truth_cells
         self.layout = cfg.layout
-        self.segmenter = create_segmenter(cfg.segment_config())
+        self.seg_cfg = cfg.segment_config()
+        self.segmenter = create_segmenter(self.seg_cfg)
 
-    def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
-        """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
+    def file_pixel_size(self, image_id: str) -> float | None:
+        """The pixel size the field's nucleus channel file records in its tags (None: none, one was
+        given, or the backend segments at its own fixed scale)."""
+        if self.seg_cfg.pixel_size_um or self.seg_cfg.backend not in SCALE_AWARE_BACKENDS:
+            return None
+        return pixel_size_of_file(self.layout.channel_file(self.cfg.input, image_id, self.seg_cfg.nucleus_channel))
+
+    def write_masks(self, image_id: str, cells: np.ndarray, nuclei: np.ndarray, pixel_size_um: float) -> None:
+        """The field's masks in every ``--mask-format`` (TIFFs carry the pixel size)."""
+        for fmt in self.cfg.mask_formats:
+            for stem, labels in ((f"{image_id}_cell_mask", cells), (f"{image_id}_nucleus_mask", nuclei)):
+                write_mask(mask_file(self.out / "masks", stem, fmt), labels, pixel_size_um=pixel_size_um)
+
+    def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, px: PixelSize) -> int:
+        """Write masks, overlay, crops, then the field's CSV (last: it marks the field done).
+
+        The masks are encoded and written on a second thread while this one measures the cells
+        and cuts their crops; both finish before the CSV is written.
+        """
         from ..render import overlay
 
         cfg, out = self.cfg, self.out
-        for fmt in cfg.mask_formats:
-            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
-            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
-        if cfg.overlay:
-            write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
-        table = cell_table(image, cells, nuclei, cfg.channel_names)
-        crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask)
-        paths = []
-        for cid, crop in crops.items():
-            rel = Path("crops") / image_id / f"{image_id}_{cid}.npy"
-            write_npy(out / rel, crop)
-            paths.append(rel.as_posix())
+        with ThreadPoolExecutor(1, thread_name_prefix="masks") as writer:
+            masks = writer.submit(self.write_masks, image_id, cells, nuclei, px.um)
+            table = cell_table(image, cells, nuclei, cfg.channel_names)
+            crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask)
+            rel = f"crops/{image_id}.npy"
+            if crops:
+                write_npy(out / rel, np.stack([crops[int(c)] for c in table["cell_id"]]))
+            if cfg.overlay:
+                write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
+            masks.result()
         table.insert(0, "ID", image_id)
         table.insert(2, "Label", self.image_labels.get(self.layout.sample_of(image_id), ""))
-        table["crop"] = paths
+        table["crop"] = [crop_reference(rel, k) for k in range(len(table))]
         table["height"], table["width"] = cells.shape
+        table["pixel_size_um"], table["pixel_size_source"] = float(f"{px.um:.6g}"), px.source
         if self.truth_cells is not None:
             truth_dir = self.cfg.truth_dir()
             mask_path = truth_dir / f"{image_id}_cell_mask.png"
@@ -209,16 +240,22 @@ class FieldWorker:
         t0 = time.perf_counter()
         try:
             image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
-            cells, nuclei = self.segmenter.segment(image)
-            n = self.finish(image_id, image, cells, nuclei)
-            return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
+            cells, nuclei, px = segment_with_scale(self.segmenter, self.seg_cfg, image, self.file_pixel_size(image_id))
+            n = self.finish(image_id, image, cells, nuclei, px)
+            return FieldResult(image_id, n, seconds=time.perf_counter() - t0, pixel_size_um=px.um, pixel_size_source=px.source)
         except InputError as exc:
             return FieldResult(image_id, error=str(exc))
         except Exception as exc:  # one bad field must not stop a 20k-field run
             return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
 
     def run_batch(self, ids: list[str]) -> list[FieldResult]:
-        """Read several fields and push them through the segmenter together (network backends)."""
+        """Read several fields and push them through the segmenter together (network backends).
+
+        A backend that takes a pixel size per field (classical) gains nothing from batches: its
+        fields go one at a time, each at its own scale.
+        """
+        if self.seg_cfg.backend in SCALE_AWARE_BACKENDS:
+            return [self.run_one(i) for i in ids]
         images, results = {}, {}
         for i in ids:
             try:
@@ -236,7 +273,9 @@ class FieldWorker:
                     results[i] = self.run_one(i)
                     continue
                 try:
-                    results[i] = FieldResult(i, self.finish(i, images[i], *outs[k]), seconds=time.perf_counter() - t0)
+                    px = resolve_pixel_size(self.seg_cfg, images[i])  # the config's or the width rule: the networks' own scale
+                    results[i] = FieldResult(i, self.finish(i, images[i], *outs[k], px), seconds=time.perf_counter() - t0,
+                                             pixel_size_um=px.um, pixel_size_source=px.source)
                 except Exception as exc:
                     results[i] = FieldResult(i, error=f"{type(exc).__name__}: {exc}")
         return [results[i] for i in ids]
@@ -289,6 +328,7 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
             failed.append((res.image_id, res.error))
         else:
             summary.done += 1
+            summary.pixel_sizes.append((res.pixel_size_source, res.pixel_size_um))
         if progress:
             progress(1)
     summary.failed = failed
