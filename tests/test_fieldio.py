@@ -218,8 +218,9 @@ def test_masks_round_trip_as_png_and_npz(tmp_path):
     assert find_mask(tmp_path, "nothing") is None
 
 
-def test_unfiltered_png_masks_read_the_same_everywhere(tmp_path):
-    """Masks are written without PNG row filters (faster); Pillow and OpenCV decode the same labels."""
+def test_png_masks_encoded_for_labels_read_the_same_everywhere(tmp_path):
+    """Masks are PNGs encoded for labels (up filter, run-length deflate): faster and smaller than
+    the general encoding, and Pillow and OpenCV decode the same labels."""
     from PIL import Image
 
     from cellloc.fieldio import encode_png, write_mask
@@ -228,7 +229,7 @@ def test_unfiltered_png_masks_read_the_same_everywhere(tmp_path):
     labels = np.repeat(np.repeat(rng.integers(0, 65535, (40, 50)), 7, 0), 5, 1).astype(np.uint16)
     write_mask(tmp_path / "m.png", labels)
     data = (tmp_path / "m.png").read_bytes()
-    assert data != encode_png(labels)  # not the filtered encoding ...
+    assert data != encode_png(labels)  # not the general encoding ...
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), labels)  # ... the same pixels
     with Image.open(tmp_path / "m.png") as im:
         np.testing.assert_array_equal(np.asarray(im).astype(np.uint16), labels)

@@ -257,6 +257,19 @@ def test_cell_table_and_crops_equal_the_whole_field_formulas():
     assert cell_table(image, np.zeros_like(cells), nuclei, names).empty
 
 
+def test_take_channels_is_a_plain_channel_gather():
+    from cellloc.segmentation.classical import take_channels
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint8, np.uint16, np.float32, np.int32):
+        image = rng.integers(0, 200, (23, 31, 6)).astype(dtype)
+        for idx in ([2], [2, 0, 3], [5, 4, 3, 2, 1, 0], [0, 0]):
+            out = take_channels(image, idx)
+            assert out.dtype == dtype and out.flags.c_contiguous
+            np.testing.assert_array_equal(out, image[..., idx])
+        np.testing.assert_array_equal(take_channels(image[3:, 5:20], [1, 4]), image[3:, 5:20][..., [1, 4]])  # a view
+
+
 def test_segment_run_records_each_fields_pixel_size(tmp_path):
     """No options: each field at its own scale, as score_segmentation does (the file's tags, else
     the estimate from its nuclei, snapped to the width rule on HPA-like fields), recorded per row."""
@@ -292,6 +305,8 @@ def test_segment_run_records_each_fields_pixel_size(tmp_path):
     given = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "given"), crop_size=16, pixel_size_um=0.3))
     assert sorted(given.pixel_sizes) == [("given", 0.3)] * 3
     assert set(pd.read_csv(tmp_path / "given" / "cells.csv")["pixel_size_source"]) == {"given"}
+    free = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "free"), crop_size=16, snap_to_width=0, limit=1))
+    assert free.pixel_sizes[0][0] == "image" and free.pixel_sizes[0][1] == pytest.approx(163.84 / 384, rel=0.2)  # "hpa", not snapped
 
 
 def run(*args):

@@ -18,7 +18,7 @@ Each field is segmented at its own pixel size (``segmentation.scale.segment_with
 ``--pixel-size-um`` when given, else the one its nucleus channel file records in its tags, else
 ``--scale-from``'s estimate. The per-field work after segmenting is kept small: masks are
 encoded while the table and crops are computed (a second thread; OpenCV's encoder releases the
-GIL), the PNG masks without row filters, and a field's crops go to one file.
+GIL), PNG masks encoded for labels (``fieldio.encode_png``), and a field's crops go to one file.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class SegmentRunConfig(ExecutorOptions):
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
     pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
     scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
+    snap_to_width: float = opt(0.25, "an estimate within this fraction of the HPA field-of-view value takes that value (0: never)")
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
@@ -82,6 +83,8 @@ class SegmentRunConfig(ExecutorOptions):
             raise ValueError(f"--crop-size must be >= 8, got {self.crop_size}")
         if self.batch_size < 1 or self.limit < 0:
             raise ValueError("--batch-size must be >= 1 and --limit >= 0")
+        if self.snap_to_width < 0:
+            raise ValueError(f"--snap-to-width must be >= 0, got {self.snap_to_width}")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
         unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
@@ -130,7 +133,8 @@ class SegmentRunConfig(ExecutorOptions):
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
             backend=self.backend, **self.task_record.segment_channels(),
-            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, snap_to_width=self.snap_to_width,
+            remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             runtime=self.runtime, threads=threads_for(self.workers),
             cell_model=self.cell_model,
