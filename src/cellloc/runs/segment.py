@@ -182,6 +182,15 @@ def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray,
     return table
 
 
+def file_pixel_size(layout: Layout, folder: str | Path, field_id: str, cfg: SegmentConfig) -> float | None:
+    """The pixel size a field's nucleus channel file records in its tags, for
+    ``segment_with_scale`` (None: none recorded, one was given, or ``cfg``'s backend segments
+    at its own fixed scale, so the file is not opened)."""
+    if cfg.pixel_size_um or cfg.backend not in SCALE_AWARE_BACKENDS:
+        return None
+    return pixel_size_of_file(layout.channel_file(folder, field_id, cfg.nucleus_channel))
+
+
 class FieldWorker:
     """Everything needed to finish one field; built once per process (the segmenter is costly)."""
 
@@ -193,13 +202,6 @@ class FieldWorker:
         self.layout = cfg.layout
         self.seg_cfg = cfg.segment_config()
         self.segmenter = create_segmenter(self.seg_cfg)
-
-    def file_pixel_size(self, image_id: str) -> float | None:
-        """The pixel size the field's nucleus channel file records in its tags (None: none, one was
-        given, or the backend segments at its own fixed scale)."""
-        if self.seg_cfg.pixel_size_um or self.seg_cfg.backend not in SCALE_AWARE_BACKENDS:
-            return None
-        return pixel_size_of_file(self.layout.channel_file(self.cfg.input, image_id, self.seg_cfg.nucleus_channel))
 
     def write_masks(self, image_id: str, cells: np.ndarray, nuclei: np.ndarray, pixel_size_um: float) -> None:
         """The field's masks in every ``--mask-format`` (TIFFs carry the pixel size)."""
@@ -244,7 +246,8 @@ class FieldWorker:
         t0 = time.perf_counter()
         try:
             image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
-            cells, nuclei, px = segment_with_scale(self.segmenter, self.seg_cfg, image, self.file_pixel_size(image_id))
+            cells, nuclei, px = segment_with_scale(self.segmenter, self.seg_cfg, image,
+                                                      file_pixel_size(self.layout, self.cfg.input, image_id, self.seg_cfg))
             n = self.finish(image_id, image, cells, nuclei, px)
             return FieldResult(image_id, n, seconds=time.perf_counter() - t0, pixel_size_um=px.um, pixel_size_source=px.source)
         except InputError as exc:
