@@ -172,6 +172,9 @@ def test_stacked_crops_are_read_by_row(tmp_path: Path):
     assert split_crop_reference("crops/a/a_3.npy") == ("crops/a/a_3.npy", None)
     with pytest.raises(InputError, match="no crop 3; the file holds 3"):
         load_crop(f"{tmp_path / 'f#1.npy'}#3")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "f#1.npy").read_bytes()[:-5])
+    with pytest.raises(InputError, match="the file ends inside it"):
+        load_crop(f"{tmp_path / 'cut.npy'}#2")
     np.save(tmp_path / "flat.npy", np.zeros((4, 4), np.uint8))
     with pytest.raises(InputError, match="expected stacked crops"):
         load_crop(f"{tmp_path / 'flat.npy'}#0")
