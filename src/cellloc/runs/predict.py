@@ -50,7 +50,7 @@ from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
-from .segment import SegmentRunConfig, file_pixel_size
+from .segment import SegmentRunConfig, file_pixel_size, stops_the_run
 from .train import default_run_name
 
 Progress = Callable[[int], None]
@@ -284,6 +284,7 @@ class FieldPrediction:
     prediction: str = ""
     cells: int = 0
     error: str = ""
+    stop: tuple[int, str, str | None] | None = None  # an OS error about the output: stops the run (see segment)
 
 
 class PredictWorker:
@@ -315,7 +316,12 @@ class PredictWorker:
         score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
         rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
         rows.insert(0, "ID", image_id)
-        write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        try:
+            write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        except OSError as exc:  # a full disk or an unwritable output: returned, since an executor would make a raise one failed field
+            if not stops_the_run(exc, self.out):
+                raise
+            return FieldPrediction(image_id, error=str(exc), stop=(exc.errno, exc.strerror or str(exc), exc.filename))
         h, w = image.shape[:2]
         return FieldPrediction(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None),
                                len(table))
@@ -362,6 +368,8 @@ def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress |
             for image_id, res in zip(todo, ex.map(predict_one, todo, init=init) if todo else ()):
                 if isinstance(res, Failure):
                     res = FieldPrediction(image_id, error=res.error)
+                if res.stop is not None:
+                    raise OSError(*res.stop)
                 if res.error:
                     failed.append((image_id, res.error))
                 else:
