@@ -8,7 +8,12 @@ test split gets one unreadable field. Chunks of 2 fields make several units of w
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +29,7 @@ from test_task_runs import TINY, make_hpa2018, make_rxrx1
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason='the dask executor needs pip install -e ".[distributed]"')
 MAKERS = {"hpa-2018": make_hpa2018, "rxrx1": make_rxrx1}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def channel_file(task_name: str, split_dir: Path, field_id: str) -> Path:
@@ -99,6 +105,42 @@ def test_a_rerun_redoes_only_the_missing_chunks(image_run, serial, tmp_path, cap
     assert predict(image_run, out, "--executor", "dask", "--workers", "1") == 1
     assert f"2 fields predicted, {image_run['fields'] - 2} already done" in capsys.readouterr().out
     assert outputs(out) == serial
+
+
+@needs_dask
+def test_a_killed_dask_run_rerun_keeps_finished_chunks_and_gives_the_serial_files(image_run, serial, tmp_path, capsys):
+    out = tmp_path / "killed"
+    parts = out / "field_scores"
+    argv = ["--models", str(image_run["models"]), "--input", str(image_run["test"]), "--out", str(out),
+            "--chunk", "1", "--executor", "dask"]
+    # the whole run in its own process group, so the kill takes its cluster (nannies, workers) too
+    proc = subprocess.Popen([sys.executable, "src/predict.py", *argv, "--workers", "1"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(parts.glob("part*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(100):  # until no process of the group is left to write
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    done = {p.name: p.stat().st_mtime_ns for p in parts.glob("part*.npz")}
+    assert 1 <= len(done) < image_run["fields"], "the run was not caught midway"
+    assert not (out / "submission.csv").exists()  # the driver writes it only at the end
+
+    capsys.readouterr()
+    assert load_script("predict").main([*argv, "--workers", "2"]) == 1
+    n = image_run["fields"]
+    assert f"{n - len(done)} fields predicted, {len(done)} already done" in capsys.readouterr().out
+    assert {k: (parts / k).stat().st_mtime_ns for k in done} == done  # not scored again
+    got = outputs(out)
+    for name in ("scores.csv", "submission.csv", "predict_failures.csv"):  # the same whatever the chunks
+        assert got[name] == serial[name]
 
 
 def test_dataloader_readers_belong_to_the_serial_run(image_run, capsys):
