@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cellloc.errors import InputError
-from cellloc.plate_norm import channel_numbers, group_stats, normalise, pooled_channel_stats, stats_for
+from cellloc.plate_norm import channel_numbers, field_stats, group_stats, normalise, pooled_channel_stats, stats_for
 
 
 def stats_rows(id_code: str, site: int, image: np.ndarray) -> list[dict]:
@@ -82,3 +82,26 @@ def test_channel_subsets_and_lookup_errors():
         group_stats(pd.DataFrame(rows[:2]), "plate", ("w1", "w3"))
     with pytest.raises(InputError, match="unknown normalisation level"):
         group_stats(pd.DataFrame(rows), "well")
+
+
+def test_field_stats_give_every_site_its_groups_statistics():
+    rng = np.random.default_rng(3)
+    rows = []
+    for exp in ("A-1", "B-1"):
+        for plate in (1, 2):
+            for well in ("B02", "B03"):
+                for site in (1, 2):
+                    rows += stats_rows(f"{exp}_{plate}_{well}", site, rng.gamma(2.0, 5.0 * (1 + plate), (4, 4, 6)))
+    df = pd.DataFrame(rows)
+    plate = field_stats(df, "plate")
+    assert len(plate) == 16 and plate["A-1_2_B02_s1"] is plate["A-1_2_B03_s2"]
+    assert plate["A-1_1_B02_s1"] is not plate["A-1_2_B02_s1"]
+    site = field_stats(df, "site", ("w2",))
+    one = df[(df["id_code"] == "B-1_1_B03") & (df["site"] == 2) & (df["channel"] == 2)].iloc[0]
+    np.testing.assert_allclose(site["B-1_1_B03_s2"].mean, [one["mean"]])
+    ctrl = field_stats(df, "experiment-controls", negative_controls={"A-1_1_B02", "B-1_2_B03"})
+    np.testing.assert_allclose(ctrl["A-1_2_B03_s1"].mean, group_stats(df, "experiment", wells={"A-1_1_B02"})[("A-1",)].mean)
+    with pytest.raises(InputError, match="no negative-control statistics for A-1/2"):
+        field_stats(df, "plate-controls", negative_controls={"A-1_1_B02"})
+    with pytest.raises(InputError, match="unknown normalisation 'batch'"):
+        field_stats(df, "batch")

@@ -22,8 +22,19 @@ import pandas as pd
 
 from .errors import InputError
 
-LEVELS: dict[str, tuple[str, ...]] = {"experiment": ("experiment",), "plate": ("experiment", "plate")}
-SOURCES: tuple[str, ...] = ("all", "negative_controls")
+LEVELS: dict[str, tuple[str, ...]] = {
+    "experiment": ("experiment",),
+    "plate": ("experiment", "plate"),
+    "site": ("id_code", "site"),  # each site by its own statistics (no batch information used)
+}
+# Normalisation methods by name: (level, which wells give the statistics).
+METHODS: dict[str, tuple[str, str]] = {
+    "site": ("site", "all"),
+    "experiment": ("experiment", "all"),
+    "plate": ("plate", "all"),
+    "experiment-controls": ("experiment", "negative_controls"),
+    "plate-controls": ("plate", "negative_controls"),
+}
 
 
 def pooled_channel_stats(means: np.ndarray, stds: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +81,12 @@ def group_stats(
     channels: Sequence[str] = ("w1", "w2", "w3", "w4", "w5", "w6"),
     wells: Collection[str] | None = None,
 ) -> dict[tuple[str, ...], ChannelStats]:
-    """Pool ``pixel_stats.csv`` rows into per-experiment (``level="experiment"``) or per-plate statistics.
+    """Pool ``pixel_stats.csv`` rows into per-experiment, per-plate or per-site statistics.
 
     ``pixel_stats``: the frame :func:`cellloc.rxrx1.read_pixel_stats` returns. ``wells``:
-    restrict to these id_codes (e.g. the negative controls). Keys are ``(experiment,)`` or
-    ``(experiment, plate)`` with plate as a string. A group whose sites lack one of the channels
-    is an InputError (its statistics would mix channels).
+    restrict to these id_codes (e.g. the negative controls). Keys are ``(experiment,)``,
+    ``(experiment, plate)`` or ``(id_code, site)``, as strings. A group whose sites lack one of
+    the channels is an InputError (its statistics would mix channels).
     """
     if level not in LEVELS:
         raise InputError(f"unknown normalisation level {level!r} (known: {', '.join(LEVELS)})")
@@ -97,6 +108,41 @@ def group_stats(
             raise InputError(f"pixel_stats: {'/'.join(key)}: site {row[0]} s{row[1]} lacks a row for some of channels {numbers}")
         mean, std = pooled_channel_stats(wide_mean.to_numpy(), wide_std.to_numpy())
         out[key] = ChannelStats(mean, std, len(wide_mean))
+    return out
+
+
+def field_stats(
+    pixel_stats: pd.DataFrame,
+    method: str,
+    channels: Sequence[str] = ("w1", "w2", "w3", "w4", "w5", "w6"),
+    negative_controls: Collection[str] = (),
+) -> dict[str, ChannelStats]:
+    """The statistics every site of ``pixel_stats`` is normalised with, by field id (``{id_code}_s{site}``).
+
+    ``method``: a name in :data:`METHODS`. The ``-controls`` methods pool only the wells in
+    ``negative_controls`` (their id_codes) and need at least one per experiment or plate; the
+    other sites of that experiment or plate get those statistics. One dict lookup per field
+    is then all a training or prediction loop does.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown normalisation {method!r} (known: {', '.join(METHODS)})")
+    level, source = METHODS[method]
+    wells = None
+    if source == "negative_controls":
+        wells = set(negative_controls)
+        if not wells:
+            raise InputError(f"normalisation {method}: no negative-control wells given")
+    stats = group_stats(pixel_stats, level, channels, wells)
+    sites = pixel_stats.drop_duplicates(["id_code", "site"])
+    by = list(LEVELS[level])
+    out: dict[str, ChannelStats] = {}
+    for row in sites[["id_code", "site", *[c for c in by if c not in ("id_code", "site")]]].itertuples(index=False):
+        r = row._asdict()
+        key = tuple(str(r[c]) for c in by)
+        if key not in stats:
+            raise InputError(f"normalisation {method}: no {'negative-control ' if wells is not None else ''}"
+                             f"statistics for {'/'.join(key)} (site {r['id_code']}_s{r['site']})")
+        out[f"{r['id_code']}_s{r['site']}"] = stats[key]
     return out
 
 
