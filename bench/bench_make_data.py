@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellloc.datasets import write_dataset
 from cellloc.fieldio import write_png
+from cellloc.generators import write_dataset
 from cellloc.synth import SynthConfig, generate_field
 
 

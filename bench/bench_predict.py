@@ -14,13 +14,15 @@ same fields go through
 for each classifier setting: EfficientNet-B2 at 260 px (the paper recipe) with 1 and 4 TTA
 views, and B0 at 64 px (a CPU-sized model). Weights are random, with batch-norm
 statistics measured on random inputs so activations have a trained net's scale; the run folder
-is written the way ``train.py`` writes it, so ``load_ensemble`` reads it like a real one. The
+is written the way ``train.py`` writes it (best.pt + recipe.json), so ``load_predictor`` reads it like a
+real one. The
 ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import tempfile
@@ -29,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from cellloc.config import save_config
-from cellloc.datasets import write_dataset
+from cellloc.classifier import RECIPE_FILE, Recipe
 from cellloc.fieldio import list_fields, read_field, write_json
+from cellloc.generators import write_dataset
 from cellloc.models import create_model
-from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
-from cellloc.segment_run import SegmentRunConfig
+from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
+from cellloc.runs.segment import SegmentRunConfig
 from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
@@ -54,15 +56,15 @@ def make_net(model: str, image_size: int, calibrate: bool) -> torch.nn.Module:
 def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
     """A one-fold run folder with random weights, laid out as ``train.py`` writes it."""
     run = root / f"{model}-{image_size}"
-    seg_dir = run / "segment"
-    seg_dir.mkdir(parents=True)
-    save_config(SegmentRunConfig(crop_size=crop_size), seg_dir / "segment_config.json")
     fold = run / "fold0"
-    fold.mkdir()
+    fold.mkdir(parents=True)
     net = make_net(model, image_size, calibrate=True)
     torch.save(net.state_dict(), fold / "best.pt")
-    write_json(fold / "config.json", {"model": model, "in_chans": 4, "num_classes": 19, "image_size": image_size,
-                                      "mean": [0.1] * 4, "std": [0.2] * 4, "folds_csv": str(seg_dir / "folds.csv")})
+    seg = SegmentRunConfig(crop_size=crop_size)
+    recipe_input = {"kind": "cell_crop", "crop_size": crop_size, "crop_mask": seg.crop_mask,
+                    "segment": dataclasses.asdict(seg.segment_config())}
+    recipe = Recipe("hpa-sc", "cell", model, 4, 19, image_size, [0.1] * 4, [0.2] * 4, "multilabel", recipe_input)
+    write_json(fold / RECIPE_FILE, recipe.to_dict())
     return run
 
 
@@ -78,10 +80,10 @@ def time_segmentation(folder: Path, ids: list[str]) -> float:
 def time_predict(folder: Path, run: Path, out: Path, tta: int) -> tuple[float, int]:
     """(seconds, cells) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
     cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
-    fns, spec, _ = load_ensemble(cfg)
+    predictor = load_predictor(cfg)
     t0 = time.perf_counter()
-    res = run_predict(cfg, spec, fns)
-    return time.perf_counter() - t0, res["cells"]
+    res = run_predict(cfg, predictor)
+    return time.perf_counter() - t0, res.cells
 
 
 def main() -> None:

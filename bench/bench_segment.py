@@ -43,9 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cellloc.datasets import write_dataset
 from cellloc.fieldio import list_fields, read_field
-from cellloc.segment_run import SegmentRunConfig, run_segmentation
+from cellloc.generators import write_dataset
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.synth import SynthConfig
 

@@ -30,8 +30,9 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from cellloc.fieldio import write_png
-from cellloc.metrics import FieldTruth, competition_map, read_truth
+from cellloc.metrics import FieldTruth, competition_map
 from cellloc.submission import SubmissionWriter, decode_mask, encode_field, parse_submission, prediction_string
+from cellloc.submission_formats import read_truth
 
 rng = np.random.default_rng(0)
 
@@ -112,26 +113,26 @@ def _bench_evaluation(work: Path, n_fields: int, size: int, n_cells: int) -> tup
         write_png(truth_dir / f"{k}_cell_mask.png", t.labels)
 
     def decode_floor() -> None:
-        for p in parse_submission(sub_path).values():
+        for p in parse_submission(sub_path, 19).values():
             size = [p.height, p.width]
             for text in dict.fromkeys(p.masks):
                 coco_mask.decode({"size": size, "counts": zlib.decompress(base64.b64decode(text))})
 
     def decode_all() -> None:
-        for p in parse_submission(sub_path).values():
+        for p in parse_submission(sub_path, 19).values():
             for text in dict.fromkeys(p.masks):
                 decode_mask(text, p.height, p.width)
 
     result: dict = {}
 
     def evaluate() -> None:
-        result.update(competition_map(truth, parse_submission(sub_path)))
+        result.update(competition_map(truth, parse_submission(sub_path, 19), 19))
 
     t_floor = best_of(decode_floor, 3)
     t_decode = best_of(decode_all, 3)
     t_eval = best_of(evaluate, 3)
-    t_truth = best_of(lambda: read_truth(truth_dir), 1)
-    sub = parse_submission(sub_path)
+    t_truth = best_of(lambda: read_truth(truth_dir, 19), 1)
+    sub = parse_submission(sub_path, 19)
     n_triples = sum(len(p.masks) for p in sub.values())
     n_masks = sum(len(set(p.masks)) for p in sub.values())
     mb = sub_path.stat().st_size / 1e6

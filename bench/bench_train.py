@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader
 
 from cellloc.data import CellCropDataset, EpochSampler, build_augment, label_matrix, read_cells, write_synthetic_cells
 from cellloc.models import create_model
-from cellloc.training import TrainConfig, train_fold
+from cellloc.runs.train import TrainConfig, train_fold
 
 
 def loader_rate(csv: Path, image_size: int, workers: int, batch: int = 16) -> float:
     """Training-loader images per second over every cell of the table (worker start-up included)."""
-    cells = read_cells(csv)
+    cells = read_cells(csv, 19)
     ds = CellCropDataset(cells["crop_path"], label_matrix(cells, "weak", 19), image_size, [0.1] * 4, [0.2] * 4,
                          build_augment(0.1), 4)
     sampler = EpochSampler(len(ds), seed=0)

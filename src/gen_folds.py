@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from cellloc.config import parse_config, save_config
 from cellloc.errors import exit_on_input_error
-from cellloc.folds import FoldsConfig, make_folds, summary
+from cellloc.folds import summary
+from cellloc.runs.folds import FoldsConfig, make_folds
 
 
 @exit_on_input_error

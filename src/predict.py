@@ -1,13 +1,16 @@
-"""Stage 4: per-cell predictions for a folder of test fields, written as a Kaggle submission.
+"""Stage 4: predict a folder of test fields with a trained run, written as the task's submission.
 
     python src/predict.py                                   # input/synth_test/test with models/effb2
     python src/predict.py --input /data/hpa/test --models models/effb2 --tta 4 --top-k 6
     python src/predict.py --masks output/synth_test/masks   # reuse masks from segment.py
+    python src/predict.py --image-models models/effb2_image # blend cells with an image model's field score
+    python src/predict.py --models models/effb2_rxrx1       # an image-level task: whole fields
 
-Every fold model found under --models (fold*/best.pt) is averaged; cells are segmented and
-cropped with the training crops' own settings (their segment_config.json); cell scores are
-blended with the field's mean cell score (--blend); Negative is raised to min(1 - p) over the
-other classes. Output: output/<name>/submission.csv (atomic, resumable) and cell_scores/{ID}.csv.
+Every fold model found under --models (fold*/best.pt) is averaged. Cell models: cells are
+segmented and cropped with the training crops' own settings (the model's recipe.json); cell
+scores are blended with the field's score (--blend: the mean cell score, or --image-models);
+Negative is raised to min(1 - p) over the other classes. Output: output/<name>/submission.csv
+(atomic, resumable) and cell_scores/{ID}.csv, or scores.csv for image-level models.
 """
 
 from __future__ import annotations
@@ -21,26 +24,26 @@ from tqdm import tqdm
 
 from cellloc.config import parse_config, save_config
 from cellloc.errors import exit_on_input_error
-from cellloc.fieldio import list_fields
-from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
+from cellloc.runs.predict import PredictConfig, field_ids, load_predictor, run_predict
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PredictConfig, argv, __doc__)
-    fns, spec, names = load_ensemble(cfg)
-    n = len(list_fields(cfg.input, spec.channels).ids)
-    n = min(n, cfg.limit) if cfg.limit else n
+    predictor = load_predictor(cfg)
+    cfg = cfg.resolved(predictor.task)
+    n = len(field_ids(cfg, predictor.task)[0])
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "predict_config.json")
-    with tqdm(total=n, desc=f"predict ({', '.join(names)})", unit="field") as bar:
-        res = run_predict(cfg, spec, fns, bar.update)
-    print(f"{res['submission']}: {res['done']} fields predicted, {res['skipped']} already done, "
-          f"{len(res['failed'])} failed; {res['cells']} cells, {len(fns)} model(s), {res['seconds']:.1f}s")
-    for image_id, reason in res["failed"]:
+    with tqdm(total=n, desc=f"predict ({', '.join(predictor.names)})", unit="field") as bar:
+        res = run_predict(cfg, predictor, bar.update)
+    cells = f"{res.cells} cells, " if res.cells else ""
+    print(f"{res.submission}: {res.done} fields predicted, {res.skipped} already done, "
+          f"{len(res.failed)} failed; {cells}{len(predictor.model.members)} model(s), {res.seconds:.1f}s")
+    for image_id, reason in res.failed:
         print(f"failed: {image_id}: {reason}", file=sys.stderr)
-    return 1 if res["failed"] else 0
+    return 1 if res.failed else 0
 
 
 if __name__ == "__main__":

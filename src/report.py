@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
-from cellloc.report import ReportConfig, build_report
+from cellloc.runs.report import ReportConfig, build_report
 
 
 @exit_on_input_error

@@ -1,10 +1,13 @@
 """Score segmentation against instance ground truth: AP at IoU 0.5:0.95 and F1@0.5.
 
     python src/score_segmentation.py input/synth                     # generated fields: cells + nuclei
+    python src/score_segmentation.py ../shared/data/nuclei_gt                 # pixel size estimated per image
     python src/score_segmentation.py ../shared/data/nuclei_gt --pattern 'gowt1*' --pixel-size-um 0.24
+    python src/score_segmentation.py input/synth --rescale 0.25 --snap-to-width 0   # the estimate alone, at 1/4 size
     python src/score_segmentation.py DIR --backend hpa --weights-dir ~/hpa_weights
 
-The last line reads ``AP50=0.xxxx F1_50=0.xxxx`` (cells when cell truth exists, else nuclei).
+Before the table, one line says where each image's pixel size came from. The last line reads
+``AP50=0.xxxx F1_50=0.xxxx`` (cells when cell truth exists, else nuclei).
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ from tqdm import tqdm
 from cellloc.config import opt, parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.fieldio import write_csv
-from cellloc.segment_score import find_items, score_items, summarise
+from cellloc.runs.score_segmentation import describe_scales, find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig
+from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
 
 
 @dataclass
 class ScoreConfig:
     folder: str = opt("input/synth", "dataset with truth/, or a folder of {name}_image.png + {name}_mask.png")
+    task: str = opt(DEFAULT_TASK, "task of the dataset (names its layout and segmentation channels)", choices=TASKS.names())
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
     pattern: str = opt("*", "only images whose name matches this glob")
-    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer from width, HPA field of view)")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: the file's resolution tags, else --scale-from)")
+    scale_from: str = opt("image", "no pixel size given or in the file: estimate it from the nucleus size (image) or assume the HPA field of view (width)", choices=["image", "width"])
+    snap_to_width: float = opt(0.25, "an estimate within this fraction of the HPA field-of-view value takes that value (0: never)")
+    rescale: float = opt(1.0, "score the images resized by this factor (predictions resized back to the truth)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
     device: str = opt("cpu", "torch device (hpa backend)")
     out: str = opt("", "also write per-image scores to this CSV")
@@ -38,13 +46,16 @@ class ScoreConfig:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ScoreConfig, argv, __doc__, positional=("folder",))
-    items = find_items(Path(cfg.folder), cfg.pattern)
-    seg_cfg = SegmentConfig(backend=cfg.backend, pixel_size_um=cfg.pixel_size_um or None,
+    task = get_task(cfg.task)
+    items = find_items(Path(cfg.folder), task, cfg.pattern)
+    seg_cfg = SegmentConfig(backend=cfg.backend, **task.segment_channels(), pixel_size_um=cfg.pixel_size_um or None,
+                            scale_from=cfg.scale_from, snap_to_width=cfg.snap_to_width,
                             weights_dir=cfg.weights_dir or None, device=cfg.device)
     with tqdm(total=len(items), desc="score", unit="image") as bar:
-        per_image = score_items(items, seg_cfg, bar.update)
+        per_image = score_items(items, seg_cfg, bar.update, cfg.rescale)
     if cfg.out:
         write_csv(cfg.out, per_image)
+    print(describe_scales(per_image))
     summary = summarise(per_image)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     main_row = summary.iloc[0]

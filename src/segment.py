@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
-from cellloc.segment_run import SegmentRunConfig, plan, run_segmentation
+from cellloc.runs.segment import SegmentRunConfig, plan, run_segmentation
 
 
 @exit_on_input_error

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,9 +22,81 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A 4-field, 256 px generated training set with truth (input/<name> layout)."""
-    from cellloc.datasets import write_dataset
+    from cellloc.generators import write_dataset
     from cellloc.synth import SynthConfig
 
     out = tmp_path_factory.mktemp("synth")
     write_dataset(SynthConfig(size=256, seed=3), out, 4)
     return out
+
+
+def zlib_bomb_bytes(mib: int, byte: bytes = b"0") -> bytes:
+    """A valid zlib stream of ``mib`` MiB of ``byte``, about 1 KiB per MiB, built in milliseconds.
+
+    Each MiB is deflated once after a full flush (so every MiB compresses to the same block),
+    the block is repeated, and the Adler-32 of the whole is computed in closed form.
+    """
+    chunk = byte * (1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    end = deflate.flush()
+    n, v = mib << 20, byte[0]
+    a = (1 + v * n) % 65521
+    b = (n + v * n * (n + 1) // 2) % 65521
+    return b"\x78\xda" + first + block * (mib - 1) + end + struct.pack(">I", (b << 16) | a)
+
+
+@pytest.fixture(scope="session")
+def zlib_bomb():
+    """``zlib_bomb(mib)``: base64 text of a zlib bomb inflating to ``mib`` MiB of ``'0'``."""
+    return lambda mib: base64.b64encode(zlib_bomb_bytes(mib)).decode("ascii")
+
+
+_CAPPED_CHILD = """
+import json, resource, sys
+{setup}
+def _vm_kib():
+    with open("/proc/self/status") as fh:
+        return int(fh.read().split("VmSize:")[1].split()[0])
+_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_limit = (_vm_kib() + {cap_kib}) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (_limit, _limit))
+try:
+{body}
+finally:
+    _growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - _base) / 1024
+    print("RSS_GROWTH_MIB", _growth, file=sys.stderr)
+"""
+
+
+@pytest.fixture
+def run_memory_capped():
+    """``run(setup, body, cap_mib=1024) -> (CompletedProcess, peak RSS growth in MiB)``.
+
+    Runs ``setup`` (imports) and then ``body`` in a child Python whose address space may grow
+    by at most ``cap_mib`` after setup: code that would exhaust memory fails there with a
+    MemoryError instead of taking the shared machine down. Linux only (reads /proc).
+    """
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc to cap a child's memory")
+
+    def run(setup: str, body: str, cap_mib: int = 1024) -> tuple[subprocess.CompletedProcess, float]:
+        code = _CAPPED_CHILD.format(setup=setup, body=textwrap.indent(body, "    "), cap_kib=cap_mib * 1024)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+        growth = [float(x.split()[1]) for x in res.stderr.splitlines() if x.startswith("RSS_GROWTH_MIB")]
+        return res, growth[0] if growth else float("nan")
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless Chromium binary; tests that need one are skipped (with the reason) where it is absent."""
+    from cellloc.browser import find_chromium
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
+    return browser

@@ -13,13 +13,18 @@ from torch.utils.data import DataLoader
 from cellloc.data import (
     CellCropDataset,
     EpochSampler,
+    FieldFiles,
+    FieldInput,
+    SampleDataset,
     build_augment,
     channel_stats,
+    expand_to_fields,
     label_matrix,
     load_crop,
     pad_to_square,
     preprocess_crop,
     read_cells,
+    read_samples,
     seed_augment,
     write_synthetic_cells,
 )
@@ -113,7 +118,7 @@ def cells_csv(tmp_path: Path) -> Path:
 
 
 def test_read_cells_resolves_crops_and_labels(cells_csv: Path):
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     assert len(cells) == 18 and cells["fold"].dtype.kind == "i"
     assert all(Path(p).is_absolute() and Path(p).exists() for p in cells["crop_path"])
     for _, field in cells.groupby("ID"):
@@ -129,14 +134,14 @@ def test_read_cells_errors_are_one_line(tmp_path: Path, cells_csv: Path):
     bad = tmp_path / "bad.csv"
     write_csv(bad, df.assign(fold=["x"] + list(df["fold"][1:])))
     with pytest.raises(InputError, match="fold 'x' is not an integer"):
-        read_cells(bad)
+        read_cells(bad, 19)
     write_csv(bad, df.assign(Label=["3|99"] + list(df["Label"][1:])))
     with pytest.raises(InputError, match="unknown class id 99"):
-        read_cells(bad)
+        read_cells(bad, 19)
     write_csv(bad, df.drop(columns=["crop"]))
     with pytest.raises(InputError, match="missing column"):
-        read_cells(bad)
-    cells = read_cells(cells_csv).drop(columns=["true"])
+        read_cells(bad, 19)
+    cells = read_cells(cells_csv, 19).drop(columns=["true"])
     with pytest.raises(InputError, match="needs a TrueLabel column"):
         label_matrix(cells, "true", 19)
 
@@ -159,7 +164,7 @@ def test_load_crop_validates(tmp_path: Path):
 
 
 def _dataset(cells_csv: Path, augment=True) -> CellCropDataset:
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     return CellCropDataset(
         cells["crop_path"], label_matrix(cells, "weak", 19), 32, [0.1] * 4, [0.2] * 4,
         build_augment() if augment else None, in_chans=4,
@@ -214,3 +219,66 @@ def test_tripwire_albumentations_set_random_seed_correlates_transforms():
         aug.set_random_seed(seed)
         outs.add(aug(image=img)["image"].tobytes())
     assert len(outs) < 8
+
+
+# --------------------------------------------------------------------------- whole fields
+
+
+def test_field_input_crops_and_resizes():
+    rng = np.random.default_rng(0)
+    field = rng.integers(0, 65535, (60, 80, 4)).astype(np.uint16)  # non-square: padded first
+    view = FieldInput(32, (0.0,) * 4, (1.0,) * 4, resize=64, tiles=3)
+    centre = view.train_view(field)
+    assert centre.shape == (4, 32, 32) and centre.dtype == np.float32
+    a = view.train_view(field, rng=np.random.default_rng(5))
+    assert np.array_equal(a, view.train_view(field, rng=np.random.default_rng(5)))  # same seed, same crop
+    assert len({view.train_view(field, rng=np.random.default_rng(s)).tobytes() for s in range(6)}) > 1
+    tiles = view.predict_views(field)
+    assert tiles.shape == (9, 4, 32, 32)
+    np.testing.assert_array_equal(tiles[4], centre)  # the middle of a 3x3 grid is the centre crop
+    whole = FieldInput(32, (0.0,) * 4, (1.0,) * 4, resize=32)
+    np.testing.assert_allclose(whole.predict_views(field)[0], preprocess_crop(field, 32, [0.0] * 4, [1.0] * 4))
+    with pytest.raises(ValueError, match="resize"):
+        FieldInput(32, (0.0,), (1.0,), resize=16)
+
+
+def test_read_samples_collapses_cells_to_fields(tmp_path):
+    cells = pd.DataFrame({"ID": ["a", "a", "b"], "cell_id": [1, 2, 1], "Label": ["0|16", "0|16", "3"], "fold": [0, 0, 1],
+                          "crop": ["x", "y", "z"]})
+    write_csv(tmp_path / "cells.csv", cells)
+    samples = read_samples(tmp_path / "cells.csv", 19)
+    assert samples["ID"].tolist() == ["a", "b"] and samples["weak"].tolist() == [[0, 16], [3]]
+    assert samples["fold"].tolist() == [0, 1]
+    write_csv(tmp_path / "bad.csv", cells.assign(fold=[0, 1, 1]))
+    with pytest.raises(InputError, match="sample 'a' has rows with different labels or folds"):
+        read_samples(tmp_path / "bad.csv", 19)
+
+
+def test_samples_expand_to_their_fields_through_the_layout(tmp_path):
+    from cellloc.fieldio import write_png
+
+    for fid in ("a", "b"):
+        for ch in ("red", "green", "blue", "yellow"):
+            write_png(tmp_path / f"{fid}_{ch}.png", np.zeros((8, 8), np.uint8))
+    samples = pd.DataFrame({"ID": ["a", "b"], "Label": ["0", "1"]})
+    rows = expand_to_fields(samples, "flat", tmp_path, ("red", "green", "blue", "yellow"))
+    assert rows["field_id"].tolist() == ["a", "b"]
+    reader = FieldFiles("flat", tmp_path, rows["field_id"], ("blue", "red"))
+    assert len(reader) == 2 and reader[1].shape == (8, 8, 2)
+    with pytest.raises(InputError, match=r"no field of sample 'c' \(1 of 3 samples"):
+        expand_to_fields(pd.concat([samples, pd.DataFrame({"ID": ["c"], "Label": ["2"]})]), "flat", tmp_path,
+                         ("red", "green", "blue", "yellow"))
+
+
+def test_field_dataset_places_its_crop_by_the_sample_seed(tmp_path):
+    from cellloc.fieldio import write_png
+
+    rng = np.random.default_rng(2)
+    for ch in ("red", "green", "blue", "yellow"):
+        write_png(tmp_path / f"f_{ch}.png", rng.integers(0, 255, (64, 64)).astype(np.uint8))
+    view = FieldInput(32, (0.0,) * 4, (1.0,) * 4, resize=64)
+    ds = SampleDataset(FieldFiles("flat", tmp_path, ["f"], ("red", "green", "blue", "yellow")), np.ones((1, 19)), view,
+                       build_augment(0.0))
+    assert torch.equal(ds[(0, 3)]["image"], ds[(0, 3)]["image"])
+    assert len({ds[(0, s)]["image"].numpy().tobytes() for s in range(6)}) > 1
+    assert torch.equal(ds[0]["image"], torch.from_numpy(view.train_view(ds.reader[0])))  # unaugmented: the centre

@@ -6,6 +6,7 @@ tez/accelerate; if one fails, upstream changed and the matching workaround can b
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -18,7 +19,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cellloc.engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, make_accelerator
+from cellloc.engine import (
+    Callback,
+    CellTez,
+    EarlyStopping,
+    EpochProgress,
+    TezConfig,
+    TezModule,
+    load_plain,
+    make_accelerator,
+)
 from cellloc.errors import InputError
 
 
@@ -300,3 +310,74 @@ def test_validation_loss_and_metrics_cover_the_whole_fold_exactly():
     np.testing.assert_allclose(got["logits"], logits.numpy(), rtol=1e-5, atol=1e-6)
     assert trainer.metrics["valid"]["loss"] == pytest.approx(exact, rel=1e-5)
     assert trainer.metrics["valid"]["n"] == 10.0 and trainer.valid_extra == {"ok": True}
+
+
+@pytest.mark.parametrize("content", [b"garbage, not a checkpoint", b"PK\x03\x04 a broken zip", b""])
+def test_garbage_checkpoint_error_gives_no_unsafe_advice(tmp_path, content):
+    # torch.load's own message advises retrying with weights_only=False (running the file's code).
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as err:
+        load_plain(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: cannot load checkpoint (") and "\n" not in msg
+    assert "weights_only" not in msg and "trust" not in msg
+
+
+# --------------------------------------------------------------------------- 15. progress
+
+
+PROGRESS_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_engine import CellTez, Toy, fit, toy_module
+fit(CellTez(toy_module(), device="cpu"), Toy(16), Toy(8, 1), epochs=2)
+"""
+
+
+def _raw_stderr_of(code: str) -> str:
+    """stderr of ``code`` with every byte kept (text mode would turn carriage returns into newlines)."""
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, env=env).stderr.decode()
+
+
+def test_progress_in_a_pipe_is_plain_lines_per_epoch_and_phase():
+    err = _raw_stderr_of(PROGRESS_RUN.format(tests=str(Path(__file__).parent)))
+    assert "\r" not in err and "\x1b" not in err
+    lines = [x for x in err.splitlines() if x.startswith("epoch ")]
+    assert [x.split(":")[0] for x in lines] == ["epoch 1/2 train", "epoch 1/2 valid", "epoch 2/2 train", "epoch 2/2 valid"]
+    assert lines[0].startswith("epoch 1/2 train: 4 batches in ") and ", loss=" in lines[0]
+    assert lines[1].startswith("epoch 1/2 valid: 2 batches in ") and ", loss=" in lines[1]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_a_terminal_is_one_labelled_bar_per_epoch_and_phase():
+    screen = FakeTerminal()
+    fit(CellTez(toy_module(), device="cpu", progress=EpochProgress(screen)), Toy(16), Toy(8, 1), epochs=2)
+    text = screen.getvalue()
+    assert "\x1b[A" not in text  # no cursor movement: one bar at a time
+    finished = [line.split("\r")[-1] for line in text.split("\n") if line.strip()]
+    assert [x.split(":")[0] for x in finished] == ["epoch 1/2 train", "epoch 1/2 valid", "epoch 2/2 train", "epoch 2/2 valid"]
+    assert all("100%" in x and "loss=" in x for x in finished)
+    assert "4/4" in finished[0] and "2/2" in finished[1]
+
+
+def test_progress_of_a_resumed_run_counts_all_epochs():
+    screen = io.StringIO()
+    trainer = CellTez(toy_module(), device="cpu", progress=EpochProgress(screen))
+    trainer.current_epoch = 3  # as training.py sets it from last.pt
+    fit(trainer, Toy(16), Toy(8, 1), epochs=2)  # the 2 epochs left of 5
+    labels = [line.split(":")[0] for line in screen.getvalue().splitlines()]
+    assert labels == ["epoch 4/5 train", "epoch 4/5 valid", "epoch 5/5 train", "epoch 5/5 valid"]
+
+
+def test_tripwire_tez_progress_writes_bar_updates_into_a_pipe():
+    code = PROGRESS_RUN.format(tests=str(Path(__file__).parent)).replace(
+        'fit(CellTez(toy_module(), device="cpu")', "import tez\nfit(tez.Tez(model=toy_module())"
+    )
+    err = _raw_stderr_of(code)
+    assert "\r" in err and "\x1b[A" in err  # tez's nested bars: carriage returns and cursor-up codes

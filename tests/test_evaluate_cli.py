@@ -15,8 +15,8 @@ import pytest
 
 from cellloc.errors import InputError
 from cellloc.fieldio import write_png
-from cellloc.metrics import read_truth
 from cellloc.submission import SubmissionWriter, encode_field, prediction_string
+from cellloc.submission_formats import read_truth
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -80,7 +80,7 @@ def perfect_scores(image_id: str, cell_id: int) -> np.ndarray:
 
 
 def test_read_truth(truth_dir):
-    truth = read_truth(truth_dir)
+    truth = read_truth(truth_dir, 19)
     assert sorted(truth) == ["a", "b"]
     assert truth["a"].cell_classes == {3: [0, 16], 8: [0]}
     np.testing.assert_array_equal(truth["a"].labels, field_labels("a"))
@@ -100,7 +100,7 @@ def test_read_truth_rejects_inconsistent_folders(truth_dir, edit, reason):
     table = truth_dir / "cells.csv"
     edit(pd.read_csv(table, dtype=str)).to_csv(table, index=False)
     with pytest.raises(InputError, match=reason):
-        read_truth(truth_dir)
+        read_truth(truth_dir, 19)
 
 
 def test_evaluate_perfect_submission_end_to_end(truth_dir, tmp_path):
@@ -167,3 +167,23 @@ def test_check_submission_script_lists_problems(tmp_path):
     assert "line 2: prediction 1: mask is not valid base64" in out
     assert "file: missing ID 'c'" in out
     assert out[-1] == f"{sub}: 3 problem(s) on 2 line(s)"
+
+
+def test_evaluate_refuses_a_zlib_bomb_by_line_with_little_memory(truth_dir, tmp_path, zlib_bomb, run_memory_capped):
+    sub = write_submission(tmp_path / "submission.csv", perfect_scores)
+    lines = sub.read_text().splitlines()
+    lines[1] = re.sub(r"^(a,40,30,0 0\.9 )\S+", lambda m: m.group(1) + zlib_bomb(4096), lines[1])
+    sub.write_text("\n".join(lines[:1] + [""] + lines[1:]) + "\n")  # a blank line: the row is on line 3
+    res, growth = run_memory_capped(
+        "import runpy, cellloc.metrics, cellloc.submission, cellloc.submission_formats",
+        f"sys.argv = ['evaluate.py', '--truth', {str(truth_dir)!r}, '--submission', {str(sub)!r}]\n"
+        "try:\n"
+        "    runpy.run_path('src/evaluate.py', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('EXIT', exc.code)\n",
+        cap_mib=768,
+    )
+    assert "EXIT 2" in res.stdout, res.stderr[-2000:]
+    [err] = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
+    assert err.startswith(f"error: {sub}: line 3: field a: prediction 1: mask decompresses to more than 1390 bytes")
+    assert growth < 256, f"peak RSS grew by {growth:.0f} MiB"

@@ -166,6 +166,15 @@ def test_read_labels_good(tmp_path):
     ("ID,Label\na,1\nb,x|2\n", "line 3: malformed"),
     ("ID,Label\na,30\n", "unknown class id 30"),
     ("ID,Label\na,\n", "empty label"),
+    # Errors name the physical line: ragged rows are not shifted into other columns, blank
+    # lines count, and a quoted field spanning lines counts from its row's first line.
+    ("ID,Label\nf1,1,2,3\nb,2\n", r"line 2: 4 field\(s\) where the header \(ID,Label\) has 2"),
+    ("ID,Label\na,1\n\nb,2\nf1,1,2,3\n", "line 5: 4 field"),
+    ("ID,Label\na,1\n\n\nb,x\n", "line 5: malformed label 'x'"),
+    ('ID,Label\n"a\nb",1\nc,1|x\n', "line 4: malformed label"),
+    ("ID,Label\na,1\n\nb,1\na,2\n", "line 5: duplicate ID 'a' \\(first on line 2\\)"),
+    ("ID,Label\nb,1\n   \n", "line 3: 1 field"),
+    ("ID,ID\na,1\n", "column 'ID' appears more than once"),
 ])
 def test_read_labels_bad(tmp_path, text, msg):
     path = write_labels(tmp_path / "t.csv", text)
@@ -223,3 +232,13 @@ def test_bad_npz_masks_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(InputError, match=message) as err:
         read_mask(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sha256_file_reads_in_chunks(tmp_path):
+    import hashlib
+
+    from cellloc.fieldio import sha256_file
+
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"abc" * 1000)
+    assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()

@@ -13,17 +13,16 @@ from cellloc.config import parse_config
 from cellloc.fieldio import format_label
 from cellloc.folds import (
     METHODS,
-    FoldsConfig,
     assign_folds,
     balance_report,
     balance_table,
     deviation_floor,
     fill_empty_folds,
     label_combinations,
-    make_folds,
     split_folds,
 )
 from cellloc.plots import fold_balance_heatmap
+from cellloc.runs.folds import FoldsConfig, make_folds
 from gen_folds import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -215,9 +214,14 @@ def test_heatmap_writes_png_without_touching_the_backend(tmp_path):
 
 def test_defaults_match_the_documented_command():
     cfg = parse_config(FoldsConfig, [])
-    assert (cfg.cells, cfg.out, cfg.folds, cfg.seed, cfg.method, cfg.label_set) == (
-        "output/synth/cells.csv", "output/synth/folds.csv", 5, 42, "skmultilearn", "hpa19")
+    assert (cfg.cells, cfg.out, cfg.folds, cfg.seed, cfg.method, cfg.task) == (
+        "output/synth/cells.csv", "output/synth/folds.csv", 5, 42, "iterstrat", "hpa-sc")
     assert cfg.labels is None and cfg.group_col is None
+
+
+def test_image_level_tasks_split_their_labels_csv_by_default():
+    cfg = parse_config(FoldsConfig, ["--task", "rxrx1"])
+    assert (cfg.labels, cfg.out) == ("input/rxrx1/train.csv", "output/rxrx1/folds.csv")
 
 
 def test_cells_get_their_fields_fold_and_keep_their_columns(tmp_path, capsys):
@@ -234,7 +238,7 @@ def test_cells_get_their_fields_fold_and_keep_their_columns(tmp_path, capsys):
         assert (tmp_path / "f" / name).stat().st_size > 0
     assert (tmp_path / "f" / "folds_balance.png").read_bytes()[:8] == PNG_MAGIC
     config = json.loads((tmp_path / "f" / "folds_config.json").read_text())
-    assert config["folds"] == 4 and config["method"] == "skmultilearn"
+    assert config["folds"] == 4 and config["method"] == "iterstrat" and config["task"] == "hpa-sc"
     table = pd.read_csv(tmp_path / "f" / "folds_balance.csv")
     assert len(table) == 19 and {"fold_0", "fold_3", "max_rel_dev", "note"} <= set(table.columns)
     assert not [p for p in (tmp_path / "f").iterdir() if p.name.startswith(".")]  # atomic writes left no temp files
@@ -313,10 +317,11 @@ def test_rare_class_is_named_in_the_report(tmp_path, capsys, method):
 
 
 def test_rxrx1_single_label_choice_is_stated(tmp_path, capsys):
-    ids = [f"HEPG2-01_1_B{i:03d}_s1" for i in range(60)]
-    labels = [str(i % 12 * 90) for i in range(60)]  # 12 siRNAs out of 1,108, 5 fields each
-    pd.DataFrame({"ID": ids, "Label": labels}).to_csv(tmp_path / "rx.csv", index=False)
-    code, out, err = run_main(["--labels", str(tmp_path / "rx.csv"), "--out", str(tmp_path / "folds.csv"), "--label-set", "rxrx1"], capsys)
+    ids = [f"HEPG2-01_1_B{i:03d}" for i in range(60)]
+    labels = [str(i % 12 * 90) for i in range(60)]  # 12 siRNAs out of 1,139, 5 wells each
+    # a table already in the project's canonical label form (what segmentation writes)
+    pd.DataFrame({"ID": ids, "cell_id": 1, "Label": labels}).to_csv(tmp_path / "rx.csv", index=False)
+    code, out, err = run_main(["--task", "rxrx1", "--cells", str(tmp_path / "rx.csv"), "--out", str(tmp_path / "folds.csv")], capsys)
     assert code == 0, err
     assert "splitter stratified" in out
     assert "StratifiedKFold" in (tmp_path / "folds_balance.txt").read_text()
@@ -335,7 +340,7 @@ def test_rxrx1_single_label_choice_is_stated(tmp_path, capsys):
         ("cells", ["--cells", "{d}/cells.csv", "--group-col", "plate"], "missing column(s) plate"),
         ("nolabel", ["--cells", "{d}/cells.csv"], "missing column(s) Label"),
         ("unknown", ["--cells", "{d}/cells.csv"], "unknown class id 19"),
-        ("unknown", ["--cells", "{d}/cells.csv", "--label-set", "hpa28"], None),  # 19 is valid in HPA-2018
+        ("unknown", ["--cells", "{d}/cells.csv", "--task", "hpa-2018"], None),  # 19 is valid in HPA-2018
         ("malformed", ["--cells", "{d}/cells.csv"], "malformed label '0;16'"),
         ("mixed", ["--cells", "{d}/cells.csv"], "a field's cells must share one Label"),
         ("mixedgroup", ["--cells", "{d}/cells.csv", "--group-col", "antibody"], "a field's cells must share one antibody"),

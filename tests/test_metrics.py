@@ -1,4 +1,4 @@
-"""Metrics on hand-made masks: every expected number here can be checked with a pencil."""
+"""Metrics on hand-made scores and masks: every expected number here can be checked with a pencil."""
 
 from __future__ import annotations
 
@@ -6,18 +6,100 @@ import numpy as np
 import pytest
 
 from cellloc.metrics import (
+    METRICS,
     FieldTruth,
     average_precision_open_images,
     compact_labels,
     competition_map,
+    compute_metrics,
     iou_matrix,
     label_overlap,
     match_cells,
     match_detections,
     match_instances,
+    metrics_for,
+    multiclass_table,
+    per_class_ap,
+    per_class_f1,
+    score_table,
     segmentation_scores,
+    to_probabilities,
+    top_k_accuracy,
 )
 from cellloc.submission import FieldPrediction, encode_mask
+
+
+# --------------------------------------------------------------------------- classification
+
+# 4 samples, 3 classes (multilabel): class 2 never occurs.
+Y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]], np.float32)
+
+
+def test_macro_ap_perfect_constant_and_known():
+    perfect = Y * 0.8 + 0.1
+    assert METRICS["macro_ap"].fn(perfect, Y) == 1.0
+    constant = np.full_like(Y, 0.3)
+    # a constant score's AP is the prevalence: class 0 2/4, class 1 2/4; class 2 has no positive (left out)
+    assert METRICS["macro_ap"].fn(constant, Y) == pytest.approx(0.5)
+    # class 0 ranked [0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1]: precision 1 at recall 0.5, 2/3 at recall 1
+    known = np.array([[0.9, 0.1, 0], [0.8, 0.9, 0], [0.7, 0.8, 0], [0.1, 0.2, 0]], np.float32)
+    ap = per_class_ap(known, Y)
+    assert ap[0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3) and ap[1] == 1.0 and np.isnan(ap[2])
+    assert METRICS["macro_ap"].fn(known, Y) == pytest.approx((5 / 6 + 1) / 2)
+
+
+def test_macro_f1_perfect_constant_and_known():
+    assert METRICS["macro_f1"].fn(Y * 0.8 + 0.1, Y) == 1.0
+    assert METRICS["macro_f1"].fn(np.full_like(Y, 0.3), Y) == 0.0  # nothing predicted at 0.5
+    # everything predicted: each present class has precision 2/4, recall 1 -> F1 2/3
+    assert METRICS["macro_f1"].fn(np.full_like(Y, 0.9), Y) == pytest.approx(2 / 3)
+    # class 0: predicted on samples 0 and 1 -> tp 1, fp 1, fn 1 -> F1 0.5; class 1 perfect
+    known = np.array([[0.6, 0, 0], [0.6, 0.7, 0], [0.2, 0.7, 0], [0, 0, 0]], np.float32)
+    np.testing.assert_allclose(per_class_f1(known, Y)[:2], [0.5, 1.0])
+    assert METRICS["macro_f1"].fn(known, Y) == pytest.approx(0.75)
+
+
+def test_accuracy_and_top_k_perfect_constant_and_known():
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]  # 5 samples, 4 classes, one each
+    assert METRICS["accuracy"].fn(y * 0.7 + 0.1, y) == 1.0
+    constant = np.full((5, 4), 0.25)
+    # a constant score ties every class: broken at random, the true one is first 1 time in 4
+    assert top_k_accuracy(constant, y, 1) == pytest.approx(0.25) and top_k_accuracy(constant, y, 3) == pytest.approx(0.75)
+    # a tie of the true class with one other for the top place: half a hit
+    assert top_k_accuracy(np.array([[0.4, 0.4, 0.2]]), np.eye(3)[[1]], 1) == pytest.approx(0.5)
+    guess0 = np.tile([0.4, 0.3, 0.2, 0.1], (5, 1))  # always class 0 first, 1 second, ...
+    assert METRICS["accuracy"].fn(guess0, y) == pytest.approx(2 / 5)
+    assert top_k_accuracy(guess0, y, 2) == pytest.approx(3 / 5) and top_k_accuracy(guess0, y, 3) == pytest.approx(4 / 5)
+    assert METRICS["top5_accuracy"].fn(guess0, y) == 1.0  # fewer classes than k
+    assert np.isnan(top_k_accuracy(np.zeros((0, 4)), np.zeros((0, 4)), 1))
+
+
+def test_metrics_by_kind_and_probabilities():
+    assert metrics_for("multilabel") == ["macro_ap", "macro_f1"]
+    assert metrics_for("multiclass")[:2] == ["accuracy", "top3_accuracy"] and "top5_accuracy" in metrics_for("multiclass")
+    assert compute_metrics(["accuracy"], np.eye(2), np.eye(2)) == {"accuracy": 1.0}
+    logits = np.array([[0.0, np.log(3.0)], [1000.0, -1000.0]])
+    np.testing.assert_allclose(to_probabilities(logits, "multiclass"), [[0.25, 0.75], [1.0, 0.0]])
+    np.testing.assert_allclose(to_probabilities(logits, "multilabel")[0], [0.5, 0.75])
+    table = multiclass_table(np.tile([0.4, 0.3, 0.2, 0.1], (4, 1)), np.eye(4)[[0, 0, 1, 2]], ["accuracy"])
+    assert table.to_dict("records") == [{"metric": "accuracy", "value": 0.5, "baseline": 0.5}]  # it always says class 0
+
+
+def test_score_table_ap_baseline_and_macro():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
+    perfect = y * 0.9 + 0.05
+    constant = np.full_like(y, 0.3)
+    true = y.copy()
+    true[2, 0] = 0  # the field label did not apply to this cell
+    t = score_table(perfect, y, true, ["a", "b", "c"])
+    assert list(t["ap_weak"][:2]) == [1.0, 1.0] and np.isnan(t["ap_weak"][2])  # no positives: undefined
+    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == 2
+    assert t["ap_true"][0] == pytest.approx(0.5)  # the weak-label-perfect scores rank a false positive first
+    t = score_table(constant, y, None, ["a", "b", "c"])
+    np.testing.assert_allclose(t["ap_weak"][:2], [0.5, 0.25])  # a constant score's AP is the prevalence
+    assert t.iloc[-1]["ap_weak"] == pytest.approx(t.iloc[-1]["prevalence_weak"])
+    assert "ap_true" not in t
+    assert np.isnan(per_class_ap(perfect, np.zeros_like(y))).all()
 
 
 def boxes(shape, rects, ids=None) -> np.ndarray:
@@ -220,7 +302,7 @@ def pred(*dets) -> FieldPrediction:
 
 
 def test_competition_map_perfect():
-    r = competition_map({"f": truth_field()}, {"f": pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000))})
+    r = competition_map({"f": truth_field()}, {"f": pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000))}, 19)
     assert r["map"] == 1.0
     assert r["ap"][0] == 1.0 and r["ap"][3] == 1.0
     assert np.isnan(r["ap"][[1, 2, 4, 18]]).all()
@@ -239,25 +321,25 @@ def test_competition_map_perfect():
 )
 def test_competition_map_iou_threshold(mask, expected):
     t = FieldTruth(truth_field().labels, {5: [2], 65000: [0]})
-    r = competition_map({"f": t}, {"f": pred((2, 0.9, mask), (0, 0.9, CELL65000))})
+    r = competition_map({"f": t}, {"f": pred((2, 0.9, mask), (0, 0.9, CELL65000))}, 19)
     assert r["ap"][2] == expected
     assert r["map"] == pytest.approx((expected + 1.0) / 2)
 
 
 def test_competition_map_confidence_order_and_duplicates():
     t = {"f": truth_field()}
-    fp_first = competition_map(t, {"f": pred((0, 0.9, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
-    fp_last = competition_map(t, {"f": pred((0, 0.1, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
+    fp_first = competition_map(t, {"f": pred((0, 0.9, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))}, 19)
+    fp_last = competition_map(t, {"f": pred((0, 0.1, NOWHERE), (0, 0.8, CELL5), (0, 0.7, CELL65000))}, 19)
     assert fp_first["ap"][0] == pytest.approx(2 / 3)
     assert fp_last["ap"][0] == pytest.approx(1.0)
-    dup = competition_map(t, {"f": pred((0, 0.9, CELL5), (0, 0.8, CELL5), (0, 0.7, CELL65000))})
+    dup = competition_map(t, {"f": pred((0, 0.9, CELL5), (0, 0.8, CELL5), (0, 0.7, CELL65000))}, 19)
     assert dup["ap"][0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
 
 
 def test_competition_map_ranks_across_fields():
     t = {"a": truth_field(), "b": truth_field()}
     p = {"a": pred((3, 0.9, NOWHERE)), "b": pred((3, 0.5, CELL65000))}
-    r = competition_map(t, p)
+    r = competition_map(t, p, 19)
     # class 3: 2 true cells; ranked FP (a), TP (b): precision 1/2 at recall 1/2
     assert r["ap"][3] == pytest.approx(0.25)
     assert r["ap"][0] == 0.0  # class 0 present in truth, never predicted
@@ -267,7 +349,7 @@ def test_competition_map_ignores_classes_absent_from_truth():
     t = {"f": truth_field()}
     base = pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000))
     extra = pred((0, 0.9, CELL5), (0, 0.9, CELL65000), (3, 0.8, CELL65000), (7, 0.99, CELL5), (18, 0.99, NOWHERE))
-    r0, r1 = competition_map(t, {"f": base}), competition_map(t, {"f": extra})
+    r0, r1 = competition_map(t, {"f": base}, 19), competition_map(t, {"f": extra}, 19)
     assert r0["map"] == r1["map"] == 1.0
     assert np.isnan(r1["ap"][7]) and r1["n_pred"][7] == 1 and r1["n_truth"][7] == 0
 
@@ -275,23 +357,23 @@ def test_competition_map_ignores_classes_absent_from_truth():
 def test_competition_map_empty_predictions():
     t = {"f": truth_field()}
     for p in ({}, {"f": pred()}):
-        r = competition_map(t, p)
+        r = competition_map(t, p, 19)
         assert r["map"] == 0.0
         np.testing.assert_array_equal(r["ap"][[0, 3]], [0.0, 0.0])
     empty_truth = FieldTruth(np.zeros((H, W), np.uint16), {})
-    r = competition_map({"f": empty_truth}, {"f": pred((0, 0.5, CELL5))})
+    r = competition_map({"f": empty_truth}, {"f": pred((0, 0.5, CELL5))}, 19)
     assert np.isnan(r["map"]) and r["n_pred"][0] == 1
 
 
 def test_competition_map_rejects_mismatches():
     t = {"f": truth_field()}
     with pytest.raises(ValueError, match="not in the truth"):
-        competition_map(t, {"g": pred()})
+        competition_map(t, {"g": pred()}, 19)
     wrong = pred((0, 0.5, CELL5))
     wrong.width = W + 1
     with pytest.raises(ValueError, match="submission says 25x20"):
-        competition_map(t, {"f": wrong})
+        competition_map(t, {"f": wrong}, 19)
     bad = pred((0, 0.5, CELL5), (3, 0.5, CELL5))
     bad.masks[1] = "%%%"
     with pytest.raises(ValueError, match="field f: prediction 2: mask is not valid base64"):
-        competition_map(t, {"f": bad})
+        competition_map(t, {"f": bad}, 19)

@@ -93,9 +93,9 @@ def test_create_model_shapes_offline():
 
 def test_create_model_bad_values_are_one_line_errors():
     with pytest.raises(InputError, match="unknown model 'resnet9'"):
-        create_model("resnet9")
+        create_model("resnet9", 4, 19)
     with pytest.raises(InputError, match="pretrained must be one of"):
-        create_model(NAME, pretrained="imagenet21k")
+        create_model(NAME, 4, 19, pretrained="imagenet21k")
 
 
 # --------------------------------------------------------------------------- weight files
@@ -128,7 +128,7 @@ def test_pretrained_download_checksum_cache_and_stem(monkeypatch, tmp_path, imag
     assert sd["_fc.weight"].shape == (19, src["_fc.weight"].shape[1])  # new head
     # second call: served from the cache even when the URL is gone
     path.unlink()
-    create_model(NAME, pretrained="imagenet", image_size=32, cache_dir=cache)
+    create_model(NAME, 4, 19, pretrained="imagenet", image_size=32, cache_dir=cache)
 
 
 def test_pretrained_checksum_mismatch_is_refused(monkeypatch, tmp_path, imagenet_file):
@@ -137,7 +137,7 @@ def test_pretrained_checksum_mismatch_is_refused(monkeypatch, tmp_path, imagenet
     _use_spec(monkeypatch, WeightSpec(path.as_uri(), bad))
     cache = tmp_path / "cache"
     with pytest.raises(InputError, match="checksum mismatch") as exc:
-        create_model(NAME, pretrained="imagenet", image_size=32, cache_dir=cache)
+        create_model(NAME, 4, 19, pretrained="imagenet", image_size=32, cache_dir=cache)
     assert "\n" not in str(exc.value)
     assert not (cache / path.name).exists()  # a bad download never lands in the cache
 
@@ -155,7 +155,7 @@ def test_pretrained_file_of_another_architecture_is_refused(tmp_path):
     other = MODELS["efficientnet-b1"].builder(3, 1000, 32)
     path = tmp_path / "b1.pth"
     torch.save(other.state_dict(), path)
-    model = create_model(NAME, pretrained="none", image_size=32)
+    model = create_model(NAME, 4, 19, pretrained="none", image_size=32)
     with pytest.raises(InputError, match="does not fit efficientnet-b0"):
         load_pretrained(model, NAME, 4, path=path)
 
@@ -163,6 +163,16 @@ def test_pretrained_file_of_another_architecture_is_refused(tmp_path):
 def test_pickled_module_is_not_a_state_dict(tmp_path):
     path = tmp_path / "whole.pth"
     torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module: refused by weights_only
-    model = create_model(NAME, pretrained="none", image_size=32)
+    model = create_model(NAME, 4, 19, pretrained="none", image_size=32)
     with pytest.raises(InputError, match="not a loadable state_dict"):
         load_pretrained(model, NAME, 4, path=path)
+
+
+def test_garbage_weight_file_error_gives_no_unsafe_advice(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"garbage, not a state dict")
+    model = create_model(NAME, 4, 19, pretrained="none", image_size=32)
+    with pytest.raises(InputError) as err:
+        load_pretrained(model, NAME, 4, path=path)
+    msg = str(err.value)
+    assert "not a loadable state_dict" in msg and "weights_only" not in msg and "\n" not in msg

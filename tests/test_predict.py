@@ -15,18 +15,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellloc.cells import crop_cells
+from cellloc.classifier import fold_dirs
 from cellloc.config import save_config
-from cellloc.datasets import write_dataset
 from cellloc.errors import InputError
 from cellloc.fieldio import list_fields, read_field, read_mask
-from cellloc.metrics import competition_map, read_truth
-from cellloc.predict_run import ModelSpec, PredictConfig, field_scores, fold_dirs, load_ensemble, run_predict
-from cellloc.segment_run import SegmentRunConfig, run_segmentation
-from cellloc.segmentation import SegmentConfig
+from cellloc.generators import write_dataset
+from cellloc.metrics import competition_map
+from cellloc.pipeline import crop_field
+from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
+from cellloc.runs.train import TrainConfig, train_fold
 from cellloc.submission import check_submission, decode_mask, parse_submission
+from cellloc.submission_formats import read_truth
 from cellloc.synth import SynthConfig
-from cellloc.training import TrainConfig, train_fold
 
 from test_evaluate_cli import load_script
 
@@ -60,21 +61,24 @@ def predict_cfg(trained, out: Path, **kw) -> PredictConfig:
 
 def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
     cfg = predict_cfg(trained, tmp_path)
-    fns, spec, names = load_ensemble(cfg)
-    assert names == ["fold0"] and spec.crop_size == 32 and spec.crop_mask == "cell" and spec.num_classes == 19
-    res = run_predict(cfg, spec, fns)
-    assert res["done"] == N_TEST and not res["failed"]
+    predictor = load_predictor(cfg)
+    recipe = predictor.model.recipe
+    assert predictor.names == ["fold0"] and recipe.input["crop_size"] == 32 and recipe.input["crop_mask"] == "cell"
+    assert recipe.num_classes == 19 and recipe.task == "hpa-sc"
+    res = run_predict(cfg, predictor)
+    assert res.done == N_TEST and not res.failed
     sub = tmp_path / "submission.csv"
-    sizes = {i: (256, 256) for i in list_fields(cfg.input, spec.channels).ids}
-    assert check_submission(sub, expected_ids=list(sizes), sizes=sizes) == []
-    parsed = parse_submission(sub)
-    assert sorted(parsed) == sorted(list_fields(cfg.input, spec.channels).ids)
+    channels = predictor.task.channels
+    sizes = {i: (256, 256) for i in list_fields(cfg.input, channels).ids}
+    assert check_submission(sub, expected_ids=list(sizes), sizes=sizes, num_classes=19) == []
+    parsed = parse_submission(sub, 19)
+    assert sorted(parsed) == sorted(list_fields(cfg.input, channels).ids)
     # every predicted mask is exactly one segmented cell, scored for all 19 classes
     from cellloc.segmentation import create_segmenter
 
-    seg = create_segmenter(spec.segment)
+    seg = create_segmenter(predictor.segment)
     for image_id, pred in parsed.items():
-        cells, _ = seg.segment(read_field(cfg.input, image_id, spec.channels))
+        cells, _ = seg.segment(read_field(cfg.input, image_id, channels))
         scores = pd.read_csv(tmp_path / "cell_scores" / f"{image_id}.csv")
         assert len(pred.classes) == 19 * len(scores) == 19 * (len(np.unique(cells)) - 1)
         for k, cid in enumerate(scores["cell_id"]):
@@ -84,24 +88,24 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
         assert ((probs >= 0) & (probs <= 1)).all()
         # Negative is at least min(1 - p) over the other classes for every cell
         assert (probs[:, 18] >= (1 - np.delete(probs, 18, 1)).min(1) - 1e-4).all()
-    truth = read_truth(trained["truth"])
-    result = competition_map(truth, parsed)
+    truth = read_truth(trained["truth"], 19)
+    result = competition_map(truth, parsed, 19)
     assert 0.0 <= result["map"] <= 1.0
 
 
 def test_test_crops_are_the_training_crops(trained):
     """On a training field, predict's crops equal the .npy crops segment.py saved for training."""
-    cfg = predict_cfg(trained, trained["root"] / "unused")
-    spec = load_ensemble(cfg)[1]
+    model = load_predictor(predict_cfg(trained, trained["root"] / "unused")).model
     seg_out = trained["seg"]
     cells_table = pd.read_csv(seg_out / "cells.csv", dtype={"ID": str}, keep_default_na=False)
     image_id = cells_table["ID"].iloc[0]
-    image = read_field(trained["root"] / "train_data" / "train", image_id, spec.channels)
+    image = read_field(trained["root"] / "train_data" / "train", image_id, model.task.channels)
     labels = read_mask(seg_out / "masks" / f"{image_id}_cell_mask.png")
+    table, crops = crop_field(image, labels, np.zeros_like(labels), model)
     rows = cells_table[cells_table["ID"] == image_id]
-    crops = crop_cells(image, labels, rows, spec.crop_size, spec.crop_mask)
-    for _, row in rows.iterrows():
-        np.testing.assert_array_equal(crops[int(row["cell_id"])], np.load(seg_out / row["crop"]))
+    assert table["cell_id"].tolist() == rows["cell_id"].tolist()
+    for crop, (_, row) in zip(crops, rows.iterrows()):
+        np.testing.assert_array_equal(crop, np.load(seg_out / row["crop"]))
 
 
 @pytest.mark.parametrize("mask_format", ["png", "npz"])
@@ -112,29 +116,30 @@ def test_reusing_masks_gives_the_same_submission(trained, tmp_path, mask_format)
     a, b = tmp_path / "a", tmp_path / "b"
     for out, masks in ((a, ""), (b, str(seg_test / "masks"))):
         cfg = predict_cfg(trained, out, masks=masks)
-        fns, spec, _ = load_ensemble(cfg)
-        run_predict(cfg, spec, fns)
+        run_predict(cfg, load_predictor(cfg))
     assert (a / "submission.csv").read_text() == (b / "submission.csv").read_text()
 
 
 def test_killed_run_resumes_and_finished_run_is_skipped(trained, tmp_path):
     cfg = predict_cfg(trained, tmp_path / "full")
-    fns, spec, _ = load_ensemble(cfg)
-    run_predict(cfg, spec, fns)
+    predictor = load_predictor(cfg)
+    run_predict(cfg, predictor)
     full = (tmp_path / "full" / "submission.csv").read_text().splitlines(keepends=True)
     # a run killed during field 2: header + field 1 + half of field 2 in the partial file
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "submission.csv.partial").write_text(full[0] + full[1] + full[2][: len(full[2]) // 2])
     calls = []
-    counted = [lambda crops: (calls.append(len(crops)), fns[0](crops))[1]]
-    res = run_predict(predict_cfg(trained, killed), spec, counted)
-    assert res["skipped"] == 1 and res["done"] == N_TEST - 1
+    member = predictor.model.members[0]
+    original = member.predict
+    member.predict = lambda crops, *a, **k: (calls.append(len(crops)), original(crops, *a, **k))[1]
+    res = run_predict(predict_cfg(trained, killed), predictor)
+    assert res.skipped == 1 and res.done == N_TEST - 1 and len(calls) == N_TEST - 1
     assert (killed / "submission.csv").read_text() == "".join(full)
     assert not (killed / "submission.csv.partial").exists()
     calls.clear()
-    res = run_predict(predict_cfg(trained, killed), spec, counted)
-    assert res["skipped"] == N_TEST and res["done"] == 0 and calls == []
+    res = run_predict(predict_cfg(trained, killed), predictor)
+    assert res.skipped == N_TEST and res.done == 0 and calls == []
     assert (killed / "submission.csv").read_text() == "".join(full)
 
 
@@ -152,7 +157,7 @@ def test_bad_fields_fail_alone_and_exit_non_zero(trained, tmp_path, capsys):
     assert f"failed: {ids[1]}: missing channel file(s): yellow" in err
     failures = pd.read_csv(tmp_path / "out" / "predict_failures.csv")
     assert sorted(failures["ID"]) == sorted(ids[:2])
-    assert list(parse_submission(tmp_path / "out" / "submission.csv")) == ids[2:]
+    assert list(parse_submission(tmp_path / "out" / "submission.csv", 19)) == ids[2:]
 
 
 def test_mask_of_wrong_size_is_a_field_failure(trained, tmp_path):
@@ -164,29 +169,41 @@ def test_mask_of_wrong_size_is_a_field_failure(trained, tmp_path):
     for i in ids:
         write_png(masks / f"{i}_cell_mask.png", np.ones((10, 10), np.uint16))
     cfg = predict_cfg(trained, tmp_path / "out", masks=str(masks))
-    fns, spec, _ = load_ensemble(cfg)
-    res = run_predict(cfg, spec, fns)
-    assert res["done"] == 0 and len(res["failed"]) == N_TEST
-    assert "size (10, 10) differs from the field (256, 256)" in res["failed"][0][1]
+    res = run_predict(cfg, load_predictor(cfg))
+    assert res.done == 0 and len(res.failed) == N_TEST
+    assert "size (10, 10) differs from the field (256, 256)" in res.failed[0][1]
 
 
-def test_no_trained_fold_and_missing_segment_config_are_one_line_errors(trained, tmp_path, capsys):
+def test_the_model_folder_alone_is_enough_to_predict(trained, tmp_path):
+    """The run folder carries its recipe: training's tables and segmentation output can be gone."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["models"], run)
+    cfg = PredictConfig(input=str(trained["test"]), models=str(run), out=str(tmp_path / "o"))
+    config = json.loads((run / "fold0" / "config.json").read_text())
+    assert not Path(config["folds_csv"]).is_relative_to(run)  # a path to training's table, not needed here
+    reference = PredictConfig(input=str(trained["test"]), models=str(trained["models"]), out=str(tmp_path / "ref"))
+    run_predict(cfg, load_predictor(cfg))
+    run_predict(reference, load_predictor(reference))
+    assert (tmp_path / "o" / "submission.csv").read_text() == (tmp_path / "ref" / "submission.csv").read_text()
+
+
+def test_no_trained_fold_and_no_segmentation_are_one_line_errors(trained, tmp_path, capsys):
     with pytest.raises(InputError, match="no trained fold"):
         fold_dirs(tmp_path)
     with pytest.raises(InputError, match=r"among folds \[3\]"):
         fold_dirs(trained["models"], [3])
     run = tmp_path / "run"
     shutil.copytree(trained["models"], run)
-    cfg_path = run / "fold0" / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["folds_csv"] = str(tmp_path / "elsewhere" / "folds.csv")
-    cfg_path.write_text(json.dumps(cfg))
+    recipe_path = run / "fold0" / "recipe.json"
+    recipe = json.loads(recipe_path.read_text())
+    recipe_path.write_text(json.dumps({**recipe, "input": {"kind": "cell_crop", "crop_size": None, "crop_mask": None,
+                                                           "segment": None}}))
     predict = load_script("predict")
     with pytest.raises(SystemExit) as stop:
         predict.main(["--input", str(trained["test"]), "--models", str(run), "--out", str(tmp_path / "o")])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "segment_config.json: not found; pass --segment-config" in err[0]
+    assert len(err) == 1 and "the recipe records no segmentation" in err[0] and "pass --segment-config" in err[0]
     # naming the config explicitly works
     assert predict.main(["--input", str(trained["test"]), "--models", str(run), "--out", str(tmp_path / "o"),
                          "--segment-config", str(trained["seg"] / "segment_config.json")]) == 0
@@ -203,34 +220,3 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
         predict.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def test_field_with_no_cells_gets_an_empty_row():
-    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", num_classes=19, negative=18)
-    image = np.zeros((64, 64, 4), np.uint8)
-    empty = np.zeros((64, 64), np.uint16)
-
-    def never(crops):
-        raise AssertionError("no crops to predict")
-
-    table, scores = field_scores(image, empty, empty, spec, [never], PredictConfig())
-    assert len(table) == 0 and scores.shape == (0, 19)
-
-
-def test_field_scores_blend_and_negative():
-    """Two cells; the model is sure of class 0 for cell 1 only: blending lifts cell 2, Negative fills in."""
-    spec = ModelSpec(segment=SegmentConfig(), crop_size=16, crop_mask="cell", num_classes=19, negative=18)
-    image = np.full((64, 64, 4), 100, np.uint8)
-    cells = np.zeros((64, 64), np.uint16)
-    cells[5:25, 5:25] = 1
-    cells[35:55, 35:55] = 2
-
-    def model(crops):
-        out = np.zeros((len(crops), 19), np.float32)
-        out[0, 0] = 1.0
-        return out
-
-    _, none = field_scores(image, cells, np.zeros_like(cells), spec, [model], PredictConfig(blend="none"))
-    _, mean = field_scores(image, cells, np.zeros_like(cells), spec, [model], PredictConfig(blend="mean", field_weight=0.5))
-    assert none[1, 0] == 0 and none[1, 18] == 1.0 and none[0, 18] == 0
-    np.testing.assert_allclose(mean[:, 0], [0.75, 0.25])

@@ -13,7 +13,10 @@ from conftest import REPO
 
 def test_environment_yml_pins_match_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    pins = set(project["dependencies"]).union(*extras.values())
+    pins = {p for p in pins if not p.startswith(project["name"] + "[")}  # dev = [..., "cellloc[serve]"]
+    assert {f"{project['name']}[{name}]" for name in extras if name != "dev"} <= set(extras["dev"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert set(pip) == pins

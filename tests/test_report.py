@@ -17,19 +17,19 @@ import pandas as pd
 import pytest
 from PIL import Image as PILImage
 
-from cellloc.browser import dump_dom, find_chromium, screenshot
+from cellloc.browser import dump_dom, screenshot
 from cellloc.config import save_config
-from cellloc.datasets import write_dataset
 from cellloc.errors import InputError
-from cellloc.folds import FoldsConfig, make_folds
+from cellloc.generators import write_dataset
 from cellloc.plots_report import ap_bars_figure
-from cellloc.predict_run import PredictConfig, load_ensemble, run_predict
 from cellloc.render import nearest_resize, overlay_thumbnail
-from cellloc.report import ReportConfig, build_report, find_run, spread_pick, top_examples, with_fold
 from cellloc.report_page import Gallery, Image, Note, Section, Table, Text, image_sources, render_page
-from cellloc.segment_run import SegmentRunConfig, run_segmentation
+from cellloc.runs.folds import FoldsConfig, make_folds
+from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
+from cellloc.runs.report import ReportConfig, build_report, find_run, spread_pick, top_examples
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
+from cellloc.runs.train import TrainConfig, train_fold
 from cellloc.synth import SynthConfig
-from cellloc.training import TrainConfig, train_fold
 
 from test_evaluate_cli import load_script, run_script
 
@@ -52,8 +52,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
     write_dataset(SynthConfig(size=256, seed=9), root / "test_data", 2, split="test")
     pred = root / "pred"
     cfg = PredictConfig(input=str(root / "test_data" / "test"), models=str(root / "models" / "tiny"), out=str(pred))
-    fns, spec, _ = load_ensemble(cfg)
-    run_predict(cfg, spec, fns)
+    run_predict(cfg, load_predictor(cfg))
     save_config(cfg, pred / "predict_config.json")  # as src/predict.py does
     return {"root": root, "seg": seg, "models": root / "models" / "tiny", "pred": pred}
 
@@ -150,11 +149,9 @@ def test_missing_pieces_say_what_is_missing_and_which_command_makes_it(run, tmp_
     check_images(res.page)
     text = "\n".join(t for _, t in res.notes)
     assert "fold 1 is not trained" in text
-    # no fold has a recorded command line (summary.json): the command repeats fold 0's config.json
+    # fold 1 is trained with fold 0's saved config (every setting of it), for fold 1
     command = next(c for c in re.findall(r"<code>([^<]*)</code>", html) if "--fold 1" in c)
-    assert command.startswith("python src/train.py --fold 1 ") and "--run-name tiny" in command
-    assert "--model efficientnet-b0" in command and "--image-size 32" in command and "--epochs 1" in command
-    assert "--no-" not in command and "--mean" not in command
+    assert command == f"python src/train.py --config {models / 'fold0' / 'config.json'} --fold 1"
     assert "fold 0" in text and "no metrics.csv" in text and "--resume" in html  # last.pt is there: resume it
     assert "no test predictions" in text and "python src/predict.py" in html
     assert "no segmentation output" in text and "python src/segment.py --input input/sample --overlay" in html
@@ -200,7 +197,7 @@ def test_missing_crops_are_skipped_and_named(run, tmp_path):
     check_images(res.page)
     html = res.page.read_text()
     assert [t for s, t in res.notes if "crop file(s) not found" in t]
-    assert f"--out {seg} --crop-size 32" in html and "cells/c" not in html
+    assert f"python src/segment.py --config {seg / 'segment_config.json'}" in html and "cells/c" not in html
 
 
 def test_truth_option_scores_the_submission(run, tmp_path):
@@ -255,16 +252,14 @@ def test_top_examples_ranks_known_cells_only():
     assert [len(x) for x in top_examples(scores, positive, known, 0)] == [0, 0]
 
 
-def test_recorded_command_is_retargeted(run, tmp_path):
-    res = build_report(report_cfg(run, tmp_path / "r", run_dir=str(copy_run(run, tmp_path / "tiny", folds=(1,)))))
+def test_a_missing_fold_is_trained_from_another_folds_config(run, tmp_path):
+    models = copy_run(run, tmp_path / "tiny", folds=(1,))
+    res = build_report(report_cfg(run, tmp_path / "r", run_dir=str(models)))
     assert "fold 0 is not trained" in [t for _, t in res.notes]
-    assert "python src/train.py --fold 0 --epochs 1 --image-size 32 --run-name tiny" in res.page.read_text()
+    assert f"python src/train.py --config {models / 'fold1' / 'config.json'} --fold 0" in res.page.read_text()
 
 
 def test_small_helpers():
-    assert with_fold("python src/train.py --fold 0 --epochs 3 --resume", 2) == "python src/train.py --fold 2 --epochs 3"
-    assert with_fold("python src/train.py --fold=0", 1, resume=True) == "python src/train.py --fold=1 --resume"
-    assert with_fold("python src/train.py", 3) == "python src/train.py --fold 3"
     assert spread_pick(list("abcdefg"), 3) == ["a", "d", "g"] and spread_pick(list("ab"), 5) == ["a", "b"]
     assert spread_pick(list("ab"), 0) == []
 
@@ -292,14 +287,6 @@ def test_overlay_thumbnail_keeps_outlines_when_shrinking():
 
 
 # --------------------------------------------------------------------------- in a real browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
-    return browser
 
 
 def test_headless_chromium_loads_every_image(chromium, full, tmp_path):

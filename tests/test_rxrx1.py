@@ -144,6 +144,9 @@ def test_read_split_joins_treatments_and_controls_and_test_has_no_labels(tmp_pat
     ("id_code,experiment,plate,well,sirna\nA-1_1_B3,A-1,1,B3,1", r"well 'B3' is not a plate well"),
     ("id_code,experiment,plate,well,sirna\nA-1_1_B03,A-1,1,B03,1108", r"sirna 1108 is a positive_control, not a treatment"),
     ("id_code,experiment,plate,well,sirna,well_type\nA-1_1_B03,A-1,1,B03,1138,control", r"unknown well_type 'control'"),
+    # physical lines: a blank line counts, a ragged row is named, not shifted into other columns
+    ("id_code,experiment,plate,well,sirna\nA-1_1_B03,A-1,1,B03,1\n\nA-1_1_B04,A-1,1,B04,x7", r"line 4: sirna 'x7'"),
+    ("id_code,experiment,plate,well,sirna\nA-1_1_B03,A-1,1,B03,1,2\n", r"line 2: 6 field\(s\) where the header"),
 ])
 def test_bad_tables_fail_in_one_line(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as err:

@@ -170,13 +170,24 @@ def test_sizes_are_physical_so_resizing_keeps_cells():
     assert n_full > 5 and abs(n_small - n_full) <= 2
 
 
+def test_six_channel_fields_segment_like_their_used_channels():
+    """RxRx1 has 6 channels (OpenCV resizes at most 4 at once): only the used planes matter."""
+    f = generate_field(SynthConfig(size=512, seed=2), 0)  # red, green, blue, yellow
+    red, green, blue, yellow = np.moveaxis(f.image, -1, 0)
+    six = np.stack([blue, green, red, green, green, yellow], axis=-1)
+    cfg = SegmentConfig(channels=("w1", "w2", "w3", "w4", "w5", "w6"), nucleus_channel="w1", cell_channels=("w3", "w6"))
+    cells6, nuclei6 = create_segmenter(cfg).segment(six)
+    cells4, nuclei4 = create_segmenter(SegmentConfig()).segment(f.image)
+    assert cells4.max() > 5 and np.array_equal(cells6, cells4) and np.array_equal(nuclei6, nuclei4)
+
+
 def test_empty_field_gives_no_cells():
     seg = create_segmenter(SegmentConfig())
     cells, nuclei = seg.segment(np.zeros((256, 256, 4), np.uint8))
     assert cells.max() == 0 and nuclei.max() == 0
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 6, (256, 256, 4)).astype(np.uint8)
-    assert seg.segment(noise)[0].max() < 5
+    assert seg.segment(noise)[0].max() == 0  # the contrast floor (tests/test_scale.py)
 
 
 def test_non_square_field_keeps_its_shape():

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import json
 import zlib
 
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+from cellloc import submission
 from cellloc.errors import InputError
 from cellloc.submission import (
+    MAX_FIELD_PIXELS,
     SubmissionWriter,
     check_submission,
     decode_mask,
@@ -18,6 +21,7 @@ from cellloc.submission import (
     encode_mask,
     field_rles,
     format_confidence,
+    max_rle_bytes,
     parse_submission,
     prediction_string,
     read_sample_submission,
@@ -222,7 +226,7 @@ def mask_text():
 
 def test_parse_submission_reads_rows(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text} 0 1 {mask_text}", "f2,5,4,"])
-    sub = parse_submission(p)
+    sub = parse_submission(p, 19)
     assert list(sub) == ["f1", "f2"]
     f1 = sub["f1"]
     assert (f1.width, f1.height, f1.line) == (5, 4, 2)
@@ -235,15 +239,15 @@ def test_parse_submission_reads_rows(tmp_path, mask_text):
 def test_parse_submission_raises_on_first_problem(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", f"f2,5,4,3 2 {mask_text}"])
     with pytest.raises(InputError, match="line 3: prediction 1: confidence 2 is outside"):
-        parse_submission(p)
+        parse_submission(p, 19)
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,"])
     with pytest.raises(InputError, match="line 3: duplicate ID 'f1'"):
-        parse_submission(p)
+        parse_submission(p, 19)
 
 
 def test_check_submission_valid_file(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", [f"f1,5,4,3 0.25 {mask_text}", "f2,5,4,"])
-    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}) == []
+    assert check_submission(p, expected_ids=["f1", "f2"], sizes={"f1": (5, 4), "f2": (5, 4)}, num_classes=19) == []
 
 
 @pytest.mark.parametrize(
@@ -267,14 +271,14 @@ def test_check_submission_valid_file(tmp_path, mask_text):
 )
 def test_check_submission_reports_each_problem(tmp_path, mask_text, row, reason):
     p = write_rows(tmp_path / "s.csv", ["f0,5,4,", row.format(m=mask_text)])
-    problems = check_submission(p)
+    problems = check_submission(p, num_classes=19)
     assert [line for line, _ in problems] == [3] * len(problems)
     assert any(reason in r for _, r in problems), problems
 
 
 def test_check_submission_ids_and_sizes(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,", "f1,5,4,", "zz,5,4,", "f3,4,5,"])
-    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)})
+    problems = check_submission(p, expected_ids=["f1", "f2", "f3"], sizes={"f3": (5, 4)}, num_classes=19)
     assert (3, "duplicate ID 'f1' (first on line 2)") in problems
     assert (4, "unexpected ID 'zz'") in problems
     assert (5, "size 4x5 differs from the field's 5x4") in problems
@@ -284,15 +288,143 @@ def test_check_submission_ids_and_sizes(tmp_path, mask_text):
 
 def test_check_submission_bad_header_and_cap(tmp_path, mask_text):
     p = write_rows(tmp_path / "s.csv", ["f1,5,4,"], header="ID,Width,Height,PredictionString")
-    [(line, reason)] = check_submission(p)
+    [(line, reason)] = check_submission(p, num_classes=19)
     assert line == 1 and "missing column(s) ImageWidth, ImageHeight" in reason
     p = write_rows(tmp_path / "s.csv", ["f1,5,4," + " ".join(["99 2 %%"] * 4)])
-    problems = check_submission(p, max_per_line=5)
+    problems = check_submission(p, max_per_line=5, num_classes=19)
     assert len(problems) == 6 and problems[-1][1] == "... and 7 more problems on this line"
     with pytest.raises(InputError, match="not found"):
-        check_submission(tmp_path / "nope.csv")
+        check_submission(tmp_path / "nope.csv", num_classes=19)
 
 
 def test_read_sample_submission(tmp_path):
     p = write_rows(tmp_path / "sample.csv", ["a,2048,1728,0 1 eNoLAAA=", "b,3072,3072,"])
     assert read_sample_submission(p) == {"a": (2048, 1728), "b": (3072, 3072)}
+
+
+# --------------------------------------------------------------------------- hostile and untidy files
+
+
+def test_max_rle_bytes_bounds_the_worst_real_masks():
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1), (2, 3), (64, 64), (97, 61)]:
+        n = shape[0] * shape[1]
+        checker = np.indices(shape).sum(axis=0) % 2 == 1  # a run per pixel
+        stripes = np.repeat(rng.random(n) < 0.5, 1).reshape(shape, order="F")
+        for mask in (checker, stripes, ~checker, np.zeros(shape, bool), np.ones(shape, bool)):
+            assert len(field_rles(mask, [1])[1]) <= max_rle_bytes(n)
+    # Runs alternating 1 and 17 pixels: every delta is +-16, each needing 2 characters.
+    col = np.concatenate([np.r_[np.zeros(1, bool), np.ones(17, bool)]] * 50)
+    assert len(field_rles(col[:, None], [1])[1]) <= max_rle_bytes(col.size)
+
+
+def test_zlib_bomb_mask_is_refused_by_line_with_little_memory(tmp_path, zlib_bomb, run_memory_capped, mask_text):
+    bomb = zlib_bomb(4096)  # 4 GiB of '0' in about 4 MiB of text
+    assert len(bomb) < 6 << 20
+    p = write_rows(tmp_path / "s.csv", ["f0,5,4,", "", f"f1,2048,2048,0 0.5 {bomb} 3 0.5 {bomb}", f"f2,5,4,1 0.5 {mask_text}"])
+    res, growth = run_memory_capped(
+        "from cellloc.submission import check_submission",
+        f"print(json.dumps(check_submission({str(p)!r}, num_classes=19)))",
+        cap_mib=768,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    problems = [tuple(x) for x in json.loads(res.stdout)]
+    limit = max_rle_bytes(2048 * 2048)
+    reason = f"mask decompresses to more than {limit} bytes, more than any RLE of its field size needs"
+    assert problems == [(4, f"prediction {k}: {reason}") for k in (1, 2)]
+    assert growth < 256, f"peak RSS grew by {growth:.0f} MiB"
+
+
+def test_a_row_cannot_claim_a_huge_field(tmp_path, mask_text):
+    p = write_rows(tmp_path / "s.csv", [f"f1,100000,100000,0 0.5 {mask_text}"])
+    problems = check_submission(p, num_classes=19)
+    assert (2, f"size 100000x100000 is larger than any field (at most {MAX_FIELD_PIXELS} pixels)") in problems
+    # The mask is still checked, as a mask of unknown size: its encoding is fine.
+    assert len(problems) == 1
+
+
+def test_truncated_zlib_stream_is_refused():
+    packed = zlib.compress(b"<", 9)[:-3]
+    coco, errors = unpack_masks([base64.b64encode(packed).decode()], 4, 5)
+    assert coco == [None] and "cut short" in errors[0]
+
+
+def test_many_masks_are_parsed_in_bounded_batches():
+    # More characters than one parsing batch, spread over many valid masks of one field.
+    rng = np.random.default_rng(2)
+    masks = [rng.random((120, 90)) < 0.5 for _ in range(40)]
+    texts = [encode_mask(m) for m in masks]
+    assert sum(len(field_rles(m, [1])[1]) for m in masks) > 10 * 4096
+    old = submission._PARSE_BATCH_CHARS
+    try:
+        submission._PARSE_BATCH_CHARS = 4096
+        coco, errors = unpack_masks(texts + ["%%"], 120, 90)
+    finally:
+        submission._PARSE_BATCH_CHARS = old
+    assert errors == [None] * 40 + ["mask is not valid base64"]
+    for m, b in zip(masks, coco):
+        np.testing.assert_array_equal(coco_mask.decode({"size": [120, 90], "counts": b}).astype(bool), m)
+
+
+def test_errors_after_blank_lines_name_the_physical_line(tmp_path, mask_text):
+    p = tmp_path / "s.csv"
+    p.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\nf0,5,4,\n\n\nf1,5,4,3 2 {mask_text}\n")
+    assert check_submission(p, num_classes=19) == [(5, "prediction 1: confidence 2 is outside [0, 1]")]
+    with pytest.raises(InputError, match="line 5: prediction 1: confidence 2 is outside"):
+        parse_submission(p, 19)
+    p.write_text("ID,ImageWidth,ImageHeight,PredictionString\n\nf0,5,4,\n\nf1,5,4\n")
+    with pytest.raises(InputError, match=r"line 5: 3 field\(s\) where the header .* has 4"):
+        parse_submission(p, 19)
+
+
+def test_writer_resumes_a_partial_with_long_rows(tmp_path, mask_text):
+    path = tmp_path / "sub.csv"
+    long_row = " ".join([f"3 0.5 {mask_text}"] * 20000)  # ~0.6 MB: above csv's default field limit
+    with pytest.raises(RuntimeError):
+        with SubmissionWriter(path) as w:
+            w.write("f1", 5, 4, long_row)
+            raise RuntimeError("killed")
+    with SubmissionWriter(path) as w:
+        assert w.done == {"f1"}
+        w.write("f2", 5, 4, "")
+    assert list(parse_submission(path, 19)) == ["f1", "f2"]
+
+
+@pytest.mark.parametrize("piece", [64, 97, 250])
+def test_long_masks_parse_piece_by_piece_to_the_same_runs(monkeypatch, piece):
+    rng = np.random.default_rng(piece)
+    masks = [rng.random((60, 50)) < 0.5, np.indices((70, 40)).sum(0) % 2 == 1, rng.random((33, 90)) < 0.1]
+    monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", piece)
+    for m in masks:
+        assert len(field_rles(m, [1])[1]) > 2 * piece  # several pieces
+        np.testing.assert_array_equal(decode_mask(encode_mask(m), *m.shape), m)
+    good = field_rles(masks[0], [1])[1]
+    counts = submission._parse_coco_strings([good], None)[0][0]
+    negative = counts.copy()
+    negative[-10] = -3  # a run length of -3 in the last piece
+    cases = {
+        good[:-1] + b"o": "ends inside a run length",  # 'o' has the "more" bit
+        good[:200] + b"\x10" + good[201:]: "bad character",
+        good[: 2 * piece] + b"ooooooo0" + good[2 * piece :]: "too large",
+        submission._coco_strings(negative, np.array([0, negative.size]))[0]: "negative run length",
+        good + b"1": "pixels but the field has 3000",
+    }
+    for raw, reason in cases.items():
+        _, errors = unpack_masks([pack(raw)], 60, 50)
+        monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", 1 << 20)
+        _, whole = unpack_masks([pack(raw)], 60, 50)  # the same string parsed in one pass
+        monkeypatch.setattr(submission, "_PARSE_BATCH_CHARS", piece)
+        assert errors == whole and reason in errors[0], (reason, errors, whole)
+
+
+def test_a_bomb_just_under_the_bound_is_parsed_in_little_memory(tmp_path, run_memory_capped):
+    # '0' * n: every run length 0, so it inflates to just under the bound and must be parsed.
+    n = 2048 * 2048
+    text = base64.b64encode(zlib.compress(b"0" * n, 9)).decode()
+    p = write_rows(tmp_path / "s.csv", [f"f1,2048,2048,0 0.5 {text}"])
+    res, growth = run_memory_capped(
+        "from cellloc.submission import check_submission", f"print(json.dumps(check_submission({str(p)!r}, num_classes=19)))", cap_mib=768
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == [[2, f"prediction 1: mask covers 0 pixels but the field has {n}"]]
+    assert growth < 128, f"peak RSS grew by {growth:.0f} MiB"

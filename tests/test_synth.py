@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
+from cellloc.generators import write_dataset
 from cellloc.synth import SPINDLE, SynthConfig, class_example, generate_field
 from conftest import REPO
 
@@ -96,7 +97,7 @@ def test_make_data_cli_resumes_and_rejects_bad_args(tmp_path):
     assert again.returncode == 0
     assert (tmp_path / "d" / "train" / "synth000_00000_red.png").stat().st_mtime_ns == mtime
     bad = subprocess.run(cmd[:-1] + ["32"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --size") and bad.stderr.count("\n") == 1
+    assert bad.returncode == 2 and bad.stderr.startswith("error: hpa-sc generator: size 32 is too small") and bad.stderr.count("\n") == 1
     test_split = subprocess.run(cmd + ["--split", "test", "--name", "t"], capture_output=True, text=True)
     assert test_split.returncode == 0
     sub = pd.read_csv(tmp_path / "t" / "sample_submission.csv")
@@ -111,3 +112,20 @@ def test_truth_classes_name_exactly_the_cells_in_the_mask_when_fragments_are_dro
     # every nucleus lies inside the cell with its id (geometry and ids stay aligned)
     inside = f.cell_labels[f.nucleus_labels > 0] == f.nucleus_labels[f.nucleus_labels > 0]
     assert inside.all()
+
+
+def test_rerun_with_fewer_fields_or_another_seed_removes_the_fields_it_does_not_list(tmp_path):
+    out = tmp_path / "d"
+    write_dataset(SynthConfig(size=128, seed=0), out, 3)
+    (out / "train" / "mine_red.png").write_bytes(b"a user's file")  # not the generator's naming
+    (out / "notes.txt").write_text("kept")
+    said: list[str] = []
+    write_dataset(SynthConfig(size=128, seed=0), out, 1, log=said.append)
+    assert list_fields(out / "train").ids == ["synth000_00000"]
+    assert sorted(p.name for p in (out / "truth").glob("synth*")) == [
+        "synth000_00000_cell_mask.png", "synth000_00000_cells.csv", "synth000_00000_nucleus_mask.png"]
+    assert read_labels(out / "train.csv", 19)["ID"].tolist() == ["synth000_00000"]
+    assert said == [f"{out / 'train'}: removed 2 generated field(s) this run does not list (synth000_00001 ...)"]
+    assert (out / "train" / "mine_red.png").exists() and (out / "notes.txt").exists()
+    write_dataset(SynthConfig(size=128, seed=4), out, 1)
+    assert list_fields(out / "train").ids == ["synth004_00000"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
+from cellloc.classifier import load_classifier
 from cellloc.config import parse_config
 from cellloc.data import preprocess_crop, load_crop, read_cells, write_synthetic_cells
 from cellloc.engine import Callback
 from cellloc.errors import InputError
-from cellloc.inference_model import load_model, predict_crops
 from cellloc.models import create_model
-from cellloc.training import TrainConfig, per_class_ap, score_table, train_fold, warmup_cosine
+from cellloc.runs.train import TrainConfig, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,9 +79,19 @@ class Snapshot(Callback):
         (["--model", "resnet9"], "unknown model 'resnet9'; known: efficientnet-b0"),
         (["--pretrained", "yes"], "pretrained must be none or imagenet"),
         (["--label-source", "cells"], "label_source must be weak or true"),
-        (["--monitor", "f1"], "monitor must be loss or macro_ap"),
+        (["--monitor", "f1"], "monitor must be one of loss, macro_ap, macro_f1 for multilabel task hpa-sc"),
+        (["--monitor", "accuracy"], "monitor must be one of loss, macro_ap, macro_f1"),
         (["--device", "tpu"], "device must be auto, cpu or cuda"),
-        (["--optimizer", "sgd"], "optimizer must be adamw or adam"),
+        (["--optimizer", "lamb"], "optimizer must be one of adam, adamw, nadam, sgd"),
+        (["--schedule", "step"], "schedule must be one of constant, cosine, exponential, onecycle"),
+        (["--loss", "ce"], "loss ce does not fit multilabel task hpa-sc"),
+        (["--loss", "hinge"], "loss must be one of bce, ce, focal"),
+        (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
+        (["--momentum-range", "0.95", "0.85"], "momentum_range must be two values low <= high"),
+        (["--level", "tile"], "level must be one of cell, image"),
+        (["--level", "image", "--label-source", "true"], "label_source true needs cell-level training"),
+        (["--image-size", "64", "--field-resize", "32"], "field_resize must be in image_size..8192"),
+        (["--tiles", "2"], "tiles must be >= 1, and 1 unless --field-resize is larger"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(argv, message):
@@ -113,35 +124,6 @@ def test_missing_fold_and_true_labels_are_one_line_errors(cells_csv, tmp_path):
         train_fold(tiny(no_truth, tmp_path, label_source="true"))
 
 
-# --------------------------------------------------------------------------- pure helpers
-
-
-def test_score_table_ap_baseline_and_macro():
-    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
-    perfect = y * 0.9 + 0.05
-    constant = np.full_like(y, 0.3)
-    true = y.copy()
-    true[2, 0] = 0  # the field label did not apply to this cell
-    t = score_table(perfect, y, true, ["a", "b", "c"])
-    assert list(t["ap_weak"][:2]) == [1.0, 1.0] and np.isnan(t["ap_weak"][2])  # no positives: undefined
-    assert t.iloc[-1]["ap_weak"] == 1.0 and t.iloc[-1]["pos_true"] == 2
-    assert t["ap_true"][0] == pytest.approx(0.5)  # the weak-label-perfect scores rank a false positive first
-    t = score_table(constant, y, None, ["a", "b", "c"])
-    np.testing.assert_allclose(t["ap_weak"][:2], [0.5, 0.25])  # a constant score's AP is the prevalence
-    assert t.iloc[-1]["ap_weak"] == pytest.approx(t.iloc[-1]["prevalence_weak"])
-    assert "ap_true" not in t
-    assert np.isnan(per_class_ap(perfect, np.zeros_like(y))).all()
-
-
-def test_warmup_cosine_shape():
-    assert warmup_cosine(0, 100, 10, 0.0) == pytest.approx(0.1)
-    assert warmup_cosine(9, 100, 10, 0.0) == pytest.approx(1.0)
-    assert warmup_cosine(10, 100, 10, 0.0) == pytest.approx(1.0)
-    assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5)
-    assert warmup_cosine(100, 100, 10, 0.01) == pytest.approx(0.01)
-    assert warmup_cosine(0, 10, 0, 0.0) == 1.0
-
-
 # --------------------------------------------------------------------------- training runs
 
 
@@ -151,9 +133,9 @@ def test_two_step_run_lowers_the_loss_on_a_fixed_batch(cells_csv, tmp_path):
     train_fold(cfg, callbacks=[snap])
     hist = pd.read_csv(cfg.run_dir / "metrics.csv")
     assert len(hist) == 2
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     train = cells[cells["fold"] != cfg.fold]
-    saved = json.loads((cfg.run_dir / "config.json").read_text())
+    saved = json.loads((cfg.run_dir / "recipe.json").read_text())
     x = torch.stack([torch.from_numpy(preprocess_crop(load_crop(p), 32, saved["mean"], saved["std"])) for p in train["crop_path"]])
     y = torch.from_numpy(np.stack([np.isin(np.arange(19), w) for w in train["weak"]]).astype(np.float32))
 
@@ -173,7 +155,7 @@ def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
     cfg = tiny(cells_csv, tmp_path, epochs=1, tta=2)
     result = train_fold(cfg)
     run = cfg.run_dir
-    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
+    for name in ("config.json", "recipe.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
                  "scores.csv", "summary.json"):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -191,16 +173,33 @@ def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
     metrics = pd.read_csv(run / "metrics.csv")
     assert {"train_loss", "valid_loss", "valid_macro_ap", "valid_macro_f1", "valid_macro_ap_true", "ap_0", "lr"} <= set(metrics)
     saved = json.loads((run / "config.json").read_text())
-    assert len(saved["mean"]) == 4 and saved["model"] == "efficientnet-b0"
+    assert saved["model"] == "efficientnet-b0" and saved["task"] == "hpa-sc" and saved["mean"] == []
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert (recipe["task"], recipe["level"], recipe["kind"], recipe["num_classes"], recipe["in_chans"]) == (
+        "hpa-sc", "cell", "multilabel", 19, 4)
+    assert len(recipe["mean"]) == 4 and recipe["input"]["kind"] == "cell_crop" and recipe["thresholds"] is None
+    assert result.metrics["macro_ap"] == pytest.approx(result.macro_ap_weak)
     # the inference stage's API reproduces the validation predictions
-    model = load_model(run)
-    cells = read_cells(cells_csv)
+    model = load_classifier(run)
+    cells = read_cells(cells_csv, 19)
     valid = cells[cells["fold"] == cfg.fold]
-    probs = predict_crops(model, [load_crop(p) for p in valid["crop_path"]], tta=2, batch_size=3)
+    probs = model.predict([load_crop(p) for p in valid["crop_path"]], tta=2, batch_size=3)
     np.testing.assert_allclose(probs, preds[[f"p{k}" for k in range(19)]].to_numpy(), atol=1e-5)
-    assert predict_crops(model, [], tta=8).shape == (0, 19)
+    np.testing.assert_allclose(model.predict(list(valid["crop_path"]), tta=2), probs, atol=1e-6)  # paths work too
+    assert model.predict([], tta=8).shape == (0, 19)
     with pytest.raises(InputError, match="tta must be one of"):
-        predict_crops(model, list(valid["crop_path"]), tta=3)
+        model.predict(list(valid["crop_path"]), tta=3)
+
+
+def test_saved_config_reruns_the_run(cells_csv, tmp_path):
+    """``train.py --config <run>/config.json`` trains the same model again (a new run name aside)."""
+    first = tiny(cells_csv, tmp_path, epochs=1)
+    train_fold(first)
+    again = parse_config(TrainConfig, ["--config", str(first.run_dir / "config.json"), "--run-name", "again"])
+    assert dataclasses.replace(again, run_name=first.run_name) == first
+    train_fold(again)
+    a, b = (pd.read_csv(c.run_dir / "val_predictions.csv") for c in (first, again))
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(cells_csv, tmp_path):
@@ -245,7 +244,7 @@ def test_two_folds_in_one_process_do_not_share_metric_history(cells_csv, tmp_pat
 
 
 def test_true_label_training_drops_unmatched_cells(cells_csv, tmp_path):
-    cells = read_cells(cells_csv)
+    cells = read_cells(cells_csv, 19)
     train = cells[cells["fold"] != 0]
     result = train_fold(tiny(cells_csv, tmp_path, label_source="true", epochs=1, monitor="macro_ap"))
     assert result.n_train == sum(len(t) > 0 for t in train["true"])

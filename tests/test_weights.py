@@ -13,12 +13,15 @@ import pytest
 import torch
 from torch import nn
 
+from cellloc import torchfile
 from cellloc.errors import InputError
 from cellloc.segmentation import dpn_unet, weights
 from cellloc.segmentation.dpn_unet import DPNUnet
 from cellloc.segmentation.weights import (
     SHA256,
     WEIGHT_FILES,
+    PickledObject,
+    WeightFileGlobals,
     ensure_weights,
     load_state_dict_file,
     load_weights,
@@ -183,6 +186,10 @@ def test_not_a_weight_file(tmp_path):
         load_state_dict_file(path)
     with pytest.raises(InputError, match="not found"):
         load_state_dict_file(tmp_path / "absent.pth")
+    path.write_bytes(b"garbage, not a weight file")  # torch.load's error here advises weights_only=False
+    with pytest.raises(InputError, match="cannot read as a PyTorch weight file") as err:
+        load_state_dict_file(path)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_state_dict_of_other_content_is_refused(tmp_path):
@@ -306,3 +313,63 @@ def test_command_line_fetch(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "dpn_unet_cell_v2.pth" in err[-1] and "no route to host" in err[-1]
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def test_every_pickled_class_is_an_inert_standin(net, saved):
+    _, published = saved
+    top = torchfile.load(published, WeightFileGlobals())
+    assert isinstance(top, PickledObject) and top.pickled_as == "torch.nn.parallel.data_parallel.DataParallel"
+    seen = set()
+
+    def walk(obj):
+        assert isinstance(obj, PickledObject) and not isinstance(obj, nn.Module)
+        seen.add(obj.pickled_as)
+        for child in obj.state["_modules"].values():
+            walk(child)
+
+    walk(top)
+    assert {"pytorch_zoo.unet.DPNUnet", "pytorch_zoo.dpn.DualPathBlock", "torch.nn.modules.conv.Conv2d"} <= seen
+    assert top.state["_modules"]["module"].state["decoder_block"].pickled_as == "pytorch_zoo.abstract_model.UnetDecoderBlock"
+
+
+class CallsConv2d:
+    """Pickles as a call ``Conv2d(25000, 25000, 1)``: 625M parameters, 2.5 GB if it ran."""
+
+    def __reduce__(self):
+        return (nn.Conv2d, (25000, 25000, 1))
+
+
+def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    files = {
+        # 42 bytes: a bare pickle calling an allowed class with huge arguments.
+        "conv": (b"ctorch.nn.modules.conv\nConv2d\n(M\xa8aM\xa8aK\x01tR.", "not a torch.save file"),
+        # 32 bytes: bytearray(2**31 - 2**24), which torch.load(weights_only=True) allows.
+        "bytearray": (b"c__builtin__\nbytearray\n(J\x00\x00\x00\x7ftR.", "its pickle names builtins.bytearray"),
+        # 40 bytes: memo slot 2**28 (a 4 GiB table in the C unpickler), then an allowed class.
+        "memo": (b"\x80\x02Nr\x00\x00\x00\x100cpytorch_zoo.unet\nDPNUnet\n.", "not a torch.save file"),
+    }
+    out = {}
+    for name, (data, reason) in files.items():
+        path = folder / f"{name}.pth"
+        path.write_bytes(data)
+        out[name] = (path, reason)
+    path = folder / "zip_conv.pth"
+    torch.save({"w": CallsConv2d()}, path)  # the same call inside a well-formed torch.save file
+    out["zip_conv"] = (path, "holds a dict, not a model or a state dict")
+    return out
+
+
+@pytest.mark.parametrize("name", ["conv", "bytearray", "memo", "zip_conv"])
+def test_hostile_weight_file_allocates_nothing(tmp_path, run_memory_capped, name):
+    path, reason = hostile_files(tmp_path)[name]
+    res, growth = run_memory_capped(
+        "from cellloc.errors import InputError\nfrom cellloc.segmentation.weights import load_state_dict_file",
+        f"try:\n    load_state_dict_file({str(path)!r})\nexcept InputError as exc:\n    print('ERROR', exc)\n",
+        cap_mib=512,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith(f"ERROR {path}: ") and reason in res.stdout and res.stdout.count("\n") == 1, res.stdout
+    assert growth < 128, f"peak RSS grew by {growth:.0f} MiB"

@@ -1,4 +1,4 @@
-"""Label sets: class names per task, and a registry so a config can name one by string."""
+"""Label sets: class names per dataset, looked up by name (a task names its label set)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,15 @@ HPA_2018 = LabelSet(
     ),
 )
 
-RXRX1 = LabelSet("rxrx1", tuple(f"sirna_{i}" for i in range(1108)))
+# RxRx1: 1,108 treatment siRNAs (0..1107), 30 positive controls (1108..1137) and the negative
+# control (1138); the controls are labelled even in the test split.
+RXRX1_TREATMENTS = 1108
+RXRX1 = LabelSet(
+    "rxrx1",
+    tuple(f"sirna_{i}" for i in range(RXRX1_TREATMENTS))
+    + tuple(f"positive_control_{i}" for i in range(RXRX1_TREATMENTS, RXRX1_TREATMENTS + 30))
+    + ("negative_control",),
+)
 
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (HPA_SINGLE_CELL, HPA_2018, RXRX1)}
 
@@ -52,11 +60,6 @@ CHANNEL_SETS: dict[str, tuple[str, ...]] = {
     "hpa": ("red", "green", "blue", "yellow"),
     "rxrx1": ("w1", "w2", "w3", "w4", "w5", "w6"),
 }
-
-
-def label_set_for(num_classes: int) -> LabelSet | None:
-    """The known label set with this many classes (a run config records only the count), or None."""
-    return next((s for s in LABEL_SETS.values() if s.num_classes == num_classes), None)
 
 
 def get_label_set(name: str) -> LabelSet:

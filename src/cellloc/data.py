@@ -1,9 +1,16 @@
-"""Cell crops -> model inputs: the cells table, preprocessing, augmentation, Dataset and sampler.
+"""Samples -> model inputs: the training tables, preprocessing, augmentation, Dataset and sampler.
 
-A crop is an HxWxC ``.npy`` array (uint8 or uint16, channels red, green, blue, yellow, pixels of
-other cells zeroed) written by the crop stage; the cells table (``folds.csv``) names it by a
-path relative to the table's folder. Every crop goes through the same steps at training and
-inference time (:func:`preprocess_crop`):
+A model sees either cell crops (level ``cell``) or whole fields (level ``image``), through one
+machinery: a *reader* gives sample ``i`` as an HxWxC uint8/uint16 array (:class:`CropFiles`
+reads ``.npy`` crops, :class:`FieldFiles` reads fields through their task's layout), an *input
+kind* (:data:`INPUT_KINDS`: :class:`CropInput`, :class:`FieldInput`) turns that array into the
+network's float tensor for training (one, possibly augmented, view) and for prediction (the
+views whose scores are averaged), and :class:`SampleDataset` pairs them with the targets.
+
+A crop is an HxWxC ``.npy`` array (uint8 or uint16, the task's channels, pixels of other cells
+zeroed) written by the crop stage; the cells table (``folds.csv``) names it by a path relative
+to the table's folder. Every crop goes through the same steps at training and inference time
+(:func:`preprocess_crop`):
 
 1. pad to a square with zeros (centred) and resize to ``image_size`` - padding first keeps the
    cell's aspect ratio, which the competition write-ups found better than stretching;
@@ -12,10 +19,15 @@ inference time (:func:`preprocess_crop`):
 3. subtract the per-channel mean and divide by the per-channel std (computed on training crops
    after step 2 and saved in the run's ``config.json``).
 
+A field is padded to a square and resized to ``resize`` pixels; when that is larger than the
+network's ``image_size``, training takes a random ``image_size`` crop of it (a fresh one each
+epoch) and prediction averages the scores of ``tiles`` x ``tiles`` crops spread evenly over it
+(1: the centre crop). Then the same steps 2 and 3 as for crops.
+
 Augmentation (training only) sits between steps 2 and 3: flips, transposes, rot90 and a light
-per-channel gain. Its randomness comes from a per-sample seed that :class:`EpochSampler` hands
-to the dataset together with the index, so a run is reproducible whatever ``num_workers`` is
-and a resumed run sees the same augmentations as an uninterrupted one.
+per-channel gain. Its randomness (and a field's crop position) comes from a per-sample seed that
+:class:`EpochSampler` hands to the dataset together with the index, so a run is reproducible
+whatever ``num_workers`` is and a resumed run sees the same augmentations as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import random
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
@@ -37,7 +50,9 @@ from torch.utils.data import Dataset, Sampler
 
 from .cells import resize_square
 from .errors import InputError
-from .fieldio import format_label, multihot, parse_label, read_csv, to_unit_float, write_csv, write_npy
+from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
+from .layouts import LAYOUTS
+from .registry import Registry
 
 CELLS_REQUIRED = ("ID", "cell_id", "Label", "crop", "fold")
 LABEL_COLUMNS = {"weak": "Label", "true": "TrueLabel"}
@@ -46,7 +61,7 @@ LABEL_COLUMNS = {"weak": "Label", "true": "TrueLabel"}
 # --------------------------------------------------------------------------- the cells table
 
 
-def read_cells(path: str | Path, num_classes: int = 19) -> pd.DataFrame:
+def read_cells(path: str | Path, num_classes: int) -> pd.DataFrame:
     """Read ``folds.csv``: validate columns, folds and labels; resolve crop paths.
 
     Returns the table with ``fold`` as int, ``crop_path`` (absolute path of each crop),
@@ -60,14 +75,15 @@ def read_cells(path: str | Path, num_classes: int = 19) -> pd.DataFrame:
     except ValueError:
         bad = next(v for v in df["fold"] if not v.strip().lstrip("-").isdigit())
         raise InputError(f"{path}: fold {bad!r} is not an integer") from None
-    df["weak"] = [parse_label(v, num_classes, f"{path}: line {i + 2}") for i, v in enumerate(df["Label"])]
+    lines = row_lines(df)
+    df["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for line, v in zip(lines, df["Label"])]
     if "TrueLabel" in df.columns:
         df["true"] = [
-            parse_label(v, num_classes, f"{path}: line {i + 2} TrueLabel") if str(v).strip() else []
-            for i, v in enumerate(df["TrueLabel"])
+            parse_label(v, num_classes, f"{path}: line {line} TrueLabel") if str(v).strip() else []
+            for line, v in zip(lines, df["TrueLabel"])
         ]
     if (df["crop"].str.strip() == "").any():
-        row = int(np.flatnonzero(df["crop"].str.strip() == "")[0]) + 2
+        row = lines[int(np.flatnonzero(df["crop"].str.strip() == "")[0])]
         raise InputError(f"{path}: line {row}: empty crop path")
     df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
     return df
@@ -86,6 +102,49 @@ def label_matrix(cells: pd.DataFrame, source: str, num_classes: int) -> np.ndarr
     if col not in cells.columns:
         raise InputError(f"label source {source!r} needs a {LABEL_COLUMNS[source]} column in the cells table")
     return multihot(list(cells[col]), num_classes).astype(np.float32)
+
+
+def read_samples(path: str | Path, num_classes: int) -> pd.DataFrame:
+    """Read a folds table for a whole-field (image-level) model: one row per labelled sample.
+
+    The table is either a labels table with folds (``ID, Label, fold``, plus metadata columns:
+    what ``gen_folds.py --labels`` writes) or a cells table (several rows per field, as for cell
+    models; the image model then trains on the same folds). Returns ``ID, Label, fold, weak``
+    (list of class ids) and the other columns of the first row of each sample.
+    """
+    path = Path(path)
+    df = read_csv(path, ("ID", "Label", "fold"))
+    try:
+        df["fold"] = df["fold"].astype(int)
+    except ValueError:
+        bad = next(v for v in df["fold"] if not v.strip().lstrip("-").isdigit())
+        raise InputError(f"{path}: fold {bad!r} is not an integer") from None
+    mixed = df.groupby("ID")[["Label", "fold"]].nunique().max(axis=1)
+    if (mixed > 1).any():
+        raise InputError(f"{path}: sample {mixed[mixed > 1].index[0]!r} has rows with different labels or folds")
+    first = df.drop_duplicates("ID").reset_index(drop=True)
+    lines = np.flatnonzero(~df.duplicated("ID")) + 2
+    first["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for v, line in zip(first["Label"], lines)]
+    return first
+
+
+def expand_to_fields(samples: pd.DataFrame, layout: str, folder: str | Path, channels: Sequence[str]) -> pd.DataFrame:
+    """One row per field of each sample (``field_id`` added): RxRx1 has two sites per well, HPA one field per ID.
+
+    Fields are found in ``folder`` through the layout; a sample without any field there is an
+    error naming how many are missing and the first one.
+    """
+    lay = LAYOUTS[layout]
+    listing = lay.list_fields(folder, channels)
+    by_sample: dict[str, list[str]] = {}
+    for field_id in listing.ids:
+        by_sample.setdefault(lay.sample_of(field_id), []).append(field_id)
+    missing = [i for i in samples["ID"] if i not in by_sample]
+    if missing:
+        raise InputError(f"{folder}: no field of sample {missing[0]!r} ({len(missing)} of {len(samples)} samples "
+                         f"have no complete field for channels {', '.join(channels)})")
+    rows = samples.assign(field_id=[by_sample[i] for i in samples["ID"]]).explode("field_id", ignore_index=True)
+    return rows
 
 
 # --------------------------------------------------------------------------- crops -> arrays
@@ -137,9 +196,9 @@ def preprocess_crop(
 
 
 def channel_stats(crops: Sequence[np.ndarray], image_size: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of preprocessed (padded, resized, unit-scaled) crops."""
+    """Per-channel mean and std of preprocessed (padded, resized to ``image_size``, unit-scaled) samples."""
     if not crops:
-        raise InputError("no crops to compute channel statistics from")
+        raise InputError("no samples to compute channel statistics from")
     c = crops[0].shape[2]
     total = np.zeros(c, np.float64)
     total_sq = np.zeros(c, np.float64)
@@ -186,15 +245,180 @@ def seed_augment(compose: A.Compose, seed: int) -> None:
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
+# --------------------------------------------------------------------------- input kinds
+
+
+def _normalise(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Unit-float HxWxC -> float32 CxHxW standardised per channel."""
+    img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class CropInput:
+    """Cell crops: padded to a square and resized to ``image_size`` (see the module docstring)."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def stats_size(self) -> int:
+        """The side samples are resized to before channel statistics are measured."""
+        return self.image_size
+
+    def train_view(self, crop: np.ndarray, augment: A.Compose | None = None,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+        """One float32 CxSxS network input (augmented when ``augment`` is given)."""
+        return preprocess_crop(crop, self.image_size, self.mean, self.std, augment)
+
+    def predict_views(self, crop: np.ndarray) -> np.ndarray:
+        """(1, C, S, S) float32: a crop is seen once."""
+        return preprocess_crop(crop, self.image_size, self.mean, self.std)[None]
+
+
+@dataclass(frozen=True)
+class FieldInput:
+    """Whole fields: padded to a square, resized to ``resize``, then crops of ``image_size``.
+
+    Training takes one crop at a random position (the centre without ``rng``); prediction takes
+    ``tiles`` x ``tiles`` crops spread evenly from corner to corner (overlapping when the field is
+    not a multiple of ``image_size``), whose scores are averaged. ``resize == image_size`` is the
+    whole field, resized.
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int
+    tiles: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize < self.image_size:
+            raise ValueError(f"field resize ({self.resize}) must be >= image_size ({self.image_size})")
+        if self.tiles < 1 or (self.tiles > 1 and self.resize == self.image_size):
+            raise ValueError(f"tiles must be >= 1, and 1 when the field is resized to image_size; got {self.tiles}")
+
+    @property
+    def stats_size(self) -> int:
+        return self.resize
+
+    def _resized(self, field: np.ndarray) -> np.ndarray:
+        return resize_square(pad_to_square(field), self.resize)
+
+    def _crop(self, img: np.ndarray, top: int, left: int, augment: A.Compose | None = None) -> np.ndarray:
+        s = self.image_size
+        unit = to_unit_float(img[top:top + s, left:left + s])
+        if augment is not None:
+            unit = augment(image=unit)["image"]
+        return _normalise(unit, self.mean, self.std)
+
+    def train_view(self, field: np.ndarray, augment: A.Compose | None = None,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+        """One float32 CxSxS crop of the resized field: random with ``rng``, else the centre."""
+        img = self._resized(field)
+        span = self.resize - self.image_size
+        if rng is None:
+            top = left = span // 2
+        else:
+            top, left = (int(v) for v in rng.integers(0, span + 1, size=2))
+        return self._crop(img, top, left, augment)
+
+    def predict_views(self, field: np.ndarray) -> np.ndarray:
+        """(tiles**2, C, S, S) float32 crops on an even grid (one centre crop for ``tiles == 1``)."""
+        img = self._resized(field)
+        span = self.resize - self.image_size
+        starts = [span // 2] if self.tiles == 1 else np.linspace(0, span, self.tiles).round().astype(int).tolist()
+        return np.stack([self._crop(img, t, left) for t in starts for left in starts])
+
+
+InputKind = CropInput | FieldInput
+INPUT_KINDS: Registry[type] = Registry("input kind")
+INPUT_KINDS["cell_crop"] = CropInput
+INPUT_KINDS["field"] = FieldInput
+
+
+def make_input(recipe_input: dict, image_size: int, mean: Sequence[float], std: Sequence[float]) -> InputKind:
+    """The input kind a model's recipe names (its ``"input"`` entry), with the model's size and statistics."""
+    kind = recipe_input["kind"]
+    cls = INPUT_KINDS[kind]
+    extra = {"resize": int(recipe_input.get("resize") or image_size), "tiles": int(recipe_input.get("tiles", 1))} \
+        if cls is FieldInput else {}
+    return cls(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std), **extra)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class CropFiles(Sequence):
+    """``.npy`` crops by path as a sequence of HxWxC arrays (read on access, so in loader workers)."""
+
+    def __init__(self, paths: Sequence[str | Path], in_chans: int | None = None) -> None:
+        self.paths = [str(p) for p in paths]
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return load_crop(self.paths[i], self.in_chans)
+
+
+class FieldFiles(Sequence):
+    """Fields of one folder as a sequence of HxWxC arrays, read through a layout (by name, so picklable)."""
+
+    def __init__(self, layout: str, folder: str | Path, field_ids: Sequence[str], channels: Sequence[str]) -> None:
+        self.layout = layout
+        self.folder = str(folder)
+        self.field_ids = list(field_ids)
+        self.channels = tuple(channels)
+
+    def __len__(self) -> int:
+        return len(self.field_ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return LAYOUTS[self.layout].read_field(self.folder, self.field_ids[i], self.channels)
+
+
 # --------------------------------------------------------------------------- Dataset and sampler
 
 
-class CellCropDataset(Dataset):
-    """Crops on disk -> ``{"image", "targets", "index"}`` dicts (tez passes batches as ``model(**batch)``).
+class SampleDataset(Dataset):
+    """Samples -> ``{"image", "targets", "index"}`` dicts (tez passes batches as ``model(**batch)``).
 
-    ``dataset[i]`` gives the unaugmented sample ``i``; ``dataset[(i, seed)]`` (what
-    :class:`EpochSampler` yields) augments it with randomness drawn from ``seed`` only.
+    ``reader[i]`` is sample ``i`` as an HxWxC array, ``view`` an input kind. ``dataset[i]`` gives
+    the unaugmented view of sample ``i``; ``dataset[(i, seed)]`` (what :class:`EpochSampler`
+    yields) augments it (and places a field's crop) with randomness drawn from ``seed`` only.
     """
+
+    def __init__(self, reader: Sequence[np.ndarray], targets: np.ndarray | None, view: InputKind,
+                 augment: A.Compose | None = None) -> None:
+        if targets is not None and len(targets) != len(reader):
+            raise ValueError(f"{len(reader)} samples but {len(targets)} target rows")
+        self.reader = reader
+        self.targets = None if targets is None else np.asarray(targets, np.float32)
+        self.view = view
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = (key, None) if not isinstance(key, tuple) else key
+        augment, rng = None, None
+        if self.augment is not None and seed is not None:
+            augment = self.augment
+            seed_augment(augment, int(seed))
+            rng = np.random.default_rng([int(seed), 1])
+        image = self.view.train_view(self.reader[index], augment, rng)
+        item = {"image": torch.from_numpy(image), "index": torch.tensor(index, dtype=torch.long)}
+        if self.targets is not None:
+            item["targets"] = torch.from_numpy(self.targets[index])
+        return item
+
+
+class CellCropDataset(SampleDataset):
+    """:class:`SampleDataset` of ``.npy`` crops by path, seen as :class:`CropInput`."""
 
     def __init__(
         self,
@@ -206,31 +430,8 @@ class CellCropDataset(Dataset):
         augment: A.Compose | None = None,
         in_chans: int | None = None,
     ) -> None:
-        if targets is not None and len(targets) != len(paths):
-            raise ValueError(f"{len(paths)} crops but {len(targets)} target rows")
-        self.paths = list(paths)
-        self.targets = None if targets is None else np.asarray(targets, np.float32)
-        self.image_size = int(image_size)
-        self.mean = list(mean)
-        self.std = list(std)
-        self.augment = augment
-        self.in_chans = in_chans
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        index, seed = (key, None) if not isinstance(key, tuple) else key
-        augment = None
-        if self.augment is not None and seed is not None:
-            augment = self.augment
-            seed_augment(augment, int(seed))
-        crop = load_crop(self.paths[index], self.in_chans)
-        image = preprocess_crop(crop, self.image_size, self.mean, self.std, augment)
-        item = {"image": torch.from_numpy(image), "index": torch.tensor(index, dtype=torch.long)}
-        if self.targets is not None:
-            item["targets"] = torch.from_numpy(self.targets[index])
-        return item
+        view = CropInput(int(image_size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        super().__init__(CropFiles(paths, in_chans), targets, view, augment)
 
 
 class EpochSampler(Sampler):

@@ -15,7 +15,8 @@ defect is fixed upstream, so the workaround can be dropped):
 3. ``Tez.save`` pickles the ``TezConfig`` object into the checkpoint and ``Tez.load`` calls
    ``torch.load`` without ``weights_only``: under torch >= 2.6 tez cannot load its own
    checkpoints. :meth:`CellTez.save` writes plain state_dicts (tensors and primitives only)
-   and :meth:`CellTez.load` reads them with ``weights_only=True``.
+   and :meth:`CellTez.load` reads them with :func:`cellloc.torchfile.load_checkpoint` (what
+   ``weights_only=True`` reads, without the allocations a hostile file could ask of it).
 4. ``Tez.metrics`` is a class-level dict mutated in place, so every Tez instance in a process
    shares one metric history (a second fold starts with the first fold's numbers).
    :class:`CellTez` gives each instance its own dict.
@@ -49,14 +50,23 @@ defect is fixed upstream, so the workaround can be dropped):
     ``current_epoch`` instead.
 14. ``Tez.fit`` sleeps 2 s after an early stop; harmless, left alone. Multi-GPU needs
     ``accelerate launch`` (tez has no launcher of its own).
+15. tez's ``Progress`` callback draws one unlabelled bar over all epochs' training steps and a
+    second one for validation, re-created every epoch: the nested bars move the cursor
+    (``ESC[A``), and in a log file or a pipe every update adds ``\r``-separated bar text.
+    :class:`EpochProgress` replaces it (before it draws anything): in a terminal, one bar per
+    epoch and phase, labelled ``epoch 2/10 train`` then ``epoch 2/10 valid``, left in place
+    with the phase's loss and metrics; when the output is not a terminal, no bar and no control
+    characters, but one plain line per phase when it ends (batches, seconds, loss, metrics).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -65,22 +75,26 @@ from torch import nn
 with warnings.catch_warnings():  # defect 1: tez's import-time filterwarnings is discarded on exit
     import tez
     from tez import enums
-    from tez.callbacks import Callback
+    from tez.callbacks import Callback, CallbackRunner
+    from tez.callbacks import Progress as TezProgress
     from tez.callbacks import EarlyStopping as _TezEarlyStopping
     from tez.model.config import TezConfig
     from tez.utils import AverageMeter
 
 from accelerate import Accelerator
+from tqdm import tqdm
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import broadcast
 
 from .errors import InputError
 from .fieldio import atomic_path
+from .torchfile import load_checkpoint
 
 __all__ = [
     "Callback",
     "CellTez",
     "EarlyStopping",
+    "EpochProgress",
     "TezConfig",
     "TezModule",
     "load_plain",
@@ -101,13 +115,9 @@ def save_plain(obj: Any, path: str | Path) -> None:
 
 
 def load_plain(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` to CPU, with a one-line error naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # unpickling failures have many types
-        raise InputError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from None
+    """A checkpoint written by :func:`save_plain`, on the CPU, read by :func:`cellloc.torchfile.load_checkpoint`
+    (what ``weights_only=True`` allows, with bounded memory); one-line errors naming the file."""
+    return load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------- accelerate
@@ -234,6 +244,82 @@ class EarlyStopping(_TezEarlyStopping):
         self.best_epoch = state["best_epoch"]
 
 
+# --------------------------------------------------------------------------- progress (defect 15)
+
+
+class EpochProgress(Callback):
+    """One labelled progress display per epoch and phase (train, then validation).
+
+    ``bars``: draw tqdm bars (default: only when ``stream`` is a terminal). Without bars each
+    phase prints one line when it ends, e.g.
+    ``epoch 2/10 valid: 8 batches in 1.3 s, loss=0.2104, map=0.4312``.
+    """
+
+    def __init__(self, stream: TextIO | None = None, bars: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.bars = bool(isatty and isatty()) if bars is None else bars
+        self._bar: tqdm | None = None
+        self._total = 0
+        self._label = ""
+        self._t0 = 0.0
+        self._steps = 0
+
+    @staticmethod
+    def _metrics_text(metrics: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items() if k not in ("epoch", "steps"))
+
+    def _start(self, trainer: tez.Tez, phase: str, loader) -> None:
+        total = self._total or int(trainer.config.epochs)
+        self._label = f"epoch {int(trainer.current_epoch) + 1}/{total} {phase}"
+        self._t0, self._steps = time.perf_counter(), 0
+        if self.bars:
+            self._bar = tqdm(total=len(loader), desc=self._label, file=self.stream, leave=True, dynamic_ncols=True)
+
+    def _step(self, metrics: Mapping[str, Any]) -> None:
+        self._steps += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._metrics_text(metrics), refresh=False)
+            self._bar.update(1)
+
+    def _end(self, metrics: Mapping[str, Any]) -> None:
+        text = self._metrics_text(metrics)
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.close()
+            self._bar = None
+        else:
+            seconds = time.perf_counter() - self._t0
+            print(f"{self._label}: {self._steps} batches in {seconds:.1f} s" + (f", {text}" if text else ""), file=self.stream, flush=True)
+
+    def on_train_start(self, tez_trainer, **kwargs) -> None:
+        # A resumed run starts at a later epoch and runs only the epochs left.
+        self._total = int(tez_trainer.current_epoch) + int(tez_trainer.config.epochs)
+
+    def on_train_epoch_start(self, tez_trainer, **kwargs) -> None:
+        self._start(tez_trainer, "train", tez_trainer.train_loader)
+
+    def on_train_step_end(self, tez_trainer, **kwargs) -> None:
+        self._step(tez_trainer.metrics["train"])
+
+    def on_train_epoch_end(self, tez_trainer, **kwargs) -> None:
+        self._end(tez_trainer.metrics["train"])
+
+    def on_valid_epoch_start(self, tez_trainer, **kwargs) -> None:
+        self._start(tez_trainer, "valid", tez_trainer.valid_loader)
+
+    def on_valid_step_end(self, tez_trainer, **kwargs) -> None:
+        self._step(tez_trainer.metrics["valid"])
+
+    def on_valid_epoch_end(self, tez_trainer, **kwargs) -> None:
+        self._end(tez_trainer.metrics["valid"])
+
+    def on_train_end(self, tez_trainer, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -245,7 +331,8 @@ class CellTez(tez.Tez):
     ``(shown, extra)``: ``shown`` joins tez's metrics (printed, usable by EarlyStopping as
     ``valid_<name>``), ``extra`` is kept in :attr:`valid_extra` (e.g. per-class APs).
     ``resume_state`` holds ``optimizer``/``scheduler``/``scaler`` state_dicts to restore
-    once tez has built them.
+    once tez has built them. ``progress`` replaces tez's progress bars (defect 15; default:
+    :class:`EpochProgress` on stderr).
     """
 
     def __init__(
@@ -255,6 +342,7 @@ class CellTez(tez.Tez):
         mixed_precision: str = "no",
         epoch_metrics: EpochMetricsFn | None = None,
         resume_state: Mapping[str, Any] | None = None,
+        progress: Callback | None = None,
     ) -> None:
         super().__init__(model=model)
         self.metrics = {"train": {}, "valid": {}, "test": {}}  # defect 4: per instance
@@ -265,6 +353,8 @@ class CellTez(tez.Tez):
         self.valid_extra: dict[str, Any] = {}
         self._valid_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._resume_state = resume_state
+        self.progress = progress
+        self._initialising = False
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -273,13 +363,21 @@ class CellTez(tez.Tez):
         self.config.device = self._driver.device
 
     def _init_trainer(self, train_dataset, valid_dataset, config, **kwargs) -> None:
-        super()._init_trainer(train_dataset, valid_dataset, config, **kwargs)
+        self._initialising = True  # defect 15: no callback runs (tez's bars draw) until they are replaced
+        try:
+            super()._init_trainer(train_dataset, valid_dataset, config, **kwargs)
+        finally:
+            self._initialising = False
+        self._progress = self.progress if self.progress is not None else EpochProgress()
+        self.callbacks = [self._progress] + [cb for cb in self.callbacks if not isinstance(cb, TezProgress)]
+        self._callback_runner = CallbackRunner(self.callbacks, self)
         if self._resume_state:
             self.optimizer.load_state_dict(self._resume_state["optimizer"])
             if self.scheduler is not None and self._resume_state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(self._resume_state["scheduler"])
             if self._driver.scaler is not None and self._resume_state.get("scaler"):
                 self._driver.scaler.load_state_dict(self._resume_state["scaler"])
+        self.train_state = enums.TrainingState.TRAIN_START  # what tez's own _init_trainer ends with
 
     def is_main_process(self) -> bool:
         """True on the rank that writes files (always, outside ``accelerate launch``)."""
@@ -307,7 +405,7 @@ class CellTez(tez.Tez):
     @train_state.setter
     def train_state(self, value) -> None:
         self._train_state = value
-        if self._callback_runner is not None and self._driver.is_local_main_process:
+        if self._callback_runner is not None and not self._initialising and self._driver.is_local_main_process:
             self._callback_runner(value)
         if value == enums.TrainingState.EPOCH_END and self._driver is not None and self._driver.num_processes > 1:
             stop = torch.tensor([int(self._model_state == enums.ModelState.END)], device=self._driver.device)

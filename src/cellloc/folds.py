@@ -7,13 +7,14 @@ the union of their fields' labels, because both multilabel splitters only see pr
 
 HPA classes are long-tailed, so random K-fold leaves rare classes out of some folds. Iterative
 stratification (Sechidis et al. 2011) hands out the rarest labels first; two implementations
-are offered: ``skmultilearn`` (what users expect; it ignores ``random_state`` and draws from
-NumPy's global generator, which is seeded here and restored afterwards) and ``iterstrat``
-(faster and better balanced). Single-label data (every field exactly one class, as RxRx1's
+are offered: ``iterstrat`` (the default: iterative-stratification's MultilabelStratifiedKFold,
+faster and better balanced) and ``skmultilearn`` (scikit-multilearn's; it ignores
+``random_state`` and draws from NumPy's global generator, which is seeded here and restored
+afterwards). Single-label data (every field exactly one class, as RxRx1's
 siRNAs) goes to scikit-learn's ``StratifiedKFold``, which is exact there and scales to 1,108
 classes where the iterative splitters loop once per class.
 
-Core functions take and return arrays; :func:`make_folds` is the file-level edge used by
+Functions here take and return arrays; :mod:`cellloc.runs.folds` is the file-level edge used by
 ``src/gen_folds.py``.
 """
 
@@ -23,17 +24,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .classes import LABEL_SETS, get_label_set
-from .config import opt
 from .errors import InputError
-from .fieldio import atomic_path, format_label, multihot, parse_label, read_csv, read_labels, write_csv
+from .fieldio import format_label
 
-METHODS: tuple[str, ...] = ("skmultilearn", "iterstrat", "random")
+METHODS: tuple[str, ...] = ("iterstrat", "skmultilearn", "random")
 MAX_SEED = 2**32 - 1  # NumPy's legacy global generator accepts seeds in [0, 2**32)
 
 
@@ -169,7 +167,7 @@ def split_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> FoldSplit:
     """Assign each field (row of ``labels_multihot``, (N, C) 0/1) a fold in [0, k).
@@ -226,7 +224,7 @@ def assign_folds(
     labels_multihot: np.ndarray,
     k: int,
     seed: int,
-    method: str = "skmultilearn",
+    method: str = "iterstrat",
     groups: Sequence | np.ndarray | None = None,
 ) -> np.ndarray:
     """Fold id per field ((N,) int64); see :func:`split_folds` for the rules."""
@@ -499,151 +497,3 @@ def summary(report: FoldBalance, split: FoldSplit, n_cells: int | None) -> list[
         f"label combinations with >= {k} fields in every fold: {report.n_combinations_ge_k_everywhere}/{report.n_combinations_ge_k}"
     )
     return lines
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass
-class FoldsConfig:
-    """Options of ``src/gen_folds.py``; saved beside the folds CSV."""
-
-    cells: str = opt("output/synth/cells.csv", "cells CSV from segmentation (ID, cell_id, Label, ...); ignored with --labels")
-    labels: str | None = opt(None, "split an ID,Label CSV (one row per field) instead of the cells CSV")
-    out: str = opt("output/synth/folds.csv", "folds CSV to write; the balance report and config go beside it")
-    folds: int = opt(5, "number of folds K (2 <= K <= number of fields, or groups)")
-    seed: int = opt(42, "seed: the same seed and input give the same folds")
-    method: str = opt("skmultilearn", "splitter: skmultilearn, iterstrat (faster, better balanced) or random", choices=METHODS)
-    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate)")
-    label_set: str = opt("hpa19", "label set naming the classes", choices=tuple(LABEL_SETS))
-
-
-def output_paths(out: str | Path) -> dict[str, Path]:
-    """Where the folds CSV, its reports and the run's config go: beside ``out``, named after its stem."""
-    out = Path(out)
-    return {
-        "folds": out,
-        "txt": out.with_name(f"{out.stem}_balance.txt"),
-        "csv": out.with_name(f"{out.stem}_balance.csv"),
-        "png": out.with_name(f"{out.stem}_balance.png"),
-        "config": out.with_name(f"{out.stem}_config.json"),
-    }
-
-
-@dataclass
-class FieldTable:
-    """Fields to split, read from a cells CSV or an ID,Label CSV."""
-
-    table: pd.DataFrame  # the input rows, columns untouched
-    field_of_row: np.ndarray  # (rows,) field index; fields are numbered in sorted ID order
-    labels: np.ndarray  # (N, C) multi-hot
-    groups: np.ndarray | None  # (N,) group value per field
-    cells_per_field: np.ndarray | None  # (N,) when read from a cells CSV
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """Row index of the first occurrence of each code 0..max(codes)."""
-    return np.unique(codes, return_index=True)[1]
-
-
-def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """The single value each field has in ``values``; a field with two values is an error."""
-    codes, uniques = pd.factorize(values, sort=False)
-    first = _first_rows(field_of_row)
-    bad = np.flatnonzero(codes != codes[first][field_of_row])
-    if len(bad):
-        row = int(bad[0])
-        first_row = int(first[field_of_row[row]])
-        raise InputError(
-            f"{path}: line {row + 2}: field {what} {values.iloc[row]!r} differs from {values.iloc[first_row]!r} "
-            f"on line {first_row + 2}; a field's cells must share one {what}"
-        )
-    return np.asarray(uniques, dtype=object)[codes[first]]
-
-
-def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
-    """Fields of a segmentation cells CSV (ID, cell_id, Label, ...): one label set per field.
-
-    Label strings are parsed once per distinct string (a field's cells repeat it); two cells
-    of one field must carry the same labels ("16|13" and "13|16" count as the same).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found (run segmentation first, or pass --labels ID,Label.csv)")
-    required = ["ID", "cell_id", "Label"] + ([group_col] if group_col else [])
-    df = read_csv(path, required)
-    ids_col = df["ID"].str.strip()
-    if (ids_col == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(ids_col == '')[0]) + 2}: empty ID")
-    field_of_row, _ = pd.factorize(ids_col, sort=True)
-    label_codes, label_strings = pd.factorize(df["Label"], sort=False)
-    lines = _first_rows(label_codes) + 2
-    parsed = [parse_label(s, num_classes, f"{path}: line {lines[i]}") for i, s in enumerate(label_strings)]
-    normalised = np.array([format_label(p) for p in parsed], dtype=object)
-    field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label")
-    ids_of = dict(zip(normalised, parsed))
-    labels = multihot([ids_of[s] for s in field_label], num_classes)
-    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col) if group_col else None
-    return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
-
-
-def read_label_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
-    """Fields of an ID,Label CSV: one row per field, IDs unique."""
-    path = Path(path)
-    df = read_labels(path, num_classes)
-    if group_col and group_col not in df.columns:
-        raise InputError(f"{path}: missing column(s) {group_col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
-    order = np.argsort(df["ID"].to_numpy(dtype=str), kind="stable")
-    field_of_row = np.empty(len(df), np.int64)
-    field_of_row[order] = np.arange(len(df))
-    labels = multihot([df["labels"].iloc[i] for i in order], num_classes)
-    groups = _group_values(df, group_col, path).to_numpy(dtype=object)[order] if group_col else None
-    return FieldTable(df.drop(columns="labels"), field_of_row, labels, groups, None)
-
-
-def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
-    values = df[group_col].str.strip()
-    if (values == "").any():
-        raise InputError(f"{path}: line {int(np.flatnonzero(values == '')[0]) + 2}: empty {group_col}")
-    return values
-
-
-@dataclass
-class FoldsResult:
-    """What :func:`make_folds` did, for the command's summary."""
-
-    split: FoldSplit
-    balance: FoldBalance
-    paths: dict[str, Path]
-    n_rows: int
-    n_cells: int | None
-
-
-def make_folds(cfg: FoldsConfig) -> FoldsResult:
-    """Read the fields, split them, write the folds CSV and the balance report (txt, csv, png)."""
-    from .plots import fold_balance_heatmap  # here, so array-only users of this module skip matplotlib
-
-    label_set = get_label_set(cfg.label_set)
-    if cfg.labels:
-        fields = read_label_fields(cfg.labels, label_set.num_classes, cfg.group_col)
-    else:
-        fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col)
-    split = split_folds(fields.labels, cfg.folds, cfg.seed, cfg.method, fields.groups)
-    table = fields.table.copy()
-    table["fold"] = split.folds[fields.field_of_row]
-    balance = balance_report(fields.labels, split.folds, cfg.folds, label_set.names, fields.cells_per_field)
-    paths = output_paths(cfg.out)
-    write_csv(paths["folds"], table)
-    text = format_balance(balance, split, cfg.seed)
-    with_header = f"input: {cfg.labels or cfg.cells}\nfolds CSV: {paths['folds']}\n" + text
-    with atomic_path(paths["txt"]) as tmp:
-        tmp.write_text(with_header)
-    write_csv(paths["csv"], balance_table(balance))
-    fold_balance_heatmap(
-        balance.counts,
-        balance.class_names,
-        paths["png"],
-        title=f"Class share per fold ({cfg.folds} folds, {split.method}, seed {cfg.seed}); ideal {1 / cfg.folds:.2f}",
-    )
-    n_cells = len(table) if fields.cells_per_field is not None else None
-    return FoldsResult(split, balance, paths, len(table), n_cells)

@@ -1,12 +1,16 @@
-"""Segmentation quality and the competition metric, as pure functions on arrays.
+"""Classification scores, segmentation quality and the competition metric, as pure functions on arrays.
 
-Every function takes instance-label images (2-D integer arrays, 0 = background, any set of
-positive ids, contiguous or not) or small per-cell arrays, and does the pixel work in a single
-``np.bincount`` over a combined index: no Python loop over pairs of cells, so a 2048^2 field
-with hundreds of cells is scored in tens of milliseconds.
+The segmentation and competition functions take instance-label images (2-D integer arrays,
+0 = background, any set of positive ids, contiguous or not) or small per-cell arrays, and do the
+pixel work in a single ``np.bincount`` over a combined index: no Python loop over pairs of
+cells, so a 2048^2 field with hundreds of cells is scored in tens of milliseconds. Reading
+truth files is the submission formats' job (:mod:`cellloc.submission_formats`).
 
-Two families:
+Three families:
 
+* Classification, by task (:data:`METRICS`): macro AP and macro F1 for multilabel tasks,
+  accuracy and top-k accuracy for multiclass ones, each a function of ``(probs (N, C), targets
+  (N, C) 0/1)``; early stopping and checkpoint choice can watch any of them.
 * Segmentation (the 2018 Data Science Bowl / cellpose definition): cells are matched one to one
   at an IoU threshold and ``AP = TP / (TP + FP + FN)``; :func:`match_cells` gives each
   segmented cell the true cell it covers, so it can inherit that cell's labels.
@@ -22,20 +26,138 @@ Two families:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from pycocotools import mask as coco_mask
 from scipy.optimize import linear_sum_assignment
+from scipy.special import expit, softmax
+from sklearn.metrics import average_precision_score
 
-from .errors import InputError
-from .fieldio import parse_label, read_csv, read_mask
+from .registry import Registry
 from .submission import FieldPrediction, field_rles, unpack_masks
 
 DEFAULT_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def per_class_ap(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """AP per class ``(C,)``; NaN for classes without a positive (AP is undefined there)."""
+    out = np.full(targets.shape[1], np.nan)
+    for k in range(targets.shape[1]):
+        if targets[:, k].any():
+            out[k] = average_precision_score(targets[:, k] > 0.5, probs[:, k])
+    return out
+
+
+def per_class_f1(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """F1 per class at ``threshold``; NaN for classes without a positive (as for AP)."""
+    pred = probs >= threshold
+    truth = targets > 0.5
+    tp = (pred & truth).sum(0)
+    denom = pred.sum(0) + truth.sum(0)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).astype(float)
+    f1[~truth.any(0)] = np.nan
+    return f1
+
+
+def nanmean(v: np.ndarray) -> float:
+    """Mean of the defined (non-NaN) values; NaN when none is defined (no class had a positive)."""
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def score_table(probs: np.ndarray, weak: np.ndarray, true: np.ndarray | None, names: Sequence[str]) -> pd.DataFrame:
+    """Per-class scores of ``probs`` against weak and (optionally) true labels, plus a ``macro`` row.
+
+    ``prevalence_*`` is the share of positive cells: the AP a constant (label-frequency)
+    predictor gets, so the macro row's prevalence is the baseline the macro AP must beat.
+    Macro values average the classes with at least one positive.
+    """
+    rows: dict[str, Any] = {"class": list(range(len(names))), "name": list(names)}
+    for tag, y in (("weak", weak), ("true", true)):
+        if y is None:
+            continue
+        ap = per_class_ap(probs, y)
+        rows[f"pos_{tag}"] = y.sum(0).astype(int)
+        prev = y.mean(0)
+        rows[f"prevalence_{tag}"] = np.where(np.isnan(ap), np.nan, prev)
+        rows[f"ap_{tag}"] = ap
+        rows[f"f1_{tag}"] = per_class_f1(probs, y)
+    df = pd.DataFrame(rows)
+    macro: dict[str, Any] = {"class": "macro", "name": "mean over classes with positives"}
+    for col in df.columns[2:]:
+        macro[col] = int(df[col].sum()) if col.startswith("pos_") else nanmean(df[col].to_numpy(float))
+    return pd.concat([df.astype({"class": object}), pd.DataFrame([macro])], ignore_index=True)
+
+
+def top_k_accuracy(probs: np.ndarray, targets: np.ndarray, k: int = 1) -> float:
+    """Share of samples whose true class (the argmax of its target row) is among the ``k`` highest scores.
+
+    Ties are broken at random, in expectation: with ``h`` classes scoring higher than the true
+    one and ``e`` others scoring the same, the sample counts ``clip((k - h) / (e + 1), 0, 1)``.
+    So a constant score over C classes gets ``k / C``, not a perfect score, and the label-frequency
+    baseline is the share of the most common class. NaN for no samples.
+    """
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets)
+    if len(probs) == 0:
+        return float("nan")
+    truth = targets.argmax(axis=1)
+    own = probs[np.arange(len(probs)), truth]
+    higher = (probs > own[:, None]).sum(axis=1)
+    equal = (probs == own[:, None]).sum(axis=1) - 1
+    return float(np.clip((k - higher) / (equal + 1), 0.0, 1.0).mean())
+
+
+def to_probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Logits as probabilities: sigmoid per class (multilabel) or softmax over classes (multiclass)."""
+    if kind == "multilabel":
+        return expit(logits)  # overflow-free sigmoid
+    if kind == "multiclass":
+        return softmax(np.asarray(logits, np.float64), axis=1)
+    raise ValueError(f"kind must be multilabel or multiclass, got {kind!r}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A score of ``(probs (N, C), targets (N, C))``, the task kinds it applies to; higher is better."""
+
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    kinds: tuple[str, ...]
+    label: str  # what a person reads
+
+
+METRICS: Registry[Metric] = Registry("metric")
+METRICS["macro_ap"] = Metric(lambda p, y: nanmean(per_class_ap(p, y)), ("multilabel",), "macro AP")
+METRICS["macro_f1"] = Metric(lambda p, y: nanmean(per_class_f1(p, y)), ("multilabel",), "macro F1 at 0.5")
+METRICS["accuracy"] = Metric(lambda p, y: top_k_accuracy(p, y, 1), ("multiclass",), "accuracy")
+for _k in (3, 5, 10):
+    METRICS[f"top{_k}_accuracy"] = Metric(lambda p, y, k=_k: top_k_accuracy(p, y, k), ("multiclass",), f"top-{_k} accuracy")
+
+
+def metrics_for(kind: str) -> list[str]:
+    """Names of the metrics that apply to a task kind."""
+    return [name for name, m in METRICS.items() if kind in m.kinds]
+
+
+def compute_metrics(names: Sequence[str], probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """``{name: score}`` of the named metrics on one set of predictions."""
+    return {name: float(METRICS[name].fn(probs, targets)) for name in names}
+
+
+def multiclass_table(probs: np.ndarray, targets: np.ndarray, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per metric with the score and the baseline a constant guess of the most common class gets."""
+    prior = np.broadcast_to(targets.mean(axis=0, keepdims=True), targets.shape)
+    rows: list[dict[str, Any]] = [
+        {"metric": name, "value": METRICS[name].fn(probs, targets), "baseline": METRICS[name].fn(prior, targets)}
+        for name in metrics
+    ]
+    return pd.DataFrame(rows)
+
 
 
 # --------------------------------------------------------------------------- label images
@@ -312,9 +434,14 @@ def _validated_masks(
 ) -> tuple[dict[str, list[bytes]], dict[str, np.ndarray]]:
     """Each field's distinct mask texts as checked COCO bytes, and which one each detection uses.
 
-    All fields' masks are validated in one vectorised pass; the first bad one raises
-    ``ValueError`` naming the field and the prediction.
+    All fields' masks are validated together (in batches of bounded memory); the first bad one
+    raises ``ValueError`` naming the submission line (when known), the field and the prediction.
     """
+
+    def where(image_id: str) -> str:
+        line = predictions[image_id].line
+        return f"line {line}: field {image_id}" if line > 0 else f"field {image_id}"
+
     texts: list[str] = []
     sizes: list[tuple[int, int]] = []
     spans: dict[str, tuple[int, int]] = {}
@@ -325,7 +452,7 @@ def _validated_masks(
             continue
         height, width = truth[image_id].labels.shape
         if (p.height, p.width) != (height, width):
-            raise ValueError(f"field {image_id}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
+            raise ValueError(f"{where(image_id)}: submission says {p.width}x{p.height}, truth mask is {width}x{height}")
         unique: dict[str, int] = {}
         which[image_id] = np.array([unique.setdefault(m, len(unique)) for m in p.masks], np.int64)
         spans[image_id] = (len(texts), len(texts) + len(unique))
@@ -337,15 +464,15 @@ def _validated_masks(
         for text, err in zip(texts[a:b], errors[a:b]):
             if err is not None:
                 k = predictions[image_id].masks.index(text) + 1
-                raise ValueError(f"field {image_id}: prediction {k}: {err}")
+                raise ValueError(f"{where(image_id)}: prediction {k}: {err}")
     return {k: coco[a:b] for k, (a, b) in spans.items()}, which  # type: ignore[misc]
 
 
 def competition_map(
     truth: Mapping[str, FieldTruth],
     predictions: Mapping[str, FieldPrediction],
+    num_classes: int,
     iou_threshold: float = 0.6,
-    num_classes: int = 19,
 ) -> dict[str, np.ndarray | float]:
     """HPA single-cell competition score: mean over classes of Open Images AP at mask IoU.
 
@@ -356,6 +483,7 @@ def competition_map(
         truth: ``{ID: FieldTruth}``; every field scored, in ID order.
         predictions: ``{ID: FieldPrediction}`` (see :func:`cellloc.submission.parse_submission`);
             a truth field without predictions only adds misses.
+        num_classes: classes of the task (ids ``0..num_classes - 1``).
         iou_threshold: a detection must reach this IoU with a true cell of its class.
     Returns:
         dict with ``ap`` ((num_classes,) float64, ``nan`` for classes with no true cell),
@@ -408,47 +536,3 @@ def competition_map(
         "n_pred": n_pred,
         "map": float(ap[present].mean()) if present.any() else float("nan"),
     }
-
-
-# --------------------------------------------------------------------------- truth folder (I/O edge)
-
-
-def read_truth(folder: str | Path, num_classes: int = 19) -> dict[str, FieldTruth]:
-    """Read a truth folder: ``{ID}_cell_mask.png`` (instance labels) and ``cells.csv``.
-
-    ``cells.csv`` has ``ID,cell_id,Label`` (the cell's classes, pipe-separated), as the data
-    generator writes it. Every cell of every mask must have a row and every row a cell, so a
-    mismatch fails loudly instead of silently shifting the score. Returns ``{ID: FieldTruth}``.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: truth folder not found")
-    suffix = "_cell_mask.png"
-    masks = {p.name[: -len(suffix)]: p for p in sorted(folder.glob("*" + suffix))}
-    if not masks:
-        raise InputError(f"{folder}: no *{suffix} files")
-    table_path = folder / "cells.csv"
-    df = read_csv(table_path, ("ID", "cell_id", "Label"))
-    cells: dict[str, dict[int, list[int]]] = {}
-    for i, (image_id, cell_id, label) in enumerate(zip(df["ID"], df["cell_id"], df["Label"])):
-        where = f"{table_path}: line {i + 2}"
-        if image_id not in masks:
-            raise InputError(f"{where}: field {image_id!r} has no {image_id}{suffix}")
-        if not re.fullmatch(r"\d+", cell_id.strip()) or int(cell_id) == 0:
-            raise InputError(f"{where}: bad cell_id {cell_id!r} (expected a positive integer)")
-        field_cells = cells.setdefault(image_id, {})
-        if int(cell_id) in field_cells:
-            raise InputError(f"{where}: cell {int(cell_id)} of field {image_id!r} is listed twice")
-        field_cells[int(cell_id)] = parse_label(label, num_classes, where)
-    out = {}
-    for image_id, path in masks.items():
-        labels = read_mask(path)
-        listed = cells.get(image_id, {})
-        present = np.flatnonzero(np.bincount(labels.ravel()))
-        present = set(present[present > 0].tolist())
-        if present - set(listed):
-            raise InputError(f"{table_path}: cell {min(present - set(listed))} of {path.name} has no row")
-        if set(listed) - present:
-            raise InputError(f"{table_path}: cell {min(set(listed) - present)} of field {image_id} is not in {path.name}")
-        out[image_id] = FieldTruth(labels, listed)
-    return out

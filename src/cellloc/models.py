@@ -8,13 +8,12 @@ widened by :func:`adapt_stem_channels` instead of being thrown away (efficientne
 
 Weights are never downloaded as a side effect of import or construction with
 ``pretrained="none"``. With ``"imagenet"`` the file is looked up in a cache folder, downloaded
-there when missing, and its SHA-256 checked before ``torch.load(weights_only=True)``. Offline,
+there when missing, and its SHA-256 checked before :func:`cellloc.torchfile.load` reads it. Offline,
 the failure is one line that says where to put the file and that ``--pretrained none`` works.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
@@ -26,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import torchfile
 from .errors import InputError
-from .fieldio import atomic_path
+from .fieldio import atomic_path, sha256_file
 
 PRETRAINED_CHOICES: tuple[str, ...] = ("none", "imagenet")
 CACHE_ENV = "CELLLOC_IMAGENET_DIR"
@@ -163,14 +163,6 @@ def weights_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path.home() / ".cache" / "cellloc" / "imagenet"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_digest(path: Path, spec: WeightSpec) -> None:
     digest = sha256_file(path)
     if not digest.startswith(spec.sha256.lower()):
@@ -209,11 +201,12 @@ def fetch_weights(spec: WeightSpec, cache_dir: str | Path | None = None, timeout
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` of a plain state_dict file; one-line error otherwise."""
+    """A plain state_dict file read by :func:`cellloc.torchfile.load` (tensors and plain values
+    only, bounded memory); one-line error otherwise."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a plain state_dict"
-        raise InputError(f"{path}: not a loadable state_dict ({str(exc).splitlines()[0]})") from None
+        sd = torchfile.load(path)
+    except (torchfile.TorchFileError, OSError) as exc:
+        raise InputError(f"{path}: not a loadable state_dict ({getattr(exc, 'strerror', None) or exc})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -266,8 +259,8 @@ def _entry(name: str) -> ModelEntry:
 
 def create_model(
     name: str,
-    in_chans: int = 4,
-    num_classes: int = 19,
+    in_chans: int,
+    num_classes: int,
     pretrained: str | bool = "none",
     image_size: int | None = None,
     cache_dir: str | Path | None = None,

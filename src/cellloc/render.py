@@ -77,3 +77,62 @@ def overlay_thumbnail(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray |
     if nuclei is not None:
         rgb = draw_outlines(rgb, nearest_resize(nuclei, sh, sw), (0, 255, 255))
     return draw_outlines(rgb, nearest_resize(cells, sh, sw))
+
+
+def class_colours(n: int) -> np.ndarray:
+    """(n, 3) uint8 RGB colours, one per class, distinct for neighbours (matplotlib's tab20, then tab20b)."""
+    from matplotlib import colormaps
+
+    table = np.concatenate([colormaps["tab20"].colors, colormaps["tab20b"].colors, colormaps["tab20c"].colors])
+    return (np.asarray(table)[np.arange(n) % len(table)] * 255).round().astype(np.uint8)
+
+
+UNCLASSIFIED = (255, 255, 255)
+LEGEND_ROW = 20  # legend row height, px
+
+
+def class_overlay(image: np.ndarray, cells: np.ndarray, cell_ids: Sequence[int], top_class: Sequence[int],
+                  class_names: Sequence[str], channels: Sequence[str] = tuple(HPA_COLOURS),
+                  max_side: int = 1024, legend_width: int = 340) -> np.ndarray:
+    """A colour composite with each cell outlined in its top class's colour, and a legend on the right.
+
+    ``image``: HxWxC field; ``cells``: HxW instance labels; ``top_class[i]`` is the class id of
+    cell ``cell_ids[i]`` (-1: unclassified, outlined white). The field is shrunk so its longer
+    side is at most ``max_side`` (as :func:`overlay_thumbnail`: outlines drawn after shrinking).
+    The legend lists the classes that are some cell's top class, with their cell counts, most
+    frequent first. Returns uint8 (H', W' + legend_width, 3) RGB.
+    """
+    h, w = cells.shape
+    scale = min(1.0, max_side / max(h, w))
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    rgb = composite_rgb(image, channels)
+    labels = cells
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        labels = nearest_resize(cells, sh, sw)
+    ids = np.asarray(cell_ids, np.int64)
+    top = np.asarray(top_class, np.int64)
+    colours = class_colours(max(len(class_names), 1))
+    cell_colour = np.where((top >= 0)[:, None], colours[np.maximum(top, 0)], np.asarray(UNCLASSIFIED, np.uint8))
+    lut = np.tile(np.asarray(UNCLASSIFIED, np.uint8), (int(labels.max()) + 1, 1))
+    keep = ids <= labels.max()  # shrinking may drop a tiny cell with the largest id
+    lut[ids[keep]] = cell_colour[keep]
+    edge = find_boundaries(labels, mode="inner")
+    edge = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (labels > 0)  # 2-3 px: colour shows
+    rgb[edge] = lut[labels[edge]]
+
+    present, counts = np.unique(top, return_counts=True)
+    rows = [(UNCLASSIFIED if k < 0 else tuple(int(v) for v in colours[k]),
+             f"{'no class' if k < 0 else class_names[k]} ({n})") for k, n in sorted(zip(present, counts), key=lambda t: -t[1])]
+    title = "top class of each cell" if len(class_names) else "cells (no classifier loaded)"
+    panel_h = max(sh, LEGEND_ROW * (len(rows) + 2))
+    panel = np.full((panel_h, legend_width, 3), 24, np.uint8)
+    cv2.putText(panel, title, (8, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
+    for i, (colour, text) in enumerate(rows):
+        y = LEGEND_ROW * (i + 1) + 6
+        cv2.rectangle(panel, (8, y), (22, y + 12), colour, -1)
+        cv2.putText(panel, text, (30, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (230, 230, 230), 1, cv2.LINE_AA)
+    out = np.full((panel_h, sw + legend_width, 3), 24, np.uint8)
+    out[:sh, :sw] = rgb
+    out[:, sw:] = panel
+    return out

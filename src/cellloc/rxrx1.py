@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classes import CHANNEL_SETS, LabelSet
+from .classes import CHANNEL_SETS, RXRX1, LabelSet
 from .errors import InputError
-from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, format_label, read_csv
+from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, format_label, read_csv, row_lines
 from .fieldio import list_fields as list_flat_fields
 from .fieldio import read_field as read_flat_field
 
@@ -58,12 +58,7 @@ PLATE_ROWS = "BCDEFGHIJKLMNO"
 PLATE_COLUMNS: tuple[int, ...] = tuple(range(2, 24))
 WELLS: tuple[str, ...] = tuple(f"{r}{c:02d}" for r in PLATE_ROWS for c in PLATE_COLUMNS)
 
-LABELS = LabelSet(
-    "rxrx1",
-    tuple(f"sirna_{i}" for i in range(N_TREATMENTS))
-    + tuple(f"positive_control_{i}" for i in POSITIVE_CONTROLS)
-    + ("negative_control",),
-)
+LABELS = RXRX1  # the task's label set (cellloc.classes): sirna_0..1107, positive_control_1108..1137, negative_control
 
 TREATMENT, NEGATIVE, POSITIVE = "treatment", "negative_control", "positive_control"
 WELL_TYPES: tuple[str, ...] = (TREATMENT, NEGATIVE, POSITIVE)
@@ -263,8 +258,7 @@ def read_table(path: str | Path, label_set: LabelSet = LABELS) -> pd.DataFrame:
     full = label_set.num_classes == NUM_CLASSES
     rows = []
     first_line: dict[str, int] = {}
-    for i, r in enumerate(df.to_dict("records")):
-        line = i + 2
+    for line, r in zip(row_lines(df), df.to_dict("records")):
         where = f"{path}: line {line}"
         id_code, exp, plate, well = (r[c].strip() for c in TEST_COLUMNS)
         if not id_code or not exp:
@@ -332,6 +326,7 @@ def read_pixel_stats(path: str | Path) -> pd.DataFrame:
     unknown = [c for c in df.columns if c not in PIXEL_STATS_COLUMNS]
     if unknown:
         raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (expected {', '.join(PIXEL_STATS_COLUMNS)})")
+    lines = row_lines(df)
     out = df.copy()
     for col, kind in (("plate", int), ("site", int), ("channel", int), ("mean", float), ("std", float),
                       ("median", float), ("min", float), ("max", float)):
@@ -339,15 +334,15 @@ def read_pixel_stats(path: str | Path) -> pd.DataFrame:
         bad = values.isna() | ((values % 1 != 0) if kind is int else False)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: line {i + 2}: {col} {df[col].iloc[i]!r} is not {'an integer' if kind is int else 'a number'}")
+            raise InputError(f"{path}: line {lines[i]}: {col} {df[col].iloc[i]!r} is not {'an integer' if kind is int else 'a number'}")
         out[col] = values.astype(kind)
     if (out["std"] < 0).any():
         i = int(np.flatnonzero((out["std"] < 0).to_numpy())[0])
-        raise InputError(f"{path}: line {i + 2}: negative std")
+        raise InputError(f"{path}: line {lines[i]}: negative std")
     dup = out.duplicated(["id_code", "site", "channel"])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise InputError(f"{path}: line {i + 2}: well {out['id_code'].iloc[i]} site {out['site'].iloc[i]} "
+        raise InputError(f"{path}: line {lines[i]}: well {out['id_code'].iloc[i]} site {out['site'].iloc[i]} "
                          f"channel {out['channel'].iloc[i]} listed twice")
     return out
 
@@ -516,3 +511,32 @@ def preview(folder: str | Path, field_ids: Sequence[str], tile: int = 256) -> np
         cv2.putText(bar, fid, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         rows.append(np.vstack([bar, np.hstack(pics)]))
     return np.vstack(rows)
+
+
+# --------------------------------------------------------------------------- the task registries' entries
+
+
+def _register() -> None:
+    """What the ``rxrx1`` task finds in the registries: this module as its layout, its labels reader, its format.
+
+    Imported on first use (the registries' ``plugins`` name this module), so nothing here runs
+    for a task that does not need it.
+    """
+    import sys
+
+    from .labels import LABEL_READERS
+    from .layouts import LAYOUTS
+    from .submission_formats import SubmissionFormat, encode_argmax, register_format
+
+    def check(path: str | Path, task, expected_ids: Iterable[str] | None = None, **_: object) -> list[tuple[int, str]]:
+        return check_submission(path, task, expected_ids)
+
+    def evaluate(truth: str | Path, submission_path: str | Path, task, **_: object) -> tuple[pd.DataFrame, str]:
+        return evaluate_submission(truth, submission_path, task)
+
+    LAYOUTS["rxrx1"] = sys.modules[__name__]  # list_fields, read_field, sample_of
+    LABEL_READERS.register("rxrx1")(read_task_labels)
+    register_format(SubmissionFormat("rxrx1", SUBMISSION_COLUMNS, check, evaluate, encode=encode_argmax))
+
+
+_register()

@@ -12,6 +12,11 @@ pycocotools: a C-ordered 2048^2 mask needs a ~20 ms transposing copy before pyco
 encode it, while finding every cell's runs costs a few milliseconds. The bytes are identical
 to pycocotools' (the tests compare them). Decoding validates every string before any C code
 sees it, so a corrupt submission gives a one-line reason instead of a crash.
+
+Memory stays bounded whatever a submission holds: a mask is decompressed only up to the most
+bytes an RLE of its field's size can need (:func:`max_rle_bytes`; a zlib bomb stops there and is
+refused), masks are parsed in batches of bounded size, and a row claiming a field larger than
+``MAX_FIELD_PIXELS`` is refused before any of its masks is touched.
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fieldio import read_csv
+from .fieldio import allow_csv_fields, read_csv, row_lines
 
 COLUMNS: tuple[str, ...] = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 ZLIB_LEVEL = 9
 # pycocotools reads a run length of at most 6 five-bit groups without overflowing its int
 # shifts (a 7th group would be shifted by 30 bits); its encoder needs 7 only past 2^29 pixels.
 _MAX_CHARS_PER_VALUE = 6
+# The largest field a submission row may claim (8192 x 8192): far above any microscope field
+# (HPA's largest are 3072 x 3072), and what keeps one claimed size from allowing a huge mask.
+MAX_FIELD_PIXELS = 1 << 26
+# Decoded RLE characters validated per vectorised pass (the pass needs ~110 bytes per character).
+_PARSE_BATCH_CHARS = 1 << 18
 
 
 # --------------------------------------------------------------------------- run lengths
@@ -221,39 +231,120 @@ def _pack(coco: bytes) -> str:
     return base64.b64encode(zlib.compress(coco, ZLIB_LEVEL)).decode("ascii")
 
 
-def _unpack(text: str) -> tuple[bytes | None, str | None]:
-    """base64 + zlib layers of one mask -> (COCO counts bytes, None) or (None, reason)."""
+def max_rle_bytes(n_pixels: int) -> int:
+    """The most bytes a COCO RLE string of a mask of ``n_pixels`` pixels can need.
+
+    A mask has at most ``n + 1`` runs (pycocotools writes a zero-length run only first), and a
+    run length takes one character plus one per further 5-bit group. Every value after the
+    third is the difference ``d`` from the one two places back, and a value needs a 2nd
+    character only when ``|d| >= 16``, a 3rd when ``|d| >= 512`` and so on; since the ``|d|``
+    sum to at most ``2n``, the extra characters number at most ``2n/16 * 32/31 < n/7``. The
+    three values stored whole add at most 18 more.
+    """
+    n = int(n_pixels)
+    return n + 1 + n // 7 + 3 * _MAX_CHARS_PER_VALUE
+
+
+def _unpack(text: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """base64 + zlib layers of one mask -> (COCO counts bytes, None) or (None, reason).
+
+    Decompression stops after ``max_bytes + 1`` bytes, so a zlib bomb costs at most that much.
+    """
     try:
         packed = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None, "mask is not valid base64"
+    inflate = zlib.decompressobj()
     try:
-        return zlib.decompress(packed), None
+        coco = inflate.decompress(packed, max_bytes + 1)
     except zlib.error:
         return None, "mask is not zlib-compressed data"
+    if len(coco) > max_bytes or inflate.unconsumed_tail:
+        return None, f"mask decompresses to more than {max_bytes} bytes, more than any RLE of its field size needs"
+    if not inflate.eof:
+        return None, "mask is not zlib-compressed data (the stream is cut short)"
+    return coco, None
+
+
+def _parse_long(coco: bytes, n_pixels: int | None, keep_counts: bool) -> tuple[np.ndarray | None, str | None]:
+    """:func:`_parse_coco_strings` of one string longer than a parsing batch, a batch at a time.
+
+    The string is cut after the last complete value of each batch-sized piece. Every piece after
+    the first is parsed behind three whole values (0 and the two counts before it), which
+    makes its first values differences from the right counts. Memory: the string, one piece's
+    parse, and the counts only when ``keep_counts``.
+    """
+    buf = np.frombuffer(coco, np.uint8)
+    parts: list[np.ndarray] = []
+    last_two: np.ndarray | None = None
+    total = 0
+    start = 0
+    while start < len(coco):
+        stop = min(start + _PARSE_BATCH_CHARS, len(coco))
+        if stop < len(coco):
+            ends = np.flatnonzero(((buf[start:stop] - 48) & 0x20) == 0)  # uint8 wraps: bad characters stay bad
+            if ends.size == 0:
+                return None, "RLE run length too large"
+            stop = start + int(ends[-1]) + 1
+        prefix = b"" if last_two is None else _coco_strings(np.r_[0, last_two], np.array([0, 3]))[0]
+        [counts], [error] = _parse_coco_strings([prefix + coco[start:stop]], None)
+        if error is not None:
+            return None, error
+        counts = counts[3:] if last_two is not None else counts  # type: ignore[index]
+        total += int(counts.sum())
+        last_two = np.r_[last_two if last_two is not None else [], counts][-2:].astype(np.int64)
+        if keep_counts:
+            parts.append(counts)
+        start = stop
+    if n_pixels is not None and total != n_pixels:
+        return None, f"mask covers {total} pixels but the field has {n_pixels}"
+    return (np.concatenate(parts) if keep_counts else np.zeros(0, np.int64)), None
 
 
 def _decode_texts(
-    texts: Sequence[str], n_pixels: np.ndarray | None
+    texts: Sequence[str], n_pixels: np.ndarray | None, keep_counts: bool = True
 ) -> tuple[list[bytes | None], list[np.ndarray | None], list[str | None]]:
     """Per mask text: (COCO bytes, run lengths, None) or (None, None, reason).
 
-    ``n_pixels``: (n,) expected pixel count per text, or None to skip that check.
+    ``n_pixels``: (n,) expected pixel count per text, or None to skip that check (each text
+    is then bounded as a mask of ``MAX_FIELD_PIXELS``). Texts are decompressed one by one and
+    parsed in batches of about ``_PARSE_BATCH_CHARS`` characters (a longer one a piece at a
+    time), so the memory in use is that of the valid masks kept plus one batch, never that of
+    everything the texts inflate to. Without ``keep_counts`` the run lengths are not kept.
     """
-    coco: list[bytes | None] = []
-    errors: list[str | None] = []
-    for t in texts:
-        b, e = _unpack(t)
-        coco.append(b)
-        errors.append(e)
+    coco: list[bytes | None] = [None] * len(texts)
     counts: list[np.ndarray | None] = [None] * len(texts)
-    idx = [i for i, b in enumerate(coco) if b is not None]
-    sub_pixels = None if n_pixels is None else n_pixels[idx]
-    parsed, parse_errors = _parse_coco_strings([coco[i] for i in idx], sub_pixels)  # type: ignore[misc]
-    for i, cnt, e in zip(idx, parsed, parse_errors):
-        counts[i] = cnt
-        if e is not None:
-            coco[i], errors[i] = None, e
+    errors: list[str | None] = [None] * len(texts)
+    batch: list[int] = []
+    batch_chars = 0
+
+    def parse_batch() -> None:
+        sub_pixels = None if n_pixels is None else n_pixels[batch]
+        parsed, parse_errors = _parse_coco_strings([coco[i] for i in batch], sub_pixels)  # type: ignore[misc]
+        for i, cnt, e in zip(batch, parsed, parse_errors):
+            counts[i] = cnt if keep_counts else None
+            if e is not None:
+                coco[i], errors[i] = None, e
+        batch.clear()
+
+    for i, t in enumerate(texts):
+        n = None if n_pixels is None else int(n_pixels[i])
+        coco[i], errors[i] = _unpack(t, max_rle_bytes(MAX_FIELD_PIXELS if n is None else n))
+        size = len(coco[i] or b"")
+        if coco[i] is None:
+            continue
+        if size > _PARSE_BATCH_CHARS:
+            counts[i], errors[i] = _parse_long(coco[i], n, keep_counts)  # type: ignore[arg-type]
+            if errors[i] is not None:
+                coco[i] = None
+            continue
+        if batch and batch_chars + size > _PARSE_BATCH_CHARS:
+            parse_batch()
+            batch_chars = 0
+        batch.append(i)
+        batch_chars += size
+    if batch:
+        parse_batch()
     return coco, counts, errors
 
 
@@ -273,7 +364,7 @@ def unpack_masks(
     n_pixels = None
     if height is not None and width is not None:
         n_pixels = np.broadcast_to(np.asarray(height, np.int64) * np.asarray(width, np.int64), (len(texts),))
-    coco, _, errors = _decode_texts(texts, n_pixels)
+    coco, _, errors = _decode_texts(texts, n_pixels, keep_counts=False)
     return coco, errors
 
 
@@ -415,6 +506,9 @@ def _parse_row(
             dims.append(int(v))
         else:
             errors.append(f"bad {name} {v!r} (expected a positive integer)")
+    if len(dims) == 2 and dims[0] * dims[1] > MAX_FIELD_PIXELS:
+        errors.append(f"size {dims[0]}x{dims[1]} is larger than any field (at most {MAX_FIELD_PIXELS} pixels)")
+        dims = []
     if len(dims) == 2 and sizes is not None and image_id in sizes:
         exp_w, exp_h = sizes[image_id]
         if (dims[0], dims[1]) != (int(exp_w), int(exp_h)):
@@ -450,11 +544,11 @@ def _parse_row(
 def _read_rows(path: str | Path) -> list[tuple[int, list[str]]]:
     """(line number, the 4 fields) of every data row; checks the header."""
     df = read_csv(path, COLUMNS)
-    cols = [df[c].astype(str).tolist() for c in COLUMNS]
-    return [(i + 2, [c[i] for c in cols]) for i in range(len(df))]
+    cols = [df[c].tolist() for c in COLUMNS]
+    return [(line, [c[i] for c in cols]) for i, line in enumerate(row_lines(df))]
 
 
-def parse_submission(path: str | Path, num_classes: int = 19) -> dict[str, FieldPrediction]:
+def parse_submission(path: str | Path, num_classes: int) -> dict[str, FieldPrediction]:
     """Read a submission CSV into ``{ID: FieldPrediction}``; the first malformed row raises.
 
     Mask texts are kept as text (decoding is the evaluator's and the checker's job). Raises
@@ -476,7 +570,8 @@ def check_submission(
     path: str | Path,
     expected_ids: Iterable[str] | None = None,
     sizes: Mapping[str, tuple[int, int]] | None = None,
-    num_classes: int = 19,
+    *,
+    num_classes: int,
     max_per_line: int = 5,
 ) -> list[tuple[int, str]]:
     """Every problem in a submission file, as ``(line, reason)``; empty means valid.
@@ -579,6 +674,7 @@ class SubmissionWriter:
             data = data[: data.rfind(b"\n") + 1]
             with open(self.partial, "r+b") as fh:
                 fh.truncate(len(data))
+        allow_csv_fields(len(data))
         rows = list(csv.reader(data.decode("utf-8").splitlines()))
         if not rows or tuple(rows[0]) != COLUMNS:
             raise InputError(f"{self.partial}: not a partial submission (header {rows[0] if rows else 'missing'}); delete it to start over")

@@ -20,6 +20,7 @@ and in any order and come out identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -207,6 +208,20 @@ def make_round(c: CellGeom, rng: np.random.Generator) -> None:
     c.n_amp = c.n_amp * 0.5
 
 
+def round_mitotic(rng: np.random.Generator, cells: list[CellGeom], spindle: bool) -> None:
+    """Round up the dividing cells (in place). A spindle protein needs them: then ~30% divide, at least one."""
+    if spindle:
+        for c in cells:
+            if rng.random() < 0.3:
+                make_round(c, rng)
+        if not any(c.mitotic for c in cells) and cells:
+            make_round(cells[int(rng.integers(len(cells)))], rng)
+    else:
+        for c in cells:
+            if c.mitotic:
+                make_round(c, rng)
+
+
 def rasterise(cells: list[CellGeom], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels (uint16) for cells and nuclei; a pixel goes to the cell nearest in its own metric."""
     best = np.full((size, size), np.inf, np.float32)
@@ -251,6 +266,24 @@ def drop_fragments(cells: np.ndarray, nuclei: np.ndarray, min_frac: float = 0.2)
             k += 1
             lut[i] = k
     return lut[cells], lut[nuclei]
+
+
+def label_cells(cells: list[CellGeom], size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Rasterise ``cells`` and drop border fragments.
+
+    Returns uint16 cell and nucleus labels (ids 1..n) and, for each kept id ``k``, the index in
+    ``cells`` of its geometry at ``kept[k - 1]``, so per-cell draws made before rasterising stay
+    aligned with the renumbered ids.
+    """
+    labels, nuclei = rasterise(cells, size)
+    labels2, nuclei2 = drop_fragments(labels, nuclei)
+    mapping = {}
+    for old in range(1, len(cells) + 1):
+        hit = labels2[labels == old]
+        if hit.size and hit[0] > 0:  # 0: the cell was dropped as a fragment
+            mapping[int(hit[0])] = old - 1
+    kept = [mapping[k] for k in sorted(mapping)]
+    return labels2.astype(np.uint16), nuclei2.astype(np.uint16), kept
 
 
 # --------------------------------------------------------------------------- labels
@@ -304,6 +337,7 @@ class CellPatch:
     dist_edge: np.ndarray  # float, px to the cell's border (inside)
     nuc_dist: np.ndarray  # float, px to the nucleus border (inside)
     geom: CellGeom
+    others: np.ndarray | None = None  # bool hxw: pixels of neighbouring cells (for junctions)
 
     def local(self, y: float, x: float) -> tuple[float, float]:
         return y - self.y0, x - self.x0
@@ -330,7 +364,8 @@ def cell_patches(cells: list[CellGeom], labels: np.ndarray, nuclei: np.ndarray) 
         nuc = nuclei[y0:y1, x0:x1] == i
         dist_edge = cv2.distanceTransform(cell.astype(np.uint8), cv2.DIST_L2, 3)
         nuc_dist = cv2.distanceTransform(nuc.astype(np.uint8), cv2.DIST_L2, 3)
-        out[i] = CellPatch(y0, x0, cell, nuc, cell & ~nuc, dist_edge, nuc_dist, cells[i - 1])
+        others = (labels[y0:y1, x0:x1] > 0) & ~cell
+        out[i] = CellPatch(y0, x0, cell, nuc, cell & ~nuc, dist_edge, nuc_dist, cells[i - 1], others)
     return out
 
 
@@ -372,96 +407,223 @@ def reticulum(rng, p: CellPatch, scale: float) -> np.ndarray:
     return net * (0.35 + 0.65 * near) * p.cyto
 
 
-def green_pattern(rng: np.random.Generator, k: int, p: CellPatch, nucleoli, er: np.ndarray, mt: np.ndarray, px: float) -> np.ndarray:
-    """Intensity of class ``k``'s protein pattern in the cell window (float, ~0..1)."""
+PatternFn = Callable[..., np.ndarray]
+
+# Protein patterns by name: ``fn(rng, patch, nucleoli, er, mt, px) -> float hxw`` (about 0..1) in the
+# cell's window. A task maps its class ids to these names (SINGLE_CELL_PATTERNS, the HPA-2018
+# generator's table), so one drawing serves every label set.
+PATTERNS: dict[str, PatternFn] = {}
+
+
+def pattern(name: str) -> Callable[[PatternFn], PatternFn]:
+    """Register a protein pattern under ``name``."""
+
+    def register(fn: PatternFn) -> PatternFn:
+        PATTERNS[name] = fn
+        return fn
+
+    return register
+
+
+@pattern("nucleoplasm")
+def _nucleoplasm(rng, p: CellPatch, nucleoli, er, mt, px):
     h, w = p.cell.shape
-    g = np.zeros((h, w), np.float32)
-    r, r_n = p.geom.radius, p.geom.n_radius
-    nuc, cyto = p.nucleus.astype(np.float32), p.cyto.astype(np.float32)
+    g = p.nucleus.astype(np.float32) * (0.75 + 0.25 * smooth_noise(rng, (h, w), 4 * px))
+    for y, x, rr in nucleoli:
+        disk(g, y, x, rr, -0.7)
+    return g
+
+
+@pattern("nuclear_membrane")
+def _nuclear_membrane(rng, p: CellPatch, nucleoli, er, mt, px):
+    return ((p.nuc_dist > 0) & (p.nuc_dist < max(1.5, 0.08 * p.geom.n_radius))).astype(np.float32)
+
+
+@pattern("nucleoli")
+def _nucleoli(rng, p: CellPatch, nucleoli, er, mt, px):
+    g = np.zeros(p.cell.shape, np.float32)
+    for y, x, rr in nucleoli:
+        disk(g, y, x, rr, 1.0, 0)
+    return g
+
+
+@pattern("fibrillar_center")
+def _fibrillar_center(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Small dots inside the nucleoli."""
+    g = np.zeros(p.cell.shape, np.float32)
+    for y, x, rr in nucleoli:
+        for _ in range(int(rng.integers(2, 6))):
+            oy, ox = rng.normal(0, rr * 0.45, 2)
+            disk(g, y + oy, x + ox, max(0.8, rr * 0.22), 1.0)
+    return g
+
+
+@pattern("speckles")
+def _speckles(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Many irregular spots over a faint nucleoplasm."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
+    for y, x in p.sample_in(rng, p.nuc_dist > 0.1 * r_n, int(rng.integers(15, 30))):
+        disk(g, y, x, r_n * rng.uniform(0.05, 0.1), rng.uniform(0.6, 1.0))
+    g += 0.15 * p.nucleus.astype(np.float32)
+    return g
+
+
+@pattern("nuclear_bodies")
+def _nuclear_bodies(rng, p: CellPatch, nucleoli, er, mt, px):
+    """A few bright round dots in the nucleus."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
+    for y, x in p.sample_in(rng, p.nuc_dist > 0.15 * r_n, int(rng.integers(2, 7))):
+        disk(g, y, x, max(1.0, r_n * 0.07), 1.0)
+    return g
+
+
+@pattern("er")
+def _er(rng, p: CellPatch, nucleoli, er, mt, px):
+    return er / (er.max() + 1e-6)
+
+
+@pattern("golgi")
+def _golgi(rng, p: CellPatch, nucleoli, er, mt, px):
+    """A perinuclear cluster on one side of the nucleus."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
     ncy, ncx = p.local(p.geom.ny, p.geom.nx)
-    if k == 0:  # nucleoplasm
-        g = nuc * (0.75 + 0.25 * smooth_noise(rng, (h, w), 4 * px))
-        for y, x, rr in nucleoli:
-            disk(g, y, x, rr, -0.7)
-    elif k == 1:  # nuclear membrane
-        g = ((p.nuc_dist > 0) & (p.nuc_dist < max(1.5, 0.08 * r_n))).astype(np.float32)
-    elif k == 2:  # nucleoli
-        for y, x, rr in nucleoli:
-            disk(g, y, x, rr, 1.0, 0)
-    elif k == 3:  # fibrillar centre: small dots inside nucleoli
-        for y, x, rr in nucleoli:
-            for _ in range(int(rng.integers(2, 6))):
-                oy, ox = rng.normal(0, rr * 0.45, 2)
-                disk(g, y + oy, x + ox, max(0.8, rr * 0.22), 1.0)
-    elif k == 4:  # speckles: many irregular spots
-        for y, x in p.sample_in(rng, p.nuc_dist > 0.1 * r_n, int(rng.integers(15, 30))):
-            disk(g, y, x, r_n * rng.uniform(0.05, 0.1), rng.uniform(0.6, 1.0))
-        g += 0.15 * nuc
-    elif k == 5:  # nuclear bodies: a few bright round dots
-        for y, x in p.sample_in(rng, p.nuc_dist > 0.15 * r_n, int(rng.integers(2, 7))):
-            disk(g, y, x, max(1.0, r_n * 0.07), 1.0)
-    elif k == 6:  # ER
-        g = er / (er.max() + 1e-6)
-    elif k == 7:  # Golgi: perinuclear cluster on one side
-        a = rng.uniform(0, 2 * np.pi)
-        gy, gx = ncy + np.sin(a) * r_n * 1.25, ncx + np.cos(a) * r_n * 1.25
-        for _ in range(int(rng.integers(4, 9))):
-            oy, ox = rng.normal(0, r_n * 0.22, 2)
-            disk(g, gy + oy, gx + ox, r_n * rng.uniform(0.08, 0.18), rng.uniform(0.6, 1.0))
-        g *= cyto
-    elif k == 8:  # intermediate filaments: long wavy fibres, a cage around the nucleus
-        g = draw_filaments(rng, p, int(rng.integers(10, 18)), r / 14, 0.18, False, max(1, int(round(1.2 * px))))
-    elif k == 9:  # actin: cortex plus parallel stress fibres
-        g = ((p.dist_edge > 0) & (p.dist_edge < max(2.0, 0.07 * r))).astype(np.float32)
-        a = rng.uniform(0, np.pi)
-        for _ in range(int(rng.integers(3, 7))):
-            off = rng.uniform(-0.7, 0.7) * r
-            cy, cx = ncy + np.cos(a) * off, ncx - np.sin(a) * off
-            d = np.array([np.cos(a), np.sin(a)]) * 1.5 * r
-            pts = np.array([[cx - d[0], cy - d[1]], [cx + d[0], cy + d[1]]])
-            draw_curve(g, pts, 0.7, max(1, int(round(1.5 * px))))
-        g *= p.cell
-    elif k == 10:  # microtubules
-        g = mt / (mt.max() + 1e-6)
-    elif k == 11:  # mitotic spindle: two poles to the metaphase plate
-        ang = p.geom.n_angle + np.pi / 2
-        pole = np.array([np.cos(ang), np.sin(ang)]) * r_n * 1.3
-        for s in (-1, 1):
-            py, px_ = ncy + s * pole[1], ncx + s * pole[0]
-            for t in np.linspace(-1, 1, 9):
-                ey = ncy + np.sin(ang - np.pi / 2) * t * r_n * 0.9
-                ex = ncx + np.cos(ang - np.pi / 2) * t * r_n * 0.9
-                draw_curve(g, np.array([[px_, py], [ex, ey]]), 0.8, max(1, int(round(px))))
-            disk(g, py, px_, max(1.0, 0.08 * r_n), 1.0)
-        g *= p.cell
-    elif k == 12:  # centrosome: 1-2 dots beside the nucleus
-        a = rng.uniform(0, 2 * np.pi)
-        for j in range(int(rng.integers(1, 3))):
-            disk(g, ncy + np.sin(a) * r_n * 1.15 + j * 2 * px, ncx + np.cos(a) * r_n * 1.15, max(1.0, 0.06 * r_n), 1.0)
-        g *= p.cell
-    elif k == 13:  # plasma membrane
-        g = ((p.dist_edge > 0) & (p.dist_edge < max(1.5, 0.045 * r))).astype(np.float32)
-    elif k == 14:  # mitochondria: short worms, denser near the nucleus
-        for y, x in p.sample_in(rng, p.cyto, int(rng.integers(40, 80))):
-            pts = random_walk(rng, np.array([x, y]), rng.uniform(0, 2 * np.pi), 6, r / 40, 0.5)
-            draw_curve(g, pts, rng.uniform(0.5, 1.0), max(1, int(round(1.3 * px))))
-        g *= cyto
-    elif k == 15:  # aggresome: one bright juxtanuclear blob
-        a = rng.uniform(0, 2 * np.pi)
-        disk(g, ncy + np.sin(a) * r_n * 1.3, ncx + np.cos(a) * r_n * 1.3, r_n * rng.uniform(0.22, 0.32), 1.0)
-        g *= p.cell
-    elif k == 16:  # cytosol: diffuse fill
-        g = cyto * (0.65 + 0.15 * smooth_noise(rng, (h, w), 6 * px))
-    elif k == 17:  # vesicles: many small puncta
-        for y, x in p.sample_in(rng, p.cyto, int(rng.integers(25, 60))):
-            disk(g, y, x, max(0.8, r * rng.uniform(0.015, 0.03)), rng.uniform(0.5, 1.0))
-        g *= cyto
-    return np.clip(g, 0, None)
+    a = rng.uniform(0, 2 * np.pi)
+    gy, gx = ncy + np.sin(a) * r_n * 1.25, ncx + np.cos(a) * r_n * 1.25
+    for _ in range(int(rng.integers(4, 9))):
+        oy, ox = rng.normal(0, r_n * 0.22, 2)
+        disk(g, gy + oy, gx + ox, r_n * rng.uniform(0.08, 0.18), rng.uniform(0.6, 1.0))
+    g *= p.cyto.astype(np.float32)
+    return g
+
+
+@pattern("intermediate_filaments")
+def _intermediate_filaments(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Long wavy fibres, a cage around the nucleus."""
+    return draw_filaments(rng, p, int(rng.integers(10, 18)), p.geom.radius / 14, 0.18, False, max(1, int(round(1.2 * px))))
+
+
+@pattern("actin")
+def _actin(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Cortex plus parallel stress fibres."""
+    r = p.geom.radius
+    ncy, ncx = p.local(p.geom.ny, p.geom.nx)
+    g = ((p.dist_edge > 0) & (p.dist_edge < max(2.0, 0.07 * r))).astype(np.float32)
+    a = rng.uniform(0, np.pi)
+    for _ in range(int(rng.integers(3, 7))):
+        off = rng.uniform(-0.7, 0.7) * r
+        cy, cx = ncy + np.cos(a) * off, ncx - np.sin(a) * off
+        d = np.array([np.cos(a), np.sin(a)]) * 1.5 * r
+        pts = np.array([[cx - d[0], cy - d[1]], [cx + d[0], cy + d[1]]])
+        draw_curve(g, pts, 0.7, max(1, int(round(1.5 * px))))
+    g *= p.cell
+    return g
+
+
+@pattern("microtubules")
+def _microtubules(rng, p: CellPatch, nucleoli, er, mt, px):
+    return mt / (mt.max() + 1e-6)
+
+
+@pattern("spindle")
+def _spindle(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Two poles with fibres to the metaphase plate."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
+    ncy, ncx = p.local(p.geom.ny, p.geom.nx)
+    ang = p.geom.n_angle + np.pi / 2
+    pole = np.array([np.cos(ang), np.sin(ang)]) * r_n * 1.3
+    for s in (-1, 1):
+        py, px_ = ncy + s * pole[1], ncx + s * pole[0]
+        for t in np.linspace(-1, 1, 9):
+            ey = ncy + np.sin(ang - np.pi / 2) * t * r_n * 0.9
+            ex = ncx + np.cos(ang - np.pi / 2) * t * r_n * 0.9
+            draw_curve(g, np.array([[px_, py], [ex, ey]]), 0.8, max(1, int(round(px))))
+        disk(g, py, px_, max(1.0, 0.08 * r_n), 1.0)
+    g *= p.cell
+    return g
+
+
+@pattern("centrosome")
+def _centrosome(rng, p: CellPatch, nucleoli, er, mt, px):
+    """1-2 small dots beside the nucleus."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
+    ncy, ncx = p.local(p.geom.ny, p.geom.nx)
+    a = rng.uniform(0, 2 * np.pi)
+    for j in range(int(rng.integers(1, 3))):
+        disk(g, ncy + np.sin(a) * r_n * 1.15 + j * 2 * px, ncx + np.cos(a) * r_n * 1.15, max(1.0, 0.06 * r_n), 1.0)
+    g *= p.cell
+    return g
+
+
+@pattern("plasma_membrane")
+def _plasma_membrane(rng, p: CellPatch, nucleoli, er, mt, px):
+    return ((p.dist_edge > 0) & (p.dist_edge < max(1.5, 0.045 * p.geom.radius))).astype(np.float32)
+
+
+@pattern("mitochondria")
+def _mitochondria(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Short worms in the cytoplasm."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r = p.geom.radius
+    for y, x in p.sample_in(rng, p.cyto, int(rng.integers(40, 80))):
+        pts = random_walk(rng, np.array([x, y]), rng.uniform(0, 2 * np.pi), 6, r / 40, 0.5)
+        draw_curve(g, pts, rng.uniform(0.5, 1.0), max(1, int(round(1.3 * px))))
+    g *= p.cyto.astype(np.float32)
+    return g
+
+
+@pattern("aggresome")
+def _aggresome(rng, p: CellPatch, nucleoli, er, mt, px):
+    """One bright juxtanuclear blob."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r_n = p.geom.n_radius
+    ncy, ncx = p.local(p.geom.ny, p.geom.nx)
+    a = rng.uniform(0, 2 * np.pi)
+    disk(g, ncy + np.sin(a) * r_n * 1.3, ncx + np.cos(a) * r_n * 1.3, r_n * rng.uniform(0.22, 0.32), 1.0)
+    g *= p.cell
+    return g
+
+
+@pattern("cytosol")
+def _cytosol(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Diffuse fill of the cytoplasm."""
+    return p.cyto.astype(np.float32) * (0.65 + 0.15 * smooth_noise(rng, p.cell.shape, 6 * px))
+
+
+@pattern("vesicles")
+def _vesicles(rng, p: CellPatch, nucleoli, er, mt, px):
+    """Many small puncta over the cytoplasm."""
+    g = np.zeros(p.cell.shape, np.float32)
+    r = p.geom.radius
+    for y, x in p.sample_in(rng, p.cyto, int(rng.integers(25, 60))):
+        disk(g, y, x, max(0.8, r * rng.uniform(0.015, 0.03)), rng.uniform(0.5, 1.0))
+    g *= p.cyto.astype(np.float32)
+    return g
+
+
+# The single-cell label set's class ids -> pattern names (None: Negative, no specific stain).
+SINGLE_CELL_PATTERNS: tuple[str | None, ...] = (
+    "nucleoplasm", "nuclear_membrane", "nucleoli", "fibrillar_center", "speckles", "nuclear_bodies",
+    "er", "golgi", "intermediate_filaments", "actin", "microtubules", "spindle", "centrosome",
+    "plasma_membrane", "mitochondria", "aggresome", "cytosol", "vesicles", None,
+)
+
+
+def green_pattern(rng: np.random.Generator, name: str, p: CellPatch, nucleoli, er: np.ndarray, mt: np.ndarray, px: float) -> np.ndarray:
+    """Intensity of the protein pattern ``name`` (a key of :data:`PATTERNS`) in the cell window (float, >= 0)."""
+    return np.clip(PATTERNS[name](rng, p, nucleoli, er, mt, px), 0, None)
 
 
 def render_channels(rng: np.random.Generator, cfg: SynthConfig, size: int, patches: dict[int, CellPatch],
-                    classes: dict[int, list[int]]) -> np.ndarray:
-    """Float HxWx4 (red, green, blue, yellow) intensities before optics and noise."""
+                    classes: dict[int, list[int]], patterns: Sequence[str | None] = SINGLE_CELL_PATTERNS) -> np.ndarray:
+    """Float HxWx4 (red, green, blue, yellow) intensities before optics and noise.
+
+    ``patterns[k]`` names the protein pattern drawn for class id ``k`` (None: no stain).
+    """
     px = size / 2048 * 4  # "pixels per nominal unit": 1 at 512 px, 4 at 2048 px
     img = np.zeros((size, size, 4), np.float32)
     for i, p in patches.items():
@@ -481,9 +643,9 @@ def render_channels(rng: np.random.Generator, cfg: SynthConfig, size: int, patch
         green = np.zeros((h, w), np.float32)
         level = rng.uniform(0.35, 1.0)
         for k in classes[i]:
-            if k == NEGATIVE:
+            if patterns[k] is None:
                 continue
-            green += green_pattern(rng, k, p, nucleoli, er, mt, px) * level * rng.uniform(0.7, 1.0)
+            green += green_pattern(rng, patterns[k], p, nucleoli, er, mt, px) * level * rng.uniform(0.7, 1.0)
         green += 0.06 * p.cell * (1 + 0.5 * smooth_noise(rng, (h, w), 8 * px))  # nonspecific stain
         cellm = p.cell[..., None]
         win += np.where(cellm, np.stack([red, green, np.clip(blue, 0, None), yellow], -1), 0)
@@ -516,32 +678,14 @@ def generate_field(cfg: SynthConfig, index: int, size: int | None = None) -> Syn
     rng = np.random.default_rng([cfg.seed, index, size])
     cells = place_cells(rng, cfg, size)
     field_classes = draw_field_classes(rng, cfg)
-    if SPINDLE in field_classes:  # a spindle protein needs dividing cells to show in
-        for c in cells:
-            if rng.random() < 0.3:
-                make_round(c, rng)
-        if not any(c.mitotic for c in cells) and cells:
-            make_round(cells[int(rng.integers(len(cells)))], rng)
-    else:
-        for c in cells:
-            if c.mitotic:
-                make_round(c, rng)
+    round_mitotic(rng, cells, SPINDLE in field_classes)
     cell_cls = assign_cell_classes(rng, cfg, field_classes, cells)
-    labels, nuclei = rasterise(cells, size)
-    # keep classes aligned with the geometry ids before fragments are dropped and ids renumbered
-    old_ids = np.arange(1, len(cells) + 1)
-    labels2, nuclei2 = drop_fragments(labels, nuclei)
-    mapping = {}
-    for old in old_ids:
-        hit = labels2[labels == old]
-        if hit.size and hit[0] > 0:  # 0: the cell was dropped as a fragment
-            mapping[int(hit[0])] = old
-    kept_cells = [cells[mapping[k] - 1] for k in sorted(mapping)]
-    classes = {k: cell_cls[mapping[k] - 1] for k in sorted(mapping)}
-    patches = cell_patches(kept_cells, labels2, nuclei2)
+    labels, nuclei, kept = label_cells(cells, size)
+    classes = {k: cell_cls[old] for k, old in enumerate(kept, start=1)}
+    patches = cell_patches([cells[old] for old in kept], labels, nuclei)
     img = render_channels(rng, cfg, size, patches, classes)
     image = apply_optics(rng, cfg, img)
-    return SynthField(image, labels2.astype(np.uint16), nuclei2.astype(np.uint16), classes)
+    return SynthField(image, labels, nuclei, classes)
 
 
 def class_example(cls: int, size: int = 512, seed: int = 0) -> SynthField:
@@ -553,17 +697,22 @@ def class_example(cls: int, size: int = 512, seed: int = 0) -> SynthField:
     return generate_field(cfg, cls)
 
 
-def class_gallery(tile: int = 128, size: int = 512, seed: int = 0, columns: int = 5) -> np.ndarray:
+def class_gallery(tile: int = 128, size: int = 512, seed: int = 0, columns: int = 5,
+                  names: Sequence[str] = HPA_SINGLE_CELL.names,
+                  example: Callable[[int, int, int], SynthField] | None = None) -> np.ndarray:
     """RGB grid (uint8) with one generated cell per class, titled, so a person can judge realism.
 
+    ``example(k, size, seed)`` draws a field showing class ``k`` (default :func:`class_example`,
+    the single-cell classes ``names``); the tile is its largest cell that shows ``k``.
     Red (microtubules) and blue (nuclei) are stretched per tile; green (the protein) uses one
     fixed scale for every tile, so a Negative cell looks as dark as it is.
     """
     from .render import stretch
 
+    example = example or class_example
     tiles = []
-    for k, name in enumerate(HPA_SINGLE_CELL.names):
-        f = class_example(k, size, seed)
+    for k, name in enumerate(names):
+        f = example(k, size, seed)
         ids = [c for c, v in f.cell_classes.items() if k in v] or list(f.cell_classes)
         areas = [(f.cell_labels == c).sum() for c in ids]
         cid = ids[int(np.argmax(areas))]

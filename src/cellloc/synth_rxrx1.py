@@ -710,3 +710,33 @@ def design_summary(cfg: RxRx1SynthConfig) -> str:
     return (f"{cfg.sirnas} siRNAs in {rxrx1.PLATE_GROUPS} plate groups ({json.dumps(kinds)}), "
             f"{cfg.positive_controls} positive controls, {n['train']} train and {n['test']} test experiments, "
             f"{cfg.plates} plates x {cfg.wells_per_plate} wells x {cfg.sites} sites, {cfg.size} px")
+
+
+# --------------------------------------------------------------------------- make_data.py --task rxrx1
+
+
+def _settings(cfg) -> RxRx1SynthConfig:
+    """The RxRx1SynthConfig of a ``make_data.py`` config: --seed, --size, --noise, then --options."""
+    from .generators import generator_config, single_size
+
+    return generator_config(RxRx1SynthConfig, cfg, seed=cfg.seed, size=single_size(cfg), noise=cfg.noise)
+
+
+def _generate(out_dir: Path, synth: RxRx1SynthConfig, cfg, split: str = "train", workers: int = 1,
+              progress: Callable[[int], None] | None = None) -> str:
+    """One split of the design (train and test share it: write both into one folder with the same seed)."""
+    info = write_dataset(out_dir, synth, split, workers, progress)
+    experiments = ", ".join(info["experiments"][split])
+    return f"{out_dir}: {info['wells']} {split} wells ({info['fields']} fields: {experiments}); {design_summary(synth)}"
+
+
+def _register() -> None:
+    from .generators import GENERATORS, DatasetGenerator
+
+    def wells(synth: RxRx1SynthConfig, cfg) -> int:
+        return sum(w.split == cfg.split for w in make_design(synth).wells)
+
+    GENERATORS["rxrx1"] = DatasetGenerator(_settings, _generate, wells, unit="well")
+
+
+_register()

@@ -3,10 +3,13 @@
 The three files (about 557 MB each) are whole pickled ``pytorch_zoo.unet.DPNUnet`` modules,
 not state dicts, so a plain ``torch.load`` needs the ``pytorch_zoo`` package and, on
 torch >= 2.6, ``weights_only=False`` (which runs arbitrary pickle code). Here they are read
-without ``pytorch_zoo`` through a restricted unpickler: every global the pickle names must be on
-an allowlist (inert stand-ins for the ``pytorch_zoo`` classes, a few ``torch.nn`` layer classes,
-tensor-rebuild functions, ``OrderedDict``, ``set``); anything else is refused before it runs.
-Only the tensors are kept and they are checked key by key against our ``DPNUnet``.
+without ``pytorch_zoo`` by :func:`cellloc.torchfile.load`, which bounds what a file can make
+it allocate, and builds nothing real while unpickling: every class the published layout names
+(the ``pytorch_zoo`` classes and torch's own ``nn`` module classes alike) is an inert
+:class:`PickledObject` that only records the arguments and state it is given, so a hostile file
+naming ``Conv2d(25000, 25000, 1)`` gets a record of three numbers, not 2.5 GB of weights. Any
+other global is refused before it runs. Tensors are rebuilt by torch's own functions; only they
+are kept, and they are checked key by key against our ``DPNUnet``.
 
 Files are looked for in one folder: ``SegmentConfig.weights_dir``, else ``$CELLLOC_WEIGHTS``,
 else ``~/.cache/cellloc/hpa``. Nothing downloads as a side effect of building a segmenter:
@@ -18,20 +21,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import pickle
 import sys
-import types
 import urllib.error
 import urllib.request
-import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .. import torchfile
 from ..errors import InputError, exit_on_input_error
 from ..fieldio import atomic_path
 
@@ -110,7 +111,7 @@ def ensure_weights(name: str, folder: str | os.PathLike | None = None, download:
     fetched when this was written, so ``SHA256`` holds None for each. A first download prints
     its sha256 and writes it beside the file as ``<name>.sha256`` (``sha256sum -c`` format); pin
     that value in ``SHA256`` and later downloads whose hash differs are refused. Files already
-    in place are not re-hashed on every load (about 1 s each): the restricted unpickler keeps
+    in place are not re-hashed on every load (about 1 s each): the restricted reader keeps
     loading closed whatever the bytes are.
     """
     if name not in WEIGHT_FILES:
@@ -136,140 +137,122 @@ def ensure_weights(name: str, folder: str | os.PathLike | None = None, download:
 # --------------------------------------------------------------------------- restricted unpickling
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """A weight file's pickle names a global that is not on the allowlist."""
+RefusedGlobal = torchfile.RefusedGlobal
 
 
-class PickledModule(nn.Module):
-    """Inert stand-in for a class of the pickled model: it holds the unpickled submodules and
-    tensors so they can be read out, and nothing else (no forward, no code from the file)."""
+class PickledObject:
+    """Inert stand-in for every class a weight file's pickle names: it records the arguments it
+    is called with (``args``) and the state it is given (``state``, a module's ``__dict__``), and
+    does nothing else: no code from the file, no allocation beyond what the pickle holds."""
 
     pickled_as = "?"
 
-    def forward(self, *args, **kwargs):
-        raise RuntimeError(f"stand-in for {self.pickled_as}: only its tensors are used")
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, {}
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.pickled_as}>"
 
 
 ZOO_CLASSES = ("DPNUnet", "UnetDecoderBlock", "ConvBottleneck", "DualPathBlock", "BnActConv2d", "CatBnAct")
-_standins: dict[str, type[PickledModule]] = {}
+TORCH_CLASSES = (
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.upsampling.Upsample",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.parallel.data_parallel.DataParallel",
+    "torch.device",
+)
+_standins: dict[str, type[PickledObject]] = {}
 
 
-def _standin(qualified: str) -> type[PickledModule]:
+def _standin(qualified: str) -> type[PickledObject]:
     if qualified not in _standins:
         short = qualified.rsplit(".", 1)[-1]
-        _standins[qualified] = type(short, (PickledModule,), {"pickled_as": qualified, "__module__": __name__})
+        _standins[qualified] = type(short, (PickledObject,), {"pickled_as": qualified, "__module__": __name__})
     return _standins[qualified]
 
 
-_ALLOWED: dict[tuple[str, str], object] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("torch", "device"): torch.device,
-    ("torch", "FloatStorage"): torch.FloatStorage,
-    ("torch", "LongStorage"): torch.LongStorage,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    # Modules pickled by torch < 1.5 carry a `_backend` attribute rebuilt by this no-op.
-    ("torch.nn.backends.thnn", "_get_thnn_function_backend"): lambda: None,
-    ("torch.nn.modules.conv", "Conv2d"): nn.Conv2d,
-    ("torch.nn.modules.batchnorm", "BatchNorm2d"): nn.BatchNorm2d,
-    ("torch.nn.modules.activation", "ReLU"): nn.ReLU,
-    ("torch.nn.modules.pooling", "MaxPool2d"): nn.MaxPool2d,
-    ("torch.nn.modules.upsampling", "Upsample"): nn.Upsample,
-    ("torch.nn.modules.container", "Sequential"): nn.Sequential,
-    ("torch.nn.modules.container", "ModuleList"): nn.ModuleList,
-    ("torch.nn.parallel.data_parallel", "DataParallel"): _standin("torch.nn.parallel.data_parallel.DataParallel"),
-}
+class WeightFileGlobals(dict):
+    """What the published layout's pickle may name, each mapped to something inert: the torch
+    classes above, the ``pytorch_zoo`` classes in whichever ``pytorch_zoo`` module the file
+    says they live, and the no-op that rebuilt modules' ``_backend`` under torch < 1.5."""
+
+    def __init__(self) -> None:
+        super().__init__({name: _standin(name) for name in TORCH_CLASSES})
+        self["torch.nn.backends.thnn._get_thnn_function_backend"] = lambda: None
+
+    def __missing__(self, qualified: str) -> type[PickledObject]:
+        module, _, name = qualified.rpartition(".")
+        if (module == "pytorch_zoo" or module.startswith("pytorch_zoo.")) and name in ZOO_CLASSES:
+            return _standin(qualified)
+        raise KeyError(qualified)
 
 
-def allowed_global(module: str, name: str) -> object:
-    """What the restricted unpickler hands back for ``module.name``; raises :class:`RefusedGlobal`."""
-    module = {"__builtin__": "builtins"}.get(module, module)  # protocol-2 pickles use Python 2 names
-    if (module == "pytorch_zoo" or module.startswith("pytorch_zoo.")) and name in ZOO_CLASSES:
-        return _standin(f"{module}.{name}")
-    try:
-        return _ALLOWED[(module, name)]
-    except KeyError:
-        raise RefusedGlobal(f"{module}.{name}") from None
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        return allowed_global(module, name)
-
-
-def _restricted_load(file, **kwargs):
-    return RestrictedUnpickler(file, **kwargs).load()
-
-
-# What torch.load's ``pickle_module`` needs: an ``Unpickler`` class and a ``load`` function.
-restricted_pickle = types.ModuleType("cellloc_restricted_pickle")
-restricted_pickle.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
-restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
-
-
-def module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+def module_tensors(module: PickledObject) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers of an unpickled module tree, keyed like ``state_dict``.
 
-    Walks ``_parameters``/``_buffers``/``_modules`` directly rather than calling
-    ``state_dict()``, so no hook stored in the file is ever called.
+    Reads the recorded ``_parameters``/``_buffers``/``_modules`` of each stand-in; anything
+    else in a module's state (or a malformed one) is ignored.
     """
     out: dict[str, torch.Tensor] = {}
 
-    def walk(mod: nn.Module, prefix: str) -> None:
-        state = vars(mod)
-        for key, t in state.get("_parameters", {}).items():
-            if t is not None:
-                out[prefix + key] = t.detach()
+    def entries(state: Mapping, key: str) -> list:
+        part = state.get(key)
+        return list(part.items()) if isinstance(part, Mapping) else []
+
+    def walk(mod: PickledObject, prefix: str) -> None:
+        state = mod.state if isinstance(mod.state, Mapping) else {}
+        for key, t in entries(state, "_parameters"):
+            if isinstance(t, torch.Tensor):
+                out[prefix + str(key)] = t.detach()
         skip = state.get("_non_persistent_buffers_set", set())
-        for key, t in state.get("_buffers", {}).items():
-            if t is not None and key not in skip:
-                out[prefix + key] = t
-        for key, child in state.get("_modules", {}).items():
-            if child is not None:
+        for key, t in entries(state, "_buffers"):
+            if isinstance(t, torch.Tensor) and key not in skip:
+                out[prefix + str(key)] = t
+        for key, child in entries(state, "_modules"):
+            if isinstance(child, PickledObject):
                 walk(child, f"{prefix}{key}.")
 
     walk(module, "")
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a weight file into a flat ``{key: tensor}`` dict on the CPU.
 
-    Accepts a plain state dict (read with ``weights_only=True``) or a whole pickled model in the
-    published format (read with the restricted unpickler). A leading ``module.`` (from
-    ``DataParallel``) is stripped. Unreadable files and refused globals raise :class:`InputError`.
+    Accepts a plain state dict or a whole pickled model in the published format, in torch's
+    zip or legacy format, both read by :func:`cellloc.torchfile.load` with the stand-ins of
+    :class:`WeightFileGlobals`. A leading ``module.`` (from ``DataParallel``) is stripped.
+    Unreadable files and refused globals raise a one-line :class:`InputError`.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weight file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # a whole pickled module: not loadable by the safe path
-        try:
-            with warnings.catch_warnings():
-                # Legacy files compare the saved source of each class with the stand-in's: noise.
-                warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
-                warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
-                obj = torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
-        except RefusedGlobal as exc:
-            raise InputError(f"{path}: refused to load: its pickle names {exc}, which the HPA weight format never uses") from None
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read as a PyTorch weight file ({_first_line(exc)})") from None
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read as a PyTorch weight file ({_first_line(exc)})") from None
+        obj = torchfile.load(path, WeightFileGlobals())
+    except RefusedGlobal as exc:
+        raise InputError(f"{path}: refused to load: its pickle names {exc.name}, which the HPA weight format never uses") from None
+    except torchfile.TorchFileError as exc:
+        raise InputError(f"{path}: cannot read as a PyTorch weight file ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
-    if isinstance(obj, nn.Module):
+    if isinstance(obj, PickledObject):
         tensors = module_tensors(obj)
     elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        tensors = dict(obj)
+        tensors = {str(k): v for k, v in obj.items()}
     else:
         raise InputError(f"{path}: holds a {type(obj).__name__}, not a model or a state dict")
     if tensors and all(k.startswith("module.") for k in tensors):

@@ -2,7 +2,7 @@
 
 Outputs under ``out``:
 
-    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (.npz with --mask-format npz)
+    masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
     crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
     cells/{ID}.csv                                           the field's rows; marks it done
@@ -16,6 +16,7 @@ loses nothing and a rerun skips finished fields.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells import MASK_MODES, cell_table, crop_cells
-from .classes import CHANNEL_SETS, get_label_set
-from .config import opt, save_config
-from .errors import InputError
-from .fieldio import MASK_FORMATS, dataset_root, list_fields, read_csv, read_field, read_labels, read_mask, write_csv, write_mask, write_npy, write_png
-from .segmentation import SegmentConfig, create_segmenter
+from ..cells import MASK_MODES, cell_table, crop_cells
+from ..config import opt, save_config
+from ..errors import InputError
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..labels import read_task_labels
+from ..layouts import LAYOUTS, Layout
+from ..segmentation import SegmentConfig, create_segmenter
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 
@@ -39,18 +42,18 @@ CELL_COLUMNS_FRONT = ["ID", "cell_id", "Label"]
 class SegmentRunConfig:
     """Options of ``python src/segment.py``."""
 
-    input: str = opt("input/synth/train", "folder of channel files {ID}_{channel}.png")
+    task: str = opt(DEFAULT_TASK, "task of the fields (names their layout, channels and labels CSV)", choices=TASKS.names())
+    input: str = opt("", "folder of the task's fields (default: input/<data_name>/train; hpa-sc: {ID}_{channel}.png)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
-    labels: str = opt("", "ID,Label CSV with image labels (default: train.csv beside or above --input, if any)")
+    labels: str = opt("", "the task's labels CSV with image labels (default: train.csv beside or above --input, if any)")
     truth: str = opt("", "truth folder with {ID}_cell_mask.png and cells.csv (default: ../truth if present)")
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
-    channels: str = opt("hpa", "channel set of the files", choices=sorted(CHANNEL_SETS))
-    label_set: str = opt("hpa19", "label set of the labels CSV")
-    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: infer, the field spans 163.84 um)")
+    pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
+    scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
-    mask_format: str = opt("png", "masks as uint16 PNG or compressed npz", choices=list(MASK_FORMATS))
+    mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
     workers: int = opt(1, "processes (CPU backends)")
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
@@ -68,10 +71,26 @@ class SegmentRunConfig:
             raise ValueError("--workers and --batch-size must be >= 1 and --limit >= 0")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
+        unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
+        if unknown or not self.mask_formats:
+            raise ValueError(f"--mask-format: unknown {', '.join(unknown) or 'empty'}; known: {', '.join(MASK_FORMATS)}")
+        self.input = self.input or str(get_task(self.task).data_dir("train"))
+
+    @property
+    def mask_formats(self) -> list[str]:
+        return [f.strip() for f in self.mask_format.split(",") if f.strip()]
+
+    @property
+    def task_record(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.task_record.layout]
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        return CHANNEL_SETS[self.channels]
+        return self.task_record.channels
 
     def dataset_dir(self) -> Path:
         """The dataset folder: the parent of a train/ or test/ folder, else the folder itself."""
@@ -96,13 +115,16 @@ class SegmentRunConfig:
 
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
-            backend=self.backend, channels=self.channel_names,
-            pixel_size_um=self.pixel_size_um or None, remove_edge_cells=self.remove_edge_cells,
+            backend=self.backend, **self.task_record.segment_channels(),
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             cell_model=self.cell_model,
-            nucleus_channel="blue" if self.channels == "hpa" else self.channel_names[0],
-            cell_channels=("red", "yellow") if self.channels == "hpa" else self.channel_names[1:],
         )
+
+    def recipe_input(self) -> dict:
+        """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+                "segment": dataclasses.asdict(self.segment_config())}
 
 
 @dataclass
@@ -127,7 +149,7 @@ class RunSummary:
 
 def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray, truth_cells: pd.DataFrame) -> pd.DataFrame:
     """Give each segmented cell the true labels of the truth cell it overlaps at IoU >= 0.5."""
-    from .metrics import match_cells
+    from ..metrics import match_cells
 
     match = match_cells(cells, truth_mask, 0.5)
     labels = dict(zip(truth_cells["cell_id"].astype(int), truth_cells["Label"]))
@@ -146,15 +168,17 @@ class FieldWorker:
         self.out = cfg.out_dir()
         self.image_labels = image_labels
         self.truth_cells = truth_cells
+        self.layout = cfg.layout
         self.segmenter = create_segmenter(cfg.segment_config())
 
     def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
         """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
-        from .render import overlay
+        from ..render import overlay
 
         cfg, out = self.cfg, self.out
-        write_mask(out / "masks" / f"{image_id}_cell_mask.{cfg.mask_format}", cells)
-        write_mask(out / "masks" / f"{image_id}_nucleus_mask.{cfg.mask_format}", nuclei)
+        for fmt in cfg.mask_formats:
+            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
+            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)
@@ -165,7 +189,7 @@ class FieldWorker:
             write_npy(out / rel, crop)
             paths.append(rel.as_posix())
         table.insert(0, "ID", image_id)
-        table.insert(2, "Label", self.image_labels.get(image_id, ""))
+        table.insert(2, "Label", self.image_labels.get(self.layout.sample_of(image_id), ""))
         table["crop"] = paths
         table["height"], table["width"] = cells.shape
         if self.truth_cells is not None:
@@ -180,7 +204,7 @@ class FieldWorker:
     def run_one(self, image_id: str) -> FieldResult:
         t0 = time.perf_counter()
         try:
-            image = read_field(self.cfg.input, image_id, self.cfg.channel_names)
+            image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
             cells, nuclei = self.segmenter.segment(image)
             n = self.finish(image_id, image, cells, nuclei)
             return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
@@ -194,7 +218,7 @@ class FieldWorker:
         images, results = {}, {}
         for i in ids:
             try:
-                images[i] = read_field(self.cfg.input, i, self.cfg.channel_names)
+                images[i] = self.layout.read_field(self.cfg.input, i, self.cfg.channel_names)
             except InputError as exc:
                 results[i] = FieldResult(i, error=str(exc))
         if images:
@@ -232,11 +256,12 @@ def _run_in_worker(image_id: str) -> FieldResult:
 
 def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """(fields to segment, fields that cannot be (id, reason), stray file names)."""
-    listing = list_fields(cfg.input, cfg.channel_names)
+    listing = cfg.layout.list_fields(cfg.input, cfg.channel_names)
     bad = listing.failures()
     ids = listing.ids[: cfg.limit] if cfg.limit else listing.ids
     if not ids and not bad:
-        raise InputError(f"{cfg.input}: no fields found (expected files named {{ID}}_{{channel}}.png for channels {', '.join(cfg.channel_names)})")
+        raise InputError(f"{cfg.input}: no fields found (task {cfg.task}: {cfg.task_record.layout} layout, "
+                         f"channels {', '.join(cfg.channel_names)})")
     return ids, bad, listing.unmatched
 
 
@@ -245,11 +270,10 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
     t0 = time.perf_counter()
     out = cfg.out_dir()
     ids, failed, _ = plan(cfg)
-    num_classes = get_label_set(cfg.label_set).num_classes
     labels_path = cfg.labels_path()
     image_labels = {}
     if labels_path is not None:
-        df = read_labels(labels_path, num_classes)
+        df = read_task_labels(labels_path, cfg.task_record)
         image_labels = dict(zip(df["ID"], df["Label"]))
     truth_dir = cfg.truth_dir()
     truth_cells = read_csv(truth_dir / "cells.csv", ("ID", "cell_id", "Label")) if truth_dir else None

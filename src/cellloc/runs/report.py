@@ -15,7 +15,6 @@ half-written picture. The page itself is assembled by :mod:`cellloc.report_page`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shlex
@@ -30,20 +29,19 @@ import pandas as pd
 from PIL import Image as PILImage
 from sklearn.metrics import average_precision_score
 
-from .classes import CHANNEL_SETS, HPA_SINGLE_CELL, label_set_for
-from .config import load_config, opt
-from .data import load_crop, read_cells
-from .errors import InputError
-from .fieldio import dataset_root, find_mask, multihot, read_csv, read_field, read_mask, write_bytes, write_png
+from ..config import load_config, opt
+from ..data import load_crop, read_cells, read_samples
+from ..errors import InputError
+from ..fieldio import dataset_root, find_mask, multihot, read_csv, read_mask, write_bytes, write_png
+from ..plots import fold_balance_heatmap, save_figure
+from ..plots_report import ap_bars_figure
+from ..plots_training import plot_training_curves
+from ..render import composite_rgb, overlay_thumbnail
+from ..report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
+from ..submission_formats import FORMATS
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .folds import output_paths
-from .metrics import competition_map, read_truth
-from .plots import fold_balance_heatmap, save_figure
-from .plots_report import ap_bars_figure
-from .plots_training import plot_training_curves
-from .render import composite_rgb, overlay_thumbnail
-from .report_page import Gallery, Heading, Image, Note, Pre, Section, Table, Text, image_sources, render_page
-from .segment_run import SegmentRunConfig
-from .submission import parse_submission
+from .segment import SegmentRunConfig
 
 
 @dataclass
@@ -51,6 +49,7 @@ class ReportConfig:
     """Options of ``python src/report.py``."""
 
     run_dir: str = opt("models/effb2", "training run folder, with fold<K>/ subfolders from src/train.py")
+    task: str = opt("", "task (default: the one the run was trained for; given, it must match)", choices=["", *TASKS.names()])
     seg: str = opt("output/synth", "segmentation output of the training fields (masks/, cells.csv, folds.csv)")
     sample: str = opt("output/sample", "segmentation output of the real sample field; shown when present")
     predictions: str = opt("output/synth_test", "test prediction folder (submission.csv, predict_config.json)")
@@ -78,10 +77,27 @@ class Run:
     root: Path
     folds: dict[int, Path]  # fold id -> fold<K>/ folder
     config: dict  # config.json of the first fold that has one ({} if none has)
-    names: tuple[str, ...]  # class names
+    task: Task  # what the run was trained for
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Class names."""
+        return self.task.label_set.names
+
+    @property
+    def level(self) -> str:
+        """What the run's models classify: cell or image."""
+        return self.config.get("level", self.task.level)
 
     def fold_json(self, fold: int, name: str) -> dict | None:
         return read_json(self.folds[fold] / name)
+
+    def config_path(self, fold: int) -> Path | None:
+        """The fold's own config.json, else the first other fold's (a new fold repeats its settings)."""
+        for k in (fold, *self.folds):
+            if k in self.folds and (self.folds[k] / "config.json").is_file():
+                return self.folds[k] / "config.json"
+        return None
 
 
 @dataclass
@@ -113,21 +129,6 @@ def spread_pick(items: Sequence[str], n: int) -> list[str]:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round().astype(int)] if n else []
 
 
-def with_fold(command: str, fold: int, resume: bool = False) -> str:
-    """A recorded ``src/train.py`` command line retargeted to ``fold`` (and ``--resume`` or not)."""
-    args = [a for a in shlex.split(command) if a != "--resume"]
-    for i, a in enumerate(args):
-        if a == "--fold" and i + 1 < len(args):
-            args[i + 1] = str(fold)
-            break
-        if a.startswith("--fold="):
-            args[i] = f"--fold={fold}"
-            break
-    else:
-        args += ["--fold", str(fold)]
-    return shlex.join(args + (["--resume"] if resume else []))
-
-
 def label_names(label: str, names: Sequence[str]) -> str:
     """``"0|16"`` -> ``"Nucleoplasm, Cytosol"`` (unknown ids are kept as numbers)."""
     ids = [p for p in str(label).split("|") if p.strip().isdigit()]
@@ -156,8 +157,9 @@ def is_png(path: Path) -> bool:
         return False
 
 
-def find_run(run_dir: str | Path) -> Run:
-    """The run's fold folders (``fold<K>/``); a missing folder or one without folds is an :class:`InputError`."""
+def find_run(run_dir: str | Path, task: str = "") -> Run:
+    """The run's fold folders (``fold<K>/``) and its task; a missing folder or one without folds is an
+    :class:`InputError`, and so is a ``task`` other than the one the run recorded."""
     root = Path(run_dir)
     if not root.is_dir():
         raise InputError(f"{root}: run folder not found (train one with python src/train.py --fold 0)")
@@ -167,47 +169,20 @@ def find_run(run_dir: str | Path) -> Run:
                          f"python src/train.py --fold 0 --out-dir {root.parent} --run-name {root.name}")
     folds = dict(sorted(folds.items()))
     config = next((c for c in (read_json(d / "config.json") for d in folds.values()) if c), {})
-    n = int(config.get("num_classes", HPA_SINGLE_CELL.num_classes))
-    label_set = label_set_for(n)
-    names = label_set.names if label_set else tuple(str(k) for k in range(n))
-    return Run(root, folds, config, names)
-
-
-def config_command(config: dict, fold: int) -> str:
-    """A ``src/train.py`` command for ``fold`` that repeats every setting of a saved run config.
-
-    Fields left at their default are left out, and so are the measured channel statistics
-    (a new fold measures its own).
-    """
-    from .training import TrainConfig
-
-    args = ["python", "src/train.py", "--fold", str(fold)]
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("fold", "resume", "mean", "std") or f.name not in config:
-            continue
-        value, default = config[f.name], getattr(TrainConfig(), f.name)
-        if value == default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return shlex.join(args)
+    recorded = config.get("task", task or DEFAULT_TASK)
+    if task and task != recorded:
+        raise InputError(f"{root}: trained for task {recorded}, not {task}; drop --task or pass --task {recorded}")
+    return Run(root, folds, config, get_task(recorded))
 
 
 def train_command(run: Run, fold: int, resume: bool = False) -> str:
-    """The command that trains (or resumes) ``fold`` with the settings the run's other folds used:
-    a fold's recorded command line, else one rebuilt from its config.json."""
-    for k in run.folds:
-        command = (run.fold_json(k, "summary.json") or {}).get("command")
-        if command:
-            return with_fold(command, fold, resume)
-    if run.config:
-        return with_fold(config_command(run.config, fold), fold, resume)
-    args = ["python", "src/train.py", "--fold", str(fold), "--out-dir", str(run.root.parent), "--run-name", run.root.name]
+    """The command that trains (or resumes) ``fold`` with the settings the run's folds used: its saved config."""
+    path = run.config_path(fold)
+    if path is None:
+        args = ["python", "src/train.py", "--task", run.task.name, "--fold", str(fold),
+                "--out-dir", str(run.root.parent), "--run-name", run.root.name]
+    else:
+        args = ["python", "src/train.py", "--config", str(path)] + (["--fold", str(fold)] if path.parent.name != f"fold{fold}" else [])
     return shlex.join(args + (["--resume"] if resume else []))
 
 
@@ -217,20 +192,21 @@ def folds_csv_path(cfg: ReportConfig, run: Run) -> Path:
     return recorded if run.config.get("folds_csv") and recorded.is_file() else Path(cfg.seg) / "folds.csv"
 
 
-def channel_names(seg_dir: Path) -> tuple[str, ...]:
-    """Channels of a segmentation output (its segment_config.json), HPA's by default."""
+def segment_run_config(seg_dir: Path, task: Task) -> SegmentRunConfig:
+    """The config that made a segmentation output (its segment_config.json), else the task's defaults there."""
     try:
-        return load_config(SegmentRunConfig, seg_dir / "segment_config.json").channel_names
+        return load_config(SegmentRunConfig, seg_dir / "segment_config.json")
     except (OSError, ValueError, TypeError, KeyError):
-        return CHANNEL_SETS["hpa"]
+        return SegmentRunConfig(task=task.name, out=str(seg_dir))
 
 
 def segment_command(seg_dir: Path, overlay: bool = False) -> str:
-    """The ``src/segment.py`` command that remakes a segmentation output, from its segment_config.json."""
-    seg_cfg = read_json(seg_dir / "segment_config.json") or {}
-    args = ["python", "src/segment.py", "--input", str(seg_cfg.get("input", "FIELDS_FOLDER")), "--out", str(seg_dir)]
-    if seg_cfg.get("crop_size"):
-        args += ["--crop-size", str(seg_cfg["crop_size"])]
+    """The ``src/segment.py`` command that remakes a segmentation output: its saved config, when there is one."""
+    saved = seg_dir / "segment_config.json"
+    if saved.is_file():
+        args = ["python", "src/segment.py", "--config", str(saved)]
+    else:
+        args = ["python", "src/segment.py", "--input", "FIELDS_FOLDER", "--out", str(seg_dir)]
     return shlex.join(args + (["--overlay"] if overlay else []))
 
 
@@ -262,24 +238,24 @@ def mask_file(seg_dir: Path, image_id: str, kind: str) -> Path:
     return find_mask(seg_dir / "masks", stem) or seg_dir / "masks" / f"{stem}.png"
 
 
-def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, names: Sequence[str], max_side: int,
+def field_overlays(seg_dir: Path, ids: Sequence[str], rows: pd.DataFrame, task: Task, max_side: int,
                    assets: Assets, prefix: str, width: int) -> list[Image | Note]:
     """Overlay pictures of some fields of a segmentation output, from its fields and masks.
 
     The fields are read from the ``input`` recorded in its segment_config.json; when they are
     gone, the output's own ``overlays/{ID}.png`` (``--overlay``) is used instead, if any.
     """
-    seg_cfg = read_json(seg_dir / "segment_config.json") or {}
-    channels = channel_names(seg_dir)
+    seg_cfg = segment_run_config(seg_dir, task)
+    channels = seg_cfg.channel_names
     out: list[Image | Note] = []
     for i, image_id in enumerate(ids, 1):
         cells = rows[rows["ID"] == image_id]
-        caption = f"{image_id}: {len(cells)} cells; field labels: {label_names(cells['Label'].iloc[0], names)}"
+        caption = f"{image_id}: {len(cells)} cells; field labels: {label_names(cells['Label'].iloc[0], task.label_set.names)}"
         if "TrueLabel" in cells:
             caption += f"; {(cells['TrueLabel'] != '').mean():.0%} of cells match a true cell"
         name = f"{prefix}_{i}.png"
         try:
-            image = read_field(seg_cfg.get("input", ""), image_id, channels)
+            image = seg_cfg.layout.read_field(seg_cfg.input, image_id, channels)
             masks = [read_mask(mask_file(seg_dir, image_id, kind)) for kind in ("cell", "nucleus")]
             out.append(Image(assets.array(name, overlay_thumbnail(image, masks[0], masks[1], channels, max_side)), caption, width))
         except InputError as exc:
@@ -321,17 +297,21 @@ def overlays_section(cfg: ReportConfig, run: Run, assets: Assets) -> Section:
             sec.add(Note(str(exc), command))
             continue
         ids = spread_pick(sorted(rows["ID"].unique()), n)
-        sec.add(*field_overlays(folder, ids, rows, run.names, cfg.max_side, assets, prefix, width))
+        sec.add(*field_overlays(folder, ids, rows, run.task, cfg.max_side, assets, prefix, width))
     return sec
 
 
-def load_folds(folds_csv: Path, num_classes: int) -> tuple[pd.DataFrame | None, Note | None]:
-    """(the cells table with folds, None), or (None, a note saying why there is none and how to make it)."""
-    command = f"python src/gen_folds.py --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
+def load_folds(folds_csv: Path, run: Run) -> tuple[pd.DataFrame | None, Note | None]:
+    """(the table with folds the run trained on, None), or (None, a note saying why there is none and how to make it).
+
+    Cell runs read a cells table (crops and labels per cell), image runs a samples table.
+    """
+    command = f"python src/gen_folds.py --task {run.task.name} --cells {folds_csv.parent / 'cells.csv'} --out {folds_csv}"
     if not folds_csv.is_file():
         return None, Note(f"no folds table at {folds_csv}", command)
     try:
-        return read_cells(folds_csv, num_classes), None
+        read = read_cells if run.level == "cell" else read_samples
+        return read(folds_csv, run.task.num_classes), None
     except InputError as exc:
         return None, Note(str(exc), command)
 
@@ -405,6 +385,10 @@ def scores_section(run: Run, assets: Assets) -> Section:
             sec.add(Note(f"fold {k} has no scores.csv (written when training ends)",
                          train_command(run, k, resume=(d / "last.pt").is_file())))
             continue
+        if run.task.kind == "multiclass":  # one row per metric, no per-class AP
+            scores = pd.read_csv(path)
+            sec.add(Table(list(scores.columns), scores.to_numpy().tolist(), caption=f"fold {k}"))
+            continue
         scores = pd.read_csv(path, dtype={"class": str})
         try:
             fig = ap_bars_figure(scores, f"{run.root.name} fold {k}: per-class AP on its validation cells")
@@ -449,6 +433,8 @@ def cell_tiles(cells: pd.DataFrame, rows: Sequence[int], scores: np.ndarray, sou
 def examples_section(run: Run, table: pd.DataFrame | None, why: Note | None, folds_csv: Path, n: int,
                      assets: Assets) -> Section:
     sec = Section("examples", "Correct and wrong cells per class")
+    if run.level != "cell":
+        return sec.add(Text(f"An {run.level}-level run scores whole fields; examples of cells are shown for cell models."))
     if table is None:
         why = why or Note(f"no folds table at {folds_csv}")
         return sec.add(Note(f"{why.text}: the cells' crops and labels are unknown", why.command))
@@ -476,7 +462,7 @@ def examples_section(run: Run, table: pd.DataFrame | None, why: Note | None, fol
                  f"cell: the {n} highest-scored cells that have it, and the {n} highest-scored cells that do not (its "
                  "worst false positives). Captions: the class score, then the cell's labels. Each crop is "
                  "contrast-stretched on its own."))
-    channels = channel_names(folds_csv.parent)
+    channels = segment_run_config(folds_csv.parent, run.task).channel_names
     missing: list[str] = []
     absent = []
     for c, name in enumerate(run.names):
@@ -505,12 +491,12 @@ def truth_folder(cfg: ReportConfig, predict_cfg: dict | None) -> Path | None:
         return Path(cfg.truth)
     if predict_cfg and predict_cfg.get("input"):
         cand = dataset_root(predict_cfg["input"]) / "truth"
-        if (cand / "cells.csv").is_file():
+        if cand.is_dir():
             return cand
     return None
 
 
-def submission_section(cfg: ReportConfig, run: Run) -> tuple[Section, float | None]:
+def submission_section(cfg: ReportConfig, run: Run) -> tuple[Section, tuple[str, float] | None]:
     sec = Section("submission", "Test submission")
     pred = Path(cfg.predictions)
     sub = pred / "submission.csv"
@@ -524,45 +510,51 @@ def submission_section(cfg: ReportConfig, run: Run) -> tuple[Section, float | No
     if truth_dir is None:
         return sec.add(Note(f"no truth folder for the fields of {sub}, so it is not scored here (pass --truth; "
                             "Kaggle scores real test sets)", f"python src/evaluate.py --truth TRUTH --submission {sub}")), None
+    evaluate = f"python src/evaluate.py --task {run.task.name} --truth {truth_dir} --submission {sub}"
     try:
-        truth = read_truth(truth_dir, len(run.names))
-        predictions = parse_submission(sub, len(run.names))
-        result = competition_map(truth, predictions, 0.6, len(run.names))
+        table, summary = FORMATS[run.task.submission].evaluate(truth_dir, sub, run.task)
     except (InputError, ValueError) as exc:
-        return sec.add(Note(f"cannot score {sub} against {truth_dir}: {exc}",
-                            f"python src/evaluate.py --truth {truth_dir} --submission {sub}")), None
-    scored = int((result["n_truth"] > 0).sum())
-    missing = len(set(truth) - set(predictions))
-    sec.add(Text(f"Competition metric (mean over classes of AP at mask IoU 0.6) of {sub} against {truth_dir}: "
-                 f"mAP {result['map']:.4f} over the {scored} classes present in {len(truth)} truth fields"
-                 + (f"; {missing} truth field(s) have no row (scored as no detections)" if missing else "") + "."))
-    sec.add(Table(["class", "name", "AP", "true cells", "detections"],
-                  [[c, name, float(result["ap"][c]), int(result["n_truth"][c]), int(result["n_pred"][c])]
-                   for c, name in enumerate(run.names)],
-                  caption=f"mAP = {result['map']:.4f} (AP '-': no true cell of the class)"))
-    return sec, float(result["map"])
+        return sec.add(Note(f"cannot score {sub} against {truth_dir}: {exc}", evaluate)), None
+    *lines, last = summary.splitlines()
+    metric, _, value = last.partition("=")
+    sec.add(Text(f"The {run.task.name} competition metric of {sub} against {truth_dir} ({evaluate}): "
+                 + "; ".join(lines + [last]) + "."))
+    sec.add(Table(list(table.columns), table.to_numpy().tolist(), caption=f"{last} ('-': undefined, e.g. no true cell of the class)"))
+    return sec, (metric, float(value))
 
 
-def summary_section(run: Run, mAP: float | None, others: Sequence[Section]) -> Section:
+def summary_section(run: Run, headline: tuple[str, float] | None, others: Sequence[Section]) -> Section:
     sec = Section("summary", "Summary")
     c = run.config
     if c:
-        sec.add(Text(f"{c.get('model')} at {c.get('image_size')} px, trained on {c.get('label_source')} labels of "
-                     f"{c.get('folds_csv')}, up to {c.get('epochs')} epochs (lr {c.get('lr')}, batch {c.get('batch_size')})."))
+        trained_on = f"{c.get('label_source')} labels of the cells in" if run.level == "cell" else "whole fields of"
+        sec.add(Text(f"Task {run.task.name}, {run.level}-level: {c.get('model')} at {c.get('image_size')} px, trained on "
+                     f"{trained_on} {c.get('folds_csv')}, up to {c.get('epochs')} epochs ({c.get('optimizer')} lr {c.get('lr')}, "
+                     f"{c.get('schedule')} schedule, {c.get('loss')} loss, batch {c.get('batch_size')}); config: "
+                     f"{run.config_path(min(run.folds))}."))
+    cell_ap = run.level == "cell" and run.task.kind == "multilabel"
+    names = ["macro_ap_true", "baseline_ap_true", "macro_ap_weak", "baseline_ap_weak"] if cell_ap else \
+        [m for name in run.task.metrics for m in (name, f"baseline {name}")]
     rows = []
     for k in run.folds:
         s = run.fold_json(k, "summary.json")
         if s is None:
-            rows.append([k, "unfinished", None, None, None, None, None, None, None, None])
+            rows.append([k, "unfinished", *[None] * (len(names) + 4)])
             continue
-        rows.append([k, s.get("epochs_run"), s.get("best_epoch"), s.get("n_train"), s.get("n_valid"),
-                     s.get("macro_ap_true"), s.get("baseline_ap_true"), s.get("macro_ap_weak"), s.get("baseline_ap_weak"),
+        if cell_ap:
+            values = [s.get(n) for n in names]
+        else:
+            values = [v for name in run.task.metrics
+                      for v in ((s.get("metrics") or {}).get(name), (s.get("baselines") or {}).get(name))]
+        rows.append([k, s.get("epochs_run"), s.get("best_epoch"), s.get("n_train"), s.get("n_valid"), *values,
                      round(float(s.get("seconds", float("nan"))) / 60, 1)])
-    sec.add(Table(["fold", "epochs", "best epoch", "train cells", "valid cells", "macro AP true", "baseline",
-                   "macro AP weak", "baseline", "minutes"], rows,
-                  caption="validation fold scores (baseline: the label-frequency AP each macro AP must beat)"))
-    if mAP is not None:
-        sec.add(Text(f"Test submission: competition mAP {mAP:.4f} (see the last section)."))
+    unit = "cells" if run.level == "cell" else "fields"
+    header = ["macro AP true", "baseline", "macro AP weak", "baseline"] if cell_ap else \
+        [h for name in run.task.metrics for h in (name, "baseline")]
+    sec.add(Table(["fold", "epochs", "best epoch", f"train {unit}", f"valid {unit}", *header, "minutes"], rows,
+                  caption="validation fold scores (baseline: what a constant label-frequency guess gets)"))
+    if headline is not None:
+        sec.add(Text(f"Test submission: competition {headline[0]} {headline[1]:.4f} (see the last section)."))
     missing = [[s.title, n.text] for s in others for n in s.notes]
     if missing:
         sec.add(Text("Missing pieces (each section says which command makes it):"), Table(["section", "missing piece"], missing))
@@ -574,14 +566,14 @@ def summary_section(run: Run, mAP: float | None, others: Sequence[Section]) -> S
 
 def build_report(cfg: ReportConfig, command: str = "") -> ReportResult:
     """Write ``report.html`` and its pictures to ``cfg.out_dir()``; see the module docstring."""
-    run = find_run(cfg.run_dir)
+    run = find_run(cfg.run_dir, cfg.task)
     out = cfg.out_dir()
     assets = Assets(out)
     folds_csv = folds_csv_path(cfg, run)
-    table, why = load_folds(folds_csv, len(run.names))
+    table, why = load_folds(folds_csv, run)
     table_folds = sorted(table["fold"].unique().tolist()) if table is not None else []
 
-    submission, mAP = submission_section(cfg, run)
+    submission, headline = submission_section(cfg, run)
     sections = [
         overlays_section(cfg, run, assets),
         folds_section(run, table, why, folds_csv, assets),
@@ -590,7 +582,7 @@ def build_report(cfg: ReportConfig, command: str = "") -> ReportResult:
         examples_section(run, table, why, folds_csv, cfg.examples, assets),
         submission,
     ]
-    sections.insert(0, summary_section(run, mAP, sections))
+    sections.insert(0, summary_section(run, headline, sections))
     stamp = time.strftime("%Y-%m-%d %H:%M")
     subtitle = f"{len(run.folds)} fold(s): {', '.join(map(str, run.folds))}; made {stamp}"
     subtitle += f" by {command}" if command else ""

@@ -1,0 +1,93 @@
+"""Training losses by name, and the output activation that goes with each kind of task.
+
+``create_loss(name, kind, ...)`` builds the ``nn.Module`` a config names; every loss takes
+``(logits (N, C) float, targets (N, C) float)`` and returns the mean over samples (and classes,
+for the per-class losses). Targets are always an (N, C) matrix: multi-hot for multilabel tasks,
+one-hot (or soft) rows for multiclass ones, so one Dataset serves both.
+
+* ``bce``: binary cross-entropy on sigmoid outputs, one independent yes/no per class (HPA).
+* ``focal``: the same with each term scaled by ``(1 - p_t) ** gamma`` (Lin et al. 2017), so
+  confidently right samples count less and rare, hard classes more; ``gamma = 0`` is ``bce``.
+* ``ce``: softmax cross-entropy for one class per sample (RxRx1), with optional label
+  smoothing ``eps``: the target becomes ``(1 - eps) * onehot + eps / C``.
+
+:func:`probabilities` turns logits into what a model predicts: sigmoid per class for
+multilabel tasks, softmax over classes for multiclass ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError
+from .registry import Registry
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss, mean over samples and classes. ``alpha`` (optional) weights positives."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.alpha = alpha
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = bce * (1 - p_t).pow(self.gamma)
+        if self.alpha is not None:
+            loss = loss * (self.alpha * targets + (1 - self.alpha) * (1 - targets))
+        return loss.mean()
+
+
+class SoftmaxCrossEntropy(nn.Module):
+    """Cross-entropy of softmax outputs against (N, C) target rows, with label smoothing ``eps``."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """How to build a loss, and the task kinds it makes sense for."""
+
+    build: Callable[..., nn.Module]
+    kinds: tuple[str, ...]
+
+
+LOSSES: Registry[LossEntry] = Registry("loss")
+LOSSES["bce"] = LossEntry(lambda **_: nn.BCEWithLogitsLoss(), ("multilabel", "multiclass"))
+LOSSES["focal"] = LossEntry(lambda focal_gamma=2.0, **_: FocalLoss(focal_gamma), ("multilabel", "multiclass"))
+LOSSES["ce"] = LossEntry(lambda label_smoothing=0.0, **_: SoftmaxCrossEntropy(label_smoothing), ("multiclass",))
+
+
+def create_loss(name: str, kind: str, focal_gamma: float = 2.0, label_smoothing: float = 0.0) -> nn.Module:
+    """The loss ``name`` for a ``kind`` ("multilabel" or "multiclass") task; one-line error if it does not fit."""
+    entry = LOSSES[name]
+    if kind not in entry.kinds:
+        raise InputError(f"loss {name} is for {' or '.join(entry.kinds)} tasks, not {kind} (one class per sample needs ce; "
+                         "several need bce or focal)")
+    return entry.build(focal_gamma=focal_gamma, label_smoothing=label_smoothing)
+
+
+def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Model outputs as probabilities: sigmoid per class (multilabel) or softmax over classes (multiclass)."""
+    if kind == "multilabel":
+        return torch.sigmoid(logits)
+    if kind == "multiclass":
+        return torch.softmax(logits, dim=-1)
+    raise ValueError(f"kind must be multilabel or multiclass, got {kind!r}")

@@ -1,0 +1,361 @@
+"""Predict a folder of test fields with a trained run and write the task's submission, resumably.
+
+Cell models (HPA single-cell): one field at a time (never all masks in memory), segmented and
+cropped exactly as the training crops were (the segmentation recorded in the model's recipe),
+scored by every fold (:func:`cellloc.pipeline.field_scores`), blended with the field's mean cell
+score or an image-level model's score of the whole field (``--image-models``), Negative raised.
+Per-cell scores go to ``cell_scores/{ID}.csv`` and the field's row is appended by the resumable
+:class:`~cellloc.submission.SubmissionWriter`, so a killed run continues where it stopped and the
+submission file appears, complete, only at the end.
+
+Image models (HPA-2018, RxRx1): fields are scored in chunks (``field_scores/part*.npz``, each
+written atomically, so a rerun skips finished chunks), averaged per labelled sample (RxRx1's two
+sites), written to ``scores.csv`` and turned into submission rows by the task's format.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cells import MASK_MODES
+from ..classifier import Ensemble, load_ensemble
+from ..config import load_config, opt
+from ..data import FieldFiles
+from ..errors import InputError
+from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
+from ..layouts import LAYOUTS
+from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
+from ..registry import Registry
+from ..segmentation import SegmentConfig, create_segmenter
+from ..submission import SubmissionWriter
+from ..submission_formats import FORMATS
+from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
+from .segment import SegmentRunConfig
+from .train import default_run_name
+
+Progress = Callable[[int], None]
+CHUNK = 64  # fields per saved chunk of image-level scores
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``python src/predict.py``."""
+
+    models: str = opt("", "training run folder; every fold*/ in it with a best.pt is used (default: models/effb2, "
+                      "or the default run name of --task)")
+    task: str = opt("", "task (default: the one the models were trained for; given, it must match)",
+                    choices=["", *TASKS.names()])
+    input: str = opt("", "folder of test fields (default: input/<data_name>_test/test of the task)")
+    folds: list[int] = opt([], "use only these folds (default: all found)")
+    sample_submission: str = opt("", "only the samples this sample submission lists are predicted (default: "
+                                 "sample_submission.csv beside the input folder, when there is one; 'none': every field)")
+    out: str = opt("", "output folder (default: output/<dataset name>)")
+    image_models: str = opt("", "cell models: an image-level run of the same task whose score of the whole field is "
+                            "blended with each cell's (default: the field's mean cell score)")
+    masks: str = opt("", "reuse {ID}_cell_mask.png/.npz from this folder (e.g. output/<name>/masks); else segment")
+    segment_config: str = opt("", "a segment_config.json to segment with (default: the segmentation in the model's recipe)")
+    backend: str = opt("", "segmentation backend (default: the one that made the training crops)")
+    weights_dir: str = opt("", "HPA weight files (hpa backend)")
+    blend: str = opt("product", "mix cell scores with the field score: product sqrt(cell * field), mean, or none",
+                     choices=list(BLEND_MODES))
+    field_weight: float = opt(0.3, "weight of the field score for --blend mean")
+    tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
+    min_confidence: float = opt(0.0, "leave out (cell, class) pairs below this score")
+    top_k: int = opt(0, "keep at most K classes per cell (0: all)")
+    batch_size: int = opt(64, "samples per forward pass")
+    num_workers: int = opt(0, "image models: DataLoader worker processes reading fields")
+    device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
+    limit: int = opt(0, "predict only the first N fields (0: all)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0 <= self.field_weight <= 1:
+            raise ValueError(f"--field-weight must be in [0, 1], got {self.field_weight}")
+        if self.top_k < 0 or self.limit < 0 or self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1")
+        if self.backend not in ("", "classical", "hpa"):
+            raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
+        if not self.models:
+            task = get_task(self.task or DEFAULT_TASK)
+            self.models = str(Path("models") / default_run_name(task, task.level))
+
+    def resolved(self, task: Task) -> PredictConfig:
+        """This config with the task and its default input folder filled in (what the run saves)."""
+        if self.task and self.task != task.name:
+            raise InputError(f"{self.models}: trained for task {task.name}, not {self.task}; drop --task or pass --task {task.name}")
+        cfg = replace(self, task=task.name, input=self.input or str(task.data_dir("test", test=True)))
+        if not cfg.sample_submission:
+            beside = cfg.dataset_dir() / "sample_submission.csv"
+            cfg.sample_submission = str(beside) if beside.is_file() else "none"
+        return cfg
+
+    def dataset_dir(self) -> Path:
+        return dataset_root(self.input)
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
+
+    def field_options(self) -> FieldOptions:
+        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size)
+
+
+@dataclass
+class Predictor:
+    """The loaded models of a prediction run and, for cell models, the segmentation to cut cells with."""
+
+    model: Ensemble
+    image_model: Ensemble | None = None
+    segment: SegmentConfig | None = None
+
+    @property
+    def task(self) -> Task:
+        return self.model.task
+
+    @property
+    def names(self) -> list[str]:
+        """The fold folders' names, for the progress bar."""
+        return [Path(n).name for n in self.model.names]
+
+
+def load_predictor(cfg: PredictConfig) -> Predictor:
+    """Every fold of ``cfg.models`` (and ``cfg.image_models``), and the segmentation a cell model needs."""
+    model = load_ensemble(cfg.models, cfg.folds, cfg.device)
+    cfg.resolved(model.task)  # a --task that differs is an error before anything runs
+    image_model = None
+    if cfg.image_models:
+        if model.recipe.level != "cell":
+            raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
+        image_model = load_ensemble(cfg.image_models, (), cfg.device)
+        if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
+            raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
+                             f"({image_model.recipe.level}-level, task {image_model.task.name})")
+    segment = None
+    if model.recipe.level == "cell":
+        segment = _segmentation(cfg, model)
+    return Predictor(model, image_model, segment)
+
+
+def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
+    """The training crops' segmentation (recipe or ``--segment-config``), with this run's device and overrides."""
+    if cfg.segment_config:
+        seg_run = load_config(SegmentRunConfig, cfg.segment_config)
+        if seg_run.crop_mask not in MASK_MODES:
+            raise InputError(f"{cfg.segment_config}: crop mask {seg_run.crop_mask!r} unknown")
+        seg = seg_run.segment_config()
+        for member in model.members:  # the crops must still be cut as in training
+            member.recipe.input.update(crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask)
+    else:
+        seg = model.recipe.segment_config()
+        if seg is None:
+            raise InputError(f"{cfg.models}: the recipe records no segmentation (its cells table had no segment_config.json); "
+                             "pass --segment-config (the segment_config.json of the training crops)")
+    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend)
+
+
+def _masks_for(cfg: PredictConfig, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks saved by ``segment.py`` for a field (nuclei optional)."""
+    cell_path = find_mask(cfg.masks, f"{image_id}_cell_mask")
+    if cell_path is None:
+        raise InputError(f"{Path(cfg.masks) / (image_id + '_cell_mask.png')}: not found (segment the field first or drop --masks)")
+    cells = read_mask(cell_path)
+    if cells.shape != shape:
+        raise InputError(f"{cell_path}: size {cells.shape} differs from the field {shape}")
+    nuc_path = find_mask(cfg.masks, f"{image_id}_nucleus_mask")
+    nuclei = read_mask(nuc_path) if nuc_path is not None else np.zeros_like(cells)
+    return cells, nuclei
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run did."""
+
+    fields: int
+    done: int
+    skipped: int
+    failed: list[tuple[str, str]]
+    cells: int
+    seconds: float
+    submission: Path
+
+
+def field_ids(cfg: PredictConfig, task: Task) -> tuple[list[str], list[tuple[str, str]]]:
+    """(fields to predict, fields that cannot be: missing channel files) of ``cfg.input``.
+
+    With a sample submission only the fields of its samples are kept: a test folder may hold
+    more (RxRx1's control wells are imaged but not submitted).
+    """
+    layout = LAYOUTS[task.layout]
+    listing = layout.list_fields(cfg.input, task.channels)
+    ids, failed = listing.ids, listing.failures()
+    if cfg.sample_submission not in ("", "none"):
+        expected = set(FORMATS[task.submission].read_expected(Path(cfg.sample_submission)))
+        ids = [i for i in ids if layout.sample_of(i) in expected]
+        failed = [(i, why) for i, why in failed if layout.sample_of(i) in expected]
+    ids = ids[: cfg.limit] if cfg.limit else ids
+    if not ids:
+        which = f" of the samples in {cfg.sample_submission}" if cfg.sample_submission not in ("", "none") else ""
+        raise InputError(f"{cfg.input}: no complete fields{which} found for channels {', '.join(task.channels)}")
+    return ids, failed
+
+
+def run_predict(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
+    """Predict every field of ``cfg.input`` and write the submission (see the module docstring)."""
+    cfg = cfg.resolved(predictor.task)
+    return PREDICT_RUNS[predictor.model.recipe.level](cfg, predictor, progress)
+
+
+def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
+    """Cell models: ``submission.csv`` (RLE rows) and ``cell_scores/{ID}.csv`` for every field."""
+    t0 = time.perf_counter()
+    task = predictor.task
+    layout = LAYOUTS[task.layout]
+    ids, failed = field_ids(cfg, task)
+    out = cfg.out_dir()
+    segmenter = None if cfg.masks else create_segmenter(predictor.segment)
+    options = cfg.field_options()
+    n_cells = n_done = 0
+    writer = SubmissionWriter(out / "submission.csv")
+    if writer.path.exists() and not writer.partial.exists():
+        # a finished earlier run (perhaps with failed fields): resume from its rows, keep it until done
+        shutil.copyfile(writer.path, writer.partial)
+    with writer:
+        skipped = sum(i in writer.done for i in ids)
+        if progress and skipped:
+            progress(skipped)
+        for image_id in ids:
+            if image_id in writer.done:
+                continue
+            try:
+                image = layout.read_field(cfg.input, image_id, task.channels)
+                if segmenter is None:
+                    cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
+                else:
+                    cells, nuclei = segmenter.segment(image)
+                result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, options)
+            except InputError as exc:
+                failed.append((image_id, str(exc)))
+                if progress:
+                    progress(1)
+                continue
+            table, scores = result.table, result.scores
+            score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
+            rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
+            rows.insert(0, "ID", image_id)
+            write_csv(out / "cell_scores" / f"{image_id}.csv", rows)
+            h, w = image.shape[:2]
+            writer.write(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None))
+            n_cells += len(table)
+            n_done += 1
+            if progress:
+                progress(1)
+    write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
+    return PredictSummary(len(ids), n_done, skipped, failed, n_cells, time.perf_counter() - t0, out / "submission.csv")
+
+
+def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """(fields scored, their probabilities, failed fields) of one chunk; a bad field fails alone."""
+    task = model.task
+
+    def score(chunk: list[str]) -> np.ndarray:
+        return model.predict(FieldFiles(task.layout, cfg.input, chunk, task.channels), tta=cfg.tta,
+                             batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+
+    try:
+        return ids, score(ids), []
+    except InputError:
+        good, probs, failed = [], [], []
+        for i in ids:  # find which field it was
+            try:
+                probs.append(score([i])[0])
+                good.append(i)
+            except InputError as exc:
+                failed.append((i, str(exc)))
+        return good, np.array(probs, np.float32).reshape(len(good), task.num_classes), failed
+
+
+def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
+    """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written."""
+    t0 = time.perf_counter()
+    task = predictor.task
+    ids, failed = field_ids(cfg, task)
+    out = cfg.out_dir()
+    parts = out / "field_scores"
+    scored_ids: list[str] = []
+    scored: list[np.ndarray] = []
+    skipped = done = 0
+    for k in range(0, len(ids), CHUNK):
+        chunk = ids[k:k + CHUNK]
+        path = parts / f"part{k // CHUNK:05d}.npz"
+        saved = _read_part(path, chunk)
+        if saved is not None:
+            got, probs, bad = saved
+            skipped += len(chunk)
+        else:
+            got, probs, bad = _score_chunk(cfg, predictor.model, chunk)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
+                             failed=np.array(bad, dtype=str).reshape(-1, 2))
+            done += len(chunk)
+        scored_ids += got
+        scored.append(probs)
+        failed += bad
+        if progress:
+            progress(len(chunk))
+    probs = np.concatenate(scored) if scored else np.zeros((0, task.num_classes), np.float32)
+    samples, sample_probs = per_sample(scored_ids, probs, task)
+    write_csv(out / "scores.csv", score_frame(samples, sample_probs, task))
+    fmt = FORMATS[task.submission]
+    if fmt.encode is None:
+        raise InputError(f"submission format {fmt.name} is written per cell, not from image scores")
+    fmt.write(out / "submission.csv", fmt.encode(samples, sample_probs, task, predictor.model.recipe.thresholds))
+    write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
+    return PredictSummary(len(ids), done, skipped, failed, 0, time.perf_counter() - t0, out / "submission.csv")
+
+
+def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]] | None:
+    """A finished chunk's saved scores, if the file exists and holds exactly these fields."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if data["ids"].tolist() != chunk:
+                return None
+            return data["got"].tolist(), data["probs"], [tuple(r) for r in data["failed"].tolist()]
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged chunk is scored again
+
+
+def per_sample(field_ids: list[str], probs: np.ndarray, task: Task) -> tuple[list[str], np.ndarray]:
+    """(sample ids in first-seen order, (n_samples, C) mean probability of each sample's fields)."""
+    layout = LAYOUTS[task.layout]
+    codes, samples = pd.factorize(pd.Series([layout.sample_of(i) for i in field_ids], dtype=object))
+    sums = np.zeros((len(samples), probs.shape[1]))
+    np.add.at(sums, codes, probs)
+    return list(samples), (sums / np.maximum(np.bincount(codes, minlength=len(samples)), 1)[:, None]).astype(np.float32)
+
+
+def score_frame(samples: list[str], probs: np.ndarray, task: Task, top: int = 5) -> pd.DataFrame:
+    """Per-sample scores as a table: every class for multilabel tasks, the ``top`` classes for multiclass ones."""
+    if task.kind == "multilabel":
+        df = pd.DataFrame(np.round(probs, 5), columns=[f"p{k}" for k in range(task.num_classes)])
+    else:
+        order = np.argsort(-probs, axis=1)[:, :top]
+        df = pd.DataFrame({f"top{k + 1}": order[:, k] for k in range(order.shape[1])})
+        for k in range(order.shape[1]):
+            df[f"p_top{k + 1}"] = np.round(probs[np.arange(len(probs)), order[:, k]], 5)
+    df.insert(0, "ID", samples)
+    return df
+
+
+PREDICT_RUNS: Registry[Callable[[PredictConfig, Predictor, Progress | None], PredictSummary]] = Registry("model level")
+PREDICT_RUNS["cell"] = predict_cells
+PREDICT_RUNS["image"] = predict_images

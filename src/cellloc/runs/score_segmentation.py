@@ -1,0 +1,151 @@
+"""Score a segmentation backend on images with instance ground truth.
+
+Two layouts are understood:
+
+* a generated dataset: ``DIR/{train,test}/`` in its task's layout (HPA: ``{ID}_{channel}.png``)
+  with ``DIR/truth/{ID}_cell_mask.png`` and ``{ID}_nucleus_mask.png`` (cells and nuclei are scored);
+* nucleus-only pairs ``DIR/{name}_image.png`` + ``DIR/{name}_mask.png`` (e.g. Cell Tracking
+  Challenge frames): the single-channel image is the nucleus channel; nuclei are scored.
+
+Scores follow the 2018 Data Science Bowl / cellpose convention: per image and IoU threshold,
+AP = TP / (TP + FP + FN) with one-to-one matching, averaged over images; F1@0.5 pools TP, FP and
+FN over all images.
+
+Each image is segmented at the pixel size ``segmentation.scale.resolve_pixel_size`` finds (the
+config's, else the nucleus file's resolution tags, else estimated from the nuclei), recorded per
+image. ``rescale`` scores the images resized by a factor (a check that segmentation does not
+depend on the scale): predictions are resized back to the truth's size, nearest neighbour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..fieldio import read_channel, read_mask
+from ..imagemeta import pixel_size_of_file
+from ..layouts import LAYOUTS
+from ..metrics import segmentation_scores
+from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.scale import segment_with_scale
+from ..tasks import Task
+
+THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+
+
+@dataclass
+class ScoreItem:
+    name: str
+    load_image: Callable[[], np.ndarray]
+    cell_truth: Path | None
+    nucleus_truth: Path
+    nucleus_file: Path | None = None  # whose resolution tags may give the pixel size (image/mask pairs)
+
+
+def find_items(folder: Path, task: Task, pattern: str = "*") -> list[ScoreItem]:
+    """What can be scored in ``folder`` (see the module docstring for the two layouts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    pairs = sorted(folder.glob(f"{pattern}_image.png"))
+    if pairs:
+        items = []
+        for img in pairs:
+            name = img.name[: -len("_image.png")]
+            mask = folder / f"{name}_mask.png"
+            if not mask.exists():
+                raise InputError(f"{mask}: missing mask for {img.name}")
+            items.append(ScoreItem(name, lambda p=img: read_channel(p), None, mask, img))
+        return items
+    for split in ("train", "test"):
+        images, truth = folder / split, folder / "truth"
+        if images.is_dir() and truth.is_dir():
+            layout = LAYOUTS[task.layout]
+            ids = [i for i in layout.list_fields(images, task.channels).ids if Path(i).match(pattern)]
+            # a layout does not say which file holds a field's nucleus channel: no resolution tags here
+            return [ScoreItem(i, lambda i=i: layout.read_field(images, i, task.channels), truth / f"{i}_cell_mask.png",
+                              truth / f"{i}_nucleus_mask.png") for i in ids]
+    raise InputError(f"{folder}: found neither {{name}}_image.png/{{name}}_mask.png pairs nor train/ or test/ with truth/")
+
+
+def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """HxW or HxWxC resized by ``factor`` (area average down, linear up), dtype and channels kept."""
+    if factor == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    out = cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return out.reshape(size[1], size[0], *image.shape[2:])
+
+
+def score_items(items: list[ScoreItem], cfg: SegmentConfig, progress: Callable[[int], None] | None = None,
+                rescale: float = 1.0) -> pd.DataFrame:
+    """One row per image and target (cells, nuclei): AP per threshold, TP/FP/FN at 0.5, and the
+    pixel size used (``pixel_size_um``, with its ``scale`` source).
+
+    ``rescale``: segment each image resized by this factor (a given pixel size is divided by it).
+    """
+    if rescale <= 0:
+        raise InputError(f"rescale must be positive, got {rescale}")
+    if cfg.pixel_size_um and rescale != 1:
+        cfg = replace(cfg, pixel_size_um=cfg.pixel_size_um / rescale)
+    seg = create_segmenter(cfg)
+    rows = []
+    for it in items:
+        original = it.load_image()
+        image = rescale_image(original, rescale)
+        file_um = pixel_size_of_file(it.nucleus_file) if it.nucleus_file is not None else None
+        cells, nuclei, px = segment_with_scale(seg, cfg, image, file_um / rescale if file_um else None)
+        if rescale != 1:
+            size = (original.shape[1], original.shape[0])
+            cells = cv2.resize(cells, size, interpolation=cv2.INTER_NEAREST)
+            nuclei = cv2.resize(nuclei, size, interpolation=cv2.INTER_NEAREST)
+        targets = [("nuclei", nuclei, it.nucleus_truth)]
+        if it.cell_truth is not None:
+            targets.insert(0, ("cells", cells, it.cell_truth))
+        for target, pred, truth_path in targets:
+            truth = read_mask(truth_path)
+            if truth.shape != pred.shape:
+                raise InputError(f"{truth_path}: size {truth.shape} differs from its image {pred.shape}")
+            s = segmentation_scores(truth, pred, THRESHOLDS)
+            row = {"image": it.name, "target": target, "n_true": s["n_true"], "n_pred": s["n_pred"],
+                   "tp50": int(s["tp"][0]), "fp50": int(s["fp"][0]), "fn50": int(s["fn"][0]),
+                   "pixel_size_um": round(px.um, 5), "scale": px.source}
+            row.update({f"AP{int(t * 100)}": float(a) for t, a in zip(THRESHOLDS, s["ap"])})
+            rows.append(row)
+        if progress:
+            progress(1)
+    return pd.DataFrame(rows)
+
+
+def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per target: mean AP at 0.5, 0.75, mean over 0.5:0.95, and pooled F1 at 0.5."""
+    out = []
+    ap_cols = [c for c in per_image.columns if c.startswith("AP")]
+    for target, g in per_image.groupby("target", sort=False):
+        tp, fp, fn = g["tp50"].sum(), g["fp50"].sum(), g["fn50"].sum()
+        out.append({"target": target, "images": len(g), "true": int(g["n_true"].sum()), "pred": int(g["n_pred"].sum()),
+                    "AP50": g["AP50"].mean(), "AP75": g["AP75"].mean(), "AP50:95": g[ap_cols].mean(axis=1).mean(),
+                    "F1_50": 2 * tp / max(1, 2 * tp + fp + fn)})
+    return pd.DataFrame(out)
+
+
+def describe_scales(per_image: pd.DataFrame) -> str:
+    """One line: how many images took their pixel size from where, with the range, e.g.
+    ``pixel size: estimated from the nuclei for 5 images (0.2015-0.6104 um/px)``."""
+    words = {"given": "given", "file": "from the file metadata", "image": "estimated from the nuclei",
+             "width": "from the width (the HPA field of view)"}
+    first = per_image.drop_duplicates("image")
+    parts = []
+    for source, g in first.groupby("scale", sort=False):
+        lo, hi = g["pixel_size_um"].min(), g["pixel_size_um"].max()
+        span = f"{lo:.4g} um/px" if lo == hi else f"{lo:.4g}-{hi:.4g} um/px"
+        parts.append(f"{words.get(source, source)} for {len(g)} image{'s' * (len(g) != 1)} ({span})")
+    return "pixel size: " + "; ".join(parts)

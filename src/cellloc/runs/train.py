@@ -1,0 +1,690 @@
+"""Stage 3: train one fold's classifier (cell crops or whole fields) and score it honestly.
+
+``train_fold(TrainConfig(fold=K))`` trains an EfficientNet (efficientnet-pytorch) on every fold
+but K, with Tez as the loop (see :mod:`cellloc.engine`), and picks the best epoch by the
+validation loss or any of the task's metrics (``--monitor``). What it trains on is the task's
+*level* (``--level`` overrides it): ``cell`` trains on the crops of a segmented cells table,
+``image`` on whole fields read through the task's layout (resized, or random crops of a larger
+resize; each labelled sample's fields, e.g. RxRx1's two sites, are samples of its label). The
+loss, optimizer and schedule are chosen by name (:mod:`cellloc.losses`, :mod:`cellloc.optim`);
+outputs are sigmoid per class for multilabel tasks and softmax for multiclass ones.
+
+Cell models train on the field's weak labels by default (every cell inherits its field's
+``Label``, as in HPA); ``label_source="true"`` trains on the per-cell ``TrueLabel`` of generated
+data instead. After training, the best epoch's weights predict every validation sample and are
+scored: cell models per class against the weak labels *and* the true per-cell labels, when the
+table has them (weak-label AP rewards predicting a field's classes on every one of its cells,
+which is what the competition metric punishes, so only the true-label number says how good the
+per-cell model is); image models against their labels with the task's metrics, a sample's
+fields averaged.
+
+A run folder ``<out_dir>/<run_name>/fold<K>/`` holds: ``config.json`` (the config as run, every
+default resolved: ``python src/train.py --config .../config.json`` runs it again),
+``recipe.json`` (what inference needs: task, model, input recipe, channel statistics; see
+:mod:`cellloc.classifier`), ``metrics.csv`` + ``curves.png`` (per epoch), ``best.pt`` (plain
+state_dict of the best epoch), ``last.pt`` (weights, optimizer, scheduler, epoch, early-stopping
+state and history: what ``--resume`` needs), ``val_predictions.csv``, ``scores.csv`` and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ..classifier import RECIPE_FILE, TTA_CHOICES, Recipe, load_classifier
+from ..config import load_config, opt, save_config
+from ..data import (
+    CropFiles,
+    FieldFiles,
+    InputKind,
+    SampleDataset,
+    EpochSampler,
+    build_augment,
+    channel_stats,
+    check_crops_exist,
+    expand_to_fields,
+    label_matrix,
+    make_input,
+    read_cells,
+    read_samples,
+)
+from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
+from ..errors import InputError
+from ..fieldio import multihot, write_csv, write_json
+from ..losses import LOSSES, create_loss
+from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
+from ..models import PRETRAINED_CHOICES, create_model, model_names
+from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
+from ..plots_training import plot_training_curves
+from ..registry import Registry
+from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
+from .segment import SegmentRunConfig
+
+# Fields that may differ between a run and its --resume (everything else must match).
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "resume", "tta", "tiles", "amp",
+                               "channels_last"})
+
+
+def default_run_name(task: Task, level: str) -> str:
+    """``effb2`` for HPA single-cell cell models; the task and a non-default level are appended otherwise."""
+    name = "effb2" if task.name == DEFAULT_TASK else f"effb2_{task.name}"
+    return name if level == task.level else f"{name}_{level}"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run used; saved as ``config.json`` in the run folder."""
+
+    task: str = opt(DEFAULT_TASK, "task (names channels, classes, level, loss and metrics)", choices=TASKS.names())
+    level: str = opt("", "what the model sees: cell (crops of a cells table) or image (whole fields); default: the task's")
+    folds_csv: str = opt("", "table with folds: cells (ID, cell_id, Label, crop, fold[, TrueLabel]) for cell models; "
+                         "samples (ID, Label, fold) or cells for image models (default: output/<data_name>/folds.csv)")
+    input: str = opt("", "image models: folder of the fields in the task's layout (default: input/<data_name>/train)")
+    fold: int = opt(0, "validation fold K; all other folds train")
+    out_dir: str = opt("models", "runs go to OUT_DIR/RUN_NAME/fold<K>/")
+    run_name: str = opt("", "name of this run's folder under OUT_DIR (default: effb2 for hpa-sc cell models, "
+                        "else with the task and level appended, e.g. effb2_image, effb2_rxrx1)")
+    model: str = opt("efficientnet-b2", "backbone: efficientnet-b0 ... efficientnet-b7 (efficientnet-pytorch)")
+    pretrained: str = opt("imagenet", "initial weights: imagenet (URL + checksum into the cache) or none (offline)")
+    weights_dir: str = opt("", "folder of ImageNet weight files (default $CELLLOC_IMAGENET_DIR or ~/.cache/cellloc/imagenet)")
+    image_size: int = opt(260, "network input side in pixels: crops (and fields) are padded to square and resized to it")
+    field_resize: int = opt(0, "image models: fields are resized to this side first, then crops of --image-size are "
+                            "taken (random in training, --tiles at prediction); 0 = --image-size (the whole field)")
+    tiles: int = opt(1, "image models with --field-resize > --image-size: tiles x tiles crops averaged at prediction")
+    label_source: str = opt("weak", "cell models' training labels: weak (the field's Label) or true (the cell's TrueLabel)")
+    epochs: int = opt(10, "maximum epochs (early stopping may end sooner)")
+    batch_size: int = opt(32, "training batch size (validation uses twice this)")
+    loss: str = opt("", "loss: bce, focal or ce (softmax cross-entropy; one class per sample); default: the task's")
+    focal_gamma: float = opt(2.0, "focal loss: gamma (0 = bce)")
+    label_smoothing: float = opt(0.0, "ce loss: label smoothing eps (the target becomes (1 - eps) * onehot + eps / C)")
+    optimizer: str = opt("adamw", "optimizer: adam, adamw, nadam or sgd (Nesterov momentum)")
+    lr: float = opt(1e-3, "peak learning rate")
+    weight_decay: float = opt(1e-2, "weight decay (not applied to biases and norm layers)")
+    momentum: float = opt(0.9, "SGD momentum; beta1 of the Adam family")
+    schedule: str = opt("cosine", "learning-rate schedule: cosine (with --warmup-epochs), onecycle, exponential or constant")
+    warmup_epochs: float = opt(0.0, "cosine: linear warmup length in epochs before the decay (0 = none)")
+    min_lr: float = opt(1e-6, "cosine and onecycle: learning rate at the end")
+    start_lr: float = opt(0.0, "onecycle: learning rate at the start (0 = lr / 25)")
+    warmup_share: float = opt(0.3, "onecycle: share of the steps spent rising to lr")
+    momentum_range: list[float] = opt([0.85, 0.95], "onecycle: momentum (beta1) low and high; it falls while lr rises")
+    lr_decay: float = opt(0.9, "exponential: learning-rate factor per epoch")
+    monitor: str = opt("loss", "what picks the best epoch and stops early: loss or a metric of the task's kind "
+                       "(macro_ap, macro_f1; accuracy, top5_accuracy, ...)")
+    patience: int = opt(3, "epochs without improvement before stopping")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
+    aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
+    num_workers: int = opt(2, "DataLoader worker processes")
+    device: str = opt("auto", "auto (CUDA when present), cpu or cuda")
+    amp: bool = opt(True, "fp16 mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = opt(True, "channels_last memory format on CUDA (ignored on CPU)")
+    seed: int = opt(42, "seed for weights, data order and augmentation")
+    limit: int = opt(0, "use at most this many training and this many validation samples (0 = all; smoke runs)")
+    resume: bool = opt(False, "continue from the run folder's last.pt")
+    tta: int = opt(1, "dihedral views averaged when predicting the validation fold (1, 2, 4, 8)")
+    mean: list[float] = opt([], "per-channel mean after /dtype-max (default: measured on training samples)")
+    std: list[float] = opt([], "per-channel std after /dtype-max (default: measured on training samples)")
+    stats_samples: int = opt(256, "training samples drawn to measure mean/std")
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise InputError(msg)
+
+        task = get_task(self.task)
+        self.level = self.level or task.level
+        need(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        self.folds_csv = self.folds_csv or str(Path("output") / task.data_name / "folds.csv")
+        self.input = self.input or (str(task.data_dir("train")) if self.level == "image" else "")
+        self.run_name = self.run_name or default_run_name(task, self.level)
+        self.loss = self.loss or task.loss
+        self.field_resize = self.field_resize or self.image_size
+        need(self.fold >= 0, f"fold must be >= 0, got {self.fold}")
+        need("/" not in self.run_name and self.run_name not in (".", ".."),
+             f"run_name must be a plain folder name, got {self.run_name!r}")
+        need(self.model in model_names(), f"unknown model {self.model!r}; known: {', '.join(model_names())}")
+        need(self.pretrained in PRETRAINED_CHOICES, f"pretrained must be none or imagenet, got {self.pretrained!r}")
+        need(32 <= self.image_size <= 2048, f"image_size must be in 32..2048, got {self.image_size}")
+        need(self.image_size <= self.field_resize <= 8192, f"field_resize must be in image_size..8192, got {self.field_resize}")
+        need(self.tiles >= 1 and (self.tiles == 1 or self.field_resize > self.image_size),
+             f"tiles must be >= 1, and 1 unless --field-resize is larger than --image-size; got {self.tiles}")
+        need(self.label_source in ("weak", "true"), f"label_source must be weak or true, got {self.label_source!r}")
+        need(self.label_source == "weak" or self.level == "cell", "label_source true needs cell-level training (per-cell truth)")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 2, f"batch_size must be >= 2 (batch norm needs 2 samples), got {self.batch_size}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        need(self.loss in LOSSES.names(), f"loss must be one of {', '.join(LOSSES.names())}, got {self.loss!r}")
+        need(task.kind in LOSSES[self.loss].kinds, f"loss {self.loss} does not fit {task.kind} task {task.name}")
+        need(self.focal_gamma >= 0, f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.optimizer in OPTIMIZERS.names(), f"optimizer must be one of {', '.join(OPTIMIZERS.names())}, got {self.optimizer!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.schedule in SCHEDULES.names(), f"schedule must be one of {', '.join(SCHEDULES.names())}, got {self.schedule!r}")
+        need(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}")
+        need(0 <= self.start_lr <= self.lr, f"start_lr must be in [0, lr], got {self.start_lr}")
+        need(0 < self.warmup_share < 1, f"warmup_share must be in (0, 1), got {self.warmup_share}")
+        need(len(self.momentum_range) == 2 and 0 <= self.momentum_range[0] <= self.momentum_range[1] < 1,
+             f"momentum_range must be two values low <= high in [0, 1), got {self.momentum_range}")
+        need(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        monitors = ["loss", *metrics_for(task.kind)]
+        need(self.monitor in monitors, f"monitor must be one of {', '.join(monitors)} for {task.kind} task {task.name}, "
+                                       f"got {self.monitor!r}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
+        need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.limit >= 0, f"limit must be >= 0, got {self.limit}")
+        need(self.tta in TTA_CHOICES, f"tta must be one of 1, 2, 4, 8, got {self.tta}")
+        need(self.stats_samples >= 1, f"stats_samples must be >= 1, got {self.stats_samples}")
+        need(len(self.mean) == len(self.std), f"mean and std need the same length, got {len(self.mean)} and {len(self.std)}")
+        if self.mean:
+            need(len(self.mean) == self.in_chans, f"mean/std need {self.in_chans} values (one per channel), got {len(self.mean)}")
+            need(all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name / f"fold{self.fold}"
+
+    @property
+    def task_record(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def in_chans(self) -> int:
+        """Channels per input: the task's channel files."""
+        return len(self.task_record.channels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task_record.num_classes
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The task's metrics, and the monitored one if it is not among them."""
+        names = list(self.task_record.metrics)
+        return names + [self.monitor] if self.monitor not in ("loss", *names) else names
+
+
+@dataclass
+class TrainResult:
+    """What a finished fold reports; the same numbers are in the run folder's files."""
+
+    run_dir: Path
+    level: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    n_train: int
+    n_valid: int
+    metrics: dict[str, float]  # the task's metrics on the validation fold, the headline first
+    baselines: dict[str, float]  # what a constant guess (the label frequencies) scores on each
+    macro_ap_weak: float | None  # multilabel: per-class AP vs the labels trained on (weak for cells)
+    macro_ap_true: float | None  # cell models on generated data: vs the true per-cell labels
+    baseline_ap_weak: float | None
+    baseline_ap_true: float | None
+    seconds: float
+    scores: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def split_cells(cells: pd.DataFrame, fold: int, limit: int = 0, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, valid) rows for validation fold ``fold``; ``limit`` keeps a seeded random subset of each."""
+    folds = sorted(cells["fold"].unique())
+    if fold not in folds:
+        raise InputError(f"fold {fold} is not in the cells table (folds: {', '.join(map(str, folds))})")
+    train = cells[cells["fold"] != fold]
+    valid = cells[cells["fold"] == fold]
+    if train.empty:
+        raise InputError(f"no training cells: every cell is in fold {fold}")
+    if limit:
+        train = train.sample(n=min(limit, len(train)), random_state=seed).sort_index()
+        valid = valid.sample(n=min(limit, len(valid)), random_state=seed + 1).sort_index()
+    return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+@dataclass
+class SampleSets:
+    """A fold's training and validation samples at one level, with what reads them and their targets."""
+
+    train: pd.DataFrame  # one row per training sample (a cell, or a field)
+    valid: pd.DataFrame
+    train_reader: Sequence[np.ndarray]
+    valid_reader: Sequence[np.ndarray]
+    y_train: np.ndarray  # (n, C) float32 targets of the label source trained on
+    y_valid: np.ndarray
+    y_valid_true: np.ndarray | None  # cell models on generated data: the true per-cell labels
+    input: dict[str, Any]  # the recipe's "input" entry
+    key: list[str]  # the columns naming a validation row in val_predictions.csv
+
+
+def cell_samples(cfg: TrainConfig) -> SampleSets:
+    """Cell crops of the folds table, with the segmentation that made them (its segment_config.json)."""
+    cells = read_cells(cfg.folds_csv, cfg.num_classes)
+    train, valid = split_cells(cells, cfg.fold, cfg.limit, cfg.seed)
+    if cfg.label_source == "true":
+        if "true" not in cells.columns:
+            raise InputError(f"{cfg.folds_csv}: --label-source true needs a TrueLabel column")
+        train = train[[len(t) > 0 for t in train["true"]]].reset_index(drop=True)
+    check_crops_exist(list(train["crop_path"]) + list(valid["crop_path"]))
+    seg_path = Path(cfg.folds_csv).parent / "segment_config.json"
+    recipe_input: dict[str, Any] = {"kind": "cell_crop", "crop_size": None, "crop_mask": None, "segment": None}
+    if seg_path.is_file():
+        seg = load_config(SegmentRunConfig, seg_path)
+        if seg.task != cfg.task:
+            raise InputError(f"{seg_path}: crops of task {seg.task}, but this run is for task {cfg.task}")
+        recipe_input = seg.recipe_input()
+    return SampleSets(
+        train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
+        label_matrix(train, cfg.label_source, cfg.num_classes), label_matrix(valid, cfg.label_source, cfg.num_classes),
+        label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
+        recipe_input, ["ID", "cell_id"],
+    )
+
+
+def image_samples(cfg: TrainConfig) -> SampleSets:
+    """Whole fields of the labelled samples (a cells table is collapsed to its fields), read through the layout."""
+    task = cfg.task_record
+    samples = read_samples(cfg.folds_csv, cfg.num_classes)
+    train, valid = split_cells(samples, cfg.fold, cfg.limit, cfg.seed)
+    train, valid = (expand_to_fields(t, task.layout, cfg.input, task.channels) for t in (train, valid))
+
+    def reader(rows: pd.DataFrame) -> FieldFiles:
+        return FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels)
+
+    y_train, y_valid = (multihot(list(t["weak"]), cfg.num_classes).astype(np.float32) for t in (train, valid))
+    recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles}
+    return SampleSets(train, valid, reader(train), reader(valid), y_train, y_valid, None, recipe_input, ["ID"])
+
+
+LEVEL_SAMPLES: Registry = Registry("level")
+LEVEL_SAMPLES["cell"] = cell_samples
+LEVEL_SAMPLES["image"] = image_samples
+
+
+def make_optimizer_factory(cfg: TrainConfig, optimizer_steps_per_epoch: int):
+    """``net -> (optimizer, scheduler)`` for tez, by the names in ``cfg`` (schedules step per optimizer step)."""
+
+    def factory(net: torch.nn.Module):
+        optimizer = make_optimizer(cfg.optimizer, net, cfg.lr, cfg.weight_decay, cfg.momentum)
+        params = ScheduleParams(
+            total_steps=optimizer_steps_per_epoch * cfg.epochs, steps_per_epoch=optimizer_steps_per_epoch,
+            warmup_steps=int(round(cfg.warmup_epochs * optimizer_steps_per_epoch)), min_lr=cfg.min_lr,
+            start_lr=cfg.start_lr, warmup_share=cfg.warmup_share,
+            momentum_range=(cfg.momentum_range[0], cfg.momentum_range[1]), lr_decay=cfg.lr_decay,
+        )
+        return optimizer, make_schedule(cfg.schedule, optimizer, params)
+
+    return factory
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but torch sees no CUDA device (use --device cpu)")
+    return torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
+    """The saved config, with the fields allowed to change taken from ``cfg``; one-line error otherwise."""
+    if not saved_path.exists():
+        raise InputError(f"{saved_path}: not found; nothing to resume")
+    saved = json.loads(saved_path.read_text())
+    saved.pop("_config", None)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES or f.name not in saved:
+            continue
+        mine = getattr(cfg, f.name)
+        if f.name in ("mean", "std") and not mine:
+            continue
+        if mine != saved[f.name] and not (isinstance(mine, float) and math.isclose(mine, float(saved[f.name]))):
+            raise InputError(
+                f"--resume: {f.name} is {mine!r} but the saved run used {saved[f.name]!r}; "
+                "use the same settings or another --run-name"
+            )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {k: v for k, v in saved.items() if k in names}
+    merged.update({k: getattr(cfg, k) for k in RESUMABLE_CHANGES})
+    return TrainConfig(**merged)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunRecorder(Callback):
+    """After every epoch: one row in ``metrics.csv``, ``curves.png`` redrawn, ``last.pt`` saved.
+
+    Runs after :class:`EarlyStopping` in the callback list, so the row knows whether this epoch
+    became the best and ``last.pt`` carries the updated early-stopping state.
+    """
+
+    def __init__(self, run_dir: Path, n_train: int, early: EarlyStopping, history: list[dict], title: str) -> None:
+        self.run_dir = run_dir
+        self.n_train = n_train
+        self.early = early
+        self.history = history
+        self.title = title
+        self._t0 = self._t_train = 0.0
+
+    def on_epoch_start(self, tez_trainer, **kwargs) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, tez_trainer, **kwargs) -> None:
+        self._t_train = time.perf_counter() - self._t0
+
+    def on_epoch_end(self, tez_trainer, **kwargs) -> None:
+        epoch = int(tez_trainer.current_epoch)
+        valid = tez_trainer.metrics["valid"]
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": float(tez_trainer.optimizer.param_groups[0]["lr"]),
+            "train_loss": float(tez_trainer.metrics["train"]["loss"]),
+        }
+        for k, v in valid.items():
+            if k not in ("epoch", "steps"):
+                row[f"valid_{k}"] = float(v)
+        row["best"] = self.early.best_epoch == epoch
+        for k, v in enumerate(tez_trainer.valid_extra.get("ap", [])):
+            row[f"ap_{k}"] = float(v)
+        row["train_seconds"] = round(self._t_train, 3)
+        row["epoch_seconds"] = round(time.perf_counter() - self._t0, 3)
+        row["train_cells_per_s"] = round(self.n_train / max(self._t_train, 1e-9), 2)
+        self.history.append(row)
+        history = pd.DataFrame(self.history)
+        write_csv(self.run_dir / "metrics.csv", history)
+        plot_training_curves(history, self.run_dir / "curves.png", self.title)
+        stopped = tez_trainer.model_state.value == "end"
+        state = tez_trainer.training_state()
+        state.update(
+            epoch=epoch + 1,
+            stopped=bool(stopped),
+            early_stopping=self.early.state_dict(),
+            history=self.history,
+            rng=_rng_state(),
+        )
+        save_plain(state, self.run_dir / "last.pt")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _measured_stats(cfg: TrainConfig, sets: SampleSets, view_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of up to ``stats_samples`` training samples (seeded pick)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = len(sets.train_reader)
+    pick = rng.choice(n, size=min(cfg.stats_samples, n), replace=False)
+    return channel_stats([sets.train_reader[int(i)] for i in pick], view_size)
+
+
+def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: str | None = None) -> TrainResult | None:
+    """Train fold ``cfg.fold`` (or continue it with ``cfg.resume``), then predict and score its samples.
+
+    ``callbacks`` are extra tez callbacks run after the built-in ones (loggers, notebooks).
+    Returns a :class:`TrainResult`; every number is also written to the run folder. Under
+    ``accelerate launch`` only rank 0 scores and writes; the other ranks return ``None``.
+    """
+    t_start = time.perf_counter()
+    run_dir = cfg.run_dir
+    state: dict[str, Any] | None = None
+    recipe: Recipe | None = None
+    if cfg.resume:
+        cfg = _check_resume_config(cfg, run_dir / "config.json")
+        state = load_plain(run_dir / "last.pt")
+        recipe = Recipe.read(run_dir / RECIPE_FILE)
+    seed_everything(cfg.seed)
+    task = cfg.task_record
+
+    sets = LEVEL_SAMPLES[cfg.level](cfg)
+    if len(sets.train) < 2:
+        raise InputError(f"only {len(sets.train)} training sample(s) for fold {cfg.fold}; need at least 2")
+    if len(sets.valid) == 0:
+        raise InputError(f"fold {cfg.fold} has no samples to validate on")
+    if cfg.monitor != "loss" and task.kind == "multilabel" and not sets.y_valid.any():
+        raise InputError(f"fold {cfg.fold} has no positive labels: monitor {cfg.monitor} is undefined (use --monitor loss)")
+
+    # the backbone first: a missing ImageNet file fails before anything is written
+    net = _build_net(cfg, pretrained="none" if state else cfg.pretrained)
+    if state:
+        net.load_state_dict(state["model"])
+
+    if recipe is None:
+        stats_size = make_input(sets.input, cfg.image_size, [0.0] * cfg.in_chans, [1.0] * cfg.in_chans).stats_size
+        mean, std = (cfg.mean, cfg.std) if cfg.mean else _measured_stats(cfg, sets, stats_size)
+        recipe = Recipe(task=task.name, level=cfg.level, model=cfg.model, in_chans=cfg.in_chans,
+                        num_classes=cfg.num_classes, image_size=cfg.image_size, mean=list(mean), std=list(std),
+                        kind=task.kind, input=sets.input)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+    write_json(run_dir / RECIPE_FILE, recipe.to_dict())
+    view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
+
+    device = _resolve_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    batch_size = min(cfg.batch_size, len(sets.train))
+    train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain))
+    valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": on_cuda, "persistent_workers": cfg.num_workers > 0}
+    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True, **loader_kw)
+    valid_loader = DataLoader(valid_ds, batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch; batches are sharded over ranks
+    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / world) / cfg.grad_accum)
+    loss_fn = create_loss(cfg.loss, task.kind, cfg.focal_gamma, cfg.label_smoothing)
+    module = TezModule(net, loss_fn, make_optimizer_factory(cfg, steps_per_epoch), on_cuda and cfg.channels_last)
+    other = ("true", sets.y_valid_true) if cfg.label_source == "weak" else ("weak", label_matrix(sets.valid, "weak", cfg.num_classes))
+
+    def epoch_metrics(logits: np.ndarray, targets: np.ndarray, index: np.ndarray):
+        probs = to_probabilities(logits, task.kind)
+        shown = compute_metrics(cfg.metric_names, probs, targets)
+        extra: dict[str, Any] = {}
+        if task.kind == "multilabel":
+            extra["ap"] = per_class_ap(probs, targets)
+            if other[1] is not None:
+                shown[f"macro_ap_{other[0]}"] = nanmean(per_class_ap(probs, other[1][index]))
+        return shown, extra
+
+    trainer = CellTez(
+        module,
+        device=cfg.device,
+        mixed_precision="fp16" if on_cuda and cfg.amp else "no",
+        epoch_metrics=epoch_metrics,
+        resume_state=state,
+    )
+    early = EarlyStopping(
+        f"valid_{cfg.monitor}", run_dir / "best.pt", patience=cfg.patience, mode="min" if cfg.monitor == "loss" else "max"
+    )
+    history: list[dict] = []
+    start_epoch = 0
+    if state:
+        early.load_state_dict(state["early_stopping"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
+    what = "fields" if cfg.level == "image" else f"{cfg.label_source} labels"
+    title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {what}"
+    recorder = RunRecorder(run_dir, len(train_ds) // batch_size * batch_size, early, history, title)
+    trainer.current_epoch = start_epoch
+    remaining = cfg.epochs - start_epoch
+    stopped = bool(state and state.get("stopped"))
+    if remaining > 0 and not stopped:
+        if state:
+            _set_rng_state(state["rng"])
+        tez_config = TezConfig(
+            device=str(device),
+            training_batch_size=batch_size,
+            validation_batch_size=2 * cfg.batch_size,
+            epochs=remaining,
+            gradient_accumulation_steps=cfg.grad_accum,
+            clip_grad_norm=cfg.clip_grad if cfg.clip_grad > 0 else -1,
+            num_jobs=cfg.num_workers,
+            step_scheduler_after="batch",
+            pin_memory=on_cuda,
+        )
+        trainer.fit(
+            train_ds,
+            valid_ds,
+            config=tez_config,
+            train_loader=train_loader,
+            valid_loader=valid_loader,
+            callbacks=[early, recorder, *callbacks],
+        )
+        stopped = trainer.model_state.value == "end"
+    trainer.wait_for_everyone()
+    if not trainer.is_main_process():
+        return None  # under accelerate launch, rank 0 predicts, scores and writes
+
+    # Honest scoring: the best epoch's weights on every validation sample.
+    model = load_classifier(run_dir, device=device)
+    probs = model.predict(sets.valid_reader, tta=cfg.tta, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers)
+    scored = score_fold(cfg, sets, probs)
+
+    history_df = pd.DataFrame(history)
+    best_epoch = int(early.best_epoch) if early.best_epoch is not None else int(history_df["epoch"].iloc[-1])
+    result = TrainResult(
+        run_dir=run_dir,
+        level=cfg.level,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped and len(history) < cfg.epochs,
+        n_train=len(sets.train),
+        n_valid=len(sets.valid),
+        seconds=round(time.perf_counter() - t_start, 2),
+        **scored,
+    )
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items() if k != "scores"}
+    summary.update(
+        task=task.name,
+        device=str(device),
+        amp=bool(on_cuda and cfg.amp),
+        channels_last=bool(on_cuda and cfg.channels_last),
+        unmatched_valid_cells=int(sum(len(t) == 0 for t in sets.valid["true"])) if sets.y_valid_true is not None else None,
+        command=command,
+        versions={"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                  "tez": __import__("tez").__version__},
+    )
+    write_json(run_dir / "summary.json", summary)
+    return result
+
+
+def score_fold(cfg: TrainConfig, sets: SampleSets, probs: np.ndarray) -> dict[str, Any]:
+    """Write ``val_predictions.csv`` and ``scores.csv`` of a fold; return the :class:`TrainResult` score fields.
+
+    An image model's fields are averaged per labelled sample first (RxRx1's two sites). Scores
+    sit next to what a constant guess (the validation label frequencies) gets.
+    """
+    task = cfg.task_record
+    rows, y, y_true = sets.valid, sets.y_valid, sets.y_valid_true
+    if cfg.level == "image":
+        codes, ids = pd.factorize(rows["ID"])
+        sums = np.zeros((len(ids), probs.shape[1]))
+        np.add.at(sums, codes, probs)
+        probs = (sums / np.bincount(codes)[:, None]).astype(np.float32)
+        first = ~rows["ID"].duplicated().to_numpy()
+        rows, y = rows[first].reset_index(drop=True), y[first]
+    names = task.label_set.names
+    if task.kind == "multilabel":
+        preds = pd.DataFrame(np.round(probs, 5), columns=[f"p{k}" for k in range(cfg.num_classes)])
+        scores = score_table(probs, y, y_true, names)
+        macro = scores.iloc[-1]
+    else:
+        top = np.argsort(-probs, axis=1)[:, :5]
+        preds = pd.DataFrame({"Label": rows["Label"].to_numpy()})
+        for k in range(top.shape[1]):
+            preds[f"top{k + 1}"] = top[:, k]
+            preds[f"p_top{k + 1}"] = np.round(probs[np.arange(len(probs)), top[:, k]], 5)
+        scores = multiclass_table(probs, y, cfg.metric_names)
+    for col in reversed(sets.key):
+        preds.insert(0, col, rows[col].to_numpy())
+    write_csv(cfg.run_dir / "val_predictions.csv", preds)
+    write_csv(cfg.run_dir / "scores.csv", scores)
+    prior = np.broadcast_to(y.mean(axis=0, keepdims=True), y.shape)
+    multilabel = task.kind == "multilabel"
+    return {
+        "metrics": compute_metrics(cfg.metric_names, probs, y),
+        "baselines": compute_metrics(cfg.metric_names, prior, y),
+        "macro_ap_weak": float(macro["ap_weak"]) if multilabel else None,
+        "macro_ap_true": float(macro["ap_true"]) if multilabel and y_true is not None else None,
+        "baseline_ap_weak": float(macro["prevalence_weak"]) if multilabel else None,
+        "baseline_ap_true": float(macro["prevalence_true"]) if multilabel and y_true is not None else None,
+        "scores": scores,
+    }
+
+
+def _build_net(cfg: TrainConfig, pretrained: str) -> torch.nn.Module:
+    return create_model(cfg.model, cfg.in_chans, cfg.num_classes, pretrained, image_size=cfg.image_size,
+                        cache_dir=cfg.weights_dir or None)
+
+
+def format_summary(result: TrainResult) -> str:
+    """A few lines for the terminal: where the run is and how it scored."""
+    unit = "fields" if result.level == "image" else "cells"
+    lines = [
+        f"run: {result.run_dir}  ({result.n_train} training / {result.n_valid} validation {unit}, "
+        f"{result.epochs_run} epochs, best {result.best_epoch}{', stopped early' if result.stopped_early else ''}, "
+        f"{result.seconds:.0f} s)",
+    ]
+    if result.level == "cell" and result.macro_ap_weak is not None:
+        true = (
+            f"macro AP vs TRUE cell labels {result.macro_ap_true:.4f} (label-frequency baseline {result.baseline_ap_true:.4f})"
+            if result.macro_ap_true is not None
+            else "no TrueLabel column: true-label AP not available"
+        )
+        lines += [f"validation: {true}",
+                  f"            macro AP vs weak field labels {result.macro_ap_weak:.4f} (baseline {result.baseline_ap_weak:.4f})"]
+    else:
+        lines += [f"validation: {METRICS[name].label} {value:.4f} (label-frequency baseline {result.baselines[name]:.4f})"
+                  for name, value in result.metrics.items()]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "LEVEL_SAMPLES",
+    "RunRecorder",
+    "TrainConfig",
+    "TrainResult",
+    "default_run_name",
+    "format_summary",
+    "make_optimizer_factory",
+    "score_fold",
+    "seed_everything",
+    "split_cells",
+    "train_fold",
+]

@@ -1,0 +1,119 @@
+"""The per-field core on hand-made arrays: blending, Negative, cell weights, a field through a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellloc.classifier import Recipe
+from cellloc.errors import InputError
+from cellloc.pipeline import (
+    FieldOptions,
+    blend_with_field,
+    cell_weights,
+    crop_field,
+    encode_prediction,
+    field_scores,
+    mean_cell_score,
+    with_negative,
+)
+from cellloc.submission import decode_mask
+from cellloc.tasks import get_task
+
+
+def test_blend_product_and_mean():
+    p = np.array([[0.9, 0.1], [0.1, 0.1]], np.float32)
+    field = p.mean(0)
+    np.testing.assert_allclose(blend_with_field(p, "product"), np.sqrt(p * field), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "mean", 0.25), 0.75 * p + 0.25 * field, rtol=1e-6)
+    np.testing.assert_array_equal(blend_with_field(p, "none"), p)
+    # a weighted field score ignores a zero-weight cell
+    np.testing.assert_allclose(blend_with_field(p, "mean", 1.0, np.array([1.0, 0.0]))[1], p[0], rtol=1e-6)
+    # a field score from elsewhere (an image model) replaces the cells' mean
+    image = np.array([0.0, 1.0])
+    np.testing.assert_allclose(blend_with_field(p, "product", field_score=image), np.sqrt(p * image), rtol=1e-6)
+    np.testing.assert_allclose(mean_cell_score(p, np.array([3.0, 1.0])), [0.7, 0.1], rtol=1e-6)
+    with pytest.raises(ValueError):
+        blend_with_field(p, "max")
+
+
+def test_negative_rises_when_no_class_is_confident():
+    p = np.array([[0.05, 0.1, 0.0], [0.9, 0.1, 0.0]], np.float32)
+    out = with_negative(p, negative=2)
+    assert out[0, 2] == pytest.approx(0.9) and out[1, 2] == pytest.approx(0.1)
+    np.testing.assert_array_equal(out[:, :2], p[:, :2])
+    np.testing.assert_array_equal(with_negative(p, None), p)
+
+
+def test_cell_weights_downweight_small_and_edge_cells():
+    w = cell_weights(np.array([100, 100, 25]), np.array([False, True, False]))
+    np.testing.assert_allclose(w, [1.0, 0.5, 0.25])
+
+
+class FixedScores:
+    """A loaded model's interface with fixed outputs: sure of class 0 for the first sample only."""
+
+    def __init__(self, level: str, crop_size: int = 16) -> None:
+        task = get_task("hpa-sc")
+        recipe_input = {"kind": "cell_crop", "crop_size": crop_size, "crop_mask": "cell", "segment": None} \
+            if level == "cell" else {"kind": "field", "resize": 32, "tiles": 1}
+        self.recipe = Recipe("hpa-sc", level, "efficientnet-b0", 4, 19, 32, [0.0] * 4, [1.0] * 4, "multilabel", recipe_input)
+        self.task = task
+        self.seen: list[np.ndarray] = []
+
+    def predict(self, samples, tta: int = 1, batch_size: int = 64) -> np.ndarray:
+        self.seen += list(samples)
+        out = np.zeros((len(samples), 19), np.float32)
+        if len(samples):
+            out[0, 0] = 1.0
+        return out
+
+
+def two_cell_field() -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((64, 64, 4), 100, np.uint8)
+    cells = np.zeros((64, 64), np.uint16)
+    cells[5:25, 5:25] = 1
+    cells[35:55, 35:55] = 2
+    return image, cells
+
+
+def test_field_with_no_cells_gets_no_rows():
+    model = FixedScores("cell")
+    empty = np.zeros((64, 64), np.uint16)
+    result = field_scores(np.zeros((64, 64, 4), np.uint8), empty, empty, model)
+    assert len(result.table) == 0 and result.scores.shape == (0, 19) and model.seen == []
+
+
+def test_field_scores_blend_and_negative():
+    """Two cells; the model is sure of class 0 for cell 1 only: blending lifts cell 2, Negative fills in."""
+    image, cells = two_cell_field()
+    nuclei = np.zeros_like(cells)
+    none = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(blend="none")).scores
+    mean = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(blend="mean", field_weight=0.5))
+    assert none[1, 0] == 0 and none[1, 18] == 1.0 and none[0, 18] == 0
+    np.testing.assert_allclose(mean.scores[:, 0], [0.75, 0.25])
+    np.testing.assert_allclose(mean.field_score[0], 0.5)
+    # an image model's field score instead of the cells' mean: it says class 0 everywhere
+    with_image = field_scores(image, cells, nuclei, FixedScores("cell"), FixedScores("image"),
+                              FieldOptions(blend="mean", field_weight=0.5))
+    np.testing.assert_allclose(with_image.scores[:, 0], [1.0, 0.5])
+    np.testing.assert_array_equal(with_image.cell_probs, mean.cell_probs)
+
+
+def test_crops_are_cut_as_the_recipe_says_and_levels_are_checked():
+    image, cells = two_cell_field()
+    table, crops = crop_field(image, cells, np.zeros_like(cells), FixedScores("cell", crop_size=24))
+    assert table["cell_id"].tolist() == [1, 2] and crops.shape == (2, 24, 24, 4)
+    with pytest.raises(InputError, match="image-level model scores whole fields"):
+        crop_field(image, cells, np.zeros_like(cells), FixedScores("image"))
+    with pytest.raises(InputError, match="cell-level model scores cells"):
+        field_scores(image, cells, np.zeros_like(cells), FixedScores("cell"), FixedScores("cell"))
+
+
+def test_encoded_prediction_holds_every_cell_and_class():
+    image, cells = two_cell_field()
+    result = field_scores(image, cells, np.zeros_like(cells), FixedScores("cell"))
+    tokens = encode_prediction(cells, result.table, result.scores).split()
+    assert len(tokens) == 3 * 2 * 19
+    np.testing.assert_array_equal(decode_mask(tokens[2], 64, 64), cells == 1)
+    assert len(encode_prediction(cells, result.table, result.scores, top_k=1).split()) == 3 * 2
