@@ -32,6 +32,8 @@ from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
 from ..layouts import LAYOUTS
 from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
+from ..plate_assignment import sample_probabilities
+from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
 from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
@@ -67,6 +69,10 @@ class PredictConfig:
                      choices=list(BLEND_MODES))
     field_weight: float = opt(0.3, "weight of the field score for --blend mean")
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
+    plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
+                                 "to one well (linear assignment on the scores) instead of each well's own argmax")
+    plate_groups: str = opt("", "--plate-assignment: the labels CSV whose plates define the siRNA groups "
+                            "(default: train.csv beside the input folder)")
     min_confidence: float = opt(0.0, "leave out (cell, class) pairs below this score")
     top_k: int = opt(0, "keep at most K classes per cell (0: all)")
     batch_size: int = opt(64, "samples per forward pass")
@@ -260,12 +266,13 @@ def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress |
     return PredictSummary(len(ids), n_done, skipped, failed, n_cells, time.perf_counter() - t0, out / "submission.csv")
 
 
-def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str],
+                 normaliser: FieldNormaliser | None = None) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """(fields scored, their probabilities, failed fields) of one chunk; a bad field fails alone."""
     task = model.task
 
     def score(chunk: list[str]) -> np.ndarray:
-        return model.predict(FieldFiles(task.layout, cfg.input, chunk, task.channels), tta=cfg.tta,
+        return model.predict(FieldFiles(task.layout, cfg.input, chunk, task.channels, normaliser), tta=cfg.tta,
                              batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 
     try:
@@ -285,7 +292,13 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written."""
     t0 = time.perf_counter()
     task = predictor.task
+    fmt = FORMATS[task.submission]
+    if fmt.encode is None:
+        raise InputError(f"submission format {fmt.name} is written per cell, not from image scores")
+    options = encode_options(cfg, fmt.name, fmt.encode_options)
     ids, failed = field_ids(cfg, task)
+    # the model's own normalisation (its recipe), with this dataset's statistics
+    normaliser = field_normaliser(cfg.dataset_dir(), predictor.model.recipe.input.get("normalise", "none"), task.channels)
     out = cfg.out_dir()
     parts = out / "field_scores"
     scored_ids: list[str] = []
@@ -299,7 +312,7 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
             got, probs, bad = saved
             skipped += len(chunk)
         else:
-            got, probs, bad = _score_chunk(cfg, predictor.model, chunk)
+            got, probs, bad = _score_chunk(cfg, predictor.model, chunk, normaliser)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
@@ -313,12 +326,22 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     probs = np.concatenate(scored) if scored else np.zeros((0, task.num_classes), np.float32)
     samples, sample_probs = per_sample(scored_ids, probs, task)
     write_csv(out / "scores.csv", score_frame(samples, sample_probs, task))
-    fmt = FORMATS[task.submission]
-    if fmt.encode is None:
-        raise InputError(f"submission format {fmt.name} is written per cell, not from image scores")
-    fmt.write(out / "submission.csv", fmt.encode(samples, sample_probs, task, predictor.model.recipe.thresholds))
+    fmt.write(out / "submission.csv", fmt.encode(samples, sample_probs, task, predictor.model.recipe.thresholds, **options))
     write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
     return PredictSummary(len(ids), done, skipped, failed, 0, time.perf_counter() - t0, out / "submission.csv")
+
+
+def encode_options(cfg: PredictConfig, format_name: str, known: tuple[str, ...]) -> dict[str, str]:
+    """What the submission format's ``encode`` is asked to do besides its default (``--plate-assignment``)."""
+    if not cfg.plate_assignment:
+        return {}
+    if "plate_groups" not in known:
+        raise InputError(f"--plate-assignment: the {format_name} submission has no plate design (it is for rxrx1)")
+    groups = Path(cfg.plate_groups) if cfg.plate_groups else cfg.dataset_dir() / "train.csv"
+    if not groups.is_file():
+        raise InputError(f"{groups}: not found; --plate-assignment reads the siRNA groups from the training labels "
+                         "(pass --plate-groups)")
+    return {"plate_groups": str(groups)}
 
 
 def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]] | None:
@@ -335,12 +358,13 @@ def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, lis
 
 
 def per_sample(field_ids: list[str], probs: np.ndarray, task: Task) -> tuple[list[str], np.ndarray]:
-    """(sample ids in first-seen order, (n_samples, C) mean probability of each sample's fields)."""
+    """(sample ids in first-seen order, (n_samples, C) probabilities of each sample: its fields averaged).
+
+    Multiclass: the softmax of the fields' mean logits; multilabel: the mean probability
+    (:func:`cellloc.plate_assignment.sample_probabilities`).
+    """
     layout = LAYOUTS[task.layout]
-    codes, samples = pd.factorize(pd.Series([layout.sample_of(i) for i in field_ids], dtype=object))
-    sums = np.zeros((len(samples), probs.shape[1]))
-    np.add.at(sums, codes, probs)
-    return list(samples), (sums / np.maximum(np.bincount(codes, minlength=len(samples)), 1)[:, None]).astype(np.float32)
+    return sample_probabilities(probs, [layout.sample_of(i) for i in field_ids], task.kind)
 
 
 def score_frame(samples: list[str], probs: np.ndarray, task: Task, top: int = 5) -> pd.DataFrame:

@@ -65,11 +65,13 @@ from ..data import (
 )
 from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from ..errors import InputError
-from ..fieldio import multihot, write_csv, write_json
+from ..fieldio import dataset_root, multihot, write_csv, write_json
 from ..losses import LOSSES, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
 from ..models import PRETRAINED_CHOICES, create_model, model_names
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
+from ..plate_assignment import sample_probabilities
+from ..plate_norm import NORMALISATIONS, field_normaliser
 from ..plots_training import plot_training_curves
 from ..registry import Registry
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
@@ -106,6 +108,10 @@ class TrainConfig:
     field_resize: int = opt(0, "image models: fields are resized to this side first, then crops of --image-size are "
                             "taken (random in training, --tiles at prediction); 0 = --image-size (the whole field)")
     tiles: int = opt(1, "image models with --field-resize > --image-size: tiles x tiles crops averaged at prediction")
+    normalise: str = opt("", "image models: per-field intensity normalisation before the network: none, site (each "
+                         "field by its own statistics), experiment, plate, experiment-controls or plate-controls (by the "
+                         "pixel_stats.csv beside the input folder: all wells, or the negative controls); "
+                         "default: the task's (rxrx1: plate, else none)")
     label_source: str = opt("weak", "cell models' training labels: weak (the field's Label) or true (the cell's TrueLabel)")
     epochs: int = opt(10, "maximum epochs (early stopping may end sooner)")
     batch_size: int = opt(32, "training batch size (validation uses twice this)")
@@ -154,6 +160,7 @@ class TrainConfig:
         self.run_name = self.run_name or default_run_name(task, self.level)
         self.loss = self.loss or task.loss
         self.field_resize = self.field_resize or self.image_size
+        self.normalise = self.normalise or (task.normalise if self.level == "image" else "none")
         need(self.fold >= 0, f"fold must be >= 0, got {self.fold}")
         need("/" not in self.run_name and self.run_name not in (".", ".."),
              f"run_name must be a plain folder name, got {self.run_name!r}")
@@ -163,6 +170,8 @@ class TrainConfig:
         need(self.image_size <= self.field_resize <= 8192, f"field_resize must be in image_size..8192, got {self.field_resize}")
         need(self.tiles >= 1 and (self.tiles == 1 or self.field_resize > self.image_size),
              f"tiles must be >= 1, and 1 unless --field-resize is larger than --image-size; got {self.tiles}")
+        need(self.normalise in NORMALISATIONS, f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        need(self.normalise == "none" or self.level == "image", "normalise applies to image models (whole fields)")
         need(self.label_source in ("weak", "true"), f"label_source must be weak or true, got {self.label_source!r}")
         need(self.label_source == "weak" or self.level == "cell", "label_source true needs cell-level training (per-cell truth)")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -317,11 +326,13 @@ def image_samples(cfg: TrainConfig) -> SampleSets:
     train, valid = split_cells(samples, cfg.fold, cfg.limit, cfg.seed)
     train, valid = (expand_to_fields(t, task.layout, cfg.input, task.channels) for t in (train, valid))
 
+    normaliser = field_normaliser(dataset_root(cfg.input), cfg.normalise, task.channels)
+
     def reader(rows: pd.DataFrame) -> FieldFiles:
-        return FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels)
+        return FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels, normaliser)
 
     y_train, y_valid = (multihot(list(t["weak"]), cfg.num_classes).astype(np.float32) for t in (train, valid))
-    recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles}
+    recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles, "normalise": cfg.normalise}
     return SampleSets(train, valid, reader(train), reader(valid), y_train, y_valid, None, recipe_input, ["ID"])
 
 
@@ -607,16 +618,14 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
 def score_fold(cfg: TrainConfig, sets: SampleSets, probs: np.ndarray) -> dict[str, Any]:
     """Write ``val_predictions.csv`` and ``scores.csv`` of a fold; return the :class:`TrainResult` score fields.
 
-    An image model's fields are averaged per labelled sample first (RxRx1's two sites). Scores
+    An image model's fields are averaged per labelled sample first (RxRx1's two sites: the
+    softmax of their mean logits). Scores
     sit next to what a constant guess (the validation label frequencies) gets.
     """
     task = cfg.task_record
     rows, y, y_true = sets.valid, sets.y_valid, sets.y_valid_true
     if cfg.level == "image":
-        codes, ids = pd.factorize(rows["ID"])
-        sums = np.zeros((len(ids), probs.shape[1]))
-        np.add.at(sums, codes, probs)
-        probs = (sums / np.bincount(codes)[:, None]).astype(np.float32)
+        _, probs = sample_probabilities(probs, list(rows["ID"]), task.kind)
         first = ~rows["ID"].duplicated().to_numpy()
         rows, y = rows[first].reset_index(drop=True), y[first]
     names = task.label_set.names
