@@ -10,6 +10,7 @@ import pytest
 from skimage.measure import regionprops
 
 from cellloc import rxrx1
+from cellloc.errors import InputError
 from cellloc.plate_assignment import plate_groups
 from cellloc.synth_rxrx1 import (
     P,
@@ -244,3 +245,10 @@ def test_parallel_workers_write_the_same_files(tmp_path, tiny_dataset):
 
 def test_params_are_all_used():
     assert len(PARAMS) == len(set(PARAMS)) == len(cell_type_base("HEPG2"))
+
+
+def test_a_folder_drawn_with_other_settings_is_refused(tiny_dataset):
+    out, _ = tiny_dataset
+    other = RxRx1SynthConfig(**{**TINY.__dict__, "size": 128, "sirnas": 12})
+    with pytest.raises(InputError, match=r"drawn with other settings \(sirnas, size differ\)"):
+        write_dataset(out, other, split="test")

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import rxrx1
+from .errors import InputError
 from .fieldio import read_csv, write_csv, write_json, write_png
 from .synth import CellGeom, drop_fragments, make_round, radial_profile, shape_radius, smooth_noise
 
@@ -635,6 +636,25 @@ def _wells_frame(wells: list[Well], design: Design) -> pd.DataFrame:
     return df
 
 
+def claim_folder(out: Path, cfg: RxRx1SynthConfig) -> None:
+    """Record the settings a dataset folder is drawn with; refuse a folder drawn with other ones.
+
+    Wells already written are skipped on a rerun (that is what makes writing resumable), so
+    mixing two designs in one folder would go unnoticed: the settings are kept in
+    ``.wells/config.json`` and must match.
+    """
+    path = out / ".wells" / "config.json"
+    mine = json.loads(json.dumps(asdict(cfg)))
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise InputError(f"{out}: holds an RxRx1 dataset drawn with other settings ({', '.join(differ)} differ); "
+                             "delete the folder or write to another --name")
+    else:
+        write_json(path, mine)
+
+
 def write_dataset(
     out_dir: str | Path,
     cfg: RxRx1SynthConfig = RxRx1SynthConfig(),
@@ -655,6 +675,7 @@ def write_dataset(
     if split not in ("all", "train", "test"):
         raise ValueError(f"split must be all, train or test, not {split!r}")
     out = Path(out_dir)
+    claim_folder(out, cfg)
     design = make_design(cfg)
     splits = ("train", "test") if split == "all" else (split,)
     wells = [w for w in design.wells if w.split in splits]
