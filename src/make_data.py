@@ -8,6 +8,7 @@
     python src/make_data.py --task rxrx1 --size 128 --options sirnas=8 plates=1 train_experiments=1   # smaller
     python src/make_data.py --task hpa-2018 --fields 200         # input/hpa2018: 28-class HPA 2018-like images
     python src/make_data.py --gallery docs/classes.png   # one generated cell per class
+    python src/make_data.py --task hpa-2018 --gallery docs/hpa2018_classes.png   # one cell per 2018 class
     python src/make_data.py --task rxrx1 --gallery docs/rxrx1.png   # controls and a strong siRNA per cell type
 """
 

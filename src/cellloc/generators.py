@@ -47,7 +47,7 @@ from .config import opt
 from .errors import InputError
 from .fieldio import HPA_CHANNELS, format_label, read_csv, write_csv, write_png
 from .registry import Registry
-from .synth import SynthConfig, generate_field
+from .synth import SynthConfig, class_gallery, generate_field
 from .tasks import DEFAULT_TASK, TASKS, get_task
 
 Progress = Callable[[int], None]
@@ -70,7 +70,7 @@ class MakeDataConfig:
     max_cells: int = opt(22, "hpa-sc: most cells placed per field")
     noise: float = opt(1.0, "noise multiplier (0 = clean)")
     gallery: str = opt("", "write a picture of what the generator draws to this PNG instead of a dataset "
-                       "(hpa-sc: one cell per class; rxrx1: controls and a strong siRNA per cell type)")
+                       "(hpa-sc, hpa-2018: one cell per class; rxrx1: controls and a strong siRNA per cell type)")
     options: list[str] = opt([], "KEY=VALUE settings of the task's own generator config (hpa-sc SynthConfig, hpa-2018 "
                              "Hpa2018Config, rxrx1 RxRx1SynthConfig), e.g. --options sirnas=8 plates=1 train_experiments=1")
 
@@ -102,7 +102,7 @@ class DatasetGenerator:
     write: Callable[[Path, Any, MakeDataConfig, str, int, "Progress | None"], str]
     units: Callable[[Any, MakeDataConfig], int] = lambda settings, cfg: cfg.fields
     unit: str = "field"  # what one progress step is
-    gallery: Callable[[Any], np.ndarray] | None = None  # settings -> an RGB picture of what the generator draws
+    gallery: Callable[[Any], np.ndarray] | None = None  # settings -> an RGB uint8 picture of what the generator draws
 
     def __call__(self, out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
                  progress: Progress | None = None) -> str:
@@ -291,8 +291,6 @@ def generate_hpa_sc(out_dir: Path, synth: SynthConfig, cfg: MakeDataConfig, spli
 
 def hpa_sc_gallery(settings: SynthConfig) -> np.ndarray:
     """One generated cell per class (:func:`cellloc.synth.class_gallery`)."""
-    from .synth import class_gallery
-
     return class_gallery()
 
 
