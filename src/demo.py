@@ -4,6 +4,8 @@
     python src/demo.py --fields 200 --size 1024   # a bigger run
     python src/demo.py --task rxrx1               # unseen experiments: per-plate normalisation, plate assignment;
                                                   # ends with accuracy=0.xxxx on the test experiments
+    python src/demo.py --task rxrx1 --recipe full # the training recipe: controls -> all siRNAs -> pseudo-labels,
+                                                  # channel subsets, per-cell-type; one step=<name> line per stage
     python src/demo.py --task hpa-2018            # every fold, per-class thresholds on the OOF predictions;
                                                   # ends with macro_F1_at_0.5= and macro_F1= (the fitted thresholds)
 
@@ -12,6 +14,7 @@ Each stage is the same command a user would type; this script only chains them.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -53,6 +56,9 @@ class DemoConfig:
     sirnas: int = opt(32, "rxrx1: treatment siRNAs of the generated design (4 plate groups)")
     normalise: str = opt("plate", "rxrx1: per-field normalisation the model is trained with (none, site, experiment, "
                          "plate, experiment-controls, plate-controls)")
+    recipe: str = opt("", "rxrx1: full runs the training recipe of configs/rxrx1/ (stages I-III, channel-subset "
+                      "ensemble, per-cell-type fine-tuning) after a plain model, each scored on the test experiments",
+                      choices=["", "full"])
 
     def __post_init__(self) -> None:
         defaults = DEMO_DEFAULTS.get(self.task, DEMO_DEFAULTS[DEFAULT_TASK])
@@ -121,6 +127,8 @@ def rxrx1(a: DemoConfig) -> list[str]:
     (``--normalise``, the task's default); the submission is scored twice, each well on its own
     and with plate-aware assignment, and the demo ends with the latter's accuracy.
     """
+    if a.recipe:
+        return rxrx1_recipe(a)
     name = f"rxrx1_demo_s{a.seed}"
     run_name = f"{name}_{a.normalise}"
     data, models, out = f"input/{name}", f"models/{run_name}", f"output/{run_name}"
@@ -136,7 +144,8 @@ def rxrx1(a: DemoConfig) -> list[str]:
          "--out-dir", "models", "--run-name", run_name, "--fold", "0", "--model", "efficientnet-b0", "--normalise", a.normalise,
          "--pretrained", "none", "--image-size", str(a.image_size), "--epochs", str(a.epochs),
          "--batch-size", "32", "--lr", "2e-3", "--schedule", "onecycle", "--label-smoothing", "0.1",
-         "--monitor", "accuracy", "--patience", str(a.epochs), "--num-workers", "1", "--seed", str(a.seed)])
+         "--monitor", "accuracy", "--patience", str(a.epochs), "--cache-mb", "256", "--num-workers", "1",
+         "--seed", str(a.seed)])
     run("predict the test experiments, each well on its own (sites averaged)",
         ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", f"{out}/per_well"])
     per_well = run("score it", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
@@ -149,6 +158,97 @@ def rxrx1(a: DemoConfig) -> list[str]:
                  ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth", "--submission", f"{out}/submission.csv"],
                  capture=True)
     return [f"accuracy_per_well={last_value(per_well, 'accuracy')}", f"accuracy={last_value(scored, 'accuracy')}"]
+
+
+# The recipe's stages on CPU: epochs per stage (the configs' own are for full-size data on a GPU).
+RECIPE_EPOCHS = {"plain": 6, "controls": 2, "all_sirnas": 4, "pseudo": 2, "channel_subsets": 1, "cell_types": 2}
+
+
+def rxrx1_recipe(a: DemoConfig) -> list[str]:
+    """The RxRx1 training recipe (issue 16) on the plain demo's generated design, fold 0.
+
+    A plain model (all wells, from scratch, as many epochs as stages I and II together) is the
+    baseline. Stage I trains on the control wells (scored on the held-out training experiments'
+    controls: test controls are given, not predicted); II on every well from I's weights; III
+    adds the confident test wells (pseudo_labels.py: predicted labels, never truth/) from II's
+    weights. From III: one model per 5-of-6 channels, their saved test scores averaged
+    (ensemble.py); one model per cell type, merged by cell type. The final submission averages
+    those two. Every test score is plate-assigned and on the test experiments, never trained on
+    with their true labels.
+    """
+    name = f"rxrx1_demo_s{a.seed}"
+    data, tag = f"input/{name}", f"{name}_recipe"
+    out = f"output/{tag}"
+    cfgs = "configs/rxrx1"
+    design = ["--task", "rxrx1", "--name", name, "--size", str(a.size), "--seed", str(a.seed),
+              "--workers", "2", "--options", f"sirnas={a.sirnas}"]
+    run("data: training experiments (2 per cell type)", ["src/make_data.py", *design])
+    run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
+    run("folds of every training well, controls included (whole experiments, every cell type in every fold)",
+        ["src/gen_folds.py", "--task", "rxrx1", "--labels", f"{data}/train.csv", "--more-labels",
+         f"{data}/train_controls.csv", "--out", f"{out}/folds.csv", "--folds", str(a.folds)])
+    common = ["--folds-csv", f"{out}/folds.csv", "--input", f"{data}/train", "--out-dir", "models", "--fold", "0",
+              "--model", "efficientnet-b0", "--pretrained", "none", "--image-size", str(a.image_size),
+              "--normalise", a.normalise, "--batch-size", "32", "--cache-mb", "256", "--num-workers", "1",
+              "--seed", str(a.seed)]
+    test = ["--input", f"{data}/test", "--plate-assignment"]
+    lines: list[str] = []
+
+    def train(step: str, config: str, *args: str) -> str:
+        epochs = str(RECIPE_EPOCHS[step.split(":")[0]])
+        run_name = f"{tag}_{step.replace(':', '_')}"
+        run(f"train {step}", ["src/train.py", "--config", f"{cfgs}/{config}", *common, "--run-name", run_name,
+                              "--epochs", epochs, "--patience", epochs, *args])
+        return f"models/{run_name}"
+
+    def score(step: str, folder: str) -> str:
+        scored = run(f"score {step}", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
+                                       "--submission", f"{folder}/submission.csv"], capture=True)
+        lines.append(f"step={step} accuracy={last_value(scored, 'accuracy')}")
+        print(lines[-1], flush=True)
+        return folder
+
+    def predict(step: str, models: str) -> str:
+        run(f"predict {step}", ["src/predict.py", "--models", models, "--out", f"{out}/{step.replace(':', '_')}", *test])
+        return f"{out}/{step.replace(':', '_')}"
+
+    lr = ["--lr", "2e-3"]  # from scratch on CPU-sized data: the plain demo's rate
+    score("plain", predict("plain", train("plain", "stage2_all.yaml", *lr)))
+    stage1 = train("controls", "stage1_controls.yaml", *lr)
+    summary = json.loads((Path(REPO) / stage1 / "fold0" / "summary.json").read_text())
+    lines.append(f"step=controls accuracy={summary['metrics']['accuracy']:.4f}")
+    print(f"{lines[-1]}  (control wells of the held-out training experiments)", flush=True)
+    stage2 = train("all_sirnas", "stage2_all.yaml", *lr, "--init-from", stage1)
+    pred2 = score("all_sirnas", predict("all_sirnas", stage2))
+    run("pseudo-labels: confident test wells of stage II (predicted labels) and the given test controls",
+        ["src/pseudo_labels.py", "--predictions", pred2, "--input", f"{data}/test", "--threshold", "0.0",
+         "--top-share", "0.5"])
+    stage3 = train("pseudo", "stage3_pseudo.yaml", "--init-from", stage2, "--extra-train", f"{pred2}/pseudo_labels.csv")
+    score("pseudo", predict("pseudo", stage3))
+    channels = ["w1", "w2", "w3", "w4", "w5", "w6"]
+    subsets = []
+    for drop in channels:
+        keep = [c for c in channels if c != drop]
+        step = f"no_{drop}"
+        subsets.append(predict(step, train(f"channel_subsets:{step}", "channel_subset.yaml", "--init-from", stage3,
+                                            "--channels", *keep)))
+    run("ensemble of the six channel-subset models (mean of logits)",
+        ["src/ensemble.py", "--predictions", *subsets, "--out", f"{out}/channel_subsets", *test])
+    score("channel_subsets", f"{out}/channel_subsets")
+    per_type = []
+    for cell_type in ("HEPG2", "HUVEC", "RPE", "U2OS"):
+        step = f"cell_types:{cell_type}"
+        per_type.append(f"{cell_type}={predict(step, train(step, 'cell_type.yaml', '--init-from', stage3, '--subset', f'cell_type={cell_type}'))}")
+    run("merge the per-cell-type models (each well scored by its cell type's model)",
+        ["src/ensemble.py", "--predictions", *per_type, "--by", "cell_type", "--out", f"{out}/cell_types", *test])
+    score("cell_types", f"{out}/cell_types")
+    run("final: the channel-subset ensemble and the per-cell-type merge averaged",
+        ["src/ensemble.py", "--predictions", f"{out}/channel_subsets", f"{out}/cell_types", "--out", f"{out}/final", *test])
+    run("check the final submission", ["src/check_submission.py", f"{out}/final/submission.csv", "--task", "rxrx1",
+                                       "--sample-submission", f"{data}/sample_submission.csv"])
+    final = run("score the final submission", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
+                                               "--submission", f"{out}/final/submission.csv"], capture=True)
+    return [*lines, f"accuracy={last_value(final, 'accuracy')}"]
 
 
 def hpa2018(a: DemoConfig) -> list[str]:

@@ -388,6 +388,24 @@ class FieldFiles(Sequence):
         return image if self.normaliser is None else self.normaliser(self.field_ids[i], image)
 
 
+class ChainedFields(Sequence):
+    """Several field readers read as one: ``chained[i]`` runs through them in order (e.g. a fold's
+    training fields, then pseudo-labelled test fields from another folder)."""
+
+    def __init__(self, readers: Sequence[Sequence[np.ndarray]]) -> None:
+        self.readers = list(readers)
+        self.starts = np.cumsum([0, *map(len, self.readers)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.readers[k][i - int(self.starts[k])]
+
+
 # --------------------------------------------------------------------------- Dataset and sampler
 
 

@@ -45,6 +45,8 @@ class FoldsConfig:
                                    "(e.g. cell_type; default with --labels: the task's, rxrx1: cell_type; '' for none)")
     groups: str = opt("", "with --labels: a CSV giving each sample's --group-col (matched on its Id or ID column), for a "
                       "labels CSV without one (e.g. input/hpa2018/truth/images.csv --group-col protein)")
+    more_labels: list[str] = opt([], "with --labels: more labels CSVs of the task whose samples join the split (rxrx1: "
+                                 "train_controls.csv, so control wells get folds with their experiments)")
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -59,6 +61,8 @@ class FoldsConfig:
         self.out = self.out or str(data / "folds.csv")
         if self.groups and not (self.labels and self.group_col):
             raise ValueError("--groups needs --labels (or an image-level task) and --group-col")
+        if self.more_labels and not self.labels:
+            raise ValueError("--more-labels needs --labels (or an image-level task)")
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -136,15 +140,23 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
 
 
 def read_label_fields(path: str | Path, task: Task, group_col: str | None = None,
-                      stratify_col: str | None = None, groups: str | Path = "") -> FieldTable:
+                      stratify_col: str | None = None, groups: str | Path = "",
+                      more: Sequence[str | Path] = ()) -> FieldTable:
     """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique.
 
     ``groups`` names a second CSV that gives ``group_col`` for every sample (matched on its
-    ``Id`` or ``ID`` column) when the labels CSV itself has no such column.
+    ``Id`` or ``ID`` column) when the labels CSV itself has no such column. ``more`` are further
+    labels CSVs whose samples are appended (RxRx1's control wells); an ID in two files is an error.
     """
     path = Path(path)
     num_classes = task.num_classes
     df = read_task_labels(path, task)
+    for extra in map(Path, more):
+        other = read_task_labels(extra, task)
+        both = sorted(set(df["ID"]) & set(other["ID"]))
+        if both:
+            raise InputError(f"{extra}: sample {both[0]!r} is already in {path}")
+        df = pd.concat([df, other], ignore_index=True).fillna("")
     if groups:
         df[group_col] = group_of_samples(df["ID"], groups, group_col)
     for col in (group_col, stratify_col):
@@ -215,7 +227,7 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     task = get_task(cfg.task)
     label_set = task.label_set
     if cfg.labels:
-        fields = read_label_fields(cfg.labels, task, cfg.group_col, cfg.stratify_col, cfg.groups)
+        fields = read_label_fields(cfg.labels, task, cfg.group_col, cfg.stratify_col, cfg.groups, cfg.more_labels)
     else:
         fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col, cfg.stratify_col)
     split = split_folds(with_strata(fields.labels, fields.strata), cfg.folds, cfg.seed, cfg.method, fields.groups)

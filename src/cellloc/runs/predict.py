@@ -330,7 +330,7 @@ def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str],
     task = model.task
 
     def score(chunk: list[str]) -> np.ndarray:
-        return model.predict(FieldFiles(task.layout, cfg.input, chunk, task.channels, normaliser), tta=cfg.tta,
+        return model.predict(FieldFiles(task.layout, cfg.input, chunk, model.recipe.channels, normaliser), tta=cfg.tta,
                              batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 
     try:
@@ -359,7 +359,8 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     options = encode_options(cfg, fmt.name, fmt.encode_options)
     ids, failed = field_ids(cfg, task)
     # the model's own normalisation (its recipe), with this dataset's statistics
-    normaliser = field_normaliser(cfg.dataset_dir(), predictor.model.recipe.input.get("normalise", "none"), task.channels)
+    recipe = predictor.model.recipe
+    normaliser = field_normaliser(cfg.dataset_dir(), recipe.input.get("normalise", "none"), recipe.channels)
     out = cfg.out_dir()
     parts = out / "field_scores"
     scored_ids: list[str] = []
@@ -394,11 +395,17 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
 
 def encode_options(cfg: PredictConfig, format_name: str, known: tuple[str, ...]) -> dict[str, str]:
     """What the submission format's ``encode`` is asked to do besides its default (``--plate-assignment``)."""
-    if not cfg.plate_assignment:
+    return plate_options(cfg.plate_assignment, cfg.plate_groups, cfg.dataset_dir(), format_name, known)
+
+
+def plate_options(plate_assignment: bool, plate_groups: str, dataset_dir: Path, format_name: str,
+                  known: tuple[str, ...]) -> dict[str, str]:
+    """``encode`` options for ``--plate-assignment`` (groups from ``plate_groups`` or ``train.csv`` of the dataset)."""
+    if not plate_assignment:
         return {}
     if "plate_groups" not in known:
         raise InputError(f"--plate-assignment: the {format_name} submission has no plate design (it is for rxrx1)")
-    groups = Path(cfg.plate_groups) if cfg.plate_groups else cfg.dataset_dir() / "train.csv"
+    groups = Path(plate_groups) if plate_groups else dataset_dir / "train.csv"
     if not groups.is_file():
         raise InputError(f"{groups}: not found; --plate-assignment reads the siRNA groups from the training labels "
                          "(pass --plate-groups)")
@@ -416,6 +423,41 @@ def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, lis
             return data["got"].tolist(), data["probs"], [tuple(r) for r in data["failed"].tolist()]
     except (OSError, ValueError, KeyError):
         return None  # a damaged chunk is scored again
+
+
+def read_field_scores(out: str | Path) -> tuple[list[str], np.ndarray]:
+    """(field ids, (N, C) float32 probabilities) an image-level prediction folder saved in ``field_scores/``.
+
+    What ``predict.py`` (or ``ensemble.py``) wrote: every chunk's scored fields, in order. The
+    log of a multiclass model's probabilities is its logits less one constant per field, so
+    these are the saved logits an ensemble averages.
+    """
+    parts = sorted((Path(out) / "field_scores").glob("part*.npz"))
+    if not parts:
+        raise InputError(f"{Path(out) / 'field_scores'}: no part*.npz (is {out} an image-level prediction folder?)")
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
+    for path in parts:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids += data["got"].tolist()
+                probs.append(np.asarray(data["probs"], np.float32))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: cannot read field scores ({' '.join(str(exc).split())})") from None
+    return ids, np.concatenate(probs)
+
+
+def save_field_scores(out: str | Path, field_ids: list[str], probs: np.ndarray) -> None:
+    """Write field scores as ``predict.py`` does (``field_scores/part*.npz`` of :data:`CHUNK` fields), old parts removed."""
+    parts = Path(out) / "field_scores"
+    for old in parts.glob("part*.npz"):
+        old.unlink()
+    for k in range(0, len(field_ids), CHUNK):
+        chunk = field_ids[k:k + CHUNK]
+        with atomic_path(parts / f"part{k // CHUNK:05d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, ids=np.array(chunk), got=np.array(chunk, dtype=str), probs=probs[k:k + CHUNK],
+                         failed=np.zeros((0, 2), dtype=str))
 
 
 def per_sample(field_ids: list[str], probs: np.ndarray, task: Task) -> tuple[list[str], np.ndarray]:
