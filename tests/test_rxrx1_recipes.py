@@ -206,3 +206,18 @@ def test_bad_recipe_options_are_one_line(lab, capsys):
         train(["--task", "rxrx1", "--folds-csv", str(lab.folds), "--input", str(lab.data / "train"), "--model",
                "resnet18", "--out-dir", str(lab.models), *TINY[2:], "--init-from", str(lab.models / "stage1")])
     assert "a efficientnet-b0 model, but this run trains resnet18" in capsys.readouterr().err
+
+
+def test_saved_scores_are_reused_only_for_the_model_that_made_them(lab, tmp_path, capsys):
+    predict = load_script("predict").main
+    args = ["--input", str(lab.data / "test"), "--out", str(tmp_path / "p")]
+    assert predict(["--models", str(lab.models / "stage1"), *args]) == 0
+    _, first = read_field_scores(tmp_path / "p")
+    assert predict(["--models", str(lab.models / "stage1"), *args]) == 0
+    assert " 0 fields predicted, " in capsys.readouterr().out  # the same model: every chunk reused
+    assert predict(["--models", str(lab.models / "stage2"), *args]) == 0  # another model, same output folder
+    assert ", 0 already done" in capsys.readouterr().out
+    _, again = read_field_scores(tmp_path / "p")
+    _, stage2 = read_field_scores(lab.pred2)
+    np.testing.assert_allclose(again, stage2, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(again, first)

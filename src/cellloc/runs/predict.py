@@ -15,6 +15,7 @@ sites), written to ``scores.csv`` and turned into submission rows by the task's 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -363,13 +364,14 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     normaliser = field_normaliser(cfg.dataset_dir(), recipe.input.get("normalise", "none"), recipe.channels)
     out = cfg.out_dir()
     parts = out / "field_scores"
+    made_by = scores_fingerprint(predictor.model, cfg)
     scored_ids: list[str] = []
     scored: list[np.ndarray] = []
     skipped = done = 0
     for k in range(0, len(ids), CHUNK):
         chunk = ids[k:k + CHUNK]
         path = parts / f"part{k // CHUNK:05d}.npz"
-        saved = _read_part(path, chunk)
+        saved = _read_part(path, chunk, made_by)
         if saved is not None:
             got, probs, bad = saved
             skipped += len(chunk)
@@ -378,7 +380,7 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
-                             failed=np.array(bad, dtype=str).reshape(-1, 2))
+                             failed=np.array(bad, dtype=str).reshape(-1, 2), made_by=np.array(made_by))
             done += len(chunk)
         scored_ids += got
         scored.append(probs)
@@ -412,13 +414,28 @@ def plate_options(plate_assignment: bool, plate_groups: str, dataset_dir: Path, 
     return {"plate_groups": str(groups)}
 
 
-def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]] | None:
-    """A finished chunk's saved scores, if the file exists and holds exactly these fields."""
+def scores_fingerprint(model: Ensemble, cfg: PredictConfig) -> str:
+    """What a chunk's scores depend on: every member's weights and recipe (by content), the TTA and the input folder.
+
+    A saved chunk is reused only when it was made by the same, so a model retrained into the
+    same run folder is never answered with the old model's scores.
+    """
+    digest = hashlib.sha1()
+    for name in model.names:
+        for file in ("recipe.json", "best.pt"):
+            path = Path(name) / file
+            digest.update(path.read_bytes() if path.is_file() else name.encode())
+    digest.update(f"tta={cfg.tta};input={Path(cfg.input).resolve()}".encode())
+    return digest.hexdigest()
+
+
+def _read_part(path: Path, chunk: list[str], made_by: str = "") -> tuple[list[str], np.ndarray, list[tuple[str, str]]] | None:
+    """A finished chunk's saved scores, if the file exists, holds exactly these fields and was made by ``made_by``."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            if data["ids"].tolist() != chunk:
+            if data["ids"].tolist() != chunk or str(data["made_by"]) != made_by:
                 return None
             return data["got"].tolist(), data["probs"], [tuple(r) for r in data["failed"].tolist()]
     except (OSError, ValueError, KeyError):
