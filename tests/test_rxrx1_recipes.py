@@ -221,3 +221,30 @@ def test_saved_scores_are_reused_only_for_the_model_that_made_them(lab, tmp_path
     _, stage2 = read_field_scores(lab.pred2)
     np.testing.assert_allclose(again, stage2, rtol=1e-5, atol=1e-7)
     assert not np.allclose(again, first)
+
+
+def test_a_lone_field_reaches_a_channel_subset_model_as_its_stains(tmp_path):
+    from cellloc.classifier import load_classifier, save_untrained
+    from cellloc.pipeline import score_image
+    from cellloc.plate_norm import FieldNormaliser
+
+    recipe = Recipe("rxrx1", "image", "efficientnet-b0", 5, rxrx1.NUM_CLASSES, 32, [0.125] * 5, [0.0625] * 5,
+                    "multiclass", {"kind": "field", "resize": 32, "tiles": 1, "normalise": "site", "channels": FIVE})
+    model = load_classifier(save_untrained(tmp_path / "five", recipe))
+    rng = np.random.default_rng(0)
+    field = rng.integers(0, 255, (48, 48, 6), dtype=np.uint8)
+    probs = score_image(field, model)
+    own = model.predict([FieldNormaliser("site")("", field[..., [0, 1, 2, 4, 5]])], batch_size=1)[0]
+    np.testing.assert_allclose(np.log(probs), np.log(own), atol=1e-5)
+
+    class Recording:  # what reaches the network, exactly
+        def __init__(self) -> None:
+            self.recipe, self.task = recipe, recipe.task_record
+
+        def predict(self, samples, tta=1, batch_size=1):
+            self.seen = samples[0]
+            return np.zeros((1, rxrx1.NUM_CLASSES), np.float32)
+
+    seen = Recording()
+    score_image(field, seen)
+    np.testing.assert_array_equal(seen.seen, FieldNormaliser("site")("", field[..., [0, 1, 2, 4, 5]]))
