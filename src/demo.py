@@ -9,7 +9,9 @@
     python src/demo.py --task hpa-2018            # every fold, per-class thresholds on the OOF predictions;
                                                   # ends with macro_F1_at_0.5= and macro_F1= (the fitted thresholds)
 
-Each stage is the same command a user would type; this script only chains them.
+Each stage is the same command a user would type; this script only chains them. The stages
+that make results (segment, train, fit_thresholds, predict) run with --overwrite, so a rerun with other options
+starts them over: each moves its previous outputs to <folder>.replaced-<time> and says so.
 """
 
 from __future__ import annotations
@@ -105,12 +107,14 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", "1",
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
-    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
+    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
+                                    "--overwrite"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
     run("train fold 0 (CPU-sized: small crops, no ImageNet weights)",
-        ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none"])
-    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test"])
+        ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
+         "--overwrite"])
+    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     run("score the submission (competition metric, per-cell truth)",
@@ -145,13 +149,14 @@ def rxrx1(a: DemoConfig) -> list[str]:
          "--pretrained", "none", "--image-size", str(a.image_size), "--epochs", str(a.epochs),
          "--batch-size", "32", "--lr", "2e-3", "--schedule", "onecycle", "--label-smoothing", "0.1",
          "--monitor", "accuracy", "--patience", str(a.epochs), "--cache-mb", "256", "--num-workers", "1",
-         "--seed", str(a.seed)])
+         "--seed", str(a.seed), "--overwrite"])
     run("predict the test experiments, each well on its own (sites averaged)",
-        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", f"{out}/per_well"])
+        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", f"{out}/per_well", "--overwrite"])
     per_well = run("score it", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
                                 "--submission", f"{out}/per_well/submission.csv"], capture=True)
     run("predict again with plate-aware assignment (each plate: one siRNA group, each siRNA once)",
-        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", out, "--plate-assignment"])
+        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", out, "--plate-assignment",
+         "--overwrite"])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", "rxrx1",
                                  "--sample-submission", f"{data}/sample_submission.csv"])
     scored = run("score the submission (accuracy on unseen experiments)",
@@ -198,7 +203,7 @@ def rxrx1_recipe(a: DemoConfig) -> list[str]:
         epochs = str(RECIPE_EPOCHS[step.split(":")[0]])
         run_name = f"{tag}_{step.replace(':', '_')}"
         run(f"train {step}", ["src/train.py", "--config", f"{cfgs}/{config}", *common, "--run-name", run_name,
-                              "--epochs", epochs, "--patience", epochs, *args])
+                              "--epochs", epochs, "--patience", epochs, "--overwrite", *args])
         return f"models/{run_name}"
 
     def score(step: str, folder: str) -> str:
@@ -209,7 +214,8 @@ def rxrx1_recipe(a: DemoConfig) -> list[str]:
         return folder
 
     def predict(step: str, models: str) -> str:
-        run(f"predict {step}", ["src/predict.py", "--models", models, "--out", f"{out}/{step.replace(':', '_')}", *test])
+        run(f"predict {step}", ["src/predict.py", "--models", models, "--out", f"{out}/{step.replace(':', '_')}",
+                                "--overwrite", *test])
         return f"{out}/{step.replace(':', '_')}"
 
     lr = ["--lr", "2e-3"]  # from scratch on CPU-sized data: the plain demo's rate
@@ -270,10 +276,12 @@ def hpa2018(a: DemoConfig) -> list[str]:
             ["src/train.py", "--task", task.name, "--fold", str(fold), "--epochs", str(a.epochs),
              "--image-size", str(a.image_size), "--model", "efficientnet-b0", "--pretrained", "none",
              "--batch-size", "16", "--lr", "0.003", "--balance-power", "0.5", "--cache-mb", "256",
-             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed)])
+             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed), "--overwrite"])
     folds = ["--folds", *map(str, range(a.folds))]  # the folds of this run, whatever an earlier one left
-    run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name, *folds])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds])
+    run("fit per-class thresholds on the out-of-fold predictions",
+        ["src/fit_thresholds.py", "--task", task.name, *folds, "--overwrite"])
+    run("predict the held-out test fields",
+        ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds, "--overwrite"])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", task.name])
     compared = run("held-out macro F1 of each threshold rule",
                    ["src/fit_thresholds.py", "--task", task.name, *folds, "--scores", f"{out}/scores.csv",

@@ -215,7 +215,11 @@ def test_saved_scores_are_reused_only_for_the_model_that_made_them(lab, tmp_path
     _, first = read_field_scores(tmp_path / "p")
     assert predict(["--models", str(lab.models / "stage1"), *args]) == 0
     assert " 0 fields predicted, " in capsys.readouterr().out  # the same model: every chunk reused
-    assert predict(["--models", str(lab.models / "stage2"), *args]) == 0  # another model, same output folder
+    with pytest.raises(SystemExit) as exit_info:  # another model into the same folder: refused, not mixed
+        predict(["--models", str(lab.models / "stage2"), *args])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+    assert predict(["--models", str(lab.models / "stage2"), *args, "--overwrite"]) == 0
     assert ", 0 already done" in capsys.readouterr().out
     _, again = read_field_scores(tmp_path / "p")
     _, stage2 = read_field_scores(lab.pred2)
