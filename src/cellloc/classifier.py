@@ -65,6 +65,12 @@ class Recipe:
     def task_record(self) -> Task:
         return get_task(self.task)
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channel files the model reads, in input order: the task's, or the subset it was trained on
+        (``input["channels"]``, e.g. an RxRx1 model of 5 of the 6 stains)."""
+        return tuple(self.input.get("channels") or self.task_record.channels)
+
     def segment_config(self) -> SegmentConfig | None:
         """The segmentation that made the training crops (cell models), or None when not recorded."""
         seg = self.input.get("segment")
@@ -92,9 +98,13 @@ class Recipe:
             raise InputError(f"{path}: missing {', '.join(missing)}")
         recipe = cls(**{k: v for k, v in data.items() if k in fields})
         task = recipe.task_record
-        if (recipe.num_classes, recipe.in_chans) != (task.num_classes, len(task.channels)):
+        unknown = [c for c in recipe.channels if c not in task.channels]
+        if unknown:
+            raise InputError(f"{path}: channel(s) {', '.join(unknown)} are not channels of task {task.name} "
+                             f"({', '.join(task.channels)})")
+        if (recipe.num_classes, recipe.in_chans) != (task.num_classes, len(recipe.channels)):
             raise InputError(f"{path}: {recipe.num_classes} classes and {recipe.in_chans} channels do not fit task {task.name} "
-                             f"({task.num_classes} classes, {len(task.channels)} channels)")
+                             f"({task.num_classes} classes, channels {', '.join(recipe.channels)})")
         if len(recipe.mean) != recipe.in_chans or len(recipe.std) != recipe.in_chans:
             raise InputError(f"{path}: mean/std need {recipe.in_chans} values each")
         return recipe

@@ -30,6 +30,7 @@ import pandas as pd
 from .cells import cell_table, crop_cells
 from .classifier import Classifier, Ensemble
 from .errors import InputError
+from .plate_norm import FieldNormaliser
 from .submission import encode_field, prediction_string
 
 BLEND_MODES = ("none", "product", "mean")
@@ -131,10 +132,18 @@ def crop_field(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, classif
 
 
 def score_image(image: np.ndarray, classifier: Model, tta: int = 1) -> np.ndarray:
-    """(C,) an image-level model's probabilities for one whole field."""
+    """(C,) an image-level model's probabilities for one whole field (HxW x the task's channels; a model
+    trained on a subset of them, ``recipe.channels``, sees only those)."""
     if classifier.recipe.level != "image":
         raise InputError(f"a {classifier.recipe.level}-level model scores cells, not whole fields")
-    return classifier.predict([image], tta=tta, batch_size=1)[0]
+    method = classifier.recipe.input.get("normalise", "none")
+    if method not in ("none", "site"):
+        raise InputError(f"this model standardises each field by its {method} statistics (pixel_stats.csv of its "
+                         "dataset), which a lone field lacks: predict its dataset folder with predict.py")
+    channels, task_channels = classifier.recipe.channels, classifier.task.channels
+    if image.ndim == 3 and channels != task_channels and image.shape[2] == len(task_channels):
+        image = image[..., [task_channels.index(c) for c in channels]]  # a model of a subset of the stains
+    return classifier.predict([FieldNormaliser(method)("", image)], tta=tta, batch_size=1)[0]
 
 
 def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, classifier: Model,
