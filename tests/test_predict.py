@@ -220,3 +220,34 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
         predict.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp_path, capsys):
+    """HPA single-cell image model: whole fields with the cells table's folds, then predict --image-models."""
+    fields = trained["root"] / "train_data" / "train"
+    assert load_script("train").main([
+        "--level", "image", "--folds-csv", str(trained["seg"] / "folds.csv"), "--input", str(fields),
+        "--out-dir", str(tmp_path / "models"), "--run-name", "image", "--model", "efficientnet-b0", "--pretrained", "none",
+        "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
+        "--stats-samples", "4"]) == 0
+    run = tmp_path / "models" / "image" / "fold0"
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert (recipe["task"], recipe["level"], recipe["num_classes"]) == ("hpa-sc", "image", 19)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_train"] == 3 and summary["n_valid"] == 3  # the 6 fields, one sample each, on the cells' folds
+    assert "validation: macro AP " in capsys.readouterr().out
+
+    plain, blended = tmp_path / "plain", tmp_path / "blended"
+    common = ["--models", str(trained["models"]), "--input", str(trained["test"]), "--blend", "mean", "--field-weight", "0.5"]
+    assert load_script("predict").main([*common, "--out", str(plain), "--blend", "none"]) == 0
+    assert load_script("predict").main([*common, "--out", str(blended), "--image-models", str(tmp_path / "models" / "image")]) == 0
+    image = load_predictor(predict_cfg(trained, tmp_path / "unused", image_models=str(tmp_path / "models" / "image"))).image_model
+    for path in sorted((plain / "cell_scores").glob("*.csv")):
+        a, b = pd.read_csv(path), pd.read_csv(blended / "cell_scores" / path.name)
+        field = image.predict([read_field(trained["test"], path.stem, image.task.channels)])[0]
+        cells = a[[f"p{k}" for k in range(18)]].to_numpy()
+        # blend mean, weight 0.5: each cell is halfway to the image model's score of its field (Negative raised after)
+        np.testing.assert_allclose(b[[f"p{k}" for k in range(18)]].to_numpy(), 0.5 * cells + 0.5 * field[None, :18], atol=2e-5)
+    with pytest.raises(SystemExit):
+        load_script("predict").main([*common, "--out", str(tmp_path / "x"), "--image-models", str(trained["models"])])
+    assert "not an image-level run of task hpa-sc" in capsys.readouterr().err

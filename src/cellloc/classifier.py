@@ -99,14 +99,10 @@ class Recipe:
         return recipe
 
 
-class Classifier(nn.Module):
-    """A backbone and its recipe. ``forward`` takes preprocessed ``(N, C, S, S)`` tensors and returns logits."""
+class RecipeFacts:
+    """What a model's ``recipe`` says of it, for :class:`Classifier` and :class:`Ensemble` alike."""
 
-    def __init__(self, net: nn.Module, recipe: Recipe) -> None:
-        super().__init__()
-        self.net = net
-        self.recipe = recipe
-        self.view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
+    recipe: Recipe
 
     @property
     def task(self) -> Task:
@@ -119,6 +115,16 @@ class Classifier(nn.Module):
     @property
     def kind(self) -> str:
         return self.recipe.kind
+
+
+class Classifier(nn.Module, RecipeFacts):
+    """A backbone and its recipe. ``forward`` takes preprocessed ``(N, C, S, S)`` tensors and returns logits."""
+
+    def __init__(self, net: nn.Module, recipe: Recipe) -> None:
+        super().__init__()
+        self.net = net
+        self.recipe = recipe
+        self.view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -174,7 +180,7 @@ def save_untrained(fold_dir: str | Path, recipe: Recipe, seed: int = 0) -> Path:
 
 
 @dataclass
-class Ensemble:
+class Ensemble(RecipeFacts):
     """Several classifiers of one task and input recipe (e.g. the K folds), averaged: the same interface."""
 
     members: list[Classifier]
@@ -191,20 +197,8 @@ class Ensemble:
                                  f"({r.task}/{r.level}/{r.input.get('kind')} vs {first.task}/{first.level}/{first.input.get('kind')})")
 
     @property
-    def recipe(self) -> Recipe:
+    def recipe(self) -> Recipe:  # type: ignore[override]
         return self.members[0].recipe
-
-    @property
-    def task(self) -> Task:
-        return self.members[0].task
-
-    @property
-    def num_classes(self) -> int:
-        return self.members[0].num_classes
-
-    @property
-    def kind(self) -> str:
-        return self.members[0].kind
 
     def predict(self, samples: Sequence[np.ndarray | str | Path], tta: int = 1, batch_size: int = 64,
                 num_workers: int = 0, amp: bool = True) -> np.ndarray:
