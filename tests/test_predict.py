@@ -7,6 +7,7 @@ not the score.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -223,31 +224,67 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
 
 
 def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp_path, capsys):
-    """HPA single-cell image model: whole fields with the cells table's folds, then predict --image-models."""
+    """HPA single-cell image model: whole fields with the cells table's folds, then predict --blend image."""
     fields = trained["root"] / "train_data" / "train"
     assert load_script("train").main([
         "--level", "image", "--folds-csv", str(trained["seg"] / "folds.csv"), "--input", str(fields),
         "--out-dir", str(tmp_path / "models"), "--run-name", "image", "--model", "efficientnet-b0", "--pretrained", "none",
         "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
         "--stats-samples", "4"]) == 0
-    run = tmp_path / "models" / "image" / "fold0"
-    recipe = json.loads((run / "recipe.json").read_text())
+    image_run = tmp_path / "models" / "image"
+    recipe = json.loads((image_run / "fold0" / "recipe.json").read_text())
     assert (recipe["task"], recipe["level"], recipe["num_classes"]) == ("hpa-sc", "image", 19)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((image_run / "fold0" / "summary.json").read_text())
     assert summary["n_train"] == 3 and summary["n_valid"] == 3  # the 6 fields, one sample each, on the cells' folds
     assert "validation: macro AP " in capsys.readouterr().out
 
-    plain, blended = tmp_path / "plain", tmp_path / "blended"
-    common = ["--models", str(trained["models"]), "--input", str(trained["test"]), "--blend", "mean", "--field-weight", "0.5"]
-    assert load_script("predict").main([*common, "--out", str(plain), "--blend", "none"]) == 0
-    assert load_script("predict").main([*common, "--out", str(blended), "--image-models", str(tmp_path / "models" / "image")]) == 0
-    image = load_predictor(predict_cfg(trained, tmp_path / "unused", image_models=str(tmp_path / "models" / "image"))).image_model
-    for path in sorted((plain / "cell_scores").glob("*.csv")):
-        a, b = pd.read_csv(path), pd.read_csv(blended / "cell_scores" / path.name)
-        field = image.predict([read_field(trained["test"], path.stem, image.task.channels)])[0]
-        cells = a[[f"p{k}" for k in range(18)]].to_numpy()
-        # blend mean, weight 0.5: each cell is halfway to the image model's score of its field (Negative raised after)
-        np.testing.assert_allclose(b[[f"p{k}" for k in range(18)]].to_numpy(), 0.5 * cells + 0.5 * field[None, :18], atol=2e-5)
-    with pytest.raises(SystemExit):
-        load_script("predict").main([*common, "--out", str(tmp_path / "x"), "--image-models", str(trained["models"])])
-    assert "not an image-level run of task hpa-sc" in capsys.readouterr().err
+    runs = {"none": ["--blend", "none"], "product": [], "image": ["--blend", "image", "--image-models", str(image_run)],
+            "image_mean": ["--blend", "image_mean", "--field-weight", "0.5", "--image-models", str(image_run)]}
+    for name, extra in runs.items():
+        assert load_script("predict").main(["--models", str(trained["models"]), "--input", str(trained["test"]),
+                                            "--out", str(tmp_path / name), *extra]) == 0
+    image = load_predictor(predict_cfg(trained, tmp_path / "unused", image_models=str(image_run))).image_model
+    p = [f"p{k}" for k in range(18)]  # Negative (18) is raised after blending
+    changed = 0
+    for path in sorted((tmp_path / "none" / "cell_scores").glob("*.csv")):
+        cells = pd.read_csv(path)[p].to_numpy()
+        field = image.predict([read_field(trained["test"], path.stem, image.task.channels)])[0][None, :18]
+        scores = {name: pd.read_csv(tmp_path / name / "cell_scores" / path.name)[p].to_numpy() for name in runs}
+        # the image model's score of the field is what each cell is blended with: cell x image, or halfway to it
+        np.testing.assert_allclose(scores["image"] ** 2, cells * field, atol=2e-5)  # squared: the files hold 5 decimals
+        np.testing.assert_allclose(scores["image_mean"], 0.5 * cells + 0.5 * field, atol=2e-5)
+        changed += int(np.abs(scores["image"] - scores["product"]).max() > 1e-3)  # not the mean-cell blend
+    assert changed == N_TEST
+    assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
+    assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "product" / "submission.csv").read_bytes()
+
+    common = ["--models", str(trained["models"]), "--input", str(trained["test"]), "--out", str(tmp_path / "x")]
+    for argv, message in [(["--image-models", str(trained["models"])], "not an image-level run of task hpa-sc"),
+                          (["--blend", "image"], "--blend image blends each cell with an image-level model's field score"),
+                          (["--blend", "mean", "--image-models", str(image_run)], "is read by --blend image or image_mean")]:
+        with pytest.raises(SystemExit) as stop:
+            load_script("predict").main([*common, *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("executor", ["process", pytest.param("dask", marks=pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None, reason='the dask executor needs pip install -e ".[distributed]"'))])
+def test_every_executor_writes_the_same_bytes_and_the_same_failure_row(trained, tmp_path, executor):
+    test = tmp_path / "test"
+    shutil.copytree(trained["test"], test)
+    bad = list_fields(test, ("red", "green", "blue", "yellow")).ids[1]
+    (test / f"{bad}_green.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    predict = load_script("predict")
+    common = ["--input", str(test), "--models", str(trained["models"])]
+    assert predict.main([*common, "--out", str(tmp_path / "serial")]) == 1
+    assert predict.main([*common, "--out", str(tmp_path / executor), "--executor", executor, "--workers", "2"]) == 1
+
+    def outputs(out: Path) -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name != "predict_config.json" and not p.name.startswith(".")}
+
+    serial = outputs(tmp_path / "serial")
+    assert outputs(tmp_path / executor) == serial
+    assert serial["predict_failures.csv"].decode().splitlines()[1].startswith(f"{bad},")
+    assert {k for k in serial if k.startswith("cell_scores/")} == {f"cell_scores/{i}.csv" for i in
+                                                                   list_fields(test, ("red", "green", "blue", "yellow")).ids if i != bad}
