@@ -5,10 +5,12 @@ Quality, not speed: for each seed, a cell model (as the demo trains it) and an i
 folds) are trained on fold 0 of the demo's data, then the held-out test fields are predicted four
 ways and scored with the competition metric against the per-cell truth:
 
-- ``none``: the cell model alone;
-- ``mean_cell``: ``sqrt(cell x field)`` with the field's area-weighted mean cell score (today's default);
-- ``image_product``: ``sqrt(cell x field)`` with the image model's score of the whole field;
-- ``image_mean``: ``0.7 cell + 0.3 field`` with the image model's score.
+- ``none`` (``--blend none``): the cell model alone;
+- ``mean_cell`` (``--blend product``, the default): ``sqrt(cell x field)`` with the field's
+  area-weighted mean cell score;
+- ``image`` (``--blend image --image-models``): ``sqrt(cell x field)`` with the image model's score
+  of the whole field (the winning solutions' cell x image);
+- ``image_mean`` (``--blend image_mean``): ``0.7 cell + 0.3 field`` with the image model's score.
 
 It also scores the two field scores themselves at field level (macro AP of each test field's
 score against its true classes), which says why a blend helps or not. Run after the demo
@@ -17,7 +19,7 @@ score against its true classes), which says why a blend helps or not. Run after 
 when present, so a rerun only scores.
 
     python bench/check_image_blend.py                        # seeds 42 43 44, the demo's scale
-    python bench/check_image_blend.py --seeds 42 --image-epochs 6
+    python bench/check_image_blend.py --seeds 42 --image-epochs 6 --image-model efficientnet-b2 --image-size 256
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from cellloc.tasks import get_task  # noqa: E402
 VARIANTS = {
     "none": ["--blend", "none"],
     "mean_cell": ["--blend", "product"],
-    "image_product": ["--blend", "product", "--image-models", "{image}"],
-    "image_mean": ["--blend", "mean", "--field-weight", "0.3", "--image-models", "{image}"],
+    "image": ["--blend", "image", "--image-models", "{image}"],
+    "image_mean": ["--blend", "image_mean", "--field-weight", "0.3", "--image-models", "{image}"],
 }
 
 
@@ -85,7 +87,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--cell-epochs", type=int, default=3, help="the demo's")
     ap.add_argument("--crop-size", type=int, default=64, help="the demo's cell model input")
-    ap.add_argument("--image-size", type=int, default=256, help="image model input: the 512 px field resized")
+    ap.add_argument("--image-model", default="efficientnet-b0", help="image model backbone (B0: what 2 shared CPU cores train)")
+    ap.add_argument("--image-size", type=int, default=128, help="image model input: the 512 px field resized")
     ap.add_argument("--image-epochs", type=int, default=12)
     a = ap.parse_args()
     test, truth = REPO / "input/synth_test/test", REPO / "input/synth_test/truth"
@@ -95,8 +98,9 @@ def main() -> None:
         cell, image = f"blend_cell_s{seed}", f"blend_image_s{seed}"
         train(cell, ["--epochs", str(a.cell_epochs), "--image-size", str(a.crop_size), "--seed", str(seed)])
         # every epoch is kept until the last; the best by validation macro AP (8 fields) is the model
-        train(image, ["--level", "image", "--image-size", str(a.image_size), "--epochs", str(a.image_epochs),
-                      "--batch-size", "8", "--monitor", "macro_ap", "--patience", str(a.image_epochs), "--seed", str(seed)])
+        train(image, ["--level", "image", "--model", a.image_model, "--image-size", str(a.image_size),
+                      "--epochs", str(a.image_epochs), "--batch-size", "8", "--monitor", "macro_ap",
+                      "--patience", str(a.image_epochs), "--seed", str(seed), "--num-workers", "0", "--cache-mb", "256"])
         summary = pd.read_json(REPO / "models" / image / "fold0" / "summary.json", typ="series")
         row = {"seed": seed, "image_val_ap": summary["metrics"]["macro_ap"]}
         for name, extra in VARIANTS.items():

@@ -257,6 +257,11 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
     assert changed == N_TEST
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
     assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "product" / "submission.csv").read_bytes()
+    # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
+    assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
+                                        "--out", str(tmp_path / "again")]) == 0
+    for name in ["submission.csv", *(f"cell_scores/{p.name}" for p in (tmp_path / "image" / "cell_scores").glob("*.csv"))]:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "image" / name).read_bytes()
 
     common = ["--models", str(trained["models"]), "--input", str(trained["test"]), "--out", str(tmp_path / "x")]
     for argv, message in [(["--image-models", str(trained["models"])], "not an image-level run of task hpa-sc"),
