@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import cv2
 import numpy as np
 import pytest
 
@@ -242,3 +245,36 @@ def test_sha256_file_reads_in_chunks(tmp_path):
     path = tmp_path / "best.pt"
     path.write_bytes(b"abc" * 1000)
     assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_a_truncated_png_is_one_line_without_opencv_log_noise(tmp_path):
+    """OpenCV logs '[ WARN:0@..] ... buffer is incomplete' on stderr beside our one line unless told not to."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "a_red.png"
+    cv2.imwrite(str(good), np.full((32, 32), 7, np.uint8))
+    (tmp_path / "b_red.png").write_bytes(good.read_bytes()[:60])
+    code = ("import sys\nfrom cellloc.errors import InputError\nfrom cellloc.fieldio import read_channel\n"
+            "try:\n    read_channel(sys.argv[1])\nexcept InputError as e:\n    print('error:', e, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b_red.png")], capture_output=True, text=True, env=env)
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'b_red.png'}: cannot decode image (corrupt or truncated file?)"]
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch, ext):
+    """A small compressed file may declare a huge image (an 875 KB PNG of zeros is 30000 x 30000):
+    the header's size is checked before any pixel is decoded."""
+    from cellloc.fieldio import read_channel
+
+    path = tmp_path / f"a_red{ext}"
+    cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))
+    assert read_channel(path).shape == (300, 400)
+    monkeypatch.setenv("CELLLOC_MAX_PIXELS", str(300 * 400 - 1))
+    with pytest.raises(InputError) as err:
+        read_channel(path)
+    assert str(err.value) == f"{path}: 400 x 300 pixels, over the limit of 119,999 per image (set CELLLOC_MAX_PIXELS to allow more)"
+    monkeypatch.setenv("CELLLOC_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match=r"\$CELLLOC_MAX_PIXELS: expected a whole number of pixels, got 'lots'"):
+        read_channel(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import subprocess
 import sys
 
@@ -10,12 +12,15 @@ import pandas as pd
 import pytest
 
 from cellloc.cells import cell_table, crop_cell
+from cellloc.errors import InputError
 from cellloc.fieldio import write_png
 from cellloc.metrics import segmentation_scores
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.segmentation.postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
 from cellloc.synth import SynthConfig, generate_field
 from conftest import REPO, SHARED
+from test_run_state import hold_lock
 
 
 def test_label_helpers_on_tiny_arrays():
@@ -287,3 +292,83 @@ def test_score_cli_on_real_nuclei():
     assert r.returncode == 0, r.stderr
     ap = float(r.stdout.strip().splitlines()[-1].split()[0].split("=")[1])
     assert ap > 0.6
+
+
+# --------------------------------------------------------------------------- reruns, locks, the environment
+
+
+def seg_cfg(synth_dataset, out, **kw) -> SegmentRunConfig:
+    return SegmentRunConfig(**{"input": str(synth_dataset / "train"), "out": str(out), "crop_size": 32, "limit": 1, **kw})
+
+
+def test_segment_rerun_with_other_crop_settings_stops_saying_what_changed(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    first = run_segmentation(seg_cfg(synth_dataset, out))
+    assert first.done == 1 and not first.start.resuming
+    crop = np.load(out / first.cells["crop"].iloc[0])
+    with pytest.raises(InputError) as err:
+        run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, crop_mask="none"))
+    msg = str(err.value)
+    assert msg.startswith(f"{out}: its segment outputs were made with other settings (crop_mask: \"cell\" -> \"none\"; "
+                          "crop_size: 32 -> 48); add --overwrite to start over") and "another --out" in msg
+    assert json.loads((out / "segment_config.json").read_text())["crop_size"] == 32  # the record still says 32
+    again = run_segmentation(seg_cfg(synth_dataset, out, workers=2))  # how fast it runs is not a setting
+    assert again.start.resuming and again.skipped == 1 and again.done == 0
+    over = run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, overwrite=True))
+    assert over.done == 1 and np.load(out / over.cells["crop"].iloc[0]).shape[:2] == (48, 48)
+    aside = over.start.moved_aside
+    np.testing.assert_array_equal(np.load(aside / first.cells["crop"].iloc[0]), crop)  # the old run, intact
+    assert "overwrite" not in json.loads((out / "segment_config.json").read_text())  # never re-run from the file
+
+
+def test_segment_outputs_from_before_manifests_are_not_resumed_over(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    run_segmentation(seg_cfg(synth_dataset, out))
+    (out / "segment_manifest.json").unlink()
+    with pytest.raises(InputError, match="holds segment outputs .* with no record of their settings"):
+        run_segmentation(seg_cfg(synth_dataset, out))
+
+
+def test_two_segment_runs_on_one_folder(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(InputError, match=rf"another run is writing to this folder \(pid {holder.pid}\)"):
+            run_segmentation(seg_cfg(synth_dataset, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_segmentation(seg_cfg(synth_dataset, out)).done == 1  # a killed holder blocks nothing
+
+
+def test_a_full_disk_stops_the_run_instead_of_failing_every_field(synth_dataset, tmp_path, monkeypatch):
+    import cellloc.runs.segment as seg_run
+
+    def full(path, arr):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(seg_run, "write_npy", full)
+    with pytest.raises(OSError) as err:
+        run_segmentation(seg_cfg(synth_dataset, tmp_path / "seg"))
+    assert err.value.errno == errno.ENOSPC and "crops" in err.value.filename
+
+
+def test_segment_into_an_unwritable_place_is_one_line(synth_dataset, tmp_path):
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    r = run("src/segment.py", "--input", synth_dataset / "train", "--out", tmp_path / "blocked" / "seg", "--limit", "1")
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert r.returncode == 2 and errors == [r.stderr.splitlines()[-1]] and errors[0].startswith("error: ")
+    assert str(tmp_path / "blocked") in errors[0] and "Traceback" not in r.stderr
+
+
+def test_segment_warns_about_fields_missing_from_the_labels(synth_dataset, tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    ids = sorted({p.name.rsplit("_", 1)[0] for p in (synth_dataset / "train").glob("*_red.png")})[:2]
+    for image_id in ids:
+        for p in (synth_dataset / "train").glob(f"{image_id}_*.png"):
+            (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "train.csv").write_text(f"ID,Label\n{ids[0]},1\n")
+    r = run("src/segment.py", "--input", folder, "--out", tmp_path / "seg", "--crop-size", "16")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: 1 field(s) have no row in {folder / 'train.csv'} ({ids[1]}): their cells get an empty Label" in r.stderr

@@ -132,10 +132,18 @@ def expand_to_fields(samples: pd.DataFrame, layout: str, folder: str | Path, cha
     """One row per field of each sample (``field_id`` added): RxRx1 has two sites per well, HPA one field per ID.
 
     Fields are found in ``folder`` through the layout; a sample without any field there is an
-    error naming how many are missing and the first one.
+    error naming how many are missing and the first one, and so is a field of a sample that
+    lacks a channel file (RxRx1's other site would otherwise stand for the well, silently).
     """
     lay = LAYOUTS[layout]
     listing = lay.list_fields(folder, channels)
+    wanted = set(samples["ID"])
+    broken = [(i, m) for i, m in listing.incomplete.items() if lay.sample_of(i) in wanted]
+    if broken:
+        (field_id, lacks), more = broken[0], len(broken) - 1
+        raise InputError(f"{folder}: field {field_id} of sample {lay.sample_of(field_id)!r} lacks channel file(s) "
+                         f"{', '.join(lacks)}{f' (and {more} more field(s))' if more else ''}; restore them, or drop "
+                         "the sample from the folds table")
     by_sample: dict[str, list[str]] = {}
     for field_id in listing.ids:
         by_sample.setdefault(lay.sample_of(field_id), []).append(field_id)

@@ -36,10 +36,50 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 # --------------------------------------------------------------------------- images
 
 
+MAX_PIXELS_ENV = "CELLLOC_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 16384 * 16384  # 5x the largest HPA field side (3072) squared; 512 MiB at uint16
+
+
+def max_pixels() -> int:
+    """Pixels one channel image may hold (width x height): ``$CELLLOC_MAX_PIXELS`` or 16384^2."""
+    try:
+        return max(1, int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)))
+    except ValueError:
+        raise InputError(f"${MAX_PIXELS_ENV}: expected a whole number of pixels, got "
+                         f"{os.environ[MAX_PIXELS_ENV]!r}") from None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, without decoding it; None when not read.
+
+    PNG from its IHDR chunk; TIFF and JPEG from Pillow's header parse (lazy: no pixels).
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return None
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode PNG/TIFF/JPEG bytes to an array with the file's own bit depth."""
+    """Decode PNG/TIFF/JPEG bytes to an array with the file's own bit depth.
+
+    The size in the header is checked first: a small compressed file can declare a huge image
+    (an 875 KB PNG of zeros decodes to 30000 x 30000 = 900 MB), so one over :func:`max_pixels`
+    is refused before any pixel is decoded.
+    """
     if not data:
         raise InputError(f"{name}: file is empty")
+    size, limit = image_size(data), max_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise InputError(f"{name}: {size[0]} x {size[1]} pixels, over the limit of {limit:,} per image "
+                         f"(set {MAX_PIXELS_ENV} to allow more)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"{name}: cannot decode image (corrupt or truncated file?)")

@@ -371,7 +371,7 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int]] | Mapping
 
 def _submission_rows(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'is a folder, not a CSV file' if path.is_dir() else 'file not found'}")
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         return [(i + 1, r) for i, r in enumerate(csv.reader(fh))]
 

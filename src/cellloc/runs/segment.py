@@ -11,12 +11,18 @@ Outputs under ``out``:
     segment_config.json
 
 A field is done when its ``cells/{ID}.csv`` exists (written last, atomically), so a killed run
-loses nothing and a rerun skips finished fields.
+loses nothing and a rerun skips finished fields. ``segment_manifest.json`` records the settings
+the finished fields were made with (:mod:`cellloc.run_state`): a rerun with other settings
+(another ``--crop-size``, backend, labels file, ...) stops with one line saying what changed,
+instead of keeping crops that no longer match; ``--overwrite`` moves the old outputs aside and
+starts over. The folder is locked while a run writes to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -29,10 +35,11 @@ import pandas as pd
 from ..cells import MASK_MODES, cell_table, crop_cells
 from ..config import opt, save_config
 from ..errors import InputError
-from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, sha256_file, write_csv, write_mask, write_npy, write_png
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
-from ..runtime import RUNTIMES, threads_for
+from ..run_state import RunStart, ensure_same_settings, folder_lock
+from ..runtime import RUNTIMES, require_runtime, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
@@ -65,6 +72,7 @@ class SegmentRunConfig(ExecutorOptions):
     cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
     resume: bool = opt(True, "skip fields already done")
+    overwrite: bool = opt(False, "start over: move this folder's segmentation outputs to <out>.replaced-<time> first", saved=False)
 
     def __post_init__(self) -> None:
         if self.crop_size < 8:
@@ -146,6 +154,53 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame | None = None
     seconds: float = 0.0
+    start: RunStart | None = None  # resumed, or started over (and where the old outputs went)
+    unlabelled: list[str] = field(default_factory=list)  # fields the labels CSV has no row for
+
+
+# Everything a segmentation run writes in its output folder (what --overwrite moves aside).
+SEGMENT_OUTPUTS = ("masks", "overlays", "crops", "cells", "cells.csv", "failures.csv", "segment_config.json")
+
+
+def _file_identity(path: Path | None) -> str:
+    """A file's SHA-256 ("" for none): what the run's rows were made from."""
+    return sha256_file(path) if path is not None and path.is_file() else ""
+
+
+def run_settings(cfg: SegmentRunConfig) -> dict:
+    """What the results of a segmentation run depend on: compared with the manifest of finished work.
+
+    Not in it: how fast or where the work runs (workers, batch size, device, runtime), ``--limit``,
+    ``--resume``, and which extra files a field gets (``--overlay``, ``--mask-format``): fields
+    with and without them can live side by side. The labels and truth files count by content,
+    the HPA weight files by name and size.
+    """
+    seg = dataclasses.asdict(cfg.segment_config())
+    for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
+        seg.pop(key)
+    truth = cfg.truth_dir()
+    settings = {
+        "task": cfg.task, "input": os.path.normpath(cfg.input), "segment": seg,
+        "crop_size": cfg.crop_size, "crop_mask": cfg.crop_mask,
+        "labels_sha256": _file_identity(cfg.labels_path()), "truth_sha256": _file_identity(truth / "cells.csv" if truth else None),
+    }
+    if cfg.backend == "hpa":
+        from ..segmentation.weights import CELL_MODELS, NUCLEI_MODEL, weights_folder
+
+        folder = weights_folder(cfg.weights_dir or None)
+        settings["hpa_weights"] = {name: (folder / name).stat().st_size if (folder / name).is_file() else None
+                                   for name in (NUCLEI_MODEL, CELL_MODELS[cfg.cell_model])}
+    return settings
+
+
+def _stops_the_run(exc: BaseException, out: Path) -> bool:
+    """An OS error about the output (a full disk, a folder that cannot be written), not about one field."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    named = exc.filename
+    return named is not None and Path(os.path.abspath(named)).is_relative_to(os.path.abspath(out))
 
 
 # ----------------------------------------------------------------------------- per field
@@ -214,7 +269,9 @@ class FieldWorker:
             return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
         except InputError as exc:
             return FieldResult(image_id, error=str(exc))
-        except Exception as exc:  # one bad field must not stop a 20k-field run
+        except Exception as exc:  # one bad field must not stop a 20k-field run; a full disk must
+            if _stops_the_run(exc, self.out):
+                raise
             return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
 
     def run_batch(self, ids: list[str]) -> list[FieldResult]:
@@ -238,6 +295,8 @@ class FieldWorker:
                 try:
                     results[i] = FieldResult(i, self.finish(i, images[i], *outs[k]), seconds=time.perf_counter() - t0)
                 except Exception as exc:
+                    if _stops_the_run(exc, self.out):
+                        raise
                     results[i] = FieldResult(i, error=f"{type(exc).__name__}: {exc}")
         return [results[i] for i in ids]
 
@@ -267,22 +326,35 @@ def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[
 
 
 def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Segment the fields of ``cfg.input``; return what was done, skipped and failed."""
-    t0 = time.perf_counter()
+    """Segment the fields of ``cfg.input``; return what was done, skipped and failed.
+
+    Holds the output folder's lock throughout; stops before any work (:class:`InputError`) when
+    the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set,
+    or when ``cfg.runtime``'s package is missing.
+    """
+    require_runtime(cfg.runtime)
     out = cfg.out_dir()
+    with folder_lock(out):
+        return _run_segmentation(cfg, out, progress)
+
+
+def _run_segmentation(cfg: SegmentRunConfig, out: Path, progress: Callable[[int], None] | None) -> RunSummary:
+    t0 = time.perf_counter()
     ids, failed, _ = plan(cfg)
     labels_path = cfg.labels_path()
     image_labels = {}
+    unlabelled: list[str] = []
     if labels_path is not None:
         df = read_task_labels(labels_path, cfg.task_record)
         image_labels = dict(zip(df["ID"], df["Label"]))
+        unlabelled = [i for i in ids if cfg.layout.sample_of(i) not in image_labels]
     truth_dir = cfg.truth_dir()
     truth_cells = read_csv(truth_dir / "cells.csv", ("ID", "cell_id", "Label")) if truth_dir else None
+    start = ensure_same_settings(out, run_settings(cfg), cfg.overwrite, tool="segment", outputs=SEGMENT_OUTPUTS)
     todo = [i for i in ids if not (cfg.resume and (out / "cells" / f"{i}.csv").exists())]
-    summary = RunSummary(skipped=len(ids) - len(todo))
+    summary = RunSummary(skipped=len(ids) - len(todo), start=start, unlabelled=unlabelled)
     if progress and summary.skipped:
         progress(summary.skipped)
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "segment_config.json")
     for res in _results(cfg, todo, image_labels, truth_cells):
         if res.error:
