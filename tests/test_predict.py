@@ -18,6 +18,7 @@ import pytest
 
 from cellloc.classifier import fold_dirs
 from cellloc.config import save_config
+from cellloc.data import load_crop
 from cellloc.errors import InputError
 from cellloc.fieldio import list_fields, read_field, read_mask
 from cellloc.generators import write_dataset
@@ -107,7 +108,7 @@ def test_test_crops_are_the_training_crops(trained):
     rows = cells_table[cells_table["ID"] == image_id]
     assert table["cell_id"].tolist() == rows["cell_id"].tolist()
     for crop, (_, row) in zip(crops, rows.iterrows()):
-        np.testing.assert_array_equal(crop, np.load(seg_out / row["crop"]))
+        np.testing.assert_array_equal(crop, load_crop(seg_out / row["crop"]))
 
 
 @pytest.mark.parametrize("mask_format", ["png", "npz"])

@@ -46,11 +46,12 @@ from ..registry import Registry
 from ..run_state import RunStart, ensure_same_settings, folder_lock
 from ..runtime import RUNTIMES
 from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.scale import segment_with_scale
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
-from .segment import SegmentRunConfig
+from .segment import SegmentRunConfig, file_pixel_size
 from .train import default_run_name
 
 Progress = Callable[[int], None]
@@ -305,7 +306,8 @@ class PredictWorker:
             if self.segmenter is None:
                 cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
             else:
-                cells, nuclei = self.segmenter.segment(image)
+                file_um = file_pixel_size(self.layout, cfg.input, image_id, self.predictor.segment)
+                cells, nuclei, _ = segment_with_scale(self.segmenter, self.predictor.segment, image, file_um)  # as segment.py
             result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, self.options)
         except InputError as exc:
             return FieldPrediction(image_id, error=str(exc))
