@@ -3,7 +3,8 @@
 Cell models (HPA single-cell): one field at a time (never all masks in memory), segmented and
 cropped exactly as the training crops were (the segmentation recorded in the model's recipe),
 scored by every fold (:func:`cellloc.pipeline.field_scores`), blended with the field's mean cell
-score or an image-level model's score of the whole field (``--image-models``), Negative raised.
+score or, with ``--blend image --image-models RUN``, an image-level model's score of the whole field,
+Negative raised.
 Per-cell scores go to ``cell_scores/{ID}.csv`` and the field's row is appended by the resumable
 :class:`~cellloc.submission.SubmissionWriter`, so a killed run continues where it stopped and the
 submission file appears, complete, only at the end.
@@ -35,13 +36,13 @@ import numpy as np
 import pandas as pd
 
 from ..cells import MASK_MODES
-from ..classifier import Ensemble, load_ensemble
+from ..classifier import Ensemble, load_ensemble, load_image_partner
 from ..config import load_config, opt, save_config
 from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
+from ..pipeline import BLENDS, FieldOptions, check_image_blend, encode_prediction, field_scores
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
@@ -73,14 +74,14 @@ class PredictConfig(ExecutorOptions):
                                  "sample_submission.csv beside the input folder, when there is one; 'none': every field)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
     image_models: str = opt("", "cell models: an image-level run of the same task whose score of the whole field is "
-                            "blended with each cell's (default: the field's mean cell score)")
+                            "blended with each cell's (--blend image or image_mean)")
     masks: str = opt("", "reuse {ID}_cell_mask.png/.npz from this folder (e.g. output/<name>/masks); else segment")
     segment_config: str = opt("", "a segment_config.json to segment with (default: the segmentation in the model's recipe)")
     backend: str = opt("", "segmentation backend (default: the one that made the training crops)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
-    blend: str = opt("product", "mix cell scores with the field score: product sqrt(cell * field), mean, or none",
-                     choices=list(BLEND_MODES))
-    field_weight: float = opt(0.3, "weight of the field score for --blend mean")
+    blend: str = opt("", "mix cell scores with the field score: " + "; ".join(f"{n}: {b.help}" for n, b in BLENDS.items())
+                     + " (default: image with --image-models, else product)", choices=["", *BLENDS])
+    field_weight: float = opt(0.3, "weight w of the field score for --blend mean and image_mean")
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
     plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
                                  "to one well (linear assignment on the scores) instead of each well's own argmax")
@@ -108,6 +109,8 @@ class PredictConfig(ExecutorOptions):
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
         self.check_executor()
+        if not self.blend:
+            self.blend = "image" if self.image_models else "product"
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -158,13 +161,10 @@ def load_predictor(cfg: PredictConfig) -> Predictor:
     model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
+    if model.recipe.level == "cell":
+        check_image_blend(cfg.blend, bool(cfg.image_models))
     if cfg.image_models:
-        if model.recipe.level != "cell":
-            raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
-        image_model = load_ensemble(cfg.image_models, (), cfg.device, cfg.runtime)
-        if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
-            raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
-                             f"({image_model.recipe.level}-level, task {image_model.task.name})")
+        image_model = load_image_partner(cfg.image_models, model, cfg.models, cfg.device, cfg.runtime)
     segment = None
     if model.recipe.level == "cell":
         segment = _segmentation(cfg, model)

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..classifier import RECIPE_FILE, TTA_CHOICES, Recipe, load_classifier
 from ..config import load_config, opt, save_config
@@ -81,7 +81,7 @@ from ..fieldio import dataset_root, multihot, write_csv, write_json
 from ..layouts import LAYOUTS
 from ..losses import LOSSES, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
-from ..models import PRETRAINED_CHOICES, create_model, model_names
+from ..models import PRETRAINED_CHOICES, create_model, model_names, recalibrate_batchnorm
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import NORMALISATIONS, field_normaliser
@@ -165,6 +165,9 @@ class TrainConfig:
     monitor: str = opt("loss", "what picks the best epoch and stops early: loss or a metric of the task's kind "
                        "(macro_ap, macro_f1; accuracy, top5_accuracy, ...)")
     patience: int = opt(3, "epochs without improvement before stopping")
+    bn_recalibrate: int = opt(2048, "before each validation, BatchNorm statistics are recomputed with the current weights "
+                              "over this many training samples (unaugmented; 0: keep the running averages, which lag "
+                              "the weights and make a short run answer every input alike)")
     grad_accum: int = opt(1, "gradient accumulation steps")
     clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
     aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
@@ -246,6 +249,7 @@ class TrainConfig:
         need(self.monitor in monitors, f"monitor must be one of {', '.join(monitors)} for {task.kind} task {task.name}, "
                                        f"got {self.monitor!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
         need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
@@ -606,6 +610,32 @@ class RunRecorder(Callback):
         save_plain(state, self.run_dir / "last.pt")
 
 
+class BatchNormRecalibration(Callback):
+    """Before each validation, BatchNorm statistics recomputed with the current weights
+    (:func:`cellloc.models.recalibrate_batchnorm`) over a fixed, seeded pick of training samples.
+
+    The validation scores, the early-stopping choice and the saved ``best.pt`` then all describe
+    the weights as they are, not the lagging running averages. Runs where tez runs callbacks (the
+    local main process); under DDP the other ranks receive its buffers with the next forward.
+    """
+
+    def __init__(self, dataset: SampleDataset, samples: int, batch_size: int, seed: int, num_workers: int = 0) -> None:
+        n = len(dataset)
+        pick = np.sort(np.random.default_rng([seed, 2]).choice(n, size=min(samples, n), replace=False))
+        self.dataset, self.indices, self.batch_size = dataset, pick.tolist(), max(2, batch_size)
+        self.num_workers = num_workers
+
+    def on_valid_epoch_start(self, tez_trainer, **kwargs) -> None:
+        module = tez_trainer.unwrapped()
+        net = getattr(module, "net", module)
+        device = next(net.parameters()).device
+        loader = DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers)
+        batches = (b["image"].to(device) for b in loader if len(b["image"]) >= 2)  # batch norm needs 2 samples
+        recalibrate_batchnorm(net, batches)
+        net.eval()  # tez sets eval right after the callbacks; so does this, whatever the order
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -767,13 +797,15 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
             step_scheduler_after="batch",
             pin_memory=on_cuda,
         )
+        recalibrate = [BatchNormRecalibration(SampleDataset(sets.train_reader, None, view), cfg.bn_recalibrate,
+                                              2 * cfg.batch_size, cfg.seed, cfg.num_workers)] if cfg.bn_recalibrate else []
         trainer.fit(
             train_ds,
             valid_ds,
             config=tez_config,
             train_loader=train_loader,
             valid_loader=valid_loader,
-            callbacks=[early, recorder, *callbacks],
+            callbacks=[*recalibrate, early, recorder, *callbacks],
         )
         stopped = trainer.model_state.value == "end"
     trainer.wait_for_everyone()
