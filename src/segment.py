@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.runs.segment import SegmentRunConfig, plan, run_segmentation
+from cellloc.segmentation.scale import describe_pixel_sizes
 
 
 @exit_on_input_error
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
               "their cells get an empty Label, and gen_folds refuses them", file=sys.stderr)
     print(f"{out}: {summary.done} fields segmented, {summary.skipped} already done, {len(summary.failed)} failed; "
           f"{len(cells)} cells in {out / 'cells.csv'} ({summary.seconds:.1f}s)")
+    if summary.pixel_sizes:
+        print(describe_pixel_sizes(summary.pixel_sizes, "field"))
     if "TrueLabel" in cells and len(cells):
         matched = (cells["TrueLabel"] != "").mean()
         print(f"{matched:.1%} of segmented cells match a true cell at IoU >= 0.5")

@@ -220,6 +220,23 @@ def test_masks_round_trip_as_png_and_npz(tmp_path):
     assert find_mask(tmp_path, "nothing") is None
 
 
+def test_png_masks_encoded_for_labels_read_the_same_everywhere(tmp_path):
+    """Masks are PNGs encoded for labels (up filter, run-length deflate): faster and smaller than
+    the general encoding, and Pillow and OpenCV decode the same labels."""
+    from PIL import Image
+
+    from cellloc.fieldio import encode_png, write_mask
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, 65535, (40, 50)), 7, 0), 5, 1).astype(np.uint16)
+    write_mask(tmp_path / "m.png", labels)
+    data = (tmp_path / "m.png").read_bytes()
+    assert data != encode_png(labels)  # not the general encoding ...
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), labels)  # ... the same pixels
+    with Image.open(tmp_path / "m.png") as im:
+        np.testing.assert_array_equal(np.asarray(im).astype(np.uint16), labels)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"PK\x03\x04 broken zip", "not a readable .npz mask"),
     (None, "mask must be a 2-D integer array"),

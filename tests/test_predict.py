@@ -18,6 +18,7 @@ import pytest
 
 from cellloc.classifier import fold_dirs
 from cellloc.config import save_config
+from cellloc.data import load_crop
 from cellloc.errors import InputError
 from cellloc.fieldio import list_fields, read_field, read_mask
 from cellloc.generators import write_dataset
@@ -107,7 +108,7 @@ def test_test_crops_are_the_training_crops(trained):
     rows = cells_table[cells_table["ID"] == image_id]
     assert table["cell_id"].tolist() == rows["cell_id"].tolist()
     for crop, (_, row) in zip(crops, rows.iterrows()):
-        np.testing.assert_array_equal(crop, np.load(seg_out / row["crop"]))
+        np.testing.assert_array_equal(crop, load_crop(seg_out / row["crop"]))
 
 
 @pytest.mark.parametrize("mask_format", ["png", "npz"])
@@ -278,6 +279,22 @@ def test_two_predict_runs_on_one_output(trained, tmp_path):
         holder.kill()
         holder.wait()
     assert not (out / "submission.csv.partial").exists() and not (out / "predict_config.json").exists()
+
+
+def test_a_full_disk_stops_the_prediction_instead_of_failing_every_field(trained, tmp_path, monkeypatch):
+    import errno
+
+    import cellloc.runs.predict as predict_run
+
+    def full(path, df):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict_run, "write_csv", full)
+    cfg = predict_cfg(trained, tmp_path / "out", limit=2)
+    with pytest.raises(OSError) as err:
+        run_predict(cfg, load_predictor(cfg))
+    assert err.value.errno == errno.ENOSPC and "cell_scores" in err.value.filename
+    assert not (tmp_path / "out" / "submission.csv").exists()
 
 
 def test_predict_into_an_unwritable_place_is_one_line(trained, tmp_path, capsys):

@@ -75,6 +75,7 @@ def test_read_field_stacks_channels_in_the_order_asked(tmp_path):
     assert img[0, 0].tolist() == [12, 22, 32, 42, 52, 62]
     sub = rxrx1.read_field(tmp_path, "HUVEC-02_4_K10_s1", ("w5", "w1"))
     assert sub[0, 0].tolist() == [51, 11]
+    assert rxrx1.channel_file(tmp_path, "HUVEC-02_4_K10_s2", "w1") == tmp_path / "HUVEC-02" / "Plate4" / "K10_s2_w1.png"
 
 
 def test_read_field_names_the_missing_channel_file(tmp_path):

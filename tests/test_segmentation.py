@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from cellloc.cells import cell_table, crop_cell
+from cellloc.data import load_crop
 from cellloc.errors import InputError
 from cellloc.fieldio import write_png
 from cellloc.metrics import segmentation_scores
@@ -230,6 +232,88 @@ def test_crops_of_six_channel_fields_keep_every_channel():
         np.testing.assert_array_equal(crop[size // 2, size // 2], np.arange(6) * 40)
 
 
+def test_cell_table_and_crops_equal_the_whole_field_formulas():
+    """The per-box table and OpenCV's masked crops give exactly what the plain whole-field
+    formulas give (bincount sums, np.where masks), for 8- and 16-bit fields of 4 and 6 channels."""
+    rng = np.random.default_rng(5)
+    cells = np.zeros((120, 150), np.uint16)
+    for cid in range(1, 30):  # overlapping boxes, later ones on top; some ids vanish, some touch the border
+        y, x, h, w = rng.integers(0, 110), rng.integers(0, 140), rng.integers(3, 40), rng.integers(3, 40)
+        cells[y:y + h, x:x + w] = cid
+    nuclei = np.where(rng.random(cells.shape) < 0.3, cells, 0).astype(np.uint16)
+    ids = np.unique(cells[cells > 0])
+    for dtype, channels in ((np.uint8, 4), (np.uint16, 6)):
+        image = rng.integers(0, np.iinfo(dtype).max, (*cells.shape, channels), dtype=dtype)
+        names = [f"c{k}" for k in range(channels)]
+        t = cell_table(image, cells, nuclei, names)
+        flat = cells.ravel().astype(np.int64)
+        area = np.bincount(flat, minlength=ids.max() + 1)[ids]
+        yy, xx = np.indices(cells.shape)
+        assert t.cell_id.tolist() == ids.tolist() and t.area.tolist() == area.tolist()
+        np.testing.assert_array_equal(t.centroid_y, np.round(np.bincount(flat, yy.ravel())[ids] / area, 1))
+        np.testing.assert_array_equal(t.centroid_x, np.round(np.bincount(flat, xx.ravel())[ids] / area, 1))
+        assert t.nucleus_area.tolist() == np.bincount(flat, nuclei.ravel() > 0)[ids].astype(int).tolist()
+        for c, name in enumerate(names):  # the same float64 to the last bit
+            np.testing.assert_array_equal(t[f"mean_{name}"], np.round(np.bincount(flat, image[..., c].ravel().astype(np.float64))[ids] / area, 2))
+        for mode, keep in (("cell", lambda lab, cid: lab == cid), ("others", lambda lab, cid: (lab == 0) | (lab == cid))):
+            for r in t.itertuples():
+                bbox = (r.x0, r.y0, r.x1, r.y1)
+                reference = crop_cell(np.where(keep(cells, r.cell_id)[..., None], image, 0), cells, r.cell_id, bbox, 24, "none")
+                np.testing.assert_array_equal(crop_cell(image, cells, r.cell_id, bbox, 24, mode), reference)
+    assert cell_table(image, np.zeros_like(cells), nuclei, names).empty
+
+
+def test_take_channels_is_a_plain_channel_gather():
+    from cellloc.segmentation.classical import take_channels
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint8, np.uint16, np.float32, np.int32):
+        image = rng.integers(0, 200, (23, 31, 6)).astype(dtype)
+        for idx in ([2], [2, 0, 3], [5, 4, 3, 2, 1, 0], [0, 0]):
+            out = take_channels(image, idx)
+            assert out.dtype == dtype and out.flags.c_contiguous
+            np.testing.assert_array_equal(out, image[..., idx])
+        np.testing.assert_array_equal(take_channels(image[3:, 5:20], [1, 4]), image[3:, 5:20][..., [1, 4]])  # a view
+
+
+def test_segment_run_records_each_fields_pixel_size(tmp_path):
+    """No options: each field at its own scale, as score_segmentation does (the file's tags, else
+    the estimate from its nuclei, snapped to the width rule on HPA-like fields), recorded per row."""
+    from PIL import Image
+
+    from cellloc.fieldio import read_mask
+    from cellloc.segmentation.scale import describe_pixel_sizes, segment_with_scale
+
+    f = generate_field(SynthConfig(size=384, seed=0), 0)  # 163.84 um across: 0.4267 um/px
+    centre = f.image[96:288, 96:288]  # a quarter of it, at the same scale: the width rule would say 0.853
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for name, image in (("hpa", f.image), ("part", centre), ("tagged", centre)):
+        for c, channel in enumerate(("red", "green", "blue", "yellow")):
+            write_png(folder / f"{name}_{channel}.png", image[..., c])
+    Image.fromarray(centre[..., 2]).save(folder / "tagged_blue.png", dpi=(25400 / 0.5, 25400 / 0.5))  # pHYs: 0.5 um/px
+
+    summary = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "out"), crop_size=16))
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    px = cells.groupby("ID")[["pixel_size_um", "pixel_size_source"]].first()
+    assert px.loc["hpa"].tolist() == [float(f"{163.84 / 384:.6g}"), "width"]
+    assert px.loc["tagged"].tolist() == [0.5, "file"]
+    assert px.loc["part", "pixel_size_source"] == "image"
+    assert float(px.loc["part", "pixel_size_um"]) == pytest.approx(163.84 / 384, rel=0.2)
+    cfg = SegmentConfig()
+    expected, _, found = segment_with_scale(create_segmenter(cfg), cfg, centre)  # what score_segmentation does
+    assert found.source == "image"
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "masks" / "part_cell_mask.png"), expected)
+    line = describe_pixel_sizes(summary.pixel_sizes, "field")
+    assert "estimated from the nuclei for 1 field (" in line and "from the file metadata for 1 field (0.5 um/px)" in line
+
+    given = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "given"), crop_size=16, pixel_size_um=0.3))
+    assert sorted(given.pixel_sizes) == [("given", 0.3)] * 3
+    assert set(pd.read_csv(tmp_path / "given" / "cells.csv")["pixel_size_source"]) == {"given"}
+    free = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "free"), crop_size=16, snap_to_width=0, limit=1))
+    assert free.pixel_sizes[0][0] == "image" and free.pixel_sizes[0][1] == pytest.approx(163.84 / 384, rel=0.2)  # "hpa", not snapped
+
+
 def run(*args):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
@@ -242,8 +326,11 @@ def test_segment_cli_end_to_end_resume_and_failures(synth_dataset, tmp_path):
     assert cells.ID.nunique() == 4 and len(cells) > 20
     assert {"ID", "cell_id", "Label", "crop", "area", "mean_green", "TrueLabel"} <= set(cells.columns)
     assert (cells.TrueLabel != "").mean() > 0.8
-    crop = np.load(out / cells.crop.iloc[0])
+    assert cells.crop.iloc[0] == f"crops/{cells.ID.iloc[0]}.npy#0"  # one file of stacked crops per field
+    crop = load_crop(out / cells.crop.iloc[0])
     assert crop.shape == (32, 32, 4) and crop.dtype == np.uint8
+    assert (cells.pixel_size_source == "width").all()  # HPA-like fields: the width rule's exact value
+    assert "pixel size: from the width (the HPA field of view) for 4 fields" in r.stdout
     assert (out / "overlays").is_dir() and (out / "masks").is_dir()
     # rerun: everything is skipped; a corrupt field is reported, the others kept
     again = run("src/segment.py", "--input", synth_dataset / "train", "--out", out, "--crop-size", "32")
@@ -305,7 +392,7 @@ def test_segment_rerun_with_other_crop_settings_stops_saying_what_changed(synth_
     out = tmp_path / "seg"
     first = run_segmentation(seg_cfg(synth_dataset, out))
     assert first.done == 1 and not first.start.resuming
-    crop = np.load(out / first.cells["crop"].iloc[0])
+    crop = load_crop(out / first.cells["crop"].iloc[0])
     with pytest.raises(InputError) as err:
         run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, crop_mask="none"))
     msg = str(err.value)
@@ -315,10 +402,21 @@ def test_segment_rerun_with_other_crop_settings_stops_saying_what_changed(synth_
     again = run_segmentation(seg_cfg(synth_dataset, out, workers=2))  # how fast it runs is not a setting
     assert again.start.resuming and again.skipped == 1 and again.done == 0
     over = run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, overwrite=True))
-    assert over.done == 1 and np.load(out / over.cells["crop"].iloc[0]).shape[:2] == (48, 48)
+    assert over.done == 1 and load_crop(out / over.cells["crop"].iloc[0]).shape[:2] == (48, 48)
     aside = over.start.moved_aside
-    np.testing.assert_array_equal(np.load(aside / first.cells["crop"].iloc[0]), crop)  # the old run, intact
+    np.testing.assert_array_equal(load_crop(aside / first.cells["crop"].iloc[0]), crop)  # the old run, intact
     assert "overwrite" not in json.loads((out / "segment_config.json").read_text())  # never re-run from the file
+
+
+def test_segment_rerun_at_another_scale_stops(synth_dataset, tmp_path):
+    """Where the pixel size comes from changes the masks: a rerun told otherwise is not resumed."""
+    out = tmp_path / "seg"
+    run_segmentation(seg_cfg(synth_dataset, out))
+    for change, said in (({"pixel_size_um": 0.3}, "segment.pixel_size_um: null -> 0.3"),
+                         ({"scale_from": "width"}, 'segment.scale_from: "image" -> "width"'),
+                         ({"snap_to_width": 0.0}, "segment.snap_to_width: 0.25 -> 0.0")):
+        with pytest.raises(InputError, match=r"made with other settings \(" + re.escape(said) + r"\)"):
+            run_segmentation(seg_cfg(synth_dataset, out, **change))
 
 
 def test_segment_outputs_from_before_manifests_are_not_resumed_over(synth_dataset, tmp_path):
