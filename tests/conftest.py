@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,24 @@ def chromium() -> str:
     if browser is None:
         pytest.skip("no chromium binary (apt-get install chromium, or set CELLLOC_CHROMIUM)")
     return browser
+
+
+def run_then_kill(argv: list[str], until: Callable[[], bool], timeout: float = 300) -> None:
+    """Run ``python ARGV`` from the repository root in its own process group until ``until()``
+    holds (or it exits, or ``timeout`` s pass), then kill -9 the whole group (a Dask run's
+    cluster, nannies and workers with it) and wait until none of it is left to write."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not until() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(100):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)

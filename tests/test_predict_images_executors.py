@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cellloc import rxrx1
 from cellloc.layouts import LAYOUTS
-from cellloc.rxrx1 import parse_field_id
 from cellloc.tasks import get_task
 
+from conftest import run_then_kill
 from test_evaluate_cli import load_script
 from test_predict import assert_same_but_float_noise
 from test_task_runs import TINY, make_hpa2018, make_rxrx1
@@ -32,14 +28,12 @@ from test_task_runs import TINY, make_hpa2018, make_rxrx1
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason='the dask executor needs pip install -e ".[distributed]"')
 MAKERS = {"hpa-2018": make_hpa2018, "rxrx1": make_rxrx1}
-REPO = Path(__file__).resolve().parents[1]
 
 
 def channel_file(task_name: str, split_dir: Path, field_id: str) -> Path:
     """The first channel file of one field, in the task's own layout."""
     if task_name == "rxrx1":
-        key = parse_field_id(field_id)
-        return split_dir / key.experiment / f"Plate{key.plate}" / f"{key.well}_s{key.site}_w1.png"
+        return rxrx1.channel_file(split_dir, field_id, "w1")
     return split_dir / f"{field_id}_red.png"
 
 
@@ -133,22 +127,7 @@ def test_a_killed_dask_run_rerun_keeps_finished_chunks_and_gives_the_serial_file
     parts = out / "field_scores"
     argv = ["--models", str(image_run["models"]), "--input", str(image_run["test"]), "--out", str(out),
             "--chunk", "1", "--executor", "dask"]
-    # the whole run in its own process group, so the kill takes its cluster (nannies, workers) too
-    proc = subprocess.Popen([sys.executable, "src/predict.py", *argv, "--workers", "1"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(parts.glob("part*.npz")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for _ in range(100):  # until no process of the group is left to write
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    run_then_kill(["src/predict.py", *argv, "--workers", "1"], until=lambda: any(parts.glob("part*.npz")))
     done = {p.name: p.stat().st_mtime_ns for p in parts.glob("part*.npz")}
     assert 1 <= len(done) < image_run["fields"], "the run was not caught midway"
     assert not (out / "submission.csv").exists()  # the driver writes it only at the end

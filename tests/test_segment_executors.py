@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_then_kill
 
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason='the dask executor needs pip install -e ".[distributed]"')
@@ -87,22 +84,8 @@ def test_dask_run_killed_then_rerun_redoes_only_unfinished_fields(tmp_path):
     fields = tmp_path / "data" / "train"
     out = tmp_path / "out"
     args = ("--input", fields, "--crop-size", "32", "--executor", "dask")
-    # the whole run in its own process group, so the kill takes its cluster (nannies, workers) too
-    proc = subprocess.Popen([sys.executable, "src/segment.py", *map(str, args), "--out", str(out), "--workers", "1"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while len(finished(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for _ in range(100):  # until no process of the group is left to write
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
+    run_then_kill(["src/segment.py", *map(str, args), "--out", str(out), "--workers", "1"],
+                  until=lambda: len(finished(out)) >= 3, timeout=240)
     done = finished(out)
     assert 3 <= len(done) < 12, "the run was not caught midway"
     assert not (out / "cells.csv").exists()  # the driver writes the table only at the end
