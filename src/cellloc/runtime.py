@@ -220,13 +220,20 @@ def register_runtime(name: str):
     return deco
 
 
+def runtime_factory(name: str) -> Callable[..., NetworkRuntime]:
+    """The registered runtime ``name``, or a one-line :class:`InputError` listing the known ones."""
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise InputError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None
+
+
 def require_runtime(name: str) -> None:
     """Fail now, with one line, if runtime ``name`` is unknown or its package is not installed.
 
     Run folders call it before starting workers, which would otherwise each fail every field.
     """
-    if name not in RUNTIMES:
-        raise InputError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    runtime_factory(name)
     if name == "openvino":
         load_openvino()
 
@@ -251,10 +258,7 @@ def create_runtime(
     (default: ``compiled/`` beside the weight file). ``device`` and ``half`` (fp16 autocast on
     CUDA) apply to the torch runtime, ``precision`` (see :data:`PRECISIONS`) to openvino.
     """
-    try:
-        factory = RUNTIMES[name]
-    except KeyError:
-        raise InputError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None
+    factory = runtime_factory(name)
     weights = Path(weights)
     return factory(
         build, weights, stem=stem or weights.stem, cache_dir=cache_dir if cache_dir is not None else weights.parent / "compiled",
