@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cells import MASK_MODES, cell_table, crop_cells
+from ..cells import CROP_FITS, MASK_MODES, cell_table, crop_cells
 from ..config import opt, save_config
 from ..errors import InputError
 from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
@@ -52,6 +52,8 @@ class SegmentRunConfig:
     scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
+    crop_fit: str = opt("pad", "pad: a square around the cell (aspect ratio kept); stretch: its bounding box resized to "
+                        "the square (the cell fills the crop)", choices=list(CROP_FITS))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
     mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
@@ -123,7 +125,7 @@ class SegmentRunConfig:
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
-        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
                 "segment": dataclasses.asdict(self.segment_config())}
 
 
@@ -182,7 +184,7 @@ class FieldWorker:
         if cfg.overlay:
             write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
         table = cell_table(image, cells, nuclei, cfg.channel_names)
-        crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask)
+        crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask, cfg.crop_fit)
         paths = []
         for cid, crop in crops.items():
             rel = Path("crops") / image_id / f"{image_id}_{cid}.npy"
