@@ -117,6 +117,28 @@ def _register_efficientnets() -> None:
 _register_efficientnets()
 
 
+# --------------------------------------------------------------------------- features and head apart
+
+
+def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, F) pooled features of a built backbone: what its classification head sees.
+
+    ``classify(net, embed(net, x))`` is ``net(x)``; a model with a second head (e.g. an image
+    head pooled over a field's cells, :mod:`cellloc.two_head`) shares the features.
+    """
+    return net._avg_pooling(net.extract_features(x)).flatten(1)
+
+
+def classify(net: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """(N, num_classes) logits of the backbone's own head (dropout, then the linear layer) on :func:`embed`'s features."""
+    return net._fc(net._dropout(features))
+
+
+def num_features(net: nn.Module) -> int:
+    """Width of :func:`embed`'s features."""
+    return int(net._fc.in_features)
+
+
 # --------------------------------------------------------------------------- stem adaptation
 
 

@@ -31,7 +31,7 @@ from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLEND_MODES, FieldOptions, encode_prediction, field_scores
+from ..pipeline import BLEND_MODES, CONFIDENCE_MODES, FieldOptions, encode_prediction, field_scores
 from ..registry import Registry
 from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
@@ -66,6 +66,9 @@ class PredictConfig:
     blend: str = opt("product", "mix cell scores with the field score: product sqrt(cell * field), mean, or none",
                      choices=list(BLEND_MODES))
     field_weight: float = opt(0.3, "weight of the field score for --blend mean")
+    cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
+                               "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
+                               choices=list(CONFIDENCE_MODES))
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
     min_confidence: float = opt(0.0, "leave out (cell, class) pairs below this score")
     top_k: int = opt(0, "keep at most K classes per cell (0: all)")
@@ -104,7 +107,8 @@ class PredictConfig:
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
 
     def field_options(self) -> FieldOptions:
-        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size)
+        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size,
+                            cell_confidence=self.cell_confidence)
 
 
 @dataclass
@@ -151,7 +155,7 @@ def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
             raise InputError(f"{cfg.segment_config}: crop mask {seg_run.crop_mask!r} unknown")
         seg = seg_run.segment_config()
         for member in model.members:  # the crops must still be cut as in training
-            member.recipe.input.update(crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask)
+            member.recipe.input.update(crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask, crop_fit=seg_run.crop_fit)
     else:
         seg = model.recipe.segment_config()
         if seg is None:
