@@ -1,19 +1,33 @@
-"""Benchmark the hpa segmentation backend on this machine, as ratios within one run.
+"""Benchmark the hpa segmentation backend against the reference loop, per field, as ratios within one run.
 
-    PYTHONPATH=src python bench/bench_hpa.py [--fields 2] [--size 2048] [--threads N]
+    PYTHONPATH=src python bench/bench_hpa.py [--sizes 1728,2048,3072] [--repeats 2] [--threads N]
+    PYTHONPATH=src python bench/bench_hpa.py --steps [--size 2048] [--fields 2]   # where one field's time goes
+    PYTHONPATH=src python bench/bench_hpa.py --precision [--size 2048]            # does bf16 keep the masks?
 
-Writes ``--fields`` generated 4-channel fields as PNGs to a temporary folder, and weights of
-the published layout (``shortcut_state_dict``: random deep path, so forward passes cost what
-the real networks cost, rewired so that cells are found and post-processing has work) to a
-temporary weights folder. Then, per field, it times:
+Weights of the published layout are written to a temporary folder (``shortcut_state_dict``:
+random deep path, so forward passes cost what the real networks cost, rewired so that cells are
+found and post-processing has work), and generated 4-channel fields at each size.
 
-(a) the two networks one field at a time against all fields in one batch,
-(b) post-processing on the network-scale maps against the full-resolution maps,
-(c) the whole default path against decoding the field's PNGs.
+Default: per field (decoded image in, labels out) at every size, for
 
-Network timings alternate single and batched runs and keep the best of ``--repeats`` each;
-the load average is printed because other processes sharing the CPU distort absolute times.
-Prints a markdown table. Nothing is downloaded.
+* the reference loop: hpacellseg's per-field procedure rebuilt from its documented behaviour
+  (``shared/reference/hpa_unet/FACTS.md``): each network's 3-plane stack rescaled with
+  scikit-image (the nuclei network's three copies of one plane included), one field at a time,
+  PyTorch fp32, maps enlarged to full size and labelled there; padded only when the size needs it;
+* the hpa backend on PyTorch (what ``--backend hpa`` did before ``--runtime``, plus the shared
+  rescale), and on OpenVINO (``--runtime openvino``, fp32);
+* the classical backend.
+
+Paths alternate within each repeat (every path on every size in turn), so load from other
+processes hits all of them alike; times are means over ``--repeats`` fields per size, after one
+untimed field per path and size (PyTorch's first pass sets up kernels; OpenVINO converts the
+graph once per weights and size, then compiles it). Peak RSS is measured in a fresh process per
+path and size that loads the path and segments one field (``VmHWM``). Nothing is downloaded.
+
+``--precision`` checks OpenVINO's bf16 (4-5x faster again on CPUs with AMX) against PyTorch
+fp32 on a random DPN-U-Net whose batch-norm statistics come from the fields themselves (every
+layer carries signal; the bench's usual weights route around the deep path, which would hide
+any precision loss): raw logits, probabilities, and per-cell IoU of the labels.
 """
 
 from __future__ import annotations
@@ -31,14 +45,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skimage import transform
 
 from cellloc.fieldio import read_field, write_png
+from cellloc.models import calibrate
+from cellloc.runtime import OpenVINORunner, export_openvino
+from cellloc.segmentation import create_segmenter
 from cellloc.segmentation.base import SegmentConfig
-from cellloc.segmentation.dpn_unet import shortcut_state_dict
-from cellloc.segmentation.hpa import HPASegmenter
+from cellloc.segmentation.dpn_unet import DPNUnet, shortcut_state_dict
+from cellloc.segmentation.hpa import HPASegmenter, network_input, pad_amounts
 from cellloc.segmentation.weights import CELL_MODELS, NUCLEI_MODEL
 
 CHANNELS = ("red", "green", "blue", "yellow")
+Segment = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def synthetic_field(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -71,55 +90,179 @@ def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
     return best, out
 
 
-def peak_rss(weights: str, folder: str, image_id: str, scale: str, threads: str) -> None:
-    """Child process: segment one field with the default settings, print peak RSS in GB."""
+def write_weights(folder: Path) -> Path:
+    """The bench's weight files: one shortcut file that every role links to."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(shortcut_state_dict(), folder / NUCLEI_MODEL)
+    for name in CELL_MODELS.values():
+        (folder / name).symlink_to(NUCLEI_MODEL)
+    return folder
+
+
+def per_cell_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each label of ``a``, its IoU with the label of ``b`` it overlaps most (0 if none), both ways."""
+    out = []
+    for x, y in ((a, b), (b, a)):
+        for i in range(1, int(x.max()) + 1):
+            m = x == i
+            if m.any():
+                j = np.bincount(y[m]).argmax()
+                out.append((m & (y == j)).sum() / (m | (y == j)).sum() if j else 0.0)
+    return np.asarray(out)
+
+
+# --------------------------------------------------------------------------- the compared paths
+
+
+class ReferenceLoop:
+    """hpacellseg's ``pred_nuclei`` + ``pred_cells`` + ``label_cell`` for one field, on our networks.
+
+    What it does per field that the hpa backend no longer does: rescale a 3-plane stack for each
+    network with scikit-image (six planes, three of them copies of the nucleus plane), run the
+    networks one field at a time, enlarge both maps to full size and label there.
+    """
+
+    def __init__(self, weights: str, scale: float, threads: int):
+        cfg = SegmentConfig(backend="hpa", weights_dir=weights, scale_factor=scale, runtime="torch", threads=threads,
+                            postprocess_at_network_scale=False)
+        self.seg = HPASegmenter(cfg)
+
+    def _input(self, planes: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
+        stack = transform.rescale(np.dstack(planes), self.seg.cfg.scale_factor, channel_axis=-1)  # float64 [0, 1]
+        return network_input([stack[..., c].astype(np.float32) for c in range(3)])[None], stack.shape[:2]
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        red, blue, yellow = image[..., 0], image[..., 2], image[..., 3]
+        x, size = self._input([blue, blue, blue])
+        nuc = self.seg._probabilities(self.seg.nuclei_net, x, size)[0]
+        x, size = self._input([red, yellow, blue])
+        cell = self.seg._probabilities(self.seg.cell_net, x, size)[0]
+        return self.seg.labels_from_maps(nuc, cell, image.shape)
+
+
+def build_path(name: str, weights: str, scale: float, threads: int) -> Segment:
+    """One compared path as ``segment(image) -> (cells, nuclei)``."""
+    hpa = SegmentConfig(backend="hpa", weights_dir=weights, scale_factor=scale, threads=threads)
+    if name == "reference loop":
+        return ReferenceLoop(weights, scale, threads)
+    if name == "hpa, torch":
+        return HPASegmenter(replace(hpa, runtime="torch")).segment
+    if name == "hpa, openvino":
+        return HPASegmenter(replace(hpa, runtime="openvino")).segment
+    if name == "classical":
+        return create_segmenter(SegmentConfig()).segment
+    raise ValueError(name)
+
+
+PATHS = ("reference loop", "hpa, torch", "hpa, openvino", "classical")
+
+
+def peak_rss_child(name: str, weights: str, folder: str, image_id: str, scale: str, threads: str) -> None:
+    """Child process: build one path, segment one field from its PNGs, print peak RSS in GB."""
     torch.set_num_threads(int(threads))
-    seg = HPASegmenter(SegmentConfig(backend="hpa", weights_dir=weights, scale_factor=float(scale)))
-    seg.segment(read_field(folder, image_id, CHANNELS))
+    build_path(name, weights, float(scale), int(threads))(read_field(folder, image_id, CHANNELS))
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec.
-    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(hwm_kb / 1024**2)
+    status = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(("VmHWM", "RssFile"))}
+    print(status["VmHWM"] / 1024**2, status["RssFile"] / 1024**2)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--peak-rss"]:
-        return peak_rss(*argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fields", type=int, default=2, help="fields, all in one batch for (a)")
-    parser.add_argument("--size", type=int, default=2048, help="field side in pixels")
-    parser.add_argument("--scale", type=float, default=0.25, help="scale_factor (0.25: 2048 -> 512 network input)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of the network and full-size timings; the best is kept")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def peak_rss(name: str, weights: Path, folder: Path, image_id: str, scale: float, threads: int) -> tuple[float, float]:
+    """(peak RSS, file-backed RSS at the end) in GB of a fresh process running one path on one field."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-rss", name, str(weights), str(folder), image_id, str(scale), str(threads)],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    sizes = [int(s) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
-    n = args.fields
-
     with tempfile.TemporaryDirectory(prefix="bench_hpa_") as tmp:
         tmp = Path(tmp)
-        weights = tmp / "weights"
-        weights.mkdir()
-        torch.save(shortcut_state_dict(), weights / NUCLEI_MODEL)
-        for name in CELL_MODELS.values():
-            (weights / name).symlink_to(NUCLEI_MODEL)
+        weights = write_weights(tmp / "weights")
+        fields_dir = tmp / "fields"
+        images = {size: [synthetic_field(rng, size) for _ in range(args.repeats)] for size in sizes}
+        for size in sizes:  # one field per size as PNGs, for the peak-RSS children
+            for c, ch in enumerate(CHANNELS):
+                write_png(fields_dir / f"f{size}_{ch}.png", images[size][0][..., c], compression=3)
+        load_before = os.getloadavg()
+        paths: dict[str, Segment] = {}
+        t_load: dict[str, float] = {}
+        for name in PATHS:
+            t_load[name], paths[name] = best_of(1, lambda: build_path(name, str(weights), args.scale, args.threads))
+        # One untimed field per path and size: first-pass setup, and OpenVINO's one-off conversion.
+        t_first: dict[tuple[str, int], float] = {}
+        for size in sizes:
+            for name in PATHS:
+                t_first[name, size], _ = best_of(1, lambda: paths[name](images[size][0]))
+        times: dict[tuple[str, int], list[float]] = {(n, s): [] for n in PATHS for s in sizes}
+        labels: dict[tuple[str, int], list] = {(n, s): [] for n in PATHS for s in sizes}
+        for r in range(args.repeats):
+            for size in sizes:
+                for name in PATHS:
+                    t, out = best_of(1, lambda: paths[name](images[size][r]))
+                    times[name, size].append(t)
+                    labels[name, size].append(out)
+        load_after = os.getloadavg()
+        del paths
+        rss = {(n, s): peak_rss(n, weights, fields_dir, f"f{s}", args.scale, args.threads) for s in sizes for n in PATHS}
+
+    mean = {k: float(np.mean(v)) for k, v in times.items()}
+    print(f"hpa backend against the reference loop: generated fields, scale {args.scale}, torch {torch.__version__}, "
+          f"{args.threads} thread(s), {platform.machine()}, {os.cpu_count()} CPUs, {args.repeats} field(s) per size; "
+          f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after")
+    print()
+    print("| field | path | s per field | x faster than the reference loop | peak RSS (GB) | of it file-backed (GB) | first field (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        ref = mean["reference loop", size]
+        for name in PATHS:
+            print(f"| {size}^2 | {name} | {mean[name, size]:.2f} | {ref / mean[name, size]:.2f} | "
+                  f"{rss[name, size][0]:.2f} | {rss[name, size][1]:.2f} | {t_first[name, size]:.1f} |")
+    print()
+    print("- first field: the untimed one; for openvino it includes converting both graphs for that size "
+          "(once per weights and size, cached beside the weights) and compiling them.")
+    print("- file-backed: RssFile at the end of that process, pages of mapped files (OpenVINO maps each graph file, "
+          "0.61 GB per network when resident, beside its own packed copy of the weights); the kernel can drop them.")
+    print(f"- loading: {', '.join(f'{n} {t:.1f} s' for n, t in t_load.items())}.")
+    for size in sizes:
+        same = [np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+                for a, b in zip(labels["hpa, torch", size], labels["hpa, openvino", size])]
+        ious = np.concatenate([per_cell_iou(a[0], b[0]) for a, b in zip(labels["hpa, torch", size], labels["hpa, openvino", size])])
+        ref_ious = np.concatenate([per_cell_iou(a[0], b[0]) for a, b in zip(labels["reference loop", size], labels["hpa, torch", size])])
+        cells = [int(c.max()) for c, _ in labels["hpa, torch", size]]
+        print(f"- {size}^2: cells per field {cells}; openvino vs torch masks identical in {sum(same)}/{len(same)} fields "
+              f"(per-cell IoU min {ious.min():.4f}); reference loop vs hpa backend per-cell IoU median "
+              f"{np.median(ref_ious):.3f} (full-size vs network-scale post-processing).")
+
+
+# --------------------------------------------------------------------------- one field's steps
+
+
+def steps(args: argparse.Namespace) -> None:
+    """Where one field's time goes on one runtime: decode, preprocess, networks (single vs batched),
+    post-processing at network scale vs full resolution."""
+    rng = np.random.default_rng(0)
+    n = args.fields
+    with tempfile.TemporaryDirectory(prefix="bench_hpa_") as tmp:
+        tmp = Path(tmp)
+        weights = write_weights(tmp / "weights")
         fields_dir = tmp / "fields"
         ids = [f"field{i}" for i in range(n)]
         for i in ids:
             img = synthetic_field(rng, args.size)
             for c, ch in enumerate(CHANNELS):
                 write_png(fields_dir / f"{i}_{ch}.png", img[..., c], compression=3)
-
-        cfg = SegmentConfig(backend="hpa", weights_dir=str(weights), scale_factor=args.scale, batch_size=1)
-        t_load, single = best_of(1, lambda: HPASegmenter(cfg))
-        # A second segmenter for the other two settings (batched passes, full-resolution labelling).
+        cfg = SegmentConfig(backend="hpa", weights_dir=str(weights), scale_factor=args.scale, batch_size=1,
+                            runtime=args.runtime, threads=args.threads)
+        single = HPASegmenter(cfg)
         other = HPASegmenter(replace(cfg, batch_size=n, postprocess_at_network_scale=False))
-
         load_before = os.getloadavg()[0]
         t_decode, images = best_of(3, lambda: [read_field(fields_dir, i, CHANNELS) for i in ids])
         t_prep, _ = best_of(3, lambda: [single.network_inputs(im) for im in images])
-        single.predict(images[:1])  # warm-up: the first pass at a new size sets up kernels
-        # (a) interleaved, so that load from other processes hits both sides alike; best of each.
+        single.predict(images[:1])
+        other.predict(images)  # warm-up: first passes at a new size (and batch size) set up kernels
         t_one = t_batch = float("inf")
         for _ in range(args.repeats):
             t, maps = best_of(1, lambda: single.predict(images))
@@ -127,32 +270,14 @@ def main(argv: list[str] | None = None) -> None:
             t, maps_b = best_of(1, lambda: other.predict(images))
             t_batch = min(t_batch, t)
         diff = max(float(np.abs(a - b).max()) for pair, pair_b in zip(maps, maps_b) for a, b in zip(pair, pair_b))
-        # (b) the same maps labelled both ways.
         t_post_net, labels = best_of(3, lambda: [single.labels_from_maps(nm, cm, im.shape) for (nm, cm), im in zip(maps, images)])
         t_post_full, labels_full = best_of(
             args.repeats, lambda: [other.labels_from_maps(nm, cm, im.shape) for (nm, cm), im in zip(maps, images)]
         )
-        # (c) one field from its PNGs to labels, the default way.
         t_whole, _ = best_of(1, lambda: single.segment(read_field(fields_dir, ids[0], CHANNELS)))
         load_after = os.getloadavg()[0]
-        del single, other
-        # Peak memory of the default path alone, in a fresh process (this one holds two segmenters).
-        peak_gb = float(
-            subprocess.run(
-                [sys.executable, __file__, "--peak-rss", str(weights), str(fields_dir), ids[0], str(args.scale), str(args.threads)],
-                check=True, capture_output=True, text=True,
-            ).stdout.split()[-1]
-        )
 
-    cells = [int(c.max()) for c, _ in labels]
-    cells_full = [int(c.max()) for c, _ in labels_full]
-    ious = []
-    for (a, _), (b, _) in zip(labels, labels_full):
-        for i in range(1, int(a.max()) + 1):
-            m = a == i
-            j = np.bincount(b[m]).argmax() if m.any() else 0
-            if j:
-                ious.append((m & (b == j)).sum() / (m | (b == j)).sum())
+    ious = np.concatenate([per_cell_iou(a, b) for (a, _), (b, _) in zip(labels, labels_full)])
     net_side = round(args.size * args.scale)
     per = 1.0 / n
     rows = [
@@ -164,9 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         ("post-process at full resolution (reference)", t_post_full * per, t_post_full / t_post_net),
         ("whole field: decode + segment (default settings)", t_whole, None),
     ]
-    print(f"hpa backend, {n} generated {args.size}^2 fields, scale {args.scale} -> {net_side}^2 network input, "
-          f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load_before:.1f} before / {load_after:.1f} after")
+    print(f"hpa backend steps, runtime {args.runtime}, {n} generated {args.size}^2 fields, scale {args.scale} -> "
+          f"{net_side}^2 network input, torch {torch.__version__}, {args.threads} thread(s), {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before / {load_after:.1f} after")
     print()
     print("| step | s per field | x decode | ratio |")
     print("|---|---:|---:|---:|")
@@ -174,11 +299,87 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {sec:.3f} | {sec / (t_decode * per):.1f} | {'' if ratio is None else f'{ratio:.2f}'} |")
     print()
     print("- ratio column: batched / one-at-a-time network time; full-resolution / network-scale post-processing.")
-    print(f"- one forward pass at {net_side}^2 (one field, one network): {t_one * per / 2:.2f} s; "
-          f"loading both networks: {t_load:.1f} s; peak RSS to segment one field (fresh process): {peak_gb:.2f} GB.")
     print(f"- batched and single maps differ by at most {diff:.1e} (probability).")
-    print(f"- cells found: network scale {cells}, full resolution {cells_full}; per-cell IoU between the two "
-          f"paths: median {np.median(ious):.3f}, min {np.min(ious):.3f}.")
+    print(f"- per-cell IoU between the two post-processing paths: median {np.median(ious):.3f}, min {np.min(ious):.3f}.")
+
+
+# --------------------------------------------------------------------------- bf16
+
+
+def calibrated_dpn(seed: int, batches: list[np.ndarray]) -> DPNUnet:
+    """A random DPN-U-Net with batch-norm statistics measured on ``batches`` and its head scaled so
+    logits spread like a trained net's (std ~4): every layer matters to the output."""
+    torch.manual_seed(seed)
+    net = DPNUnet()
+    return calibrate(net, [torch.from_numpy(x) for x in batches], head=net.final[0], logit_std=4)
+
+
+def precision(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(5)
+    with tempfile.TemporaryDirectory(prefix="bench_hpa_") as tmp:
+        tmp = Path(tmp)
+        seg = HPASegmenter(SegmentConfig(backend="hpa", weights_dir=str(write_weights(tmp / "weights")), scale_factor=args.scale))
+        calib = [seg.network_inputs(synthetic_field(rng, args.size // 2)) for _ in range(2)]
+        image = synthetic_field(rng, args.size)
+        nuc_in, cell_in, size = seg.network_inputs(image)
+        top, _, left, _ = pad_amounts(*size)
+        maps: dict[str, list[np.ndarray]] = {"torch f32": [], "openvino f32": [], "openvino bf16": []}
+        logits: dict[str, list[np.ndarray]] = {k: [] for k in maps}
+        times: dict[str, float] = {k: 0.0 for k in maps}
+        for role, (k, x) in enumerate((("nuclei", nuc_in), ("cell", cell_in))):
+            net = calibrated_dpn(role, [c[role][None] for c in calib])
+            graph = export_openvino(net, x.shape, tmp / f"{k}.xml")
+            runners = {
+                "torch f32": lambda b, net=net: net(torch.from_numpy(b)).numpy(),
+                "openvino f32": OpenVINORunner(graph, args.threads, "f32"),
+                "openvino bf16": OpenVINORunner(graph, args.threads, "bf16"),
+            }
+            for name, run in runners.items():
+                with torch.inference_mode():
+                    run(x[None])
+                    t, y = best_of(1, lambda: run(x[None]))
+                times[name] += t
+                logits[name].append(y)
+                p = torch.softmax(torch.from_numpy(y), 1)[0, :, top : top + size[0], left : left + size[1]].permute(1, 2, 0).numpy().copy()
+                p[..., 0] = 0
+                maps[name].append(p)
+        ref = seg.labels_from_maps(*maps["torch f32"], image.shape)
+        print(f"bf16 check: one generated {args.size}^2 field, batch-norm-calibrated random DPN-U-Nets, "
+              f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
+        print()
+        print("| runtime | networks (s) | x torch | max logit diff | max prob diff | cells | per-cell IoU mean | min | share >= 0.99 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in maps:
+            lab = seg.labels_from_maps(*maps[name], image.shape)
+            iou = np.concatenate([per_cell_iou(ref[0], lab[0]), per_cell_iou(ref[1], lab[1])])
+            dl = max(float(np.abs(a - b).max()) for a, b in zip(logits[name], logits["torch f32"]))
+            dp = max(float(np.abs(a - b).max()) for a, b in zip(maps[name], maps["torch f32"]))
+            print(f"| {name} | {times[name]:.2f} | {times['torch f32'] / times[name]:.2f} | {dl:.1e} | {dp:.1e} | "
+                  f"{int(lab[0].max())} | {iou.mean():.4f} | {iou.min():.4f} | {(iou >= 0.99).mean():.3f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--peak-rss"]:
+        return peak_rss_child(*argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", action="store_true", help="break one size's time into steps instead")
+    parser.add_argument("--precision", action="store_true", help="check OpenVINO bf16 against PyTorch fp32 instead")
+    parser.add_argument("--sizes", default="1728,2048,3072", help="field sides compared (default run)")
+    parser.add_argument("--size", type=int, default=2048, help="field side for --steps and --precision")
+    parser.add_argument("--fields", type=int, default=2, help="fields for --steps, all in one batch for its batched row")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "openvino"], help="runtime for --steps")
+    parser.add_argument("--scale", type=float, default=0.25, help="scale_factor (0.25: 2048 -> 512 network input)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads (torch and openvino)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed fields per size and path (default run); best-of runs (--steps)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.steps:
+        steps(args)
+    elif args.precision:
+        precision(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

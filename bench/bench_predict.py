@@ -1,4 +1,4 @@
-"""Prediction throughput (fields/s) relative to segmentation alone, in one run.
+"""Prediction throughput (fields/s) relative to segmentation alone, per classifier runtime, in one run.
 
     PYTHONPATH=src python bench/bench_predict.py            # ~3-5 min on 2 CPU cores
     PYTHONPATH=src python bench/bench_predict.py --quick    # 512 px fields, a smoke check
@@ -17,6 +17,10 @@ statistics measured on random inputs so activations have a trained net's scale; 
 is written the way ``train.py`` writes it (best.pt + recipe.json), so ``load_predictor`` reads it like a
 real one. The
 ratio predict/segment says what the classifier adds: near 1 means segmentation dominates.
+
+Each setting runs with the classifier on PyTorch and on OpenVINO (``--runtime openvino``, fp32,
+the ``fast`` extra; graphs converted before the timing): the last columns give the speed-up
+and the largest difference of any cell's class probability from PyTorch's.
 """
 
 from __future__ import annotations
@@ -29,27 +33,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from cellloc.classifier import RECIPE_FILE, Recipe
 from cellloc.fieldio import list_fields, read_field, write_json
 from cellloc.generators import write_dataset
-from cellloc.models import create_model
+from cellloc.models import calibrate, create_model
 from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
 from cellloc.runs.segment import SegmentRunConfig
 from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
 
-def make_net(model: str, image_size: int, calibrate: bool) -> torch.nn.Module:
-    """A random net; with ``calibrate`` its batch-norm running statistics come from random batches."""
+def make_net(model: str, image_size: int, calibrate_on_random: bool) -> torch.nn.Module:
+    """A random net; with ``calibrate_on_random`` its batch-norm statistics come from random batches
+    and its logits spread like a trained net's (std ~3: probabilities away from 0.5, where a
+    precision loss would show)."""
     torch.manual_seed(0)
     net = create_model(model, 4, 19, "none", image_size=image_size)
-    if calibrate:
-        net.train()
-        with torch.no_grad():
-            for _ in range(4):
-                net(torch.randn(16, 4, image_size, image_size))
+    if calibrate_on_random:
+        calibrate(net, [torch.randn(16, 4, image_size, image_size) for _ in range(4)], head=net._fc)
     return net.eval()
 
 
@@ -58,7 +63,7 @@ def write_run(root: Path, model: str, image_size: int, crop_size: int) -> Path:
     run = root / f"{model}-{image_size}"
     fold = run / "fold0"
     fold.mkdir(parents=True)
-    net = make_net(model, image_size, calibrate=True)
+    net = make_net(model, image_size, calibrate_on_random=True)
     torch.save(net.state_dict(), fold / "best.pt")
     seg = SegmentRunConfig(crop_size=crop_size)
     recipe_input = {"kind": "cell_crop", "crop_size": crop_size, "crop_mask": seg.crop_mask,
@@ -77,13 +82,16 @@ def time_segmentation(folder: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def time_predict(folder: Path, run: Path, out: Path, tta: int) -> tuple[float, int]:
-    """(seconds, cells) of a full ``run_predict`` over the folder (models loaded outside the timing)."""
-    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta)
+def time_predict(folder: Path, run: Path, out: Path, tta: int, runtime: str) -> tuple[float, int, pd.DataFrame]:
+    """(seconds, cells, every cell's scores) of a full ``run_predict`` over the folder (models loaded,
+    and converted for openvino, outside the timing)."""
+    cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta, runtime=runtime)
     predictor = load_predictor(cfg)
     t0 = time.perf_counter()
     res = run_predict(cfg, predictor)
-    return time.perf_counter() - t0, res.cells
+    seconds = time.perf_counter() - t0
+    scores = pd.concat([pd.read_csv(p) for p in sorted((out / "cell_scores").glob("*.csv"))])
+    return seconds, res.cells, scores
 
 
 def main() -> None:
@@ -96,8 +104,9 @@ def main() -> None:
         ("efficientnet-b2", 260, 128, 1), ("efficientnet-b2", 260, 128, 4), ("efficientnet-b0", 64, 64, 1)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; load average at start {os.getloadavg()[0]:.2f}\n")
-    print("| field | classifier (crop -> input px, TTA views) | cells/field | segment fields/s | predict fields/s | predict / segment time |")
-    print("|---|---|---|---|---|---|")
+    print("| field | classifier (crop -> input px, TTA views) | runtime | cells/field | segment fields/s | predict fields/s | "
+          "predict / segment time | x faster than torch | max prob diff vs torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = {}
@@ -111,9 +120,15 @@ def main() -> None:
             ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
             t_seg = time_segmentation(folder, ids)
             for s in settings:
-                t_pred, cells = time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}", s[3])
-                print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {cells / len(ids):.1f} | "
-                      f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x |", flush=True)
+                results = {rt: time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{rt}", s[3], rt)
+                           for rt in ("torch", "openvino")}
+                t_torch, _, ref = results["torch"]
+                p_cols = [c for c in ref.columns if c[:1] == "p" and c[1:].isdigit()]
+                for rt, (t_pred, cells, scores) in results.items():
+                    diff = float(np.abs(scores[p_cols].to_numpy() - ref[p_cols].to_numpy()).max()) if len(ref) else 0.0
+                    print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {rt} | {cells / len(ids):.1f} | "
+                          f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x | {t_torch / t_pred:.2f} | "
+                          f"{diff:.1e} |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

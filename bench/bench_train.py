@@ -51,10 +51,11 @@ def loader_rate(csv: Path, image_size: int, workers: int, batch: int = 16) -> fl
     return n / (time.perf_counter() - t)
 
 
-def step_rate(image_size: int, batch: int, steps: int, device: str, amp: bool = False, channels_last: bool = False) -> float:
-    """EfficientNet-B2 training steps (forward, BCE, backward, AdamW) in images per second."""
+def step_rate(image_size: int, batch: int, steps: int, device: str, amp: bool = False, channels_last: bool = False,
+              model: str = "efficientnet-b2", num_classes: int = 19) -> float:
+    """Training steps (forward, BCE, backward, AdamW) of a 4-channel backbone in images per second."""
     dev = torch.device(device)
-    net = create_model("efficientnet-b2", 4, 19, "none", image_size=image_size).to(dev)
+    net = create_model(model, 4, num_classes, "none", image_size=image_size).to(dev)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -62,7 +63,7 @@ def step_rate(image_size: int, batch: int, steps: int, device: str, amp: bool = 
     x = torch.randn(batch, 4, image_size, image_size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch, 19, device=dev) < 0.2).float()
+    y = (torch.rand(batch, num_classes, device=dev) < 0.2).float()
     loss_fn = nn.BCEWithLogitsLoss()
 
     def step() -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cellloc.fieldio import read_field, read_mask
 from cellloc.metrics import segmentation_scores
-from cellloc.segment_score import find_items, score_items, summarise
+from cellloc.runs.score_segmentation import find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.segmentation.scale import segment_with_scale
 from cellloc.synth import SynthConfig, generate_field

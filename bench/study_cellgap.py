@@ -25,9 +25,11 @@ time is about the work itself; on an idle machine two threads do that work about
 so 10 CPU-minutes here are about 5 minutes of a 2-thread run on the idle machine. The load
 average is recorded with every row.
 
-``--oof ARGS`` first trains every fold on the image labels (``ARGS`` added to ``--train``'s),
-then trains the configuration's fold with ``--soft-targets`` pointing at those folds'
-out-of-fold predictions; the fold trainings' CPU time is recorded apart (``oof_cpu_s``).
+``--oof ARGS`` first trains the other folds on the image labels (``ARGS`` added to ``--train``'s;
+together they predict every cell the configuration's fold trains on, each by a model that never
+saw it), then trains the configuration's fold with ``--soft-targets`` pointing at those folds'
+out-of-fold predictions; the fold trainings' CPU time is recorded apart (``oof_cpu_s``). With
+``--oof-seed N`` the teachers are trained once (seed N) and shared by every seed's retraining.
 """
 
 from __future__ import annotations
@@ -171,10 +173,13 @@ def run(a: argparse.Namespace) -> None:
             oof_cpu = 0.0
             extra = ""
             if a.oof is not None:
-                oof_run = f"{a.config}_oof_s{seed}"
-                for k in range(5):
-                    if not (REPO / ROOT / "models" / oof_run / f"fold{k}" / "summary.json").exists():
-                        oof_cpu += sh(_drop_soft(train_args(a, oof_run, seed, k, a.oof)), threads=a.threads, log=log)[0]
+                # the folds other than a.fold hold a held-out prediction of every cell a.fold trains on
+                teacher_seed = seed if a.oof_seed is None else a.oof_seed
+                oof_run = f"{a.config}_oof_s{teacher_seed}"
+                for k in range(a.folds):
+                    if k != a.fold and not (REPO / ROOT / "models" / oof_run / f"fold{k}" / "summary.json").exists():
+                        oof_cpu += sh(_drop_soft(train_args(a, oof_run, teacher_seed, k, a.oof)), threads=a.threads,
+                                      log=log)[0]
                 extra = f"--soft-targets {ROOT / 'models' / oof_run}"
             load0 = os.getloadavg()[0]
             cpu, wall = sh(train_args(a, run_name, seed, a.fold, extra), threads=a.threads, log=log)
@@ -258,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--train", default="", help="options added to src/train.py")
     pr.add_argument("--oof", default=None, help="train every fold on image labels first (these options added) and "
                                                 "retrain on their out-of-fold predictions")
+    pr.add_argument("--oof-seed", type=int, default=None, help="--oof: train the out-of-fold teachers once with this "
+                                                                   "seed for every seed (default: each seed its own)")
+    pr.add_argument("--folds", type=int, default=5, help="folds in the folds table (--oof trains all but --fold)")
     pr.add_argument("--predict", default="", help="options added to src/predict.py")
     pr.add_argument("--variant", action="append", default=[], help="NAME=OPTIONS: another prediction of the same model")
     pr.add_argument("--threads", type=int, default=1)

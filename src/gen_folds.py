@@ -3,6 +3,7 @@
     python src/gen_folds.py --folds 5 --seed 42                  # output/synth/cells.csv
     python src/gen_folds.py --labels train.csv --out output/hpa/folds.csv --method iterstrat
     python src/gen_folds.py --group-col antibody                 # keep each antibody in one fold
+    python src/gen_folds.py --task hpa-2018 --groups input/hpa2018/truth/images.csv --group-col protein
 
 Writes the folds CSV (input rows plus a ``fold`` column), ``<stem>_balance.txt/.csv/.png``
 and ``<stem>_config.json`` beside it.

@@ -8,6 +8,7 @@
     python src/make_data.py --task rxrx1 --size 128 --options sirnas=8 plates=1 train_experiments=1   # smaller
     python src/make_data.py --task hpa-2018 --fields 200         # input/hpa2018: 28-class HPA 2018-like images
     python src/make_data.py --gallery docs/classes.png   # one generated cell per class
+    python src/make_data.py --task hpa-2018 --gallery docs/hpa2018_classes.png   # one cell per 2018 class
 """
 
 from __future__ import annotations
@@ -28,15 +29,13 @@ from cellloc.generators import GENERATORS, MakeDataConfig
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(MakeDataConfig, argv, __doc__)
+    generator = GENERATORS[cfg.task]
     if cfg.gallery:
-        if cfg.task != "hpa-sc":
-            raise InputError(f"--gallery draws HPA single-cell classes; not available for task {cfg.task}")
-        from cellloc.synth import class_gallery
-
-        write_png(cfg.gallery, class_gallery(), compression=9)
+        if generator.gallery is None:
+            raise InputError(f"--gallery: the {cfg.task} generator draws no per-class gallery")
+        write_png(cfg.gallery, generator.gallery(), compression=9)
         print(f"wrote {cfg.gallery}")
         return
-    generator = GENERATORS[cfg.task]
     settings = generator.configure(cfg)  # bad options fail here, before anything is drawn
     with tqdm(total=generator.units(settings, cfg), desc=f"make_data {cfg.name}", unit=generator.unit) as bar:
         summary = generator.write(cfg.out_dir, settings, cfg, cfg.split, cfg.workers, bar.update)

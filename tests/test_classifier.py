@@ -106,7 +106,6 @@ def test_missing_recipe_and_weights(tmp_path):
         load_ensemble(tmp_path / "nothing")
 
 
-
 def test_a_garbage_checkpoint_is_one_line_without_unsafe_advice(tmp_path):
     folder = write_fold(tmp_path / "fold0")
     (folder / "best.pt").write_bytes(b"garbage, not a checkpoint")

@@ -395,3 +395,27 @@ def test_bad_input_is_one_line(tmp_path, capsys, setup, argv, expected):
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert expected in err
     assert not (tmp_path / "out" / "folds.csv").exists()
+
+
+def test_groups_from_a_second_csv_keep_an_hpa2018_protein_in_one_fold(tmp_path, capsys):
+    """HPA-2018's train.csv has only Id,Target; its images' proteins come from another table."""
+    y = long_tailed_labels(60)[:, :28]
+    ids = [f"id{i:03d}" for i in range(60)]
+    pd.DataFrame({"Id": ids, "Target": [" ".join(map(str, np.flatnonzero(r))) or "0" for r in y]}).to_csv(
+        tmp_path / "train.csv", index=False)
+    pd.DataFrame({"Id": ids[::-1], "protein": [f"p{(59 - i) // 3}" for i in range(60)]}).to_csv(
+        tmp_path / "images.csv", index=False)
+    argv = ["--task", "hpa-2018", "--labels", str(tmp_path / "train.csv"), "--out", str(tmp_path / "folds.csv"),
+            "--groups", str(tmp_path / "images.csv"), "--group-col", "protein"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "folds.csv", dtype=str)
+    assert list(df.columns) == ["ID", "Label", "protein", "fold"]
+    assert df.set_index("ID").loc["id004", "protein"] == "p1"  # matched by Id, not by row order
+    assert df.groupby("protein")["fold"].nunique().max() == 1
+    assert "Split 20 groups" in (tmp_path / "folds_balance.txt").read_text()
+    pd.DataFrame({"Id": ids[:-1], "protein": "p"}).to_csv(tmp_path / "short.csv", index=False)
+    code, _, err = run_main(argv[:-4] + ["--groups", str(tmp_path / "short.csv"), "--group-col", "protein"], capsys)
+    assert code == 2 and "no protein for 1 of 60 samples (first 'id059')" in err
+    code, _, err = run_main(argv[:-2], capsys)  # --groups without --group-col
+    assert code == 2 and "--groups needs" in err

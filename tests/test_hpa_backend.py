@@ -7,7 +7,9 @@ bright discs drawn below, so labels can be checked at known places.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +228,25 @@ def test_predict_gives_network_scale_maps(seg):
     # A microtubule-only ring: the cell network sees it, the nuclei network does not.
     y, x = CENTRES[0][0] // 4, (CENTRES[0][1] + 32) // 4
     assert cell[y, x, 2] > 0.3 and nuc[y, x, 2] < 0.05  # MT at 200/255 scores 0.45 body
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def test_openvino_runtime_gives_the_torch_maps_and_masks(cfg, seg, labelled):
+    pytest.importorskip("openvino", reason='the openvino runtime is the optional extra: pip install -e ".[fast]"')
+    fast = HPASegmenter(replace(cfg, runtime="openvino", threads=1))
+    img = field()
+    (nuc, cell), = fast.predict([img])
+    (nuc0, cell0), = seg.predict([img])
+    assert np.abs(nuc - nuc0).max() < 1e-4 and np.abs(cell - cell0).max() < 1e-4
+    cells, nuclei = fast.labels_from_maps(nuc, cell, img.shape)
+    assert np.array_equal(cells, labelled[0]) and np.array_equal(nuclei, labelled[1])
+    # Both roles read the same test file here, so they share one converted graph.
+    assert len(list((Path(cfg.weights_dir) / "compiled").glob("dpn_unet-*.xml"))) == 1
+
+
+def test_openvino_runtime_missing_is_one_line(cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(InputError, match=r'pip install -e "\.\[fast\]"'):
+        HPASegmenter(replace(cfg, runtime="openvino"))

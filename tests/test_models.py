@@ -14,6 +14,7 @@ from cellloc.models import (
     MODELS,
     WeightSpec,
     adapt_stem_channels,
+    calibrate,
     create_model,
     fetch_weights,
     load_pretrained,
@@ -176,3 +177,16 @@ def test_garbage_weight_file_error_gives_no_unsafe_advice(tmp_path):
         load_pretrained(model, NAME, 4, path=path)
     msg = str(err.value)
     assert "not a loadable state_dict" in msg and "weights_only" not in msg and "\n" not in msg
+
+
+def test_calibrate_gives_random_weights_a_trained_nets_scales():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    batches = [torch.randn(4, 3, 8, 8) * 5 + 2 for _ in range(3)]
+    calibrate(net, batches, head=net[4], logit_std=3.0)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    with torch.no_grad():
+        feats = torch.cat([net[0](x) for x in batches])
+    torch.testing.assert_close(net[1].running_mean, feats.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)  # the average over all batches
+    with torch.no_grad():
+        assert net(batches[0]).std().item() == pytest.approx(3.0, rel=1e-4)

@@ -7,6 +7,7 @@ not the score.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -220,3 +221,26 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
         predict.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("executor", ["process", pytest.param("dask", marks=pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None, reason='the dask executor needs pip install -e ".[distributed]"'))])
+def test_every_executor_writes_the_same_bytes_and_the_same_failure_row(trained, tmp_path, executor):
+    test = tmp_path / "test"
+    shutil.copytree(trained["test"], test)
+    bad = list_fields(test, ("red", "green", "blue", "yellow")).ids[1]
+    (test / f"{bad}_green.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    predict = load_script("predict")
+    common = ["--input", str(test), "--models", str(trained["models"])]
+    assert predict.main([*common, "--out", str(tmp_path / "serial")]) == 1
+    assert predict.main([*common, "--out", str(tmp_path / executor), "--executor", executor, "--workers", "2"]) == 1
+
+    def outputs(out: Path) -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name != "predict_config.json" and not p.name.startswith(".")}
+
+    serial = outputs(tmp_path / "serial")
+    assert outputs(tmp_path / executor) == serial
+    assert serial["predict_failures.csv"].decode().splitlines()[1].startswith(f"{bad},")
+    assert {k for k in serial if k.startswith("cell_scores/")} == {f"cell_scores/{i}.csv" for i in
+                                                                   list_fields(test, ("red", "green", "blue", "yellow")).ids if i != bad}

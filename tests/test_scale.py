@@ -127,7 +127,7 @@ def test_a_dim_noisy_field_is_still_segmented():
 
 @pytest.mark.skipif(not NUCLEI_GT.is_dir(), reason="../shared/data/nuclei_gt not present")
 def test_real_nuclei_with_no_options_score_as_well_as_told():
-    from cellloc.segment_score import find_items, score_items, summarise
+    from cellloc.runs.score_segmentation import find_items, score_items, summarise
     from cellloc.tasks import get_task
 
     def ap50(pattern, **kw):

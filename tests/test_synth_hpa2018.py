@@ -205,3 +205,17 @@ def test_test_split_keeps_its_truth_apart(tmp_path):
     write_dataset(serial, Hpa2018Config(size=128, seed=3), 4, split="test")
     for p in (tmp_path / "test").iterdir():
         assert p.read_bytes() == (serial / "test" / p.name).read_bytes()
+
+
+def test_another_seed_or_size_replaces_the_images(tmp_path):
+    write_dataset(tmp_path, Hpa2018Config(size=128, seed=3), 3)
+    (tmp_path / "train" / "notes.txt").write_text("mine")
+    other = write_dataset(tmp_path, Hpa2018Config(size=128, seed=4), 2)
+    ids = read_labels(tmp_path / "train.csv")["ID"].tolist()
+    assert other.removed == 3 and other.written == 2
+    assert sorted(list_fields(tmp_path / "train").ids) == sorted(ids)  # no image of seed 3 left behind
+    bigger = write_dataset(tmp_path, Hpa2018Config(size=160, seed=4), 2)
+    assert bigger.removed == 2 and bigger.written == 2  # same Ids, another size: drawn again
+    assert read_field(tmp_path / "train", ids[0]).shape == (160, 160, 4)
+    assert (tmp_path / "train" / "notes.txt").read_text() == "mine"  # not a generated file: kept
+    assert write_dataset(tmp_path, Hpa2018Config(size=160, seed=4), 2).written == 0

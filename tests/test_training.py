@@ -87,6 +87,7 @@ class Snapshot(Callback):
         (["--level", "image", "--cell-weights", "drop"], "cell_weights is for cell-level training"),
         (["--image-head", "mean", "--cells-per-field", "64"], "cells_per_field must be in 1..batch_size (32)"),
         (["--image-loss-weight", "-1"], "image_loss_weight must be >= 0"),
+        (["--image-head", "max", "--balance-power", "1"], "cannot be combined with balance_power"),
         (["--device", "tpu"], "device must be auto, cpu or cuda"),
         (["--optimizer", "lamb"], "optimizer must be one of adam, adamw, nadam, sgd"),
         (["--schedule", "step"], "schedule must be one of constant, cosine, exponential, onecycle"),

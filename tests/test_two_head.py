@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cellloc.losses import create_loss
-from cellloc.models import classify, create_model, embed
+from cellloc.models import classify, create_model, embed, num_features
 from cellloc.two_head import POOLS, ImageHead, TwoHeadModule, pool_cells
 
 H = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])
@@ -59,3 +59,15 @@ def test_module_adds_the_image_loss_to_the_cell_loss():
     module.optimizer_scheduler()  # the optimizer sees the backbone and the image head
     params = {id(p) for p in optimized[0].parameters()}
     assert {id(p) for p in module.image_head.parameters()} <= params and {id(p) for p in net.parameters()} <= params
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "resnet18", "densenet121"])
+def test_features_and_head_apart_match_the_whole_net(name):
+    """Every backbone family: its own head on :func:`embed`'s features gives its logits."""
+    torch.manual_seed(0)
+    net = create_model(name, 4, 5, "none", image_size=32).eval()
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        h = embed(net, x)
+        assert h.shape == (2, num_features(net))
+        torch.testing.assert_close(classify(net, h), net(x))

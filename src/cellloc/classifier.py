@@ -37,6 +37,7 @@ from .fieldio import write_json
 from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
+from .runtime import compile_for_runtime
 from .tasks import Task, get_task
 from .torchfile import load_checkpoint
 
@@ -133,11 +134,15 @@ class Classifier(nn.Module):
         return predict_samples(self, samples, tta, batch_size, num_workers, amp)
 
 
-def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "best.pt") -> Classifier:
+def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "best.pt",
+                    runtime: str = "torch", threads: int = 0) -> Classifier:
     """Build a fold's model from ``run_dir/recipe.json`` and load ``run_dir/<weights>``, in eval mode.
 
     ``weights`` may be ``best.pt`` (the early-stopping pick, a plain state_dict) or ``last.pt``
-    (the resume checkpoint; its ``model`` entry is used).
+    (the resume checkpoint; its ``model`` entry is used). ``runtime="openvino"`` (CPU, the
+    ``fast`` extra) runs the backbone as a converted graph, cached in ``compiled/`` beside the
+    weights by their checksum (``cellloc.runtime.compile_for_runtime``): same probabilities
+    within 1e-5, several times faster on CPU.
     """
     run_dir = Path(run_dir)
     recipe = Recipe.read(run_dir / RECIPE_FILE)
@@ -150,6 +155,11 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
         net.load_state_dict(sd)
     except RuntimeError as exc:
         raise InputError(f"{path}: does not fit {recipe.model} ({str(exc).splitlines()[0]})") from None
+    if runtime != "torch":
+        if torch.device(device).type != "cpu":
+            raise InputError(f"the {runtime} runtime runs on the CPU; use --runtime torch for --device {device}")
+        side = recipe.image_size
+        net = compile_for_runtime(net.eval(), (recipe.in_chans, side, side), path, runtime, threads=threads, stem=recipe.model)
     model = Classifier(net, recipe)
     device = torch.device(device)
     model.to(device)
@@ -224,10 +234,12 @@ def fold_dirs(models: str | Path, folds: Sequence[int] = ()) -> list[Path]:
     return dirs
 
 
-def load_ensemble(run_dir: str | Path, folds: Sequence[int] = (), device: str | torch.device = "cpu") -> Ensemble:
-    """Every trained fold of a run folder (or only ``folds``) as one :class:`Ensemble`."""
+def load_ensemble(run_dir: str | Path, folds: Sequence[int] = (), device: str | torch.device = "cpu",
+                  runtime: str = "torch", threads: int = 0) -> Ensemble:
+    """Every trained fold of a run folder (or only ``folds``) as one :class:`Ensemble` (``runtime``:
+    see :func:`load_classifier`)."""
     dirs = fold_dirs(run_dir, folds)
-    return Ensemble([load_classifier(d, device) for d in dirs], [str(d) for d in dirs])
+    return Ensemble([load_classifier(d, device, runtime=runtime, threads=threads) for d in dirs], [str(d) for d in dirs])
 
 
 class _Views(Dataset):

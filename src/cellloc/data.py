@@ -181,7 +181,7 @@ def read_samples(path: str | Path, num_classes: int) -> pd.DataFrame:
     if (mixed > 1).any():
         raise InputError(f"{path}: sample {mixed[mixed > 1].index[0]!r} has rows with different labels or folds")
     first = df.drop_duplicates("ID").reset_index(drop=True)
-    lines = np.flatnonzero(~df.duplicated("ID")) + 2
+    lines = np.asarray(row_lines(df))[~df.duplicated("ID").to_numpy()]
     first["weak"] = [parse_label(v, num_classes, f"{path}: line {line}") for v, line in zip(first["Label"], lines)]
     return first
 

@@ -47,7 +47,7 @@ from .config import opt
 from .errors import InputError
 from .fieldio import HPA_CHANNELS, format_label, read_csv, write_csv, write_png
 from .registry import Registry
-from .synth import SynthConfig, generate_field
+from .synth import SynthConfig, class_gallery, generate_field
 from .tasks import DEFAULT_TASK, TASKS, get_task
 
 Progress = Callable[[int], None]
@@ -69,7 +69,7 @@ class MakeDataConfig:
     min_cells: int = opt(10, "hpa-sc: fewest cells placed per field")
     max_cells: int = opt(22, "hpa-sc: most cells placed per field")
     noise: float = opt(1.0, "noise multiplier (0 = clean)")
-    gallery: str = opt("", "hpa-sc: write a per-class example grid PNG to this path instead of a dataset")
+    gallery: str = opt("", "hpa-sc, hpa-2018: write a per-class example grid PNG to this path instead of a dataset")
     options: list[str] = opt([], "KEY=VALUE settings of the task's own generator config (hpa-sc SynthConfig, hpa-2018 "
                              "Hpa2018Config, rxrx1 RxRx1SynthConfig), e.g. --options sirnas=8 plates=1 train_experiments=1")
 
@@ -101,6 +101,7 @@ class DatasetGenerator:
     write: Callable[[Path, Any, MakeDataConfig, str, int, "Progress | None"], str]
     units: Callable[[Any, MakeDataConfig], int] = lambda settings, cfg: cfg.fields
     unit: str = "field"  # what one progress step is
+    gallery: Callable[[], np.ndarray] | None = None  # an RGB uint8 grid of one example per class (--gallery)
 
     def __call__(self, out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
                  progress: Progress | None = None) -> str:
@@ -287,4 +288,4 @@ def generate_hpa_sc(out_dir: Path, synth: SynthConfig, cfg: MakeDataConfig, spli
             f"in {time.perf_counter() - t0:.1f}s" + "".join(f"; {line}" for line in said))
 
 
-GENERATORS["hpa-sc"] = DatasetGenerator(hpa_sc_settings, generate_hpa_sc)
+GENERATORS["hpa-sc"] = DatasetGenerator(hpa_sc_settings, generate_hpa_sc, gallery=class_gallery)

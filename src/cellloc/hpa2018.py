@@ -32,7 +32,7 @@ import pandas as pd
 from .classes import HPA_2018, LabelSet
 from .errors import InputError
 from .fieldio import atomic_path, format_label, multihot
-from .thresholds import f1_counts, f1_per_class
+from .thresholds import Thresholds, f1_counts, f1_per_class, predict_labels
 
 LABEL_COLUMNS = ("Id", "Target")
 SUBMISSION_COLUMNS = ("Id", "Predicted")
@@ -326,6 +326,18 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def encode_rows(sample_ids: Sequence[str], probs: np.ndarray, task: object = None,
+                thresholds: Mapping | None = None) -> list[tuple[str, str]]:
+    """``(Id, "0 16")`` submission rows from per-sample probabilities (N, 28) and a recipe's thresholds.
+
+    ``thresholds`` is a model recipe's ``"thresholds"`` entry (:meth:`Thresholds.to_dict`):
+    per-class or global thresholds, or the share rule, and whether each image keeps its top
+    class. Without one: 0.5 for every class and the top class kept (every 2018 image has one).
+    """
+    th = Thresholds.from_dict(dict(thresholds)) if thresholds else Thresholds(0.5, np.zeros(0), keep_top=True)
+    return [(i, format_target(np.flatnonzero(row))) for i, row in zip(sample_ids, predict_labels(probs, th))]
+
+
 # --------------------------------------------------------------------------- the task registries' entries
 
 
@@ -336,7 +348,7 @@ def _register() -> None:
     for a task that does not need it.
     """
     from .labels import LABEL_READERS
-    from .submission_formats import SubmissionFormat, encode_multilabel, register_format
+    from .submission_formats import SubmissionFormat, register_format
 
     def check(path: str | Path, task, expected_ids: Iterable[str] | None = None, max_per_line: int = 5,
               **_: object) -> list[tuple[int, str]]:
@@ -347,7 +359,7 @@ def _register() -> None:
 
     LABEL_READERS.register("hpa-2018")(read_labels)
     register_format(SubmissionFormat("hpa-2018", SUBMISSION_COLUMNS, check, evaluate, read_ids,
-                                     encode=encode_multilabel, show=format_table))
+                                     encode=encode_rows, show=format_table))
 
 
 _register()

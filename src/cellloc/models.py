@@ -6,6 +6,10 @@ names to builders. ImageNet weights are RGB, our fields have 4 channels: the pre
 widened by :func:`adapt_stem_channels` instead of being thrown away (efficientnet-pytorch's own
 ``from_pretrained(in_channels=4)`` replaces the stem with random weights).
 
+Registered: efficientnet-b0..b7 (efficientnet-pytorch), resnet18, resnet50 and densenet121
+(torchvision's files), se-resnext50-32x4d and se-resnext101-32x4d (Cadene's ``pretrainedmodels``
+files); the last five are written in :mod:`cellloc.backbones` with the published key layouts.
+
 Weights are never downloaded as a side effect of import or construction with
 ``pretrained="none"``. With ``"imagenet"`` the file is looked up in a cache folder, downloaded
 there when missing, and its SHA-256 checked before :func:`cellloc.torchfile.load` reads it. Offline,
@@ -18,14 +22,14 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import torchfile
+from . import backbones, torchfile
 from .errors import InputError
 from .fieldio import atomic_path, sha256_file
 
@@ -38,8 +42,9 @@ class WeightSpec:
     """Where a weight file lives and how to recognise it.
 
     ``sha256`` is the full hex digest or a prefix of it (at least 8 hex digits): the published
-    efficientnet-pytorch files carry the first 8 digits of their SHA-256 in their names
-    (torch.hub's convention), which is all that is known about them without downloading.
+    efficientnet-pytorch, torchvision and Cadene ``pretrainedmodels`` files carry the first 8
+    digits of their SHA-256 in their names (torch.hub's convention, checked by torch.hub on
+    download), which is all that is known about them without downloading.
     """
 
     url: str
@@ -81,7 +86,8 @@ def register_model(
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    """Registered names in registration order, so families stay together (efficientnet-b0..b7, resnet18, ...)."""
+    return list(MODELS)
 
 
 # --------------------------------------------------------------------------- efficientnet-pytorch
@@ -102,14 +108,19 @@ def _efficientnet_builder(name: str) -> Callable[..., nn.Module]:
     return build
 
 
+def _hash_named_spec(url: str) -> WeightSpec | None:
+    """The :class:`WeightSpec` of a file named ``<name>-<hex>.pth`` (torch.hub's convention: the hex is
+    the start of the file's SHA-256, which torch.hub checks); ``None`` if the name carries no digest."""
+    digest = re.search(r"-([0-9a-f]{8,})\.pth$", url)
+    return WeightSpec(url, digest.group(1)) if digest else None
+
+
 def _register_efficientnets() -> None:
     from efficientnet_pytorch.utils import efficientnet_params, url_map
 
     for name, url in url_map.items():
-        digest = re.search(r"-([0-9a-f]{8,})\.pth$", url)
-        spec = WeightSpec(url, digest.group(1)) if digest else None
         size = efficientnet_params(name)[2]
-        register_model(name, spec, "_conv_stem.weight", ("_fc.weight", "_fc.bias"), size)(
+        register_model(name, _hash_named_spec(url), "_conv_stem.weight", ("_fc.weight", "_fc.bias"), size)(
             _efficientnet_builder(name)
         )
 
@@ -117,26 +128,124 @@ def _register_efficientnets() -> None:
 _register_efficientnets()
 
 
+# --------------------------------------------------------------------------- torchvision and Cadene layouts
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+CADENE_URL = "http://data.lip6.fr/cadene/pretrainedmodels/"  # as published by pretrainedmodels; the digest guards it
+
+# name -> (architecture from cellloc.backbones, published file, stem key, head keys). All five were
+# trained at 224 px on RGB scaled to [0, 1] and normalised by the ImageNet mean/std.
+_PUBLISHED_LAYOUTS: dict[str, tuple[Callable[..., nn.Module], str, str, tuple[str, str]]] = {
+    "resnet18": (backbones.resnet18, TORCHVISION_URL + "resnet18-f37072fd.pth", "conv1.weight", ("fc.weight", "fc.bias")),
+    "resnet50": (backbones.resnet50, TORCHVISION_URL + "resnet50-0676ba61.pth", "conv1.weight", ("fc.weight", "fc.bias")),
+    "densenet121": (
+        backbones.densenet121,
+        TORCHVISION_URL + "densenet121-a639ec97.pth",
+        "features.conv0.weight",
+        ("classifier.weight", "classifier.bias"),
+    ),
+    "se-resnext50-32x4d": (
+        backbones.se_resnext50_32x4d,
+        CADENE_URL + "se_resnext50_32x4d-a260b3a4.pth",
+        "layer0.conv1.weight",
+        ("last_linear.weight", "last_linear.bias"),
+    ),
+    "se-resnext101-32x4d": (
+        backbones.se_resnext101_32x4d,
+        CADENE_URL + "se_resnext101_32x4d-3b2fe3d8.pth",
+        "layer0.conv1.weight",
+        ("last_linear.weight", "last_linear.bias"),
+    ),
+}
+
+
+def _backbone_builder(arch: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def build(in_chans: int, num_classes: int, image_size: int | None) -> nn.Module:
+        # adaptive pooling: the architecture does not depend on the input size
+        return arch(in_chans=in_chans, num_classes=num_classes)
+
+    return build
+
+
+def _register_published_layouts() -> None:
+    for name, (arch, url, stem_key, head_keys) in _PUBLISHED_LAYOUTS.items():
+        register_model(name, _hash_named_spec(url), stem_key, head_keys, 224)(_backbone_builder(arch))
+
+
+_register_published_layouts()
+
+
+# --------------------------------------------------------------------------- stand-ins for trained weights
+
+
+def calibrate(net: nn.Module, batches: Iterable[torch.Tensor], head: nn.Module | None = None, logit_std: float = 3.0) -> nn.Module:
+    """A random-weight ``net`` made to behave like a trained one where precision and speed are measured.
+
+    Random init leaves batch-norm running statistics at (0, 1), so activations drift off scale
+    layer by layer and the outputs come out near-constant: two runtimes then agree whatever they
+    do. Here every batch norm's statistics become the cumulative average over ``batches`` (run in
+    training mode), and ``head`` (the last layer, with weight and bias) is scaled so the outputs
+    spread with std ``logit_std`` on the first batch, as a trained net's logits do. Returns
+    ``net`` in eval mode without gradients.
+    """
+    batches = list(batches)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+        net.eval()
+        if head is not None:
+            scale = logit_std / net(batches[0]).std()
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.mul_(scale)
+    return net.requires_grad_(False)
+
+
 # --------------------------------------------------------------------------- features and head apart
+
+HEAD_ATTRS = ("_fc", "fc", "last_linear", "classifier")  # efficientnet-pytorch, ResNet, SE-ResNeXt, DenseNet
+
+
+def _head(net: nn.Module) -> nn.Linear:
+    for name in HEAD_ATTRS:
+        layer = getattr(net, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise ValueError(f"{type(net).__name__}: no linear classification head named one of {', '.join(HEAD_ATTRS)}")
 
 
 def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, F) pooled features of a built backbone: what its classification head sees.
 
     ``classify(net, embed(net, x))`` is ``net(x)``; a model with a second head (e.g. an image
-    head pooled over a field's cells, :mod:`cellloc.two_head`) shares the features.
+    head pooled over a field's cells, :mod:`cellloc.two_head`) shares the features. EfficientNets
+    stop before their dropout and head; the other backbones run whole and the head's input is kept
+    (the head itself costs one small matrix product).
     """
-    return net._avg_pooling(net.extract_features(x)).flatten(1)
+    if hasattr(net, "extract_features"):
+        return net._avg_pooling(net.extract_features(x)).flatten(1)
+    seen: list[torch.Tensor] = []
+    hook = _head(net).register_forward_pre_hook(lambda _layer, args: seen.append(args[0]))
+    try:
+        net(x)
+    finally:
+        hook.remove()
+    return seen[0]
 
 
 def classify(net: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """(N, num_classes) logits of the backbone's own head (dropout, then the linear layer) on :func:`embed`'s features."""
-    return net._fc(net._dropout(features))
+    """(N, num_classes) logits of the backbone's own head (dropout where it has one, then the linear layer)."""
+    dropout = getattr(net, "_dropout", None)
+    return _head(net)(dropout(features) if dropout is not None else features)
 
 
 def num_features(net: nn.Module) -> int:
     """Width of :func:`embed`'s features."""
-    return int(net._fc.in_features)
+    return int(_head(net).in_features)
 
 
 # --------------------------------------------------------------------------- stem adaptation

@@ -87,23 +87,6 @@ def first_column_ids(path: Path) -> list[str]:
     return df[df.columns[0]].str.strip().tolist()
 
 
-def encode_multilabel(sample_ids: Sequence[str], probs: np.ndarray, task: Task, thresholds: dict | None = None,
-                      separator: str = " ") -> list[tuple[str, str]]:
-    """``(id, "a b c")`` rows: the classes at or above their threshold, and always the top class.
-
-    ``thresholds`` is a recipe's ``{"global": t, "per_class": [...]}`` (``per_class`` wins; 0.5
-    without any). Keeping the most likely class even below its threshold follows the HPA-2018
-    winners: every image shows at least one location.
-    """
-    t = np.full(probs.shape[1], 0.5)
-    if thresholds:
-        t = np.asarray(thresholds.get("per_class") or [thresholds.get("global", 0.5)] * probs.shape[1], float)
-    chosen = probs >= t[None, :]
-    if len(probs):
-        chosen[np.arange(len(probs)), probs.argmax(axis=1)] = True
-    return [(i, separator.join(str(k) for k in np.flatnonzero(row))) for i, row in zip(sample_ids, chosen)]
-
-
 def encode_argmax(sample_ids: Sequence[str], probs: np.ndarray, task: Task, thresholds: dict | None = None) -> list[tuple[str, int]]:
     """``(id, class)`` rows: the most likely class of each sample (multiclass tasks)."""
     return [(i, int(k)) for i, k in zip(sample_ids, probs.argmax(axis=1))]

@@ -22,7 +22,10 @@ in parallel, and a larger dataset with the same seed starts with the same images
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import HPA_2018
-from .fieldio import HPA_CHANNELS, write_csv, write_png
+from .fieldio import HPA_CHANNELS, atomic_path, write_csv, write_png
 from .hpa2018 import format_target, write_labels
 from .synth import (
     CellPatch,
@@ -469,6 +472,31 @@ class _Job:
     image_dir: Path
 
 
+_IMAGE_FILE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_(red|green|blue|yellow)\.png")
+
+
+def _remove_stale(image_dir: Path, marker: Path, cfg: Hpa2018Config, keep: set[str]) -> int:
+    """Delete generated images that this run would not draw; returns how many images went.
+
+    An image whose Id is not among ``keep`` (another seed, fewer images) goes; so does every
+    generated image when the settings recorded in ``marker`` differ from ``cfg`` (another size,
+    bit depth or class table would otherwise be kept as if complete). Files not named as this
+    generator names them are left alone. The new settings are recorded before drawing, so a
+    killed run resumes with its own images.
+    """
+    settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    changed = marker.exists() and marker.read_text() != settings
+    gone: set[str] = set()
+    for path in image_dir.iterdir():
+        m = _IMAGE_FILE.fullmatch(path.name)
+        if m and (changed or m.group(1) not in keep):
+            path.unlink()
+            gone.add(m.group(1))
+    with atomic_path(marker) as tmp:
+        tmp.write_text(settings)
+    return len(gone)
+
+
 def _files(job: _Job) -> list[Path]:
     return [job.image_dir / f"{job.record.image_id}_{c}.png" for c in HPA_CHANNELS]
 
@@ -492,6 +520,7 @@ class DatasetSummary:
     images: int
     written: int
     label_shares: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    removed: int = 0  # stale images deleted first (another seed, count or setting)
 
 
 def write_dataset(
@@ -511,8 +540,9 @@ def write_dataset(
         out_dir/truth/images.csv                         Id,protein,cell_line,Target (how each image was drawn)
 
     Each channel file is written atomically and a complete image is not drawn again, so a
-    killed run resumes; the CSVs are rebuilt from the (pure) image records. Rows are sorted by
-    Id, as in the competition's files.
+    killed run resumes; images of another seed, count or setting are deleted first (the
+    settings are kept in ``truth/{split}_generator.json``). The CSVs are rebuilt from the (pure)
+    image records. Rows are sorted by Id, as in the competition's files.
     """
     if n_fields < 1:
         raise ValueError(f"n_fields must be >= 1, got {n_fields}")
@@ -520,6 +550,8 @@ def write_dataset(
     records = image_records(cfg, split, n_fields)
     image_dir = out / split
     image_dir.mkdir(parents=True, exist_ok=True)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    removed = _remove_stale(image_dir, out / "truth" / f"{split}_generator.json", cfg, {r.image_id for r in records})
     jobs = [_Job(cfg, r, image_dir) for r in records]
     written = 0
     if workers > 1:
@@ -547,7 +579,7 @@ def write_dataset(
     shares = np.zeros(HPA_2018.num_classes)
     for r in records:
         shares[list(r.classes)] += 1
-    return DatasetSummary(out, split, len(records), written, shares / len(records))
+    return DatasetSummary(out, split, len(records), written, shares / len(records), removed)
 
 
 # --------------------------------------------------------------------------- make_data.py --task hpa-2018
@@ -566,14 +598,15 @@ def _generate(out_dir: Path, synth: Hpa2018Config, cfg, split: str = "train", wo
     """``--fields`` images of one split."""
     info = write_dataset(out_dir, synth, cfg.fields, split, workers, progress)
     present = int((info.label_shares > 0).sum())
-    return (f"{out_dir}: {info.images} {split} images ({info.written} drawn now), {present} of "
+    stale = f", {info.removed} stale images removed" if info.removed else ""
+    return (f"{out_dir}: {info.images} {split} images ({info.written} drawn now{stale}), {present} of "
             f"{HPA_2018.num_classes} classes present, truth in {Path(out_dir) / 'truth'}")
 
 
 def _register() -> None:
     from .generators import GENERATORS, DatasetGenerator
 
-    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate)
+    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate, gallery=class_gallery)
 
 
 _register()

@@ -159,6 +159,7 @@ class Thresholds:
     fitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
     oof_macro_f1: dict[str, float] = field(default_factory=dict)
     fallback: str = "share"
+    target_share: np.ndarray = field(default_factory=lambda: np.zeros(0))  # method "share": each class's share
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; ``global`` and ``per_class`` are the recipe's keys, the rest says how."""
@@ -177,6 +178,7 @@ class Thresholds:
             "n_positives": [int(v) for v in self.n_positives],
             "fitted": floats(self.fitted),
             "oof_macro_f1": {k: round(float(v), 6) for k, v in self.oof_macro_f1.items()},
+            "target_share": floats(self.target_share),
         }
 
     @classmethod
@@ -193,7 +195,7 @@ class Thresholds:
         return cls(g, per_class, data.get("method", "f1"), bool(data.get("keep_top", False)),
                    int(data.get("min_positives", 0)), float(data.get("shrink", 0.0)),
                    np.array(data.get("n_positives") or [], np.int64), fitted, dict(data.get("oof_macro_f1") or {}),
-                   str(data.get("fallback", "share")))
+                   str(data.get("fallback", "share")), np.array(data.get("target_share") or [], np.float64))
 
     def for_classes(self, num_classes: int) -> np.ndarray:
         """The (C,) thresholds to apply: ``per_class`` when fitted, else the global one for every class."""
@@ -287,7 +289,8 @@ def share_thresholds(probs: np.ndarray, target_share: np.ndarray, keep_top: bool
             per_class[k] = desc[count[k] - 1, k]
         elif n:
             per_class[k] = np.nextafter(desc[0, k], np.inf)  # above every score: none predicted
-    return Thresholds(float(np.median(per_class)), per_class, "share", keep_top, fitted=np.full(probs.shape[1], np.nan))
+    return Thresholds(float(np.median(per_class)), per_class, "share", keep_top, fitted=np.full(probs.shape[1], np.nan),
+                      target_share=share)
 
 
 def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray | float, keep_top: bool = False) -> np.ndarray:
@@ -300,8 +303,15 @@ def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray | float, keep_top
 
 
 def predict_labels(probs: np.ndarray, th: Thresholds) -> np.ndarray:
-    """Boolean (N, C) predictions of ``probs`` with fitted :class:`Thresholds`."""
-    return apply_thresholds(probs, th.for_classes(np.asarray(probs).shape[1]), th.keep_top)
+    """Boolean (N, C) predictions of ``probs`` with fitted :class:`Thresholds`.
+
+    Share thresholds that carry their ``target_share`` are set again on ``probs`` themselves
+    (the images being labelled, as the 2018 winner did on the test set); the others are fixed.
+    """
+    probs = np.asarray(probs, np.float64)
+    if th.method == "share" and th.target_share.size:
+        th = share_thresholds(probs, th.target_share, th.keep_top)
+    return apply_thresholds(probs, th.for_classes(probs.shape[1]), th.keep_top)
 
 
 def label_lists(pred: np.ndarray) -> list[list[int]]:

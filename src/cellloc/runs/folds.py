@@ -7,6 +7,7 @@ column), ``<stem>_balance.txt/.csv/.png`` beside it (the config is saved by the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class FoldsConfig:
     method: str = opt("iterstrat", "splitter: iterstrat (iterative-stratification; fast, best balanced), "
                       "skmultilearn (scikit-multilearn) or random", choices=METHODS)
     group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate, experiment)")
+    groups: str = opt("", "with --labels: a CSV giving each sample's --group-col (matched on its Id or ID column), for a "
+                      "labels CSV without one (e.g. input/hpa2018/truth/images.csv --group-col protein)")
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -47,6 +50,8 @@ class FoldsConfig:
             self.labels = str(Path("input") / task.data_name / "train.csv")
         self.cells = self.cells or str(data / "cells.csv")
         self.out = self.out or str(data / "folds.csv")
+        if self.groups and not (self.labels and self.group_col):
+            raise ValueError("--groups needs --labels (or an image-level task) and --group-col")
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -120,11 +125,17 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
 
 
-def read_label_fields(path: str | Path, task: Task, group_col: str | None = None) -> FieldTable:
-    """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique."""
+def read_label_fields(path: str | Path, task: Task, group_col: str | None = None, groups: str | Path = "") -> FieldTable:
+    """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique.
+
+    ``groups`` names a second CSV that gives ``group_col`` for every sample (matched on its
+    ``Id`` or ``ID`` column) when the labels CSV itself has no such column.
+    """
     path = Path(path)
     num_classes = task.num_classes
     df = read_task_labels(path, task)
+    if groups:
+        df[group_col] = group_of_samples(df["ID"], groups, group_col)
     if group_col and group_col not in df.columns:
         raise InputError(f"{path}: missing column(s) {group_col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
     order = np.argsort(df["ID"].to_numpy(dtype=str), kind="stable")
@@ -133,6 +144,25 @@ def read_label_fields(path: str | Path, task: Task, group_col: str | None = None
     labels = multihot([df["labels"].iloc[i] for i in order], num_classes)
     groups = _group_values(df, group_col, path).to_numpy(dtype=object)[order] if group_col else None
     return FieldTable(df.drop(columns="labels"), field_of_row, labels, groups, None)
+
+
+def group_of_samples(ids: pd.Series, path: str | Path, group_col: str) -> list[str]:
+    """``group_col`` of each sample id, from a CSV with an ``Id`` or ``ID`` column; every id must be there."""
+    path = Path(path)
+    table = read_csv(path, (group_col,))
+    id_col = next((c for c in ("ID", "Id") if c in table.columns), None)
+    if id_col is None:
+        raise InputError(f"{path}: needs an ID or Id column to match samples (has: {', '.join(table.columns)})")
+    lines = row_lines(table)
+    keys = table[id_col].str.strip()
+    dup = keys.duplicated()
+    if dup.any():
+        raise InputError(f"{path}: line {lines[int(np.flatnonzero(dup)[0])]}: duplicate {id_col} {keys[dup].iloc[0]!r}")
+    group = dict(zip(keys, table[group_col]))
+    missing = [i for i in ids if i not in group]
+    if missing:
+        raise InputError(f"{path}: no {group_col} for {len(missing)} of {len(ids)} samples (first {missing[0]!r})")
+    return [group[i] for i in ids]
 
 
 def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
@@ -160,7 +190,7 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     task = get_task(cfg.task)
     label_set = task.label_set
     if cfg.labels:
-        fields = read_label_fields(cfg.labels, task, cfg.group_col)
+        fields = read_label_fields(cfg.labels, task, cfg.group_col, cfg.groups)
     else:
         fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col)
     split = split_folds(fields.labels, cfg.folds, cfg.seed, cfg.method, fields.groups)

@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,12 @@ from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
 from ..layouts import LAYOUTS
 from ..pipeline import BLEND_MODES, CONFIDENCE_MODES, FieldOptions, encode_prediction, field_scores
 from ..registry import Registry
+from ..runtime import RUNTIMES
 from ..segmentation import SegmentConfig, create_segmenter
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
+from .executor import ExecutorOptions, Failure
 from .segment import SegmentRunConfig
 from .train import default_run_name
 
@@ -45,7 +48,7 @@ CHUNK = 64  # fields per saved chunk of image-level scores
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ExecutorOptions):
     """Options of ``python src/predict.py``."""
 
     models: str = opt("", "training run folder; every fold*/ in it with a best.pt is used (default: models/effb2, "
@@ -75,6 +78,8 @@ class PredictConfig:
     batch_size: int = opt(64, "samples per forward pass")
     num_workers: int = opt(0, "image models: DataLoader worker processes reading fields")
     device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
+    runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
+                       "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
 
     def __post_init__(self) -> None:
@@ -86,6 +91,7 @@ class PredictConfig:
             raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1")
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
+        self.check_executor()
         if not self.models:
             task = get_task(self.task or DEFAULT_TASK)
             self.models = str(Path("models") / default_run_name(task, task.level))
@@ -131,13 +137,13 @@ class Predictor:
 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """Every fold of ``cfg.models`` (and ``cfg.image_models``), and the segmentation a cell model needs."""
-    model = load_ensemble(cfg.models, cfg.folds, cfg.device)
+    model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
     if cfg.image_models:
         if model.recipe.level != "cell":
             raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
-        image_model = load_ensemble(cfg.image_models, (), cfg.device)
+        image_model = load_ensemble(cfg.image_models, (), cfg.device, cfg.runtime)
         if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
             raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
                              f"({image_model.recipe.level}-level, task {image_model.task.name})")
@@ -161,7 +167,8 @@ def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
         if seg is None:
             raise InputError(f"{cfg.models}: the recipe records no segmentation (its cells table had no segment_config.json); "
                              "pass --segment-config (the segment_config.json of the training crops)")
-    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend)
+    return replace(seg, device=cfg.device, weights_dir=cfg.weights_dir or seg.weights_dir, backend=cfg.backend or seg.backend,
+                   runtime=cfg.runtime)
 
 
 def _masks_for(cfg: PredictConfig, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -216,50 +223,101 @@ def run_predict(cfg: PredictConfig, predictor: Predictor, progress: Progress | N
     return PREDICT_RUNS[predictor.model.recipe.level](cfg, predictor, progress)
 
 
+@dataclass
+class FieldPrediction:
+    """What a worker sends back for one field: its submission row's parts (its cell scores are on disk)."""
+
+    image_id: str
+    width: int = 0
+    height: int = 0
+    prediction: str = ""
+    cells: int = 0
+    error: str = ""
+
+
+class PredictWorker:
+    """A worker's loaded models and segmenter, built once per worker process (``init`` of the map)."""
+
+    def __init__(self, cfg: PredictConfig, predictor: Predictor | None = None) -> None:
+        self.cfg = cfg
+        self.predictor = predictor or load_predictor(cfg)
+        self.task = self.predictor.task
+        self.layout = LAYOUTS[self.task.layout]
+        self.segmenter = None if cfg.masks else create_segmenter(self.predictor.segment)
+        self.options = cfg.field_options()
+        self.out = cfg.out_dir()
+
+    def run_one(self, image_id: str) -> FieldPrediction:
+        """Segment (or read the masks of), score and encode one field; write its ``cell_scores/{ID}.csv``."""
+        cfg, task, predictor = self.cfg, self.task, self.predictor
+        try:
+            image = self.layout.read_field(cfg.input, image_id, task.channels)
+            if self.segmenter is None:
+                cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
+            else:
+                cells, nuclei = self.segmenter.segment(image)
+            result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, self.options)
+        except InputError as exc:
+            return FieldPrediction(image_id, error=str(exc))
+        table, scores = result.table, result.scores
+        score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
+        rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
+        rows.insert(0, "ID", image_id)
+        write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        h, w = image.shape[:2]
+        return FieldPrediction(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None),
+                               len(table))
+
+
+def predict_one(worker: PredictWorker, image_id: str) -> FieldPrediction:
+    return worker.run_one(image_id)
+
+
+def _absolute(cfg: PredictConfig) -> PredictConfig:
+    """The config with every path absolute, for workers that may run elsewhere (a cluster)."""
+    def full(path: str) -> str:
+        return str(Path(path).expanduser().resolve()) if path and path != "none" else path
+
+    return replace(cfg, input=full(cfg.input), out=str(cfg.out_dir().resolve()), models=full(cfg.models),
+                   image_models=full(cfg.image_models), masks=full(cfg.masks), segment_config=full(cfg.segment_config),
+                   weights_dir=full(cfg.weights_dir), sample_submission=full(cfg.sample_submission))
+
+
 def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
-    """Cell models: ``submission.csv`` (RLE rows) and ``cell_scores/{ID}.csv`` for every field."""
+    """Cell models: ``submission.csv`` (RLE rows) and ``cell_scores/{ID}.csv`` for every field.
+
+    Fields run on ``cfg.executor``; each worker loads the models once and writes the field's cell
+    scores; this process appends the submission rows, in field order, so the file is the same
+    whatever ran the fields.
+    """
     t0 = time.perf_counter()
     task = predictor.task
-    layout = LAYOUTS[task.layout]
     ids, failed = field_ids(cfg, task)
     out = cfg.out_dir()
-    segmenter = None if cfg.masks else create_segmenter(predictor.segment)
-    options = cfg.field_options()
     n_cells = n_done = 0
     writer = SubmissionWriter(out / "submission.csv")
     if writer.path.exists() and not writer.partial.exists():
         # a finished earlier run (perhaps with failed fields): resume from its rows, keep it until done
         shutil.copyfile(writer.path, writer.partial)
+    # the driver's loaded models serve a serial run; other executors load them in each worker
+    init = partial(PredictWorker, _absolute(cfg), predictor if cfg.executor == "serial" else None)
     with writer:
         skipped = sum(i in writer.done for i in ids)
         if progress and skipped:
             progress(skipped)
-        for image_id in ids:
-            if image_id in writer.done:
-                continue
-            try:
-                image = layout.read_field(cfg.input, image_id, task.channels)
-                if segmenter is None:
-                    cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
+        todo = [i for i in ids if i not in writer.done]
+        with cfg.open_executor() as ex:
+            for image_id, res in zip(todo, ex.map(predict_one, todo, init=init) if todo else ()):
+                if isinstance(res, Failure):
+                    res = FieldPrediction(image_id, error=res.error)
+                if res.error:
+                    failed.append((image_id, res.error))
                 else:
-                    cells, nuclei = segmenter.segment(image)
-                result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, options)
-            except InputError as exc:
-                failed.append((image_id, str(exc)))
+                    writer.write(image_id, res.width, res.height, res.prediction)
+                    n_cells += res.cells
+                    n_done += 1
                 if progress:
                     progress(1)
-                continue
-            table, scores = result.table, result.scores
-            score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
-            rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
-            rows.insert(0, "ID", image_id)
-            write_csv(out / "cell_scores" / f"{image_id}.csv", rows)
-            h, w = image.shape[:2]
-            writer.write(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None))
-            n_cells += len(table)
-            n_done += 1
-            if progress:
-                progress(1)
     write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
     return PredictSummary(len(ids), n_done, skipped, failed, n_cells, time.perf_counter() - t0, out / "submission.csv")
 
@@ -287,6 +345,9 @@ def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[l
 
 def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
     """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written."""
+    if cfg.executor != "serial":
+        raise InputError(f"--executor {cfg.executor}: image-level models score fields in batches in this process; "
+                         "use --num-workers for parallel reading (--executor maps cell-model runs)")
     t0 = time.perf_counter()
     task = predictor.task
     ids, failed = field_ids(cfg, task)

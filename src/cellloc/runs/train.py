@@ -8,6 +8,9 @@ validation loss or any of the task's metrics (``--monitor``). What it trains on 
 resize; each labelled sample's fields, e.g. RxRx1's two sites, are samples of its label). The
 loss, optimizer and schedule are chosen by name (:mod:`cellloc.losses`, :mod:`cellloc.optim`);
 outputs are sigmoid per class for multilabel tasks and softmax for multiclass ones.
+``--balance-power`` draws each epoch's samples by the rarity of their rarest class
+(:mod:`cellloc.sampling`); ``--cache-mb`` keeps image models' decoded, resized fields in RAM,
+filled before the first epoch (:mod:`cellloc.field_cache`; the predictions are the same).
 
 Cell models train on the field's weak labels by default (every cell inherits its field's
 ``Label``, as in HPA); ``label_source="true"`` trains on the per-cell ``TrueLabel`` of generated
@@ -69,6 +72,7 @@ from ..data import (
 )
 from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from ..errors import InputError
+from ..field_cache import CachedFields, FieldCache
 from ..fieldio import multihot, write_csv, write_json
 from ..losses import LOSSES, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
@@ -76,13 +80,14 @@ from ..models import PRETRAINED_CHOICES, create_model, model_names
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
 from ..plots_training import plot_training_curves
 from ..registry import Registry
+from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
 from ..two_head import TwoHeadModule
 from .segment import SegmentRunConfig
 
 # Fields that may differ between a run and its --resume (everything else must match).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "resume", "tta", "tiles", "amp",
-                               "channels_last"})
+                               "channels_last", "cache_mb"})
 
 
 def default_run_name(task: Task, level: str) -> str:
@@ -104,7 +109,7 @@ class TrainConfig:
     out_dir: str = opt("models", "runs go to OUT_DIR/RUN_NAME/fold<K>/")
     run_name: str = opt("", "name of this run's folder under OUT_DIR (default: effb2 for hpa-sc cell models, "
                         "else with the task and level appended, e.g. effb2_image, effb2_rxrx1)")
-    model: str = opt("efficientnet-b2", "backbone: efficientnet-b0 ... efficientnet-b7 (efficientnet-pytorch)")
+    model: str = opt("efficientnet-b2", "backbone: a name in cellloc.models.model_names() (efficientnet-b0..b7, resnet18, resnet50, densenet121, se-resnext50-32x4d, se-resnext101-32x4d)")
     pretrained: str = opt("imagenet", "initial weights: imagenet (URL + checksum into the cache) or none (offline)")
     weights_dir: str = opt("", "folder of ImageNet weight files (default $CELLLOC_IMAGENET_DIR or ~/.cache/cellloc/imagenet)")
     image_size: int = opt(260, "network input side in pixels: crops (and fields) are padded to square and resized to it")
@@ -151,6 +156,10 @@ class TrainConfig:
     grad_accum: int = opt(1, "gradient accumulation steps")
     clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
     aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
+    balance_power: float = opt(0.0, "class-balanced sampling: each epoch draws its samples with replacement, weighted by "
+                               "(samples of their rarest class)^-POWER; 0 = plain shuffle, 0.5 = square root, 1 = classes alike")
+    cache_mb: int = opt(0, "image models: MiB of RAM for decoded, resized fields, filled before the first epoch "
+                        "(0 = off); epochs then skip PNG decoding and resizing for the fields that fit")
     num_workers: int = opt(2, "DataLoader worker processes")
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda")
     amp: bool = opt(True, "fp16 mixed precision on CUDA (ignored on CPU)")
@@ -193,6 +202,8 @@ class TrainConfig:
             need(not used or self.level == "cell", f"{name} is for cell-level training")
         need(not self.soft_targets or self.label_source == "weak", "soft_targets refine the weak labels: use label_source weak")
         need(0 <= self.soft_weight <= 1, f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        need(self.image_head == "none" or self.balance_power == 0,
+             "image_head batches whole fields' cells: it cannot be combined with balance_power")
         need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
         need(self.cells_per_field >= 1 and (self.image_head == "none" or self.cells_per_field <= self.batch_size),
              f"cells_per_field must be in 1..batch_size ({self.batch_size}), got {self.cells_per_field}")
@@ -221,6 +232,9 @@ class TrainConfig:
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
         need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
+        need(0 <= self.balance_power <= 2, f"balance_power must be in [0, 2], got {self.balance_power}")
+        need(self.cache_mb >= 0, f"cache_mb must be >= 0, got {self.cache_mb}")
+        need(self.cache_mb == 0 or self.level == "image", "cache_mb caches whole fields: it needs an image-level model")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.limit >= 0, f"limit must be >= 0, got {self.limit}")
@@ -315,6 +329,7 @@ class SampleSets:
     y_valid_true: np.ndarray | None  # cell models on generated data: the true per-cell labels
     input: dict[str, Any]  # the recipe's "input" entry
     key: list[str]  # the columns naming a validation row in val_predictions.csv
+    cached: int = 0  # fields held in memory (--cache-mb)
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
 
 
@@ -353,7 +368,7 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
         y_train, label_matrix(valid, cfg.label_source, cfg.num_classes),
         label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
-        recipe_input, ["ID", "cell_id"], extras,
+        recipe_input, ["ID", "cell_id"], train_extras=extras,
     )
 
 
@@ -378,17 +393,30 @@ def image_samples(cfg: TrainConfig) -> SampleSets:
     train, valid = split_cells(samples, cfg.fold, cfg.limit, cfg.seed)
     train, valid = (expand_to_fields(t, task.layout, cfg.input, task.channels) for t in (train, valid))
 
-    def reader(rows: pd.DataFrame) -> FieldFiles:
-        return FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels)
+    cache = FieldCache(cfg.cache_mb << 20)
 
+    def reader(rows: pd.DataFrame, key: str) -> Sequence[np.ndarray]:
+        files = FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels)
+        return CachedFields(files, cfg.field_resize, cache, key) if cfg.cache_mb else files
+
+    train_reader, valid_reader = reader(train, "train"), reader(valid, "valid")
+    # filled here, in the training process: DataLoader workers forked later share the arrays
+    cached = sum(r.preload(max(1, cfg.num_workers)) for r in (train_reader, valid_reader)) if cfg.cache_mb else 0
     y_train, y_valid = (multihot(list(t["weak"]), cfg.num_classes).astype(np.float32) for t in (train, valid))
     recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles}
-    return SampleSets(train, valid, reader(train), reader(valid), y_train, y_valid, None, recipe_input, ["ID"])
+    return SampleSets(train, valid, train_reader, valid_reader, y_train, y_valid, None, recipe_input, ["ID"], cached)
 
 
 LEVEL_SAMPLES: Registry = Registry("level")
 LEVEL_SAMPLES["cell"] = cell_samples
 LEVEL_SAMPLES["image"] = image_samples
+
+
+def make_sampler(cfg: TrainConfig, y_train: np.ndarray) -> EpochSampler:
+    """The epoch sampler: a seeded shuffle, or class-balanced draws with ``--balance-power`` > 0."""
+    if cfg.balance_power > 0:
+        return BalancedEpochSampler(class_balanced_weights(y_train > 0, cfg.balance_power), cfg.seed)
+    return EpochSampler(len(y_train), cfg.seed)
 
 
 def make_optimizer_factory(cfg: TrainConfig, optimizer_steps_per_epoch: int):
@@ -567,7 +595,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         batches = FieldBatchSampler(sets.train_extras["group"], cfg.cells_per_field, fields_per_batch, cfg.seed)
         train_loader = DataLoader(train_ds, batch_sampler=batches, **loader_kw)
     else:
-        sampler = EpochSampler(len(train_ds), cfg.seed)
+        sampler = make_sampler(cfg, sets.y_train)
         train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True, **loader_kw)
     valid_loader = DataLoader(valid_ds, batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
 
@@ -671,6 +699,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         amp=bool(on_cuda and cfg.amp),
         channels_last=bool(on_cuda and cfg.channels_last),
         unmatched_valid_cells=int(sum(len(t) == 0 for t in sets.valid["true"])) if sets.y_valid_true is not None else None,
+        cached_fields=sets.cached,
         command=command,
         versions={"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                   "tez": __import__("tez").__version__},

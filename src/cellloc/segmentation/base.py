@@ -49,6 +49,8 @@ class SegmentConfig:
     cell_model: str = "3ch"  # "3ch" (MT+ER+nuclei) or "v2" (MT+zeros+nuclei)
     scale_factor: float = 0.25
     device: str = "cpu"
+    runtime: str = "torch"  # "torch" or "openvino" (CPU only; the optional [fast] extra), see cellloc.runtime
+    threads: int = 0  # CPU threads for the networks; 0: the runtime's default (all CPUs this process may use)
     batch_size: int = 1
     half: bool = False
     postprocess_at_network_scale: bool = True

@@ -6,8 +6,15 @@ multiple of 32, softmax) with these differences, all of them fixes or savings:
 
 * non-square fields come back at their own (H, W) (the reference's final resize swaps them);
 * the nucleus plane is rescaled once and shared by both networks (the reference rescales a
-  3-plane stack for the nuclei network, two planes of which are copies it never reads);
-* fields of one size go through each network together, ``batch_size`` at a time;
+  3-plane stack for the nuclei network, two planes of which are copies it never reads), and at
+  an integer factor (every HPA field at 0.25) the rescale is computed directly, same numbers
+  to 1e-7, 4-6x faster (:func:`shrink_by`);
+* fields of one size go through each network together, ``batch_size`` at a time (on a GPU this
+  fills the device; on 2 CPU cores it is 1.08x slower per field than one at a time, so the
+  default is 1; the two networks cannot share a batch, their weights differ);
+* the networks run under ``cfg.runtime``: PyTorch (any device), or OpenVINO on the CPU
+  (``cellloc.runtime``; fp32, outputs equal to PyTorch's within 1e-4, graphs converted once per
+  weight file and input size and cached in ``compiled/`` beside the weights);
 * padding is added only when the network-scale size is not a multiple of 32, and then laid out
   as the reference's ``padding=True`` (32 px before, up to the next multiple after);
 * with ``postprocess_at_network_scale`` (default) the labelling runs on the network-scale maps
@@ -21,7 +28,6 @@ multiple of 32, softmax) with these differences, all of them fixes or savings:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import cv2
@@ -31,6 +37,7 @@ from skimage import transform
 
 from ..errors import InputError
 from ..fieldio import to_unit_float
+from ..runtime import NetworkRuntime, create_runtime
 from .base import SegmentConfig, register_backend
 from .dpn_unet import DPNUnet
 from .postprocess import REFERENCE_CUTOFFS, REFERENCE_PIXEL_UM, Cutoffs, label_cell, match_nuclei_to_cells, relabel_sequential, remove_edge_labels
@@ -47,13 +54,36 @@ def rescale_plane(plane: np.ndarray, scale: float) -> np.ndarray:
 
     Integers map to [0, 1] by dtype range (uint16 /65535, as the reference; floats are taken
     as they are), then scikit-image ``rescale``: bilinear, Gaussian anti-aliasing with
-    sigma (1/s - 1)/2 when shrinking, mirrored edges.
+    sigma (1/s - 1)/2 when shrinking, mirrored edges. When 1/s is an integer k that divides H
+    and W (every HPA field at 0.25) the same numbers come from :func:`shrink_by`, ~10x faster.
     """
     x = to_unit_float(plane)
     if scale == 1:
         return x
+    k = round(1 / scale)
+    if k >= 2 and abs(1 / scale - k) < 1e-9 and x.shape[0] % k == 0 and x.shape[1] % k == 0 and min(x.shape) > 4 * k:
+        return shrink_by(x, k)
     out = transform.rescale(x, scale, order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
     return out.astype(np.float32, copy=False)
+
+
+def shrink_by(x: np.ndarray, k: int) -> np.ndarray:
+    """float32 HxW -> (H/k, W/k): scikit-image's ``rescale(x, 1/k, order=1, mode="reflect",
+    anti_aliasing=True)`` computed directly (H and W multiples of k).
+
+    That call blurs with a Gaussian of sigma (k-1)/2 (truncated at 4 sigma, mirrored edges) and
+    samples bilinearly at input coordinate k*i + (k-1)/2 for output pixel i: one pixel when k is
+    odd, the mean of two neighbours when k is even. OpenCV's blur with the same kernel and
+    BORDER_REFLECT_101 (scipy's "mirror") does the first, strided slices the second.
+    """
+    sigma = (k - 1) / 2
+    radius = int(4 * sigma + 0.5)
+    blurred = cv2.GaussianBlur(np.asarray(x, np.float32), (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REFLECT_101)
+    c = (k - 1) // 2
+    if k % 2:
+        return np.ascontiguousarray(blurred[c::k, c::k])
+    rows = (blurred[c::k] + blurred[c + 1 :: k]) * 0.5
+    return np.ascontiguousarray((rows[:, c::k] + rows[:, c + 1 :: k]) * 0.5)
 
 
 def pad_amounts(h: int, w: int) -> tuple[int, int, int, int]:
@@ -104,7 +134,7 @@ def cutoffs_for(cfg: SegmentConfig, field_shape: Sequence[int], map_shape: Seque
     return at_field_size.scaled((map_shape[0] * map_shape[1]) / (field_shape[0] * field_shape[1]))
 
 
-def load_network(path, device: torch.device) -> DPNUnet:
+def load_network(path, device: torch.device | str = "cpu") -> DPNUnet:
     """A DPNUnet in eval mode on ``device`` holding the weights of ``path`` (built on the meta
     device, so no random initialisation of 139M parameters is spent and thrown away)."""
     with torch.device("meta"):
@@ -138,10 +168,13 @@ class HPASegmenter:
             raise InputError(f"hpa backend: {exc}") from None
         self.er_index = rest[0] if rest else None
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
         folder = weights_folder(cfg.weights_dir)
         paths = [ensure_weights(name, folder, download=False) for name in (NUCLEI_MODEL, CELL_MODELS[cfg.cell_model])]
-        self.nuclei_net, self.cell_net = (load_network(p, self.device) for p in paths)
+        # One graph name for every role: a graph is keyed by its weight file's checksum anyway.
+        self.nuclei_net, self.cell_net = (
+            create_runtime(cfg.runtime, lambda p=p: load_network(p), p, stem="dpn_unet", threads=cfg.threads, device=cfg.device, half=cfg.half)
+            for p in paths
+        )
 
     # ----------------------------------------------------------------- stages
 
@@ -162,18 +195,12 @@ class HPASegmenter:
         er = rescale_plane(image[..., self.er_index], s) if self.er_index is not None else np.zeros_like(nucleus)
         return network_input([nucleus] * 3), network_input([mt, er, nucleus]), nucleus.shape
 
-    def _probabilities(self, net: DPNUnet, batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    def _probabilities(self, net: NetworkRuntime, batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Softmax maps (N, h, w, 3) float32 at network scale, padding cropped, channel 0 zeroed."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.float16)
-            if self.cfg.half and self.device.type == "cuda"
-            else contextlib.nullcontext()  # fp16 only pays on CUDA; on CPU it is slower
-        )
-        with torch.inference_mode(), autocast:
-            probs = torch.softmax(net(x).float(), dim=1)
+        logits = net.runner(batch.shape[1:])(batch)
+        probs = torch.softmax(torch.from_numpy(logits), dim=1)
         top, _, left, _ = pad_amounts(*size)
-        out = probs[:, :, top : top + size[0], left : left + size[1]].permute(0, 2, 3, 1).cpu().numpy()
+        out = probs[:, :, top : top + size[0], left : left + size[1]].permute(0, 2, 3, 1).numpy().copy()
         out[..., 0] = 0
         return out
 
