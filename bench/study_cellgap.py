@@ -240,9 +240,22 @@ def table(a: argparse.Namespace) -> None:
         "oof CPU-min": (g["oof_cpu_s"].mean() / 60).round(1),
         "load": g["load_start"].mean().round(1),
     }).reset_index()
+    if a.ceiling:
+        ceiling = out[out["config"] == a.ceiling].set_index("variant")["test mAP mean"]
+        if ceiling.empty:
+            raise SystemExit(f"study: no rows of --ceiling {a.ceiling}")
+        ref = out["variant"].map(ceiling).fillna(ceiling.get("", np.nan))
+        out.insert(3, "of ceiling", (out["test mAP mean"] / ref).round(2))
     if a.match:
         out = out[out["config"].str.contains(a.match)]
-    print(out.to_markdown(index=False) if a.markdown else out.to_string(index=False))
+    print(markdown(out) if a.markdown else out.to_string(index=False))
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub table of ``df`` (pandas' to_markdown needs tabulate, not a dependency here)."""
+    cells = [[str(v) if str(v) not in ("", "nan") else "-" for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     pt = sub.add_parser("table")
     pt.add_argument("--match", default="")
     pt.add_argument("--markdown", action="store_true")
+    pt.add_argument("--ceiling", default="", help="a configuration (true labels) to divide each mean by, same variant")
     a = p.parse_args(argv)
     os.chdir(REPO)
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
