@@ -240,6 +240,10 @@ def table(a: argparse.Namespace) -> None:
         "oof CPU-min": (g["oof_cpu_s"].mean() / 60).round(1),
         "load": g["load_start"].mean().round(1),
     }).reset_index()
+    if a.paired:
+        out = paired(df, a.paired)
+        print(markdown(out) if a.markdown else out.to_string(index=False))
+        return
     if a.ceiling:
         ceiling = out[out["config"] == a.ceiling].set_index("variant")["test mAP mean"]
         if ceiling.empty:
@@ -249,6 +253,16 @@ def table(a: argparse.Namespace) -> None:
     if a.match:
         out = out[out["config"].str.contains(a.match)]
     print(markdown(out) if a.markdown else out.to_string(index=False))
+
+
+def paired(df: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """Per configuration: the default prediction minus ``variant``'s, seed by seed (same model), mean, min and max."""
+    wide = df.pivot_table(index=["config", "seed"], columns="variant", values="test_map", sort=False)
+    if variant not in wide.columns:
+        raise SystemExit(f"study: no rows of variant {variant!r}")
+    diff = (wide[""] - wide[variant]).dropna().groupby(level="config", sort=False)
+    return pd.DataFrame({"seeds": diff.count(), f"default - {variant} mean": diff.mean().round(4),
+                         "min": diff.min().round(4), "max": diff.max().round(4)}).reset_index()
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -286,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     pt = sub.add_parser("table")
     pt.add_argument("--match", default="")
     pt.add_argument("--markdown", action="store_true")
+    pt.add_argument("--paired", default="", help="a prediction variant: the default's gain over it, seed by seed")
     pt.add_argument("--ceiling", default="", help="a configuration (true labels) to divide each mean by, same variant")
     a = p.parse_args(argv)
     os.chdir(REPO)
