@@ -6,7 +6,9 @@
     python src/demo.py --task hpa-2018            # every fold, per-class thresholds on the OOF predictions;
                                                   # ends with macro_F1_at_0.5= and macro_F1= (the fitted thresholds)
 
-Each stage is the same command a user would type; this script only chains them.
+Each stage is the same command a user would type; this script only chains them. The stages
+that make results (segment, train, fit_thresholds, predict) run with --overwrite, so a rerun with other options
+starts them over: each moves its previous outputs to <folder>.replaced-<time> and says so.
 """
 
 from __future__ import annotations
@@ -91,15 +93,16 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", "1",
                       "--fields", str(a.test_fields), "--size", str(a.size)])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
-    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size)])
+    run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
+                                    "--overwrite"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
     # EfficientNet-B0 for 10 epochs, keeping the last: at the same data about twice the test mAP of
     # B2 for 3 epochs, on true and on image labels alike, for twice its CPU time (docs/cellgap.md)
     run("train fold 0 (CPU-sized: EfficientNet-B0 on small crops, no ImageNet weights)",
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
-         "--model", "efficientnet-b0", "--monitor", "last"])
-    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test"])
+         "--model", "efficientnet-b0", "--monitor", "last", "--overwrite"])
+    run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     run("score the submission (competition metric, per-cell truth)",
@@ -119,8 +122,9 @@ def image_task(a: DemoConfig) -> list[str]:
     run("folds", ["src/gen_folds.py", "--task", a.task, "--folds", "5", "--seed", "42"])
     run("train fold 0 on whole fields (CPU-sized: small input, no ImageNet weights)",
         ["src/train.py", "--task", a.task, "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.image_size),
-         "--pretrained", "none"])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"input/{test}/test"])
+         "--pretrained", "none", "--overwrite"])
+    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"input/{test}/test",
+                                             "--overwrite"])
     run("run report", ["src/report.py", models, "--predictions", f"output/{test}"])
     run("check the submission", ["src/check_submission.py", f"output/{test}/submission.csv", "--task", a.task])
     run("score the submission (competition metric)", ["src/evaluate.py", "--task", a.task])
@@ -146,10 +150,12 @@ def hpa2018(a: DemoConfig) -> list[str]:
             ["src/train.py", "--task", task.name, "--fold", str(fold), "--epochs", str(a.epochs),
              "--image-size", str(a.image_size), "--model", "efficientnet-b0", "--pretrained", "none",
              "--batch-size", "16", "--lr", "0.003", "--balance-power", "0.5", "--cache-mb", "256",
-             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed)])
+             "--num-workers", "0", "--patience", str(a.epochs), "--seed", str(42 + a.seed), "--overwrite"])
     folds = ["--folds", *map(str, range(a.folds))]  # the folds of this run, whatever an earlier one left
-    run("fit per-class thresholds on the out-of-fold predictions", ["src/fit_thresholds.py", "--task", task.name, *folds])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds])
+    run("fit per-class thresholds on the out-of-fold predictions",
+        ["src/fit_thresholds.py", "--task", task.name, *folds, "--overwrite"])
+    run("predict the held-out test fields",
+        ["src/predict.py", "--models", models, "--input", f"{test}/test", *folds, "--overwrite"])
     run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", task.name])
     compared = run("held-out macro F1 of each threshold rule",
                    ["src/fit_thresholds.py", "--task", task.name, *folds, "--scores", f"{out}/scores.csv",

@@ -6,7 +6,9 @@
     python src/fit_thresholds.py --scores output/hpa2018_test/scores.csv --truth input/hpa2018_test/truth
 
 Writes thresholds.json and thresholds.csv in the run folder and the thresholds into every fold's
-recipe.json (predict.py applies them). Prints the per-class table and the out-of-fold macro F1
+recipe.json (predict.py applies them). Recipes that already hold thresholds fitted otherwise are
+left alone with a one-line error unless --overwrite (the old ones are kept beside, in
+thresholds.replaced-<time>.json). Prints the per-class table and the out-of-fold macro F1
 at 0.5, at the global threshold and with the fitted thresholds (the last is optimistic: fitted on
 the same predictions). With --scores/--truth it also scores each rule on those held-out samples
 and prints macro_F1_at_0.5=, macro_F1_global=, macro_F1_share= and, last, macro_F1= (the
@@ -28,7 +30,7 @@ from cellloc.runs.thresholds import ThresholdsConfig, compare_rules, fit_run, re
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ThresholdsConfig, argv, __doc__.splitlines()[0])
-    th, oof, table = fit_run(cfg)
+    th, oof, table, kept = fit_run(cfg)
     save_config(cfg, Path(cfg.models) / "thresholds_config.json")
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
     folds = f"folds {', '.join(map(str, oof.folds))} of {oof.n_folds}"
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in th.oof_macro_f1.items():
         print(f"  OOF macro F1 {name}: {value:.4f}" + (f" (global threshold {th.global_threshold:.2f})" if name == "global" else ""))
     print(f"wrote {Path(cfg.models) / 'thresholds.json'} and the thresholds into {len(oof.fold_dirs)} recipe.json")
+    if kept is not None:
+        print(f"the thresholds they replace are kept in {kept}")
     if cfg.scores:
         _, probs, truth = read_heldout(cfg.scores, cfg.truth, oof.task)
         rules = compare_rules(th, oof, probs, truth)

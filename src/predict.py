@@ -14,6 +14,11 @@ Negative is raised to min(1 - p) over the other classes. Output: output/<name>/s
 (atomic, resumable) and cell_scores/{ID}.csv, or scores.csv for image-level models. With
 --executor process|dask each worker loads the models once and writes the fields' cell scores;
 this process appends the rows in field order, so the files are the same as a serial run's.
+
+Fields that fail are listed in predict_failures.csv and the run exits 1 at the end; bad input or
+an unwritable output folder exits 2 at once. A rerun with the same models and settings resumes;
+with others it stops and says what changed. To start a prediction over, add --overwrite (the old
+outputs are moved to <out>.replaced-<time>) or choose another --out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tqdm import tqdm
 
-from cellloc.config import parse_config, save_config
+from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.runs.predict import PredictConfig, field_ids, load_predictor, run_predict
 
@@ -36,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(cfg)
     cfg = cfg.resolved(predictor.task)
     n = len(field_ids(cfg, predictor.task)[0])
-    out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "predict_config.json")
     with tqdm(total=n, desc=f"predict ({', '.join(predictor.names)})", unit="field") as bar:
         res = run_predict(cfg, predictor, bar.update)
+    if res.start is not None and res.start.message(cfg.out_dir()):
+        print(res.start.message(cfg.out_dir()), file=sys.stderr)
     cells = f"{res.cells} cells, " if res.cells else ""
     print(f"{res.submission}: {res.done} fields predicted, {res.skipped} already done, "
           f"{len(res.failed)} failed; {cells}{len(predictor.model.members)} model(s), {res.seconds:.1f}s")

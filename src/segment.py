@@ -11,7 +11,9 @@ Whatever the executor, workers write each field's files (atomically) and this pr
 the tables, in field order: the outputs are byte-identical to a serial run's.
 
 Per-field failures are listed in failures.csv; the run goes on and exits 1 at the end if any
-field failed. Rerunning skips finished fields.
+field failed; bad input or a problem with the output folder (unwritable, full) exits 2 at once.
+Rerunning with the same settings skips finished fields; with other settings it stops and says
+what changed (add --overwrite to start over: the old outputs are moved to <out>.replaced-<time>).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.runs.segment import SegmentRunConfig, plan, run_segmentation
+from cellloc.segmentation.scale import describe_pixel_sizes
 
 
 @exit_on_input_error
@@ -38,8 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_segmentation(cfg, bar.update)
     cells = summary.cells
     out = cfg.out_dir()
+    if summary.start is not None and summary.start.message(out):
+        print(summary.start.message(out), file=sys.stderr)
+    if summary.unlabelled:
+        shown = ", ".join(summary.unlabelled[:5]) + (" ..." if len(summary.unlabelled) > 5 else "")
+        print(f"warning: {len(summary.unlabelled)} field(s) have no row in {cfg.labels_path()} ({shown}): "
+              "their cells get an empty Label, and gen_folds refuses them", file=sys.stderr)
     print(f"{out}: {summary.done} fields segmented, {summary.skipped} already done, {len(summary.failed)} failed; "
           f"{len(cells)} cells in {out / 'cells.csv'} ({summary.seconds:.1f}s)")
+    if summary.pixel_sizes:
+        print(describe_pixel_sizes(summary.pixel_sizes, "field"))
     if "TrueLabel" in cells and len(cells):
         matched = (cells["TrueLabel"] != "").mean()
         print(f"{matched:.1%} of segmented cells match a true cell at IoU >= 0.5")

@@ -94,3 +94,27 @@ def test_task_defaults_are_resolved_and_saved(tmp_path):
     assert saved["labels"] == "input/rxrx1/train.csv" and saved["task"] == "rxrx1"
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         parse_config(FoldsConfig, ["--task", "hpa-2019"])
+
+
+def test_a_config_of_another_task_is_one_line_naming_it(tmp_path):
+    saved = tmp_path / "config.json"
+    save_config(parse_config(FoldsConfig, ["--task", "rxrx1"]), saved)
+    with pytest.raises(InputError) as exc:
+        parse_config(FoldsConfig, ["--task", "hpa-2018", "--config", str(saved)])
+    assert str(exc.value) == (f"{saved}: a config of task rxrx1, not hpa-2018; drop --task hpa-2018, "
+                              "or pass a config of hpa-2018")
+    assert parse_config(FoldsConfig, ["--task", "rxrx1", "--config", str(saved)]).task == "rxrx1"
+
+
+def test_a_bad_value_met_with_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("count: 2\n")
+    with pytest.raises(InputError, match=rf"count must be >= 0, got -1 \(options from {path} and the command line\)"):
+        parse_config(Demo, ["--config", str(path), "--count", "-1"])
+
+
+def test_a_recipe_is_not_a_training_config(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"task": "hpa-sc", "model": "efficientnet-b2", "in_chans": 4}))
+    with pytest.raises(InputError, match=r"recipe.json: is a model's recipe .* the config.json beside it"):
+        parse_config(Demo, ["--config", str(recipe)])

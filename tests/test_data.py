@@ -18,6 +18,7 @@ from cellloc.data import (
     FieldInput,
     SampleDataset,
     build_augment,
+    check_crops_exist,
     channel_stats,
     expand_to_fields,
     label_matrix,
@@ -32,7 +33,7 @@ from cellloc.data import (
     table_cell_weights,
     write_synthetic_cells,
 )
-from cellloc.cells import resize_square
+from cellloc.cells import resize_square, split_crop_reference
 from cellloc.errors import InputError
 from cellloc.fieldio import write_csv
 
@@ -162,6 +163,33 @@ def test_load_crop_validates(tmp_path: Path):
         load_crop(tmp_path / "obj.npy")
     with pytest.raises(InputError, match="not found"):
         load_crop(tmp_path / "missing.npy")
+
+
+def test_stacked_crops_are_read_by_row(tmp_path: Path):
+    """segment.py writes a field's crops as one (n, S, S, C) file; a table row names crop k as file.npy#k."""
+    stack = np.arange(3 * 4 * 4 * 2, dtype=np.uint16).reshape(3, 4, 4, 2)
+    np.save(tmp_path / "f#1.npy", stack)  # a field id may hold '#'
+    for k in range(3):
+        np.testing.assert_array_equal(load_crop(f"{tmp_path / 'f#1.npy'}#{k}"), stack[k])
+    assert split_crop_reference("crops/f#1.npy#2") == ("crops/f#1.npy", 2)
+    assert split_crop_reference("crops/f#1.npy") == ("crops/f#1.npy", None)
+    assert split_crop_reference("crops/a/a_3.npy") == ("crops/a/a_3.npy", None)
+    with pytest.raises(InputError, match="no crop 3; the file holds 3"):
+        load_crop(f"{tmp_path / 'f#1.npy'}#3")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "f#1.npy").read_bytes()[:-5])
+    with pytest.raises(InputError, match="the file ends inside it"):
+        load_crop(f"{tmp_path / 'cut.npy'}#2")
+    np.save(tmp_path / "flat.npy", np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match="expected stacked crops"):
+        load_crop(f"{tmp_path / 'flat.npy'}#0")
+    table = pd.DataFrame({"ID": ["f#1"] * 3, "cell_id": [1, 2, 3], "Label": ["0"] * 3, "fold": [0] * 3,
+                          "crop": [f"f#1.npy#{k}" for k in range(3)]})
+    write_csv(tmp_path / "cells.csv", table)
+    cells = read_cells(tmp_path / "cells.csv", 19)
+    assert cells["crop_path"].tolist() == [f"{(tmp_path / 'f#1.npy').resolve()}#{k}" for k in range(3)]
+    check_crops_exist(cells["crop_path"])
+    with pytest.raises(InputError, match=r"crop file not found \(1 of 1 files missing\)"):
+        check_crops_exist([f"{tmp_path / 'gone.npy'}#0", f"{tmp_path / 'gone.npy'}#1"])
 
 
 # --------------------------------------------------------------------------- Dataset and sampler

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import cv2
 import numpy as np
 import pytest
 
@@ -217,6 +220,23 @@ def test_masks_round_trip_as_png_and_npz(tmp_path):
     assert find_mask(tmp_path, "nothing") is None
 
 
+def test_png_masks_encoded_for_labels_read_the_same_everywhere(tmp_path):
+    """Masks are PNGs encoded for labels (up filter, run-length deflate): faster and smaller than
+    the general encoding, and Pillow and OpenCV decode the same labels."""
+    from PIL import Image
+
+    from cellloc.fieldio import encode_png, write_mask
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, 65535, (40, 50)), 7, 0), 5, 1).astype(np.uint16)
+    write_mask(tmp_path / "m.png", labels)
+    data = (tmp_path / "m.png").read_bytes()
+    assert data != encode_png(labels)  # not the general encoding ...
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), labels)  # ... the same pixels
+    with Image.open(tmp_path / "m.png") as im:
+        np.testing.assert_array_equal(np.asarray(im).astype(np.uint16), labels)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"PK\x03\x04 broken zip", "not a readable .npz mask"),
     (None, "mask must be a 2-D integer array"),
@@ -242,3 +262,36 @@ def test_sha256_file_reads_in_chunks(tmp_path):
     path = tmp_path / "best.pt"
     path.write_bytes(b"abc" * 1000)
     assert sha256_file(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_a_truncated_png_is_one_line_without_opencv_log_noise(tmp_path):
+    """OpenCV logs '[ WARN:0@..] ... buffer is incomplete' on stderr beside our one line unless told not to."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "a_red.png"
+    cv2.imwrite(str(good), np.full((32, 32), 7, np.uint8))
+    (tmp_path / "b_red.png").write_bytes(good.read_bytes()[:60])
+    code = ("import sys\nfrom cellloc.errors import InputError\nfrom cellloc.fieldio import read_channel\n"
+            "try:\n    read_channel(sys.argv[1])\nexcept InputError as e:\n    print('error:', e, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b_red.png")], capture_output=True, text=True, env=env)
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'b_red.png'}: cannot decode image (corrupt or truncated file?)"]
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch, ext):
+    """A small compressed file may declare a huge image (an 875 KB PNG of zeros is 30000 x 30000):
+    the header's size is checked before any pixel is decoded."""
+    from cellloc.fieldio import read_channel
+
+    path = tmp_path / f"a_red{ext}"
+    cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))
+    assert read_channel(path).shape == (300, 400)
+    monkeypatch.setenv("CELLLOC_MAX_PIXELS", str(300 * 400 - 1))
+    with pytest.raises(InputError) as err:
+        read_channel(path)
+    assert str(err.value) == f"{path}: 400 x 300 pixels, over the limit of 119,999 per image (set CELLLOC_MAX_PIXELS to allow more)"
+    monkeypatch.setenv("CELLLOC_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match=r"\$CELLLOC_MAX_PIXELS: expected a whole number of pixels, got 'lots'"):
+        read_channel(path)

@@ -138,3 +138,62 @@ def test_only_the_folds_asked_for(tmp_path, capsys):
     assert json.loads((run / "thresholds.json").read_text())["fitted_on"] == {"folds": [1], "of_folds": 2, "samples": 30}
     assert Recipe.read(run / "fold0" / RECIPE_FILE).thresholds is None  # fold 0 was not asked for: left as it was
     assert "folds 1 of 2" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- reruns never lose thresholds
+
+
+def test_a_rerun_with_the_same_settings_writes_the_same_thresholds(tmp_path, capsys):
+    run = write_run(tmp_path)
+    fit = load_script("fit_thresholds")
+    assert fit.main(["--models", str(run)]) == 0
+    first = (run / "fold0" / RECIPE_FILE).read_text()
+    assert fit.main(["--models", str(run)]) == 0
+    assert (run / "fold0" / RECIPE_FILE).read_text() == first
+    assert not list(run.glob("thresholds.replaced-*"))
+
+
+def test_other_settings_do_not_replace_fitted_thresholds_without_overwrite(tmp_path, capsys):
+    run = write_run(tmp_path)
+    fit = load_script("fit_thresholds")
+    assert fit.main(["--models", str(run)]) == 0
+    fitted = {k: (run / f"fold{k}" / RECIPE_FILE).read_text() for k in (0, 1)}
+    record = (run / "thresholds.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        fit.main(["--models", str(run), "--method", "share"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run / 'fold0' / RECIPE_FILE}: holds thresholds fitted otherwise (")
+    assert 'method: "f1" -> "share"' in err and "add --overwrite" in err and "\n" not in err
+    assert {k: (run / f"fold{k}" / RECIPE_FILE).read_text() for k in (0, 1)} == fitted  # nothing written
+    assert (run / "thresholds.json").read_text() == record
+
+    assert fit.main(["--models", str(run), "--method", "share", "--overwrite"]) == 0
+    kept = list(run.glob("thresholds.replaced-*.json"))
+    assert len(kept) == 1 and f"kept in {kept[0]}" in capsys.readouterr().out
+    old = json.loads(kept[0].read_text())
+    assert old["recipes"]["fold0"] == json.loads(fitted[0])["thresholds"] and old["thresholds.json"]["method"] == "f1"
+    assert Recipe.read(run / "fold1" / RECIPE_FILE).thresholds["method"] == "share"
+
+
+def test_a_fit_killed_among_the_recipes_completes_on_a_rerun(tmp_path, capsys):
+    run = write_run(tmp_path)
+    fit = load_script("fit_thresholds")
+    assert fit.main(["--models", str(run)]) == 0
+    # the share fit wrote thresholds.json and fold0's recipe, then was killed before fold1's
+    assert fit.main(["--models", str(run), "--method", "share", "--overwrite"]) == 0
+    share = Recipe.read(run / "fold0" / RECIPE_FILE).thresholds
+    f1 = json.loads(sorted(run.glob("thresholds.replaced-*.json"))[0].read_text())["recipes"]["fold1"]
+    recipe = Recipe.read(run / "fold1" / RECIPE_FILE)
+    recipe.thresholds = f1
+    (run / "fold1" / RECIPE_FILE).write_text(json.dumps(recipe.to_dict()))
+    assert fit.main(["--models", str(run), "--method", "share"]) == 0  # the same fit again: no --overwrite needed
+    assert Recipe.read(run / "fold1" / RECIPE_FILE).thresholds == share
+
+
+def test_a_mistyped_models_folder_is_one_line_and_makes_no_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_script("fit_thresholds").main(["--models", str(tmp_path / "nope")])
+    assert stop.value.code == 2 and str(tmp_path / "nope") in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()

@@ -184,6 +184,8 @@ def test_check_header_problems_and_many_missing_ids(tmp_path):
     assert problems[-1] == (0, "... and 10 more missing Ids (30 in all)")
     with pytest.raises(InputError, match="file not found"):
         check_submission(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match=f"{tmp_path}: is a folder, not a CSV file"):
+        check_submission(tmp_path)
 
 
 def test_check_caps_reasons_per_line(tmp_path):

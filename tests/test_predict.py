@@ -18,6 +18,7 @@ import pytest
 
 from cellloc.classifier import fold_dirs
 from cellloc.config import save_config
+from cellloc.data import load_crop
 from cellloc.errors import InputError
 from cellloc.fieldio import list_fields, read_field, read_mask
 from cellloc.generators import write_dataset
@@ -31,6 +32,7 @@ from cellloc.submission_formats import read_truth
 from cellloc.synth import SynthConfig
 
 from test_evaluate_cli import load_script
+from test_run_state import hold_lock
 
 N_TEST = 3
 
@@ -106,7 +108,7 @@ def test_test_crops_are_the_training_crops(trained):
     rows = cells_table[cells_table["ID"] == image_id]
     assert table["cell_id"].tolist() == rows["cell_id"].tolist()
     for crop, (_, row) in zip(crops, rows.iterrows()):
-        np.testing.assert_array_equal(crop, np.load(seg_out / row["crop"]))
+        np.testing.assert_array_equal(crop, load_crop(seg_out / row["crop"]))
 
 
 @pytest.mark.parametrize("mask_format", ["png", "npz"])
@@ -130,6 +132,7 @@ def test_killed_run_resumes_and_finished_run_is_skipped(trained, tmp_path):
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "submission.csv.partial").write_text(full[0] + full[1] + full[2][: len(full[2]) // 2])
+    shutil.copy(tmp_path / "full" / "predict_manifest.json", killed)  # written when the killed run started
     calls = []
     member = predictor.model.members[0]
     original = member.predict
@@ -221,6 +224,72 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
         predict.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- reruns, locks, the environment
+
+
+def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_path):
+    out = tmp_path / "out"
+    cfg = predict_cfg(trained, out, limit=1)
+    predictor = load_predictor(cfg)
+    run_predict(cfg, predictor)
+    first = (out / "submission.csv").read_text()
+    with pytest.raises(InputError) as err:
+        run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean"), predictor)
+    msg = str(err.value)
+    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend: \"product\" -> \"mean\"; "
+                          "tta: 1 -> 2); add --overwrite to start over") and "\n" not in msg
+    assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
+    assert json.loads((out / "predict_config.json").read_text())["tta"] == 1  # ... and the record is unchanged
+    more = run_predict(predict_cfg(trained, out, limit=2, batch_size=7), predictor)  # same settings: resumes
+    assert more.start.resuming and more.skipped == 1 and more.done == 1
+    over = run_predict(predict_cfg(trained, out, limit=1, tta=2, overwrite=True), predictor)
+    assert over.done == 1 and (over.start.moved_aside / "submission.csv").read_text().startswith(first)
+    assert json.loads((out / "predict_config.json").read_text())["tta"] == 2
+
+
+def test_other_model_weights_are_other_settings(trained, tmp_path):
+    """Same folder layout, other weights: the checksum of each fold's best.pt tells them apart."""
+    out = tmp_path / "out"
+    copy = tmp_path / "models"
+    shutil.copytree(trained["models"], copy)
+    cfg = PredictConfig(input=str(trained["test"]), models=str(copy), out=str(out), limit=1)
+    run_predict(cfg, load_predictor(cfg))
+    moved = PredictConfig(input=str(trained["test"]), models=str(trained["models"]), out=str(out), limit=1)
+    assert run_predict(moved, load_predictor(moved)).start.resuming  # the same weights elsewhere
+    import torch
+
+    state = torch.load(copy / "fold0" / "best.pt", weights_only=True)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, copy / "fold0" / "best.pt")
+    with pytest.raises(InputError, match=r'other settings \(models: \[\{"fold": "fold0", "best_sha256": "[0-9a-f]{10}\.\.\. ->'):
+        run_predict(cfg, load_predictor(cfg))
+
+
+def test_two_predict_runs_on_one_output(trained, tmp_path):
+    out = tmp_path / "out"
+    cfg = predict_cfg(trained, out, limit=1)
+    predictor = load_predictor(cfg)
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(InputError, match=rf"{out}: another run is writing to this folder \(pid {holder.pid}\)"):
+            run_predict(cfg, predictor)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "submission.csv.partial").exists() and not (out / "predict_config.json").exists()
+
+
+def test_predict_into_an_unwritable_place_is_one_line(trained, tmp_path, capsys):
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    predict = load_script("predict")
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--input", str(trained["test"]), "--models", str(trained["models"]), "--out",
+                      str(tmp_path / "blocked" / "out")])
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(tmp_path / "blocked") in errors[0]
 
 
 @pytest.mark.parametrize("executor", ["process", pytest.param("dask", marks=pytest.mark.skipif(

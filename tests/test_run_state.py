@@ -72,6 +72,8 @@ def test_settings_changes_lists_added_removed_and_long_values():
     assert changes[0] == "a: 1 -> 2"
     assert changes[1].startswith('b: "xxxx') and changes[1].endswith("... -> (absent)") and len(changes[1]) < 70
     assert changes[2] == "c: (absent) -> null"
+    nested = settings_changes({"segment": {"px": None, "k": 1}, "n": {"x": 1}}, {"segment": {"px": 0.3, "k": 1}, "n": 5})
+    assert nested == ["n: {\"x\": 1} -> 5", "segment.px: null -> 0.3"]  # a group's member named, not the whole group
 
 
 def test_overwrite_moves_only_this_tools_outputs_aside(tmp_path):

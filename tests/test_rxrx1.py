@@ -75,6 +75,7 @@ def test_read_field_stacks_channels_in_the_order_asked(tmp_path):
     assert img[0, 0].tolist() == [12, 22, 32, 42, 52, 62]
     sub = rxrx1.read_field(tmp_path, "HUVEC-02_4_K10_s1", ("w5", "w1"))
     assert sub[0, 0].tolist() == [51, 11]
+    assert rxrx1.channel_file(tmp_path, "HUVEC-02_4_K10_s2", "w1") == tmp_path / "HUVEC-02" / "Plate4" / "K10_s2_w1.png"
 
 
 def test_read_field_names_the_missing_channel_file(tmp_path):
@@ -236,3 +237,23 @@ def test_label_frame_metadata_are_strings(tmp_path):
     df = rxrx1.read_table(write(tmp_path / "train.csv", TRAIN))
     assert all(isinstance(v, str) for c in ("experiment", "plate", "well", "cell_type", "well_type") for v in df[c])
     assert isinstance(df, pd.DataFrame)
+
+
+def test_a_site_lacking_a_channel_is_not_silently_left_out_of_training(tmp_path):
+    """The well's other site alone would stand for it; training says which file is missing instead."""
+    from cellloc.data import expand_to_fields
+
+    make_tree(tmp_path, {"HEPG2-01_1_B02": [1, 2], "U2OS-01_1_B02": [1, 2]})
+    (tmp_path / "HEPG2-01" / "Plate1" / "B02_s2_w3.png").unlink()
+    samples = pd.DataFrame({"ID": ["HEPG2-01_1_B02", "U2OS-01_1_B02"], "Label": ["0", "1"]})
+    with pytest.raises(InputError) as err:
+        expand_to_fields(samples, "rxrx1", tmp_path, rxrx1.CHANNELS)
+    assert str(err.value) == (f"{tmp_path}: field HEPG2-01_1_B02_s2 of sample 'HEPG2-01_1_B02' lacks channel file(s) w3; "
+                              "restore them, or drop the sample from the folds table")
+    rows = expand_to_fields(samples[1:], "rxrx1", tmp_path, rxrx1.CHANNELS)  # other samples' gaps do not count
+    assert rows["field_id"].tolist() == ["U2OS-01_1_B02_s1", "U2OS-01_1_B02_s2"]
+
+
+def test_a_folder_given_as_the_submission_is_named_as_a_folder(tmp_path):
+    with pytest.raises(InputError, match=f"{tmp_path}: is a folder, not a CSV file"):
+        rxrx1.check_submission(tmp_path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import re
 import subprocess
 import sys
 
@@ -10,12 +13,16 @@ import pandas as pd
 import pytest
 
 from cellloc.cells import cell_table, crop_cell
+from cellloc.data import load_crop
+from cellloc.errors import InputError
 from cellloc.fieldio import write_png
 from cellloc.metrics import segmentation_scores
+from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 from cellloc.segmentation import SegmentConfig, create_segmenter
 from cellloc.segmentation.postprocess import fill_small_holes_per_label, relabel_sequential, remove_edge_labels, remove_small_labels
 from cellloc.synth import SynthConfig, generate_field
 from conftest import REPO, SHARED
+from test_run_state import hold_lock
 
 
 def test_label_helpers_on_tiny_arrays():
@@ -241,6 +248,88 @@ def test_crops_of_six_channel_fields_keep_every_channel():
         np.testing.assert_array_equal(crop[size // 2, size // 2], np.arange(6) * 40)
 
 
+def test_cell_table_and_crops_equal_the_whole_field_formulas():
+    """The per-box table and OpenCV's masked crops give exactly what the plain whole-field
+    formulas give (bincount sums, np.where masks), for 8- and 16-bit fields of 4 and 6 channels."""
+    rng = np.random.default_rng(5)
+    cells = np.zeros((120, 150), np.uint16)
+    for cid in range(1, 30):  # overlapping boxes, later ones on top; some ids vanish, some touch the border
+        y, x, h, w = rng.integers(0, 110), rng.integers(0, 140), rng.integers(3, 40), rng.integers(3, 40)
+        cells[y:y + h, x:x + w] = cid
+    nuclei = np.where(rng.random(cells.shape) < 0.3, cells, 0).astype(np.uint16)
+    ids = np.unique(cells[cells > 0])
+    for dtype, channels in ((np.uint8, 4), (np.uint16, 6)):
+        image = rng.integers(0, np.iinfo(dtype).max, (*cells.shape, channels), dtype=dtype)
+        names = [f"c{k}" for k in range(channels)]
+        t = cell_table(image, cells, nuclei, names)
+        flat = cells.ravel().astype(np.int64)
+        area = np.bincount(flat, minlength=ids.max() + 1)[ids]
+        yy, xx = np.indices(cells.shape)
+        assert t.cell_id.tolist() == ids.tolist() and t.area.tolist() == area.tolist()
+        np.testing.assert_array_equal(t.centroid_y, np.round(np.bincount(flat, yy.ravel())[ids] / area, 1))
+        np.testing.assert_array_equal(t.centroid_x, np.round(np.bincount(flat, xx.ravel())[ids] / area, 1))
+        assert t.nucleus_area.tolist() == np.bincount(flat, nuclei.ravel() > 0)[ids].astype(int).tolist()
+        for c, name in enumerate(names):  # the same float64 to the last bit
+            np.testing.assert_array_equal(t[f"mean_{name}"], np.round(np.bincount(flat, image[..., c].ravel().astype(np.float64))[ids] / area, 2))
+        for mode, keep in (("cell", lambda lab, cid: lab == cid), ("others", lambda lab, cid: (lab == 0) | (lab == cid))):
+            for r in t.itertuples():
+                bbox = (r.x0, r.y0, r.x1, r.y1)
+                reference = crop_cell(np.where(keep(cells, r.cell_id)[..., None], image, 0), cells, r.cell_id, bbox, 24, "none")
+                np.testing.assert_array_equal(crop_cell(image, cells, r.cell_id, bbox, 24, mode), reference)
+    assert cell_table(image, np.zeros_like(cells), nuclei, names).empty
+
+
+def test_take_channels_is_a_plain_channel_gather():
+    from cellloc.segmentation.classical import take_channels
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint8, np.uint16, np.float32, np.int32):
+        image = rng.integers(0, 200, (23, 31, 6)).astype(dtype)
+        for idx in ([2], [2, 0, 3], [5, 4, 3, 2, 1, 0], [0, 0]):
+            out = take_channels(image, idx)
+            assert out.dtype == dtype and out.flags.c_contiguous
+            np.testing.assert_array_equal(out, image[..., idx])
+        np.testing.assert_array_equal(take_channels(image[3:, 5:20], [1, 4]), image[3:, 5:20][..., [1, 4]])  # a view
+
+
+def test_segment_run_records_each_fields_pixel_size(tmp_path):
+    """No options: each field at its own scale, as score_segmentation does (the file's tags, else
+    the estimate from its nuclei, snapped to the width rule on HPA-like fields), recorded per row."""
+    from PIL import Image
+
+    from cellloc.fieldio import read_mask
+    from cellloc.segmentation.scale import describe_pixel_sizes, segment_with_scale
+
+    f = generate_field(SynthConfig(size=384, seed=0), 0)  # 163.84 um across: 0.4267 um/px
+    centre = f.image[96:288, 96:288]  # a quarter of it, at the same scale: the width rule would say 0.853
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for name, image in (("hpa", f.image), ("part", centre), ("tagged", centre)):
+        for c, channel in enumerate(("red", "green", "blue", "yellow")):
+            write_png(folder / f"{name}_{channel}.png", image[..., c])
+    Image.fromarray(centre[..., 2]).save(folder / "tagged_blue.png", dpi=(25400 / 0.5, 25400 / 0.5))  # pHYs: 0.5 um/px
+
+    summary = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "out"), crop_size=16))
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    px = cells.groupby("ID")[["pixel_size_um", "pixel_size_source"]].first()
+    assert px.loc["hpa"].tolist() == [float(f"{163.84 / 384:.6g}"), "width"]
+    assert px.loc["tagged"].tolist() == [0.5, "file"]
+    assert px.loc["part", "pixel_size_source"] == "image"
+    assert float(px.loc["part", "pixel_size_um"]) == pytest.approx(163.84 / 384, rel=0.2)
+    cfg = SegmentConfig()
+    expected, _, found = segment_with_scale(create_segmenter(cfg), cfg, centre)  # what score_segmentation does
+    assert found.source == "image"
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "masks" / "part_cell_mask.png"), expected)
+    line = describe_pixel_sizes(summary.pixel_sizes, "field")
+    assert "estimated from the nuclei for 1 field (" in line and "from the file metadata for 1 field (0.5 um/px)" in line
+
+    given = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "given"), crop_size=16, pixel_size_um=0.3))
+    assert sorted(given.pixel_sizes) == [("given", 0.3)] * 3
+    assert set(pd.read_csv(tmp_path / "given" / "cells.csv")["pixel_size_source"]) == {"given"}
+    free = run_segmentation(SegmentRunConfig(input=str(folder), out=str(tmp_path / "free"), crop_size=16, snap_to_width=0, limit=1))
+    assert free.pixel_sizes[0][0] == "image" and free.pixel_sizes[0][1] == pytest.approx(163.84 / 384, rel=0.2)  # "hpa", not snapped
+
+
 def run(*args):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
@@ -253,8 +342,11 @@ def test_segment_cli_end_to_end_resume_and_failures(synth_dataset, tmp_path):
     assert cells.ID.nunique() == 4 and len(cells) > 20
     assert {"ID", "cell_id", "Label", "crop", "area", "mean_green", "TrueLabel"} <= set(cells.columns)
     assert (cells.TrueLabel != "").mean() > 0.8
-    crop = np.load(out / cells.crop.iloc[0])
+    assert cells.crop.iloc[0] == f"crops/{cells.ID.iloc[0]}.npy#0"  # one file of stacked crops per field
+    crop = load_crop(out / cells.crop.iloc[0])
     assert crop.shape == (32, 32, 4) and crop.dtype == np.uint8
+    assert (cells.pixel_size_source == "width").all()  # HPA-like fields: the width rule's exact value
+    assert "pixel size: from the width (the HPA field of view) for 4 fields" in r.stdout
     assert (out / "overlays").is_dir() and (out / "masks").is_dir()
     # rerun: everything is skipped; a corrupt field is reported, the others kept
     again = run("src/segment.py", "--input", synth_dataset / "train", "--out", out, "--crop-size", "32")
@@ -303,3 +395,94 @@ def test_score_cli_on_real_nuclei():
     assert r.returncode == 0, r.stderr
     ap = float(r.stdout.strip().splitlines()[-1].split()[0].split("=")[1])
     assert ap > 0.6
+
+
+# --------------------------------------------------------------------------- reruns, locks, the environment
+
+
+def seg_cfg(synth_dataset, out, **kw) -> SegmentRunConfig:
+    return SegmentRunConfig(**{"input": str(synth_dataset / "train"), "out": str(out), "crop_size": 32, "limit": 1, **kw})
+
+
+def test_segment_rerun_with_other_crop_settings_stops_saying_what_changed(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    first = run_segmentation(seg_cfg(synth_dataset, out))
+    assert first.done == 1 and not first.start.resuming
+    crop = load_crop(out / first.cells["crop"].iloc[0])
+    with pytest.raises(InputError) as err:
+        run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, crop_mask="none"))
+    msg = str(err.value)
+    assert msg.startswith(f"{out}: its segment outputs were made with other settings (crop_mask: \"cell\" -> \"none\"; "
+                          "crop_size: 32 -> 48); add --overwrite to start over") and "another --out" in msg
+    assert json.loads((out / "segment_config.json").read_text())["crop_size"] == 32  # the record still says 32
+    again = run_segmentation(seg_cfg(synth_dataset, out, workers=2))  # how fast it runs is not a setting
+    assert again.start.resuming and again.skipped == 1 and again.done == 0
+    over = run_segmentation(seg_cfg(synth_dataset, out, crop_size=48, overwrite=True))
+    assert over.done == 1 and load_crop(out / over.cells["crop"].iloc[0]).shape[:2] == (48, 48)
+    aside = over.start.moved_aside
+    np.testing.assert_array_equal(load_crop(aside / first.cells["crop"].iloc[0]), crop)  # the old run, intact
+    assert "overwrite" not in json.loads((out / "segment_config.json").read_text())  # never re-run from the file
+
+
+def test_segment_rerun_at_another_scale_stops(synth_dataset, tmp_path):
+    """Where the pixel size comes from changes the masks: a rerun told otherwise is not resumed."""
+    out = tmp_path / "seg"
+    run_segmentation(seg_cfg(synth_dataset, out))
+    for change, said in (({"pixel_size_um": 0.3}, "segment.pixel_size_um: null -> 0.3"),
+                         ({"scale_from": "width"}, 'segment.scale_from: "image" -> "width"'),
+                         ({"snap_to_width": 0.0}, "segment.snap_to_width: 0.25 -> 0.0")):
+        with pytest.raises(InputError, match=r"made with other settings \(" + re.escape(said) + r"\)"):
+            run_segmentation(seg_cfg(synth_dataset, out, **change))
+
+
+def test_segment_outputs_from_before_manifests_are_not_resumed_over(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    run_segmentation(seg_cfg(synth_dataset, out))
+    (out / "segment_manifest.json").unlink()
+    with pytest.raises(InputError, match="holds segment outputs .* with no record of their settings"):
+        run_segmentation(seg_cfg(synth_dataset, out))
+
+
+def test_two_segment_runs_on_one_folder(synth_dataset, tmp_path):
+    out = tmp_path / "seg"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(InputError, match=rf"another run is writing to this folder \(pid {holder.pid}\)"):
+            run_segmentation(seg_cfg(synth_dataset, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_segmentation(seg_cfg(synth_dataset, out)).done == 1  # a killed holder blocks nothing
+
+
+def test_a_full_disk_stops_the_run_instead_of_failing_every_field(synth_dataset, tmp_path, monkeypatch):
+    import cellloc.runs.segment as seg_run
+
+    def full(path, arr):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(seg_run, "write_npy", full)
+    with pytest.raises(OSError) as err:
+        run_segmentation(seg_cfg(synth_dataset, tmp_path / "seg"))
+    assert err.value.errno == errno.ENOSPC and "crops" in err.value.filename
+
+
+def test_segment_into_an_unwritable_place_is_one_line(synth_dataset, tmp_path):
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    r = run("src/segment.py", "--input", synth_dataset / "train", "--out", tmp_path / "blocked" / "seg", "--limit", "1")
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert r.returncode == 2 and errors == [r.stderr.splitlines()[-1]] and errors[0].startswith("error: ")
+    assert str(tmp_path / "blocked") in errors[0] and "Traceback" not in r.stderr
+
+
+def test_segment_warns_about_fields_missing_from_the_labels(synth_dataset, tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    ids = sorted({p.name.rsplit("_", 1)[0] for p in (synth_dataset / "train").glob("*_red.png")})[:2]
+    for image_id in ids:
+        for p in (synth_dataset / "train").glob(f"{image_id}_*.png"):
+            (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "train.csv").write_text(f"ID,Label\n{ids[0]},1\n")
+    r = run("src/segment.py", "--input", folder, "--out", tmp_path / "seg", "--crop-size", "16")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: 1 field(s) have no row in {folder / 'train.csv'} ({ids[1]}): their cells get an empty Label" in r.stderr

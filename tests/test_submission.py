@@ -428,3 +428,26 @@ def test_a_bomb_just_under_the_bound_is_parsed_in_little_memory(tmp_path, run_me
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == [[2, f"prediction 1: mask covers 0 pixels but the field has {n}"]]
     assert growth < 128, f"peak RSS grew by {growth:.0f} MiB"
+
+
+def test_a_full_disk_met_by_the_writer_names_the_partial_file(tmp_path):
+    path = tmp_path / "submission.csv"
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")  # what a real write raises: no file name
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    writer = SubmissionWriter(path)
+    with pytest.raises(OSError) as err:
+        with writer:
+            writer._fh = FullDisk(writer._fh)
+            writer.write("f1", 5, 4, "")
+    assert err.value.errno == 28 and err.value.filename == str(tmp_path / "submission.csv.partial")
+    with SubmissionWriter(path) as again:  # the partial file resumes once there is room
+        assert again.done == set()

@@ -278,6 +278,80 @@ def test_two_processes_stop_early_together_and_rank0_scores(cells_csv, tmp_path)
     assert (tmp_path / "effb2" / "fold0" / "scores.csv").exists()
 
 
+# --------------------------------------------------------------------------- a trained model is never lost
+
+
+def test_a_finished_run_is_not_replaced_without_overwrite(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=1)
+    train_fold(cfg)
+    best = (cfg.run_dir / "best.pt").read_bytes()
+    with pytest.raises(InputError) as err:
+        train_fold(tiny(cells_csv, tmp_path, epochs=1, lr=1e-2))
+    msg = str(err.value)
+    assert msg.startswith(f"{cfg.run_dir}: holds a training run (best.pt, config.json, curves.png, last.pt, ...); "
+                          "add --resume to continue it, --overwrite to start over") and "\n" not in msg
+    assert (cfg.run_dir / "best.pt").read_bytes() == best
+    result = train_fold(tiny(cells_csv, tmp_path, epochs=1, lr=1e-2, overwrite=True))
+    assert result.replaced.parent == cfg.run_dir.resolve().parent and result.replaced.name.startswith("fold0.replaced-")
+    assert (result.replaced / "best.pt").read_bytes() == best  # the old model, intact
+    assert (cfg.run_dir / "best.pt").read_bytes() != best
+    assert "overwrite" not in json.loads((cfg.run_dir / "config.json").read_text())
+    with pytest.raises(InputError, match="give one of them"):
+        train_fold(tiny(cells_csv, tmp_path, resume=True, overwrite=True))
+
+
+def test_a_copied_run_folder_resumes(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path / "a", epochs=2, run_name="orig")
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, callbacks=[Interrupt(epoch=0)])
+    copy = tmp_path / "b" / "copy" / "fold0"
+    import shutil
+
+    shutil.copytree(cfg.run_dir, copy)
+    resumed = train_fold(tiny(cells_csv, tmp_path / "b", epochs=2, run_name="copy", resume=True))
+    assert resumed.run_dir == copy and resumed.epochs_run == 2
+    assert list(pd.read_csv(copy / "metrics.csv")["epoch"]) == [0, 1]
+    assert list(pd.read_csv(cfg.run_dir / "metrics.csv")["epoch"]) == [0]  # the original is untouched
+
+
+def test_bad_input_moves_nothing_aside_and_an_unwritable_folder_is_one_line(cells_csv, tmp_path):
+    cfg = tiny(cells_csv, tmp_path, epochs=1)
+    train_fold(cfg)
+    with pytest.raises(InputError, match="none.csv: file not found"):
+        train_fold(tiny(tmp_path / "none.csv", tmp_path, epochs=1, overwrite=True))
+    assert (cfg.run_dir / "best.pt").is_file() and not list(tmp_path.glob("*/*.replaced-*"))
+    (tmp_path / "blocked").write_text("a file where the models folder should be")
+    with pytest.raises(OSError) as err:
+        train_fold(tiny(cells_csv, tmp_path / "blocked", epochs=1))
+    assert str(tmp_path / "blocked") in str(err.value.filename)
+
+
+def test_two_trainings_of_one_fold_at_once(cells_csv, tmp_path):
+    from test_run_state import hold_lock
+
+    cfg = tiny(cells_csv, tmp_path, epochs=1)
+    holder = hold_lock(cfg.run_dir)
+    try:
+        with pytest.raises(InputError, match=rf"{cfg.run_dir}: another run is writing to this folder \(pid {holder.pid}\)"):
+            train_fold(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (cfg.run_dir / "config.json").exists()
+
+
+def test_a_corrupt_crop_met_by_a_dataloader_worker_is_one_short_line(tmp_path):
+    folds = write_synthetic_cells(tmp_path / "cells", n_fields=6, cells_per_field=4, n_folds=3, seed=3)
+    cells = read_cells(folds, 19)
+    bad = Path(cells[cells["fold"] != 0]["crop_path"].iloc[3])
+    bad.write_bytes(b"\x93NUMPY this crop was cut short")
+    cfg = tiny(folds, tmp_path / "models", epochs=1, num_workers=1, mean=[0.1] * 4, std=[0.2] * 4)
+    with pytest.raises(InputError) as err:
+        train_fold(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: cannot read crop (") and len(msg) < 300 and "Traceback" not in msg
+
+
 # --------------------------------------------------------------------------- weak-label options
 
 

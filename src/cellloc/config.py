@@ -137,6 +137,9 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config file holds a mapping of option names to values, got {type(data).__name__}")
     recorded = data.pop(CONFIG_KEY, None)
+    if recorded is None and path.name == "recipe.json" and "in_chans" in data:
+        raise InputError(f"{path}: is a model's recipe (what inference needs), not a {cls.__name__}; "
+                         "a run's training options are in the config.json beside it")
     if recorded is not None and recorded != cls.__name__:
         raise InputError(f"{path}: is a {recorded} (another stage's config), not a {cls.__name__}")
     hints = typing.get_type_hints(cls)
@@ -155,19 +158,30 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str =
     """Parse ``argv`` (and the ``--config FILE`` it names) into a ``cls`` validated by its ``__post_init__``."""
     parser = build_parser(cls, description, positional)
     pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**read_config_file(pre.config, cls))
+    from_file = read_config_file(pre.config, cls) if pre.config else {}
+    parser.set_defaults(**from_file)
     ns = vars(parser.parse_args(argv))
     ns.pop("config")
+    if from_file.get("task") and ns.get("task") and ns["task"] != from_file["task"]:
+        # a task's settings (loss, classes, channels) do not carry over to another task
+        raise InputError(f"{pre.config}: a config of task {from_file['task']}, not {ns['task']}; "
+                         f"drop --task {ns['task']}, or pass a config of {ns['task']}")
     try:
         return cls(**ns)
     except (ValueError, TypeError) as exc:
-        raise InputError(str(exc)) from None
+        raise InputError(f"{exc} (options from {pre.config} and the command line)" if pre.config else str(exc)) from None
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config as a JSON-ready dict, with ``_config`` naming its class (what :func:`save_config` writes)."""
+    """A config as a JSON-ready dict, with ``_config`` naming its class (what :func:`save_config` writes).
+
+    Fields marked ``opt(..., saved=False)`` (what one command does, like ``--overwrite``, not how
+    the run is made) are left out, so re-running a saved config never repeats them.
+    """
     data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("saved") is False:
+            data.pop(f.name, None)
     data[CONFIG_KEY] = type(cfg).__name__
     return data
 

@@ -7,9 +7,10 @@ kind* (:data:`INPUT_KINDS`: :class:`CropInput`, :class:`FieldInput`) turns that 
 network's float tensor for training (one, possibly augmented, view) and for prediction (the
 views whose scores are averaged), and :class:`SampleDataset` pairs them with the targets.
 
-A crop is an HxWxC ``.npy`` array (uint8 or uint16, the task's channels, pixels of other cells
-zeroed) written by the crop stage; the cells table (``folds.csv``) names it by a path relative
-to the table's folder. Every crop goes through the same steps at training and inference time
+A crop is an HxWxC array (uint8 or uint16, the task's channels, pixels of other cells zeroed)
+written by the crop stage; the cells table (``folds.csv``) names it by a path relative to the
+table's folder: ``crops/{ID}.npy#k``, row ``k`` of the field's stacked crops, or a ``.npy`` file
+of its own (``cells.split_crop_reference``). Every crop goes through the same steps at training and inference time
 (:func:`preprocess_crop`):
 
 1. pad to a square with zeros (centred) and resize to ``image_size`` - padding first keeps the
@@ -48,7 +49,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .cells import resize_square
+from .cells import crop_reference, resize_square, split_crop_reference
 from .errors import InputError
 from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
 from .layouts import LAYOUTS
@@ -85,15 +86,23 @@ def read_cells(path: str | Path, num_classes: int) -> pd.DataFrame:
     if (df["crop"].str.strip() == "").any():
         row = lines[int(np.flatnonzero(df["crop"].str.strip() == "")[0])]
         raise InputError(f"{path}: line {row}: empty crop path")
-    df["crop_path"] = [str((path.parent / c).resolve()) for c in df["crop"]]
+    df["crop_path"] = [_resolve_crop(path.parent, c) for c in df["crop"]]
     return df
 
 
+def _resolve_crop(folder: Path, ref: str) -> str:
+    """A crop reference made absolute against ``folder`` (a ``#k`` row index kept)."""
+    file, row = split_crop_reference(ref)
+    full = str((folder / file).resolve())
+    return full if row is None else crop_reference(full, row)
+
+
 def check_crops_exist(paths: Sequence[str]) -> None:
-    """Fail in one line naming the first missing crop, before a long run starts."""
-    missing = [p for p in paths if not os.path.exists(p)]
+    """Fail in one line naming the first missing crop file, before a long run starts."""
+    files = {split_crop_reference(p)[0] for p in paths}  # crops stacked per field: one file for many
+    missing = sorted(f for f in files if not os.path.exists(f))
     if missing:
-        raise InputError(f"{missing[0]}: crop file not found ({len(missing)} of {len(paths)} missing)")
+        raise InputError(f"{missing[0]}: crop file not found ({len(missing)} of {len(files)} files missing)")
 
 
 def label_matrix(cells: pd.DataFrame, source: str, num_classes: int) -> np.ndarray:
@@ -190,10 +199,18 @@ def expand_to_fields(samples: pd.DataFrame, layout: str, folder: str | Path, cha
     """One row per field of each sample (``field_id`` added): RxRx1 has two sites per well, HPA one field per ID.
 
     Fields are found in ``folder`` through the layout; a sample without any field there is an
-    error naming how many are missing and the first one.
+    error naming how many are missing and the first one, and so is a field of a sample that
+    lacks a channel file (RxRx1's other site would otherwise stand for the well, silently).
     """
     lay = LAYOUTS[layout]
     listing = lay.list_fields(folder, channels)
+    wanted = set(samples["ID"])
+    broken = [(i, m) for i, m in listing.incomplete.items() if lay.sample_of(i) in wanted]
+    if broken:
+        (field_id, lacks), more = broken[0], len(broken) - 1
+        raise InputError(f"{folder}: field {field_id} of sample {lay.sample_of(field_id)!r} lacks channel file(s) "
+                         f"{', '.join(lacks)}{f' (and {more} more field(s))' if more else ''}; restore them, or drop "
+                         "the sample from the folds table")
     by_sample: dict[str, list[str]] = {}
     for field_id in listing.ids:
         by_sample.setdefault(lay.sample_of(field_id), []).append(field_id)
@@ -209,11 +226,16 @@ def expand_to_fields(samples: pd.DataFrame, layout: str, folder: str | Path, cha
 
 
 def load_crop(path: str | Path, in_chans: int | None = None) -> np.ndarray:
-    """Read an HxWxC uint8/uint16 crop from ``.npy``; one-line error on anything else."""
+    """Read an HxWxC uint8/uint16 crop: a ``.npy`` file of one crop, or ``file.npy#k``, row ``k``
+    of a field's ``(n, H, W, C)`` stacked crops (only that row is read); one-line error on
+    anything else."""
+    file, row = split_crop_reference(str(path))
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(file, allow_pickle=False) if row is None else _read_stacked_row(file, row, str(path))
     except FileNotFoundError:
-        raise InputError(f"{path}: crop file not found") from None
+        raise InputError(f"{file}: crop file not found") from None
+    except InputError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read crop ({str(exc).splitlines()[0]})") from None
     if arr.ndim == 2:
@@ -225,6 +247,25 @@ def load_crop(path: str | Path, in_chans: int | None = None) -> np.ndarray:
     if in_chans is not None and arr.shape[2] != in_chans:
         raise InputError(f"{path}: crop has {arr.shape[2]} channels; the model expects {in_chans}")
     return arr
+
+
+def _read_stacked_row(file: str, row: int, ref: str) -> np.ndarray:
+    """Row ``row`` of the ``(n, ...)`` array in the ``.npy`` ``file``: its header, then a seek to
+    the row and one read (a memory map costs ~3x more set-up for one crop)."""
+    with open(file, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if len(shape) not in (3, 4) or fortran or dtype.hasobject:
+            raise InputError(f"{file}: holds an array of shape {shape}; expected stacked crops (n, H, W, C)")
+        if row >= shape[0]:
+            raise InputError(f"{ref}: no crop {row}; the file holds {shape[0]}")
+        count = int(np.prod(shape[1:]))
+        fh.seek(row * count * dtype.itemsize, 1)
+        arr = np.fromfile(fh, dtype, count)
+    if arr.size != count:
+        raise InputError(f"{ref}: cannot read crop (the file ends inside it)")
+    return arr.reshape(shape[1:])
 
 
 def pad_to_square(img: np.ndarray) -> np.ndarray:

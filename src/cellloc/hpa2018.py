@@ -52,7 +52,7 @@ def read_rows(path: str | Path, required: Sequence[str]) -> tuple[list[str], lis
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'is a folder, not a CSV file' if path.is_dir() else 'file not found'}")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

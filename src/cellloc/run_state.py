@@ -67,14 +67,19 @@ def _short(value: Any, width: int = 48) -> str:
 _ABSENT = object()
 
 
-def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``"key: old -> new"`` for each setting that differs (keys sorted; long values cut)."""
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {_short(old.get(k, _ABSENT))} -> {_short(new.get(k, _ABSENT))}"
-        for k in keys
-        if old.get(k, _ABSENT) != new.get(k, _ABSENT)
-    ]
+def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for each setting that differs (keys sorted; long values cut); inside a
+    group of settings on both sides (a dict), each member that differs: ``"segment.pixel_size_um: null -> 0.3"``."""
+    changes = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changes += settings_changes(a, b, f"{prefix}{k}.")
+        else:
+            changes.append(f"{prefix}{k}: {_short(a)} -> {_short(b)}")
+    return changes
 
 
 def read_manifest(out_dir: str | Path, tool: str) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,6 +61,16 @@ def load_openvino():
             f"(or pip install {OPENVINO_REQUIREMENT}), or use --runtime torch"
         ) from None
     return openvino
+
+
+@lru_cache(maxsize=1)
+def openvino_core():
+    """The process's one ``openvino.Core``, shared by every compiled graph.
+
+    A second ``Core`` in one process has been reported to crash OpenVINO 2026 builds
+    (openvinotoolkit/openvino#35338); one per process is also all the runtime needs.
+    """
+    return load_openvino().Core()
 
 
 def available_cpus() -> int:
@@ -157,7 +168,7 @@ class OpenVINORunner:
     def __init__(self, path: str | os.PathLike, threads: int = 0, precision: str = "f32"):
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        ov = load_openvino()
+        core = openvino_core()
         self.path = Path(path)
         config = {
             "INFERENCE_NUM_THREADS": threads_for(1, threads),
@@ -166,7 +177,7 @@ class OpenVINORunner:
             "INFERENCE_PRECISION_HINT": precision,
             "ENABLE_CPU_PINNING": False,
         }
-        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.compiled = core.compile_model(str(self.path), "CPU", config)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.array(self.compiled(np.ascontiguousarray(x, dtype=np.float32))[0], dtype=np.float32, copy=True)
@@ -207,6 +218,17 @@ def register_runtime(name: str):
         return factory
 
     return deco
+
+
+def require_runtime(name: str) -> None:
+    """Fail now, with one line, if runtime ``name`` is unknown or its package is not installed.
+
+    Run folders call it before starting workers, which would otherwise each fail every field.
+    """
+    if name not in RUNTIMES:
+        raise InputError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    if name == "openvino":
+        load_openvino()
 
 
 def create_runtime(

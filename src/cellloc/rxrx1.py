@@ -31,7 +31,7 @@ import pandas as pd
 
 from .classes import CHANNEL_SETS, RXRX1, LabelSet
 from .errors import InputError
-from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, format_label, read_csv, row_lines
+from .fieldio import IMAGE_EXTS, FieldListing, atomic_path, find_channel_file, format_label, read_csv, row_lines
 from .fieldio import list_fields as list_flat_fields
 from .fieldio import read_field as read_flat_field
 
@@ -185,6 +185,12 @@ def read_field(folder: str | Path, field_id: str, channels: Sequence[str] = CHAN
     """
     key = parse_field_id(field_id)
     return read_flat_field(key.folder(folder), f"{key.well}_s{key.site}", channels, exts)
+
+
+def channel_file(folder: str | Path, field_id: str, channel: str, exts: Sequence[str] = IMAGE_EXTS) -> Path:
+    """The file of one channel of a site (``{experiment}/Plate{p}/{well}_s{site}_{channel}.png``)."""
+    key = parse_field_id(field_id)
+    return find_channel_file(key.folder(folder), f"{key.well}_s{key.site}", channel, exts)
 
 
 def check_sites(listing: FieldListing, id_codes: Iterable[str], folder: str | Path,
@@ -371,7 +377,7 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int]] | Mapping
 
 def _submission_rows(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'is a folder, not a CSV file' if path.is_dir() else 'file not found'}")
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         return [(i + 1, r) for i, r in enumerate(csv.reader(fh))]
 
@@ -534,7 +540,7 @@ def _register() -> None:
     def evaluate(truth: str | Path, submission_path: str | Path, task, **_: object) -> tuple[pd.DataFrame, str]:
         return evaluate_submission(truth, submission_path, task)
 
-    LAYOUTS["rxrx1"] = sys.modules[__name__]  # list_fields, read_field, sample_of
+    LAYOUTS["rxrx1"] = sys.modules[__name__]  # list_fields, read_field, sample_of, channel_file
     LABEL_READERS.register("rxrx1")(read_task_labels)
     register_format(SubmissionFormat("rxrx1", SUBMISSION_COLUMNS, check, evaluate, encode=encode_argmax))
 

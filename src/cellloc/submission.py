@@ -27,7 +27,8 @@ import csv
 import os
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -641,7 +642,8 @@ class SubmissionWriter:
     Rows go to ``{path}.partial`` and are flushed one by one; a clean exit from the ``with``
     block moves that file onto ``path`` in one atomic rename. If the run dies (or the block
     raises), the partial file stays and a new writer for the same path resumes it: the
-    IDs already written are in :attr:`done` and a torn last line is dropped.
+    IDs already written are in :attr:`done` and a torn last line is dropped. An OS error of a
+    write (a full disk) is raised naming the partial file.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -657,6 +659,15 @@ class SubmissionWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(commit=exc_type is None)
 
+    @contextmanager
+    def _naming_partial(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is None and exc.errno is not None:  # what write() and flush() raise
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.partial)) from None
+            raise
+
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.partial.exists():
@@ -664,8 +675,9 @@ class SubmissionWriter:
             self._fh = open(self.partial, "a", newline="")
         else:
             self._fh = open(self.partial, "w", newline="")
-            csv.writer(self._fh).writerow(COLUMNS)
-            self._fh.flush()
+            with self._naming_partial():
+                csv.writer(self._fh).writerow(COLUMNS)
+                self._fh.flush()
 
     def _recover(self) -> None:
         """Read the IDs of complete rows and cut a half-written last row."""
@@ -686,17 +698,21 @@ class SubmissionWriter:
             raise RuntimeError("SubmissionWriter is not open")
         if image_id in self.done:
             raise ValueError(f"field {image_id!r} is already in {self.partial.name}")
-        csv.writer(self._fh).writerow((image_id, int(width), int(height), prediction))
-        self._fh.flush()
+        with self._naming_partial():
+            csv.writer(self._fh).writerow((image_id, int(width), int(height), prediction))
+            self._fh.flush()
         self.done.add(image_id)
 
     def close(self, commit: bool = True) -> None:
         """Close; with ``commit`` move the finished file onto ``path`` atomically."""
         if self._fh is None:
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
+        fh, self._fh = self._fh, None
+        try:
+            with self._naming_partial():
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            fh.close()
         if commit:
             os.replace(self.partial, self.path)

@@ -116,7 +116,8 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     field_of_row, _ = pd.factorize(ids_col, sort=True)
     label_codes, label_strings = pd.factorize(df["Label"], sort=False)
     first = _first_rows(label_codes)
-    parsed = [parse_label(s, num_classes, f"{path}: line {lines[first[i]]}") for i, s in enumerate(label_strings)]
+    parsed = [parse_label(s, num_classes, f"{path}: line {lines[first[i]]} (field {ids_col.iloc[first[i]]})")
+              for i, s in enumerate(label_strings)]
     normalised = np.array([format_label(p) for p in parsed], dtype=object)
     field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label", lines)
     ids_of = dict(zip(normalised, parsed))

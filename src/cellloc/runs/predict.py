@@ -11,10 +11,18 @@ submission file appears, complete, only at the end.
 Image models (HPA-2018, RxRx1): fields are scored in chunks (``field_scores/part*.npz``, each
 written atomically, so a rerun skips finished chunks), averaged per labelled sample (RxRx1's two
 sites), written to ``scores.csv`` and turned into submission rows by the task's format.
+
+A rerun resumes only when the finished rows were made with the same settings: the models (each
+fold's ``best.pt`` checksum and recipe), the segmentation, ``--tta``, ``--blend`` and the rest are
+recorded in ``predict_manifest.json`` (:mod:`cellloc.run_state`), and other settings stop the run
+with one line saying what changed; ``--overwrite`` moves the old outputs aside and starts over.
+The output folder is locked while a run writes to it, so two runs cannot interleave rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,20 +35,22 @@ import pandas as pd
 
 from ..cells import MASK_MODES
 from ..classifier import Ensemble, load_ensemble
-from ..config import load_config, opt
+from ..config import load_config, opt, save_config
 from ..data import FieldFiles
 from ..errors import InputError
-from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, write_csv
+from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
 from ..pipeline import BLEND_MODES, CONFIDENCE_MODES, FieldOptions, encode_prediction, field_scores
 from ..registry import Registry
+from ..run_state import RunStart, ensure_same_settings, folder_lock
 from ..runtime import RUNTIMES
 from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.scale import segment_with_scale
 from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
-from .segment import SegmentRunConfig
+from .segment import SegmentRunConfig, file_pixel_size
 from .train import default_run_name
 
 Progress = Callable[[int], None]
@@ -81,6 +91,7 @@ class PredictConfig(ExecutorOptions):
     runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
                        "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
+    overwrite: bool = opt(False, "start over: move this folder's prediction outputs to <out>.replaced-<time> first", saved=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_confidence <= 1:
@@ -195,6 +206,7 @@ class PredictSummary:
     cells: int
     seconds: float
     submission: Path
+    start: RunStart | None = None  # resumed, or started over (and where the old outputs went)
 
 
 def field_ids(cfg: PredictConfig, task: Task) -> tuple[list[str], list[tuple[str, str]]]:
@@ -217,10 +229,53 @@ def field_ids(cfg: PredictConfig, task: Task) -> tuple[list[str], list[tuple[str
     return ids, failed
 
 
+# Everything a prediction run writes in its output folder (what --overwrite moves aside).
+PREDICT_OUTPUTS = ("submission.csv", "submission.csv.partial", "cell_scores", "field_scores", "scores.csv",
+                   "predict_failures.csv", "predict_config.json")
+
+
+def _members(model: Ensemble | None) -> list[dict] | None:
+    if model is None:
+        return None
+    return [{"fold": Path(name).name, "best_sha256": sha256_file(Path(name) / "best.pt"), "recipe": m.recipe.to_dict()}
+            for name, m in zip(model.names, model.members)]
+
+
+def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
+    """What a prediction run's rows depend on: compared with the manifest of the finished rows.
+
+    The models count by content (each fold's ``best.pt`` SHA-256 and recipe), not by folder
+    name. Not in it: batch size, workers, device, runtime and ``--limit``.
+    """
+    seg = None
+    if predictor.segment is not None:
+        seg = dataclasses.asdict(predictor.segment)
+        for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
+            seg.pop(key)
+    return {
+        "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
+        "models": _members(predictor.model), "image_models": _members(predictor.image_model),
+        "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
+        "blend": cfg.blend, "field_weight": cfg.field_weight, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
+        "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
+    }
+
+
 def run_predict(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
-    """Predict every field of ``cfg.input`` and write the submission (see the module docstring)."""
+    """Predict every field of ``cfg.input`` and write the submission (see the module docstring).
+
+    Holds the output folder's lock throughout; stops before any work (:class:`InputError`) when
+    the folder's finished rows were made with other settings and ``cfg.overwrite`` is not set.
+    The resolved config is saved as ``predict_config.json`` once the settings are known to match.
+    """
     cfg = cfg.resolved(predictor.task)
-    return PREDICT_RUNS[predictor.model.recipe.level](cfg, predictor, progress)
+    out = cfg.out_dir()
+    with folder_lock(out):
+        start = ensure_same_settings(out, run_settings(cfg, predictor), cfg.overwrite, tool="predict", outputs=PREDICT_OUTPUTS)
+        save_config(cfg, out / "predict_config.json")
+        summary = PREDICT_RUNS[predictor.model.recipe.level](cfg, predictor, progress)
+    summary.start = start
+    return summary
 
 
 @dataclass
@@ -255,7 +310,8 @@ class PredictWorker:
             if self.segmenter is None:
                 cells, nuclei = _masks_for(cfg, image_id, image.shape[:2])
             else:
-                cells, nuclei = self.segmenter.segment(image)
+                file_um = file_pixel_size(self.layout, cfg.input, image_id, self.predictor.segment)
+                cells, nuclei, _ = segment_with_scale(self.segmenter, self.predictor.segment, image, file_um)  # as segment.py
             result = field_scores(image, cells, nuclei, predictor.model, predictor.image_model, self.options)
         except InputError as exc:
             return FieldPrediction(image_id, error=str(exc))

@@ -34,7 +34,7 @@ from ..imagemeta import pixel_size_of_file
 from ..layouts import LAYOUTS
 from ..metrics import segmentation_scores
 from ..segmentation import SegmentConfig, create_segmenter
-from ..segmentation.scale import segment_with_scale
+from ..segmentation.scale import describe_pixel_sizes, segment_with_scale
 from ..tasks import Task
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
@@ -46,7 +46,7 @@ class ScoreItem:
     load_image: Callable[[], np.ndarray]
     cell_truth: Path | None
     nucleus_truth: Path
-    nucleus_file: Path | None = None  # whose resolution tags may give the pixel size (image/mask pairs)
+    nucleus_file: Path | None = None  # the nucleus channel's file: its resolution tags may give the pixel size
 
 
 def find_items(folder: Path, task: Task, pattern: str = "*") -> list[ScoreItem]:
@@ -69,9 +69,9 @@ def find_items(folder: Path, task: Task, pattern: str = "*") -> list[ScoreItem]:
         if images.is_dir() and truth.is_dir():
             layout = LAYOUTS[task.layout]
             ids = [i for i in layout.list_fields(images, task.channels).ids if Path(i).match(pattern)]
-            # a layout does not say which file holds a field's nucleus channel: no resolution tags here
             return [ScoreItem(i, lambda i=i: layout.read_field(images, i, task.channels), truth / f"{i}_cell_mask.png",
-                              truth / f"{i}_nucleus_mask.png") for i in ids]
+                              truth / f"{i}_nucleus_mask.png", layout.channel_file(images, i, task.nucleus_channel))
+                    for i in ids]
     raise InputError(f"{folder}: found neither {{name}}_image.png/{{name}}_mask.png pairs nor train/ or test/ with truth/")
 
 
@@ -140,12 +140,5 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
 def describe_scales(per_image: pd.DataFrame) -> str:
     """One line: how many images took their pixel size from where, with the range, e.g.
     ``pixel size: estimated from the nuclei for 5 images (0.2015-0.6104 um/px)``."""
-    words = {"given": "given", "file": "from the file metadata", "image": "estimated from the nuclei",
-             "width": "from the width (the HPA field of view)"}
     first = per_image.drop_duplicates("image")
-    parts = []
-    for source, g in first.groupby("scale", sort=False):
-        lo, hi = g["pixel_size_um"].min(), g["pixel_size_um"].max()
-        span = f"{lo:.4g} um/px" if lo == hi else f"{lo:.4g}-{hi:.4g} um/px"
-        parts.append(f"{words.get(source, source)} for {len(g)} image{'s' * (len(g) != 1)} ({span})")
-    return "pixel size: " + "; ".join(parts)
+    return describe_pixel_sizes(zip(first["scale"], first["pixel_size_um"]))

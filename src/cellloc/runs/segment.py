@@ -4,21 +4,35 @@ Outputs under ``out``:
 
     masks/{ID}_cell_mask.png, masks/{ID}_nucleus_mask.png   uint16 instance labels (--mask-format png|npz|tif|roi, or several: png,roi)
     overlays/{ID}.png                                        with --overlay
-    crops/{ID}/{ID}_{cell_id}.npy                            HxWxC crops, field dtype kept
-    cells/{ID}.csv                                           the field's rows; marks it done
+    crops/{ID}.npy                                           (n_cells, S, S, C) crops of the field's cells in row order, field dtype kept;
+                                                             a row's ``crop`` names its own: crops/{ID}.npy#k (cells.split_crop_reference)
+    cells/{ID}.csv                                           the field's rows (with the pixel size used and its source); marks it done
     cells.csv                                                all rows (rebuilt at the end)
     failures.csv                                             ID,reason for fields that failed
     segment_config.json
 
 A field is done when its ``cells/{ID}.csv`` exists (written last, atomically), so a killed run
-loses nothing and a rerun skips finished fields.
+loses nothing and a rerun skips finished fields. ``segment_manifest.json`` records the settings
+the finished fields were made with (:mod:`cellloc.run_state`): a rerun with other settings
+(another ``--crop-size``, backend, labels file, ...) stops with one line saying what changed,
+instead of keeping crops that no longer match; ``--overwrite`` moves the old outputs aside and
+starts over. The folder is locked while a run writes to it.
+
+Each field is segmented at its own pixel size (``segmentation.scale.segment_with_scale``):
+``--pixel-size-um`` when given, else the one its nucleus channel file records in its tags, else
+``--scale-from``'s estimate. The per-field work after segmenting is kept small: masks are
+encoded while the table and crops are computed (a second thread; OpenCV's encoder releases the
+GIL), PNG masks encoded for labels (``fieldio.encode_png``), and a field's crops go to one file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -26,14 +40,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cells import CROP_FITS, MASK_MODES, cell_table, crop_cells
+from ..cells import CROP_FITS, MASK_MODES, cell_table, crop_cells, crop_reference
 from ..config import opt, save_config
 from ..errors import InputError
-from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, write_csv, write_mask, write_npy, write_png
+from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, sha256_file, write_csv, write_mask, write_npy, write_png
+from ..imagemeta import pixel_size_of_file
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
-from ..runtime import RUNTIMES, threads_for
+from ..run_state import RunStart, ensure_same_settings, folder_lock
+from ..runtime import RUNTIMES, require_runtime, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
+from ..segmentation.base import SCALE_AWARE_BACKENDS
+from ..segmentation.scale import PixelSize, resolve_pixel_size, segment_with_scale
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
 
@@ -52,6 +70,7 @@ class SegmentRunConfig(ExecutorOptions):
     backend: str = opt("classical", "segmentation backend", choices=["classical", "hpa"])
     pixel_size_um: float = opt(0.0, "micrometres per pixel (0: see --scale-from)")
     scale_from: str = opt("image", "no pixel size given: estimate it per field from the nucleus size (image), or assume the field spans the HPA field of view, 163.84 um (width)", choices=["image", "width"])
+    snap_to_width: float = opt(0.25, "an estimate within this fraction of the HPA field-of-view value takes that value (0: never)")
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
     crop_fit: str = opt("pad", "pad: a square around the cell (aspect ratio kept); stretch: its bounding box resized to "
@@ -67,12 +86,15 @@ class SegmentRunConfig(ExecutorOptions):
     cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
     resume: bool = opt(True, "skip fields already done")
+    overwrite: bool = opt(False, "start over: move this folder's segmentation outputs to <out>.replaced-<time> first", saved=False)
 
     def __post_init__(self) -> None:
         if self.crop_size < 8:
             raise ValueError(f"--crop-size must be >= 8, got {self.crop_size}")
         if self.batch_size < 1 or self.limit < 0:
             raise ValueError("--batch-size must be >= 1 and --limit >= 0")
+        if self.snap_to_width < 0:
+            raise ValueError(f"--snap-to-width must be >= 0, got {self.snap_to_width}")
         if self.pixel_size_um < 0:
             raise ValueError(f"--pixel-size-um must be >= 0, got {self.pixel_size_um}")
         unknown = [f for f in self.mask_formats if f not in MASK_FORMATS]
@@ -121,7 +143,8 @@ class SegmentRunConfig(ExecutorOptions):
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(
             backend=self.backend, **self.task_record.segment_channels(),
-            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, remove_edge_cells=self.remove_edge_cells,
+            pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, snap_to_width=self.snap_to_width,
+            remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
             runtime=self.runtime, threads=threads_for(self.workers),
             cell_model=self.cell_model,
@@ -139,6 +162,8 @@ class FieldResult:
     n_cells: int = 0
     error: str = ""
     seconds: float = 0.0
+    pixel_size_um: float = 0.0  # what the field was segmented at
+    pixel_size_source: str = ""  # where that came from: given, file, image, width (PixelSize.source)
 
 
 @dataclass
@@ -148,6 +173,54 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame | None = None
     seconds: float = 0.0
+    pixel_sizes: list[tuple[str, float]] = field(default_factory=list)  # (source, um) of each field segmented now
+    start: RunStart | None = None  # resumed, or started over (and where the old outputs went)
+    unlabelled: list[str] = field(default_factory=list)  # fields the labels CSV has no row for
+
+
+# Everything a segmentation run writes in its output folder (what --overwrite moves aside).
+SEGMENT_OUTPUTS = ("masks", "overlays", "crops", "cells", "cells.csv", "failures.csv", "segment_config.json")
+
+
+def _file_identity(path: Path | None) -> str:
+    """A file's SHA-256 ("" for none): what the run's rows were made from."""
+    return sha256_file(path) if path is not None and path.is_file() else ""
+
+
+def run_settings(cfg: SegmentRunConfig) -> dict:
+    """What the results of a segmentation run depend on: compared with the manifest of finished work.
+
+    Not in it: how fast or where the work runs (workers, batch size, device, runtime), ``--limit``,
+    ``--resume``, and which extra files a field gets (``--overlay``, ``--mask-format``): fields
+    with and without them can live side by side. The labels and truth files count by content,
+    the HPA weight files by name and size.
+    """
+    seg = dataclasses.asdict(cfg.segment_config())
+    for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
+        seg.pop(key)
+    truth = cfg.truth_dir()
+    settings = {
+        "task": cfg.task, "input": os.path.normpath(cfg.input), "segment": seg,
+        "crop_size": cfg.crop_size, "crop_mask": cfg.crop_mask, "crop_fit": cfg.crop_fit,
+        "labels_sha256": _file_identity(cfg.labels_path()), "truth_sha256": _file_identity(truth / "cells.csv" if truth else None),
+    }
+    if cfg.backend == "hpa":
+        from ..segmentation.weights import CELL_MODELS, NUCLEI_MODEL, weights_folder
+
+        folder = weights_folder(cfg.weights_dir or None)
+        settings["hpa_weights"] = {name: (folder / name).stat().st_size if (folder / name).is_file() else None
+                                   for name in (NUCLEI_MODEL, CELL_MODELS[cfg.cell_model])}
+    return settings
+
+
+def _stops_the_run(exc: BaseException, out: Path) -> bool:
+    """An OS error about the output (a full disk, a folder that cannot be written), not about one field."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    named = exc.filename
+    return named is not None and Path(os.path.abspath(named)).is_relative_to(os.path.abspath(out))
 
 
 # ----------------------------------------------------------------------------- per field
@@ -166,6 +239,15 @@ def attach_truth(table: pd.DataFrame, cells: np.ndarray, truth_mask: np.ndarray,
     return table
 
 
+def file_pixel_size(layout: Layout, folder: str | Path, field_id: str, cfg: SegmentConfig) -> float | None:
+    """The pixel size a field's nucleus channel file records in its tags, for
+    ``segment_with_scale`` (None: none recorded, one was given, or ``cfg``'s backend segments
+    at its own fixed scale, so the file is not opened)."""
+    if cfg.pixel_size_um or cfg.backend not in SCALE_AWARE_BACKENDS:
+        return None
+    return pixel_size_of_file(layout.channel_file(folder, field_id, cfg.nucleus_channel))
+
+
 class FieldWorker:
     """Everything needed to finish one field; built once per process (the segmenter is costly)."""
 
@@ -175,29 +257,39 @@ class FieldWorker:
         self.image_labels = image_labels
         self.truth_cells = truth_cells
         self.layout = cfg.layout
-        self.segmenter = create_segmenter(cfg.segment_config())
+        self.seg_cfg = cfg.segment_config()
+        self.segmenter = create_segmenter(self.seg_cfg)
 
-    def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray) -> int:
-        """Write masks, overlay, crops, then the field's CSV (last: it marks the field done)."""
+    def write_masks(self, image_id: str, cells: np.ndarray, nuclei: np.ndarray, pixel_size_um: float) -> None:
+        """The field's masks in every ``--mask-format`` (TIFFs carry the pixel size)."""
+        for fmt in self.cfg.mask_formats:
+            for stem, labels in ((f"{image_id}_cell_mask", cells), (f"{image_id}_nucleus_mask", nuclei)):
+                write_mask(mask_file(self.out / "masks", stem, fmt), labels, pixel_size_um=pixel_size_um)
+
+    def finish(self, image_id: str, image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, px: PixelSize) -> int:
+        """Write masks, overlay, crops, then the field's CSV (last: it marks the field done).
+
+        The masks are encoded and written on a second thread while this one measures the cells
+        and cuts their crops; both finish before the CSV is written.
+        """
         from ..render import overlay
 
         cfg, out = self.cfg, self.out
-        for fmt in cfg.mask_formats:
-            write_mask(mask_file(out / "masks", f"{image_id}_cell_mask", fmt), cells)
-            write_mask(mask_file(out / "masks", f"{image_id}_nucleus_mask", fmt), nuclei)
-        if cfg.overlay:
-            write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
-        table = cell_table(image, cells, nuclei, cfg.channel_names)
-        crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask, cfg.crop_fit)
-        paths = []
-        for cid, crop in crops.items():
-            rel = Path("crops") / image_id / f"{image_id}_{cid}.npy"
-            write_npy(out / rel, crop)
-            paths.append(rel.as_posix())
+        with ThreadPoolExecutor(1, thread_name_prefix="masks") as writer:
+            masks = writer.submit(self.write_masks, image_id, cells, nuclei, px.um)
+            table = cell_table(image, cells, nuclei, cfg.channel_names)
+            crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask, cfg.crop_fit)
+            rel = f"crops/{image_id}.npy"
+            if crops:
+                write_npy(out / rel, np.stack([crops[int(c)] for c in table["cell_id"]]))
+            if cfg.overlay:
+                write_png(out / "overlays" / f"{image_id}.png", overlay(image, cells, nuclei, cfg.channel_names))
+            masks.result()
         table.insert(0, "ID", image_id)
         table.insert(2, "Label", self.image_labels.get(self.layout.sample_of(image_id), ""))
-        table["crop"] = paths
+        table["crop"] = [crop_reference(rel, k) for k in range(len(table))]
         table["height"], table["width"] = cells.shape
+        table["pixel_size_um"], table["pixel_size_source"] = float(f"{px.um:.6g}"), px.source
         if self.truth_cells is not None:
             truth_dir = self.cfg.truth_dir()
             mask_path = truth_dir / f"{image_id}_cell_mask.png"
@@ -211,16 +303,25 @@ class FieldWorker:
         t0 = time.perf_counter()
         try:
             image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
-            cells, nuclei = self.segmenter.segment(image)
-            n = self.finish(image_id, image, cells, nuclei)
-            return FieldResult(image_id, n, seconds=time.perf_counter() - t0)
+            cells, nuclei, px = segment_with_scale(self.segmenter, self.seg_cfg, image,
+                                                      file_pixel_size(self.layout, self.cfg.input, image_id, self.seg_cfg))
+            n = self.finish(image_id, image, cells, nuclei, px)
+            return FieldResult(image_id, n, seconds=time.perf_counter() - t0, pixel_size_um=px.um, pixel_size_source=px.source)
         except InputError as exc:
             return FieldResult(image_id, error=str(exc))
-        except Exception as exc:  # one bad field must not stop a 20k-field run
+        except Exception as exc:  # one bad field must not stop a 20k-field run; a full disk must
+            if _stops_the_run(exc, self.out):
+                raise
             return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
 
     def run_batch(self, ids: list[str]) -> list[FieldResult]:
-        """Read several fields and push them through the segmenter together (network backends)."""
+        """Read several fields and push them through the segmenter together (network backends).
+
+        A backend that takes a pixel size per field (classical) gains nothing from batches: its
+        fields go one at a time, each at its own scale.
+        """
+        if self.seg_cfg.backend in SCALE_AWARE_BACKENDS:
+            return [self.run_one(i) for i in ids]
         images, results = {}, {}
         for i in ids:
             try:
@@ -238,8 +339,12 @@ class FieldWorker:
                     results[i] = self.run_one(i)
                     continue
                 try:
-                    results[i] = FieldResult(i, self.finish(i, images[i], *outs[k]), seconds=time.perf_counter() - t0)
+                    px = resolve_pixel_size(self.seg_cfg, images[i])  # the config's or the width rule: the networks' own scale
+                    results[i] = FieldResult(i, self.finish(i, images[i], *outs[k], px), seconds=time.perf_counter() - t0,
+                                             pixel_size_um=px.um, pixel_size_source=px.source)
                 except Exception as exc:
+                    if _stops_the_run(exc, self.out):
+                        raise
                     results[i] = FieldResult(i, error=f"{type(exc).__name__}: {exc}")
         return [results[i] for i in ids]
 
@@ -269,28 +374,42 @@ def plan(cfg: SegmentRunConfig) -> tuple[list[str], list[tuple[str, str]], list[
 
 
 def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Segment the fields of ``cfg.input``; return what was done, skipped and failed."""
-    t0 = time.perf_counter()
+    """Segment the fields of ``cfg.input``; return what was done, skipped and failed.
+
+    Holds the output folder's lock throughout; stops before any work (:class:`InputError`) when
+    the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set,
+    or when ``cfg.runtime``'s package is missing.
+    """
+    require_runtime(cfg.runtime)
     out = cfg.out_dir()
+    with folder_lock(out):
+        return _run_segmentation(cfg, out, progress)
+
+
+def _run_segmentation(cfg: SegmentRunConfig, out: Path, progress: Callable[[int], None] | None) -> RunSummary:
+    t0 = time.perf_counter()
     ids, failed, _ = plan(cfg)
     labels_path = cfg.labels_path()
     image_labels = {}
+    unlabelled: list[str] = []
     if labels_path is not None:
         df = read_task_labels(labels_path, cfg.task_record)
         image_labels = dict(zip(df["ID"], df["Label"]))
+        unlabelled = [i for i in ids if cfg.layout.sample_of(i) not in image_labels]
     truth_dir = cfg.truth_dir()
     truth_cells = read_csv(truth_dir / "cells.csv", ("ID", "cell_id", "Label")) if truth_dir else None
+    start = ensure_same_settings(out, run_settings(cfg), cfg.overwrite, tool="segment", outputs=SEGMENT_OUTPUTS)
     todo = [i for i in ids if not (cfg.resume and (out / "cells" / f"{i}.csv").exists())]
-    summary = RunSummary(skipped=len(ids) - len(todo))
+    summary = RunSummary(skipped=len(ids) - len(todo), start=start, unlabelled=unlabelled)
     if progress and summary.skipped:
         progress(summary.skipped)
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "segment_config.json")
     for res in _results(cfg, todo, image_labels, truth_cells):
         if res.error:
             failed.append((res.image_id, res.error))
         else:
             summary.done += 1
+            summary.pixel_sizes.append((res.pixel_size_source, res.pixel_size_um))
         if progress:
             progress(1)
     summary.failed = failed

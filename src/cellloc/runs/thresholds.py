@@ -8,6 +8,11 @@ truth is the ``Label`` column of the folds table the run trained from (its ``con
 :func:`fit_run` fits :func:`cellloc.thresholds.fit_thresholds` (or records the share rule) on
 them, writes ``thresholds.json`` and ``thresholds.csv`` in the run folder and sets the
 ``"thresholds"`` entry of every fold's ``recipe.json``, which ``predict.py`` applies.
+ A recipe's thresholds are part of a trained
+model (predict.py applies them), so a fit never silently replaces thresholds fitted otherwise:
+it stops with one line naming what would change, and ``--overwrite`` replaces them after keeping
+the old ones in ``thresholds.replaced-<time>.json``. A rerun with the same settings on the same
+predictions writes the same values, and a run killed between recipes completes on a rerun.
 :func:`compare_rules` scores the rules on held-out samples with known truth (a test split's
 ``scores.csv`` from ``predict.py`` and ``truth/labels.csv``): 0.5, the global threshold, the
 fitted per-class thresholds and the 2018 winner's share rule.
@@ -16,6 +21,7 @@ fitted per-class thresholds and the 2018 winner's share rule.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ from ..data import read_samples
 from ..errors import InputError
 from ..fieldio import multihot, read_csv, write_csv, write_json
 from ..labels import read_task_labels
+from ..run_state import folder_lock, settings_changes
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from ..thresholds import (
     Thresholds,
@@ -62,6 +69,8 @@ class ThresholdsConfig:
                         choices=list(KEEP_TOP))
     scores: str = opt("", "also compare the rules on held-out samples: predict.py's scores.csv (ID, p0 ..)")
     truth: str = opt("", "the held-out samples' labels: a truth folder (labels.csv inside) or the labels CSV")
+    overwrite: bool = opt(False, "replace thresholds fitted otherwise that the recipes already hold (the old ones are "
+                          "kept in thresholds.replaced-<time>.json)", saved=False)
 
     def __post_init__(self) -> None:
         if self.min_positives < 0 or self.shrink < 0:
@@ -134,27 +143,75 @@ def read_oof(models: str | Path, folds: Sequence[int] = ()) -> OutOfFold:
                      int(samples["fold"].nunique()), dirs)
 
 
-def fit_run(cfg: ThresholdsConfig) -> tuple[Thresholds, OutOfFold, pd.DataFrame]:
-    """Fit on a run's OOF predictions; write ``thresholds.json``/``.csv`` and every fold's recipe entry."""
-    oof = read_oof(cfg.models, cfg.folds)
-    if cfg.method == "share":
-        shares = oof.truth.mean(0)
-        th = share_thresholds(oof.probs, shares, KEEP_TOP[cfg.keep_top] is not False)
-        th.n_positives = oof.truth.sum(0).astype(np.int64)
-    else:
-        th = fit_thresholds(oof.probs, oof.truth, cfg.min_positives, cfg.shrink, KEEP_TOP[cfg.keep_top],
-                            fallback=cfg.fallback)
-    table = threshold_table(oof, th)
+def fit_run(cfg: ThresholdsConfig) -> tuple[Thresholds, OutOfFold, pd.DataFrame, Path | None]:
+    """Fit on a run's OOF predictions; write ``thresholds.json``/``.csv`` and every fold's recipe entry.
+
+    Returns the thresholds, the OOF predictions, the per-class table and, when ``--overwrite``
+    replaced thresholds fitted otherwise, the file the old ones were kept in. Raises
+    :class:`InputError` before writing anything when a fold's recipe holds other thresholds
+    and ``cfg.overwrite`` is not set (see the module docstring).
+    """
     run = Path(cfg.models)
-    data = th.to_dict()
-    data["fitted_on"] = {"folds": oof.folds, "of_folds": oof.n_folds, "samples": len(oof.ids)}
-    write_json(run / "thresholds.json", data)
-    write_csv(run / "thresholds.csv", table)
-    for d in oof.fold_dirs:
-        recipe = Recipe.read(d / RECIPE_FILE)
-        recipe.thresholds = th.to_dict()
-        write_json(d / RECIPE_FILE, recipe.to_dict())
-    return th, oof, table
+    oof = read_oof(cfg.models, cfg.folds)  # before the lock: a mistyped --models makes no folder
+    with folder_lock(run):
+        if cfg.method == "share":
+            shares = oof.truth.mean(0)
+            th = share_thresholds(oof.probs, shares, KEEP_TOP[cfg.keep_top] is not False)
+            th.n_positives = oof.truth.sum(0).astype(np.int64)
+        else:
+            th = fit_thresholds(oof.probs, oof.truth, cfg.min_positives, cfg.shrink, KEEP_TOP[cfg.keep_top],
+                                fallback=cfg.fallback)
+        table = threshold_table(oof, th)
+        new = _plain(th.to_dict())
+        kept = _keep_or_refuse(run, oof.fold_dirs, new, cfg.overwrite)
+        data = dict(new, fitted_on={"folds": oof.folds, "of_folds": oof.n_folds, "samples": len(oof.ids)})
+        write_json(run / "thresholds.json", data)  # first: a rerun after a kill among the recipes sees this fit
+        write_csv(run / "thresholds.csv", table)
+        for d in oof.fold_dirs:
+            recipe = Recipe.read(d / RECIPE_FILE)
+            recipe.thresholds = new
+            write_json(d / RECIPE_FILE, recipe.to_dict())
+    return th, oof, table, kept
+
+
+def _plain(data: dict) -> dict:
+    """As the dict reads back from JSON (what a recipe holds)."""
+    return json.loads(json.dumps(data))
+
+
+def _keep_or_refuse(run: Path, dirs: Sequence[Path], new: dict, overwrite: bool) -> Path | None:
+    """Refuse (or with ``overwrite`` back up) thresholds in ``dirs``' recipes that differ from ``new``.
+
+    Recipes holding ``new`` already, or none, are fine; so are other thresholds when the run's
+    ``thresholds.json`` is this very fit (a run killed while writing the recipes, rerun).
+    """
+    held = {d.name: Recipe.read(d / RECIPE_FILE).thresholds for d in dirs}
+    other = {name: t for name, t in held.items() if t is not None and t != new}
+    if not other:
+        return None
+    record = run / "thresholds.json"
+    previous = None
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text())
+        except ValueError:
+            previous = None
+    if isinstance(previous, dict) and {k: v for k, v in previous.items() if k != "fitted_on"} == new:
+        return None
+    name, old = next(iter(other.items()))
+    if not overwrite:
+        changes = settings_changes(old, new)
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise InputError(f"{run / name / RECIPE_FILE}: holds thresholds fitted otherwise ({shown}); add --overwrite to "
+                         "replace them in every fold's recipe (the old ones are kept in thresholds.replaced-<time>.json)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = run / f"thresholds.replaced-{stamp}.json"
+    k = 1
+    while backup.exists():
+        k += 1
+        backup = run / f"thresholds.replaced-{stamp}-{k}.json"
+    write_json(backup, {"thresholds.json": previous, "recipes": held})
+    return backup
 
 
 def threshold_table(oof: OutOfFold, th: Thresholds) -> pd.DataFrame:

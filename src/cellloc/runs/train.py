@@ -28,10 +28,16 @@ default resolved: ``python src/train.py --config .../config.json`` runs it again
 state_dict of the best epoch), ``last.pt`` (weights, optimizer, scheduler, epoch, early-stopping
 state and history: what ``--resume`` needs), ``val_predictions.csv``, ``scores.csv`` and
 ``summary.json``.
+
+A trained model is never lost: a run without ``--resume`` on a folder that holds a run stops
+with one line; ``--resume`` continues it (with the same settings; the folder's location may
+differ, so a copied run folder resumes too), and ``--overwrite`` moves the old run into
+``fold<K>.replaced-<time>`` beside it first. The folder is locked while a run trains in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -80,14 +86,19 @@ from ..models import PRETRAINED_CHOICES, create_model, model_names
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
 from ..plots_training import plot_training_curves
 from ..registry import Registry
+from ..run_state import existing_outputs, folder_lock, move_aside
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
 from ..two_head import TwoHeadModule
 from .segment import SegmentRunConfig
 
-# Fields that may differ between a run and its --resume (everything else must match).
+# Fields that may differ between a run and its --resume (everything else must match): how long and
+# where it runs, and where the run folder is (a copied or moved run folder resumes).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "resume", "tta", "tiles", "amp",
-                               "channels_last", "cache_mb"})
+                               "channels_last", "cache_mb", "out_dir", "run_name", "weights_dir", "overwrite"})
+# Everything training writes in a fold folder (what --overwrite moves aside).
+TRAIN_OUTPUTS = ("config.json", RECIPE_FILE, "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
+                 "scores.csv", "summary.json")
 
 
 def default_run_name(task: Task, level: str) -> str:
@@ -167,6 +178,8 @@ class TrainConfig:
     seed: int = opt(42, "seed for weights, data order and augmentation")
     limit: int = opt(0, "use at most this many training and this many validation samples (0 = all; smoke runs)")
     resume: bool = opt(False, "continue from the run folder's last.pt")
+    overwrite: bool = opt(False, "start over in a folder that holds a run: move it to fold<K>.replaced-<time> first",
+                          saved=False)
     tta: int = opt(1, "dihedral views averaged when predicting the validation fold (1, 2, 4, 8)")
     mean: list[float] = opt([], "per-channel mean after /dtype-max (default: measured on training samples)")
     std: list[float] = opt([], "per-channel std after /dtype-max (default: measured on training samples)")
@@ -288,6 +301,7 @@ class TrainResult:
     baseline_ap_true: float | None
     seconds: float
     scores: pd.DataFrame
+    replaced: Path | None = None  # where --overwrite moved the folder's previous run
 
 
 # --------------------------------------------------------------------------- helpers
@@ -549,14 +563,44 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     Returns a :class:`TrainResult`; every number is also written to the run folder. Under
     ``accelerate launch`` only rank 0 scores and writes; the other ranks return ``None``.
     """
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume continues the run in the folder, --overwrite starts over: give one of them")
+    if cfg.resume and not (cfg.run_dir / "config.json").exists():
+        raise InputError(f"{cfg.run_dir / 'config.json'}: not found; nothing to resume")
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 locks and moves
+    with contextlib.ExitStack() as held:  # the folder's lock, taken just before the first write
+        return _train_fold(cfg, callbacks, command, rank0, held)
+
+
+def _start_afresh(cfg: TrainConfig, move: bool) -> Path | None:
+    """A run without --resume: refuse a folder holding a run, or (``--overwrite`` and ``move``) move that run aside.
+
+    Rank 0's job alone under ``accelerate launch``: the other ranks would see rank 0's new files."""
+    present = existing_outputs(cfg.run_dir, TRAIN_OUTPUTS)
+    if not present or (cfg.overwrite and not move):
+        return None
+    if not cfg.overwrite:
+        names = ", ".join(p.name for p in present[:4]) + (", ..." if len(present) > 4 else "")
+        raise InputError(
+            f"{cfg.run_dir}: holds a training run ({names}); add --resume to continue it, --overwrite to start over "
+            f"(the old run is moved to {cfg.run_dir.name}.replaced-<time>), or choose another --run-name"
+        )
+    return move_aside(cfg.run_dir, present)
+
+
+def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | None, rank0: bool,
+                held: contextlib.ExitStack) -> TrainResult | None:
     t_start = time.perf_counter()
     run_dir = cfg.run_dir
     state: dict[str, Any] | None = None
     recipe: Recipe | None = None
+    replaced = None
     if cfg.resume:
         cfg = _check_resume_config(cfg, run_dir / "config.json")
         state = load_plain(run_dir / "last.pt")
         recipe = Recipe.read(run_dir / RECIPE_FILE)
+    elif rank0:
+        _start_afresh(cfg, move=False)  # refuse a taken folder before any work
     seed_everything(cfg.seed)
     task = cfg.task_record
 
@@ -579,9 +623,15 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         recipe = Recipe(task=task.name, level=cfg.level, model=cfg.model, in_chans=cfg.in_chans,
                         num_classes=cfg.num_classes, image_size=cfg.image_size, mean=list(mean), std=list(std),
                         kind=task.kind, input=sets.input)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
-    write_json(run_dir / RECIPE_FILE, recipe.to_dict())
+    # Every input checked: lock the folder, and only now move an old run aside (--overwrite). Rank 0
+    # alone writes (the other ranks would otherwise write the files rank 0 is about to look for).
+    if rank0:
+        held.enter_context(folder_lock(run_dir))
+        if not cfg.resume:
+            replaced = _start_afresh(cfg, move=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        write_json(run_dir / RECIPE_FILE, recipe.to_dict())
     view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     device = _resolve_device(cfg.device)
@@ -639,7 +689,8 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         early.load_state_dict(state["early_stopping"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-        write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
+        if rank0:
+            write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
     what = "fields" if cfg.level == "image" else f"{cfg.label_source} labels"
     title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {what}"
     seen = len(train_ds) if cfg.image_head != "none" else len(train_ds) // batch_size * batch_size  # cells per epoch
@@ -692,6 +743,7 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
         seconds=round(time.perf_counter() - t_start, 2),
         **scored,
     )
+    result.replaced = replaced
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items() if k != "scores"}
     summary.update(
         task=task.name,
@@ -778,6 +830,8 @@ def format_summary(result: TrainResult) -> str:
     else:
         lines += [f"validation: {METRICS[name].label} {value:.4f} (label-frequency baseline {result.baselines[name]:.4f})"
                   for name, value in result.metrics.items()]
+    if result.replaced is not None:
+        lines.append(f"the folder's previous run was moved to {result.replaced} (delete it when not needed)")
     return "\n".join(lines)
 
 
