@@ -5,15 +5,17 @@
     python src/predict.py --masks output/synth_test/masks   # reuse masks from segment.py
     python src/predict.py --image-models models/effb2_image # blend cells with an image model's field score
     python src/predict.py --models models/effb2_rxrx1       # an image-level task: whole fields
-    python src/predict.py --executor dask --workers 2       # cell models: fields on a local Dask cluster
+    python src/predict.py --executor dask --workers 2       # fields on a local Dask cluster
+    python src/predict.py --models models/effb2_hpa-2018 --executor process --workers 2   # image models: chunks of --chunk fields
 
 Every fold model found under --models (fold*/best.pt) is averaged. Cell models: cells are
 segmented and cropped with the training crops' own settings (the model's recipe.json); cell
 scores are blended with the field's score (--blend: the mean cell score, or --image-models);
 Negative is raised to min(1 - p) over the other classes. Output: output/<name>/submission.csv
 (atomic, resumable) and cell_scores/{ID}.csv, or scores.csv for image-level models. With
---executor process|dask each worker loads the models once and writes the fields' cell scores;
-this process appends the rows in field order, so the files are the same as a serial run's.
+--executor process|dask each worker loads the models once and writes the fields' cell scores
+(image models: each chunk's field_scores/part*.npz); this process writes the submission and the
+tables in field order, so the files are the same as a serial run's.
 
 Fields that fail are listed in predict_failures.csv and the run exits 1 at the end; bad input or
 an unwritable output folder exits 2 at once. A rerun with the same models and settings resumes;

@@ -331,6 +331,24 @@ def test_field_input_crops_and_resizes():
         FieldInput(32, (0.0,), (1.0,), resize=16)
 
 
+def test_whole_field_training_views_are_flipped_and_rotated():
+    """HPA-2018 fields are augmented like cell crops: each training view is one of the 8 dihedral
+    views of the same (resized, cropped) field, and all 8 occur."""
+    field = np.random.default_rng(1).integers(0, 255, (40, 40, 4)).astype(np.uint8)
+    view = FieldInput(32, (0.0,) * 4, (1.0,) * 4, resize=32)
+    plain = view.train_view(field).transpose(1, 2, 0)  # CxSxS -> SxSxC
+    dihedral = [np.rot90(v, k) for v in (plain, plain.transpose(1, 0, 2)) for k in range(4)]
+    aug = build_augment(gain=0.0)
+    seen = set()
+    for seed in range(60):
+        seed_augment(aug, seed)
+        out = view.train_view(field, aug).transpose(1, 2, 0)
+        match = [i for i, v in enumerate(dihedral) if np.allclose(out, v)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 8
+
+
 def test_read_samples_collapses_cells_to_fields(tmp_path):
     cells = pd.DataFrame({"ID": ["a", "a", "b"], "cell_id": [1, 2, 1], "Label": ["0|16", "0|16", "3"], "fold": [0, 0, 1],
                           "crop": ["x", "y", "z"]})

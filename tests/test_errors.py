@@ -96,3 +96,22 @@ def test_a_corrupt_crop_in_a_dataloader_worker_is_one_short_line_naming_it(tmp_p
     msg = str(err.value)
     assert msg.startswith(f"{tmp_path / 'f1_2.npy'}: cannot read crop (") and len(msg) < 200
     assert "Traceback" not in msg and "worker" not in msg
+
+
+SCRIPTS = sorted(p.stem for p in (REPO / "src").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_says_a_bad_config_in_one_line_and_exits_2(script, tmp_path, capsys, monkeypatch):
+    """What the README promises for every script: a bad invocation is `error: <file>: <problem>`, exit 2."""
+    from test_evaluate_cli import load_script
+
+    bad = tmp_path / "settings.json"
+    bad.write_text('{"_config": "SomethingElse"}')
+    monkeypatch.chdir(tmp_path)
+    positional = ["x.csv"] if script in ("check_submission", "report", "score_segmentation") else []
+    with pytest.raises(SystemExit) as done:
+        load_script(script).main([*positional, "--config", str(bad)])
+    lines = capsys.readouterr().err.splitlines()
+    assert done.value.code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: is a SomethingElse (another stage's config), not a ")

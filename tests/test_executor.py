@@ -184,6 +184,28 @@ def test_dask_a_field_that_kills_its_worker_is_a_failure_and_a_fresh_worker_take
     assert res[2:] == items[2:]
 
 
+def hold_gpu(item: str) -> tuple[str, float, float]:
+    """(item, start, end) of a short task, to see which tasks overlapped in time."""
+    start = time.monotonic()
+    time.sleep(0.05)
+    return item, start, time.monotonic()
+
+
+@needs_dask
+def test_dask_resources_hold_items_to_the_workers_that_have_them(by_value):
+    """One worker with 2 threads and one "GPU": items that need the GPU run one at a time
+    (one model replica per GPU), though the worker could run two items at once."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", resources={"GPU": 1}) as cluster:
+        res = list(map_fields(hold_gpu, ITEMS, executor="dask", address=cluster.scheduler_address,
+                              resources={"GPU": 1}))
+    assert [r[0] for r in res] == ITEMS
+    spans = sorted((r[1], r[2]) for r in res)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # never two at once
+
+
 @needs_dask
 def test_dask_unreachable_address_is_one_line():
     with pytest.raises(InputError, match="cannot reach a Dask scheduler"):

@@ -281,6 +281,22 @@ def test_two_predict_runs_on_one_output(trained, tmp_path):
     assert not (out / "submission.csv.partial").exists() and not (out / "predict_config.json").exists()
 
 
+def test_a_full_disk_stops_the_prediction_instead_of_failing_every_field(trained, tmp_path, monkeypatch):
+    import errno
+
+    import cellloc.runs.predict as predict_run
+
+    def full(path, df):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict_run, "write_csv", full)
+    cfg = predict_cfg(trained, tmp_path / "out", limit=2)
+    with pytest.raises(OSError) as err:
+        run_predict(cfg, load_predictor(cfg))
+    assert err.value.errno == errno.ENOSPC and "cell_scores" in err.value.filename
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
 def test_predict_into_an_unwritable_place_is_one_line(trained, tmp_path, capsys):
     (tmp_path / "blocked").write_text("a file where the output folder should be")
     predict = load_script("predict")

@@ -314,6 +314,25 @@ def test_a_copied_run_folder_resumes(cells_csv, tmp_path):
     assert list(pd.read_csv(cfg.run_dir / "metrics.csv")["epoch"]) == [0]  # the original is untouched
 
 
+def test_resume_on_a_regenerated_folds_table_stops_instead_of_mixing_two_splits(cells_csv, tmp_path):
+    folds = cells_csv.with_name("regenerated_folds.csv")  # beside the crops it names
+    folds.write_bytes(cells_csv.read_bytes())
+    cfg = tiny(folds, tmp_path, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, callbacks=[Interrupt(epoch=0)])
+    table = pd.read_csv(folds)
+    fields = sorted(table["ID"].unique())
+    table["fold"] = table["ID"].map({f: (k + 1) % 3 for k, f in enumerate(fields)})  # gen_folds with another seed
+    table.to_csv(folds, index=False)
+    with pytest.raises(InputError) as err:
+        train_fold(tiny(folds, tmp_path, epochs=2, resume=True))
+    assert str(err.value).startswith(f"--resume: {cfg.run_dir} was trained on other samples or labels of fold 0 (")
+    assert "add --overwrite to start over" in str(err.value) and "\n" not in str(err.value)
+    assert list(pd.read_csv(cfg.run_dir / "metrics.csv")["epoch"]) == [0]  # nothing was trained on the new split
+    folds.write_bytes(cells_csv.read_bytes())  # the table it started with: resumes
+    assert train_fold(tiny(folds, tmp_path, epochs=2, resume=True)).epochs_run == 2
+
+
 def test_bad_input_moves_nothing_aside_and_an_unwritable_folder_is_one_line(cells_csv, tmp_path):
     cfg = tiny(cells_csv, tmp_path, epochs=1)
     train_fold(cfg)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import InputKind, load_crop, make_input
 from .errors import InputError
-from .fieldio import write_json
+from .fieldio import atomic_path, write_json
 from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
@@ -178,7 +178,8 @@ def save_untrained(fold_dir: str | Path, recipe: Recipe, seed: int = 0) -> Path:
     fold_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = create_model(recipe.model, recipe.in_chans, recipe.num_classes, "none", image_size=recipe.image_size)
-    torch.save(net.state_dict(), fold_dir / "best.pt")
+    with atomic_path(fold_dir / "best.pt") as tmp:
+        torch.save(net.state_dict(), tmp)
     write_json(fold_dir / RECIPE_FILE, recipe.to_dict())
     return fold_dir
 

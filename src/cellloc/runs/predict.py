@@ -8,9 +8,10 @@ Per-cell scores go to ``cell_scores/{ID}.csv`` and the field's row is appended b
 :class:`~cellloc.submission.SubmissionWriter`, so a killed run continues where it stopped and the
 submission file appears, complete, only at the end.
 
-Image models (HPA-2018, RxRx1): fields are scored in chunks (``field_scores/part*.npz``, each
-written atomically, so a rerun skips finished chunks), averaged per labelled sample (RxRx1's two
-sites), written to ``scores.csv`` and turned into submission rows by the task's format.
+Image models (HPA-2018, RxRx1): fields are scored in chunks, the unit of work of the executor
+(``field_scores/part*.npz``, each written atomically by its worker, so a rerun skips finished
+chunks), averaged per labelled sample (RxRx1's two sites), written to ``scores.csv`` and turned
+into submission rows by the task's format.
 
 A rerun resumes only when the finished rows were made with the same settings: the models (each
 fold's ``best.pt`` checksum and recipe), the segmentation, ``--tta``, ``--blend`` and the rest are
@@ -50,11 +51,10 @@ from ..submission import SubmissionWriter
 from ..submission_formats import FORMATS
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 from .executor import ExecutorOptions, Failure
-from .segment import SegmentRunConfig, file_pixel_size
+from .segment import SegmentRunConfig, file_pixel_size, stops_the_run
 from .train import default_run_name
 
 Progress = Callable[[int], None]
-CHUNK = 64  # fields per saved chunk of image-level scores
 
 
 @dataclass
@@ -91,6 +91,8 @@ class PredictConfig(ExecutorOptions):
     runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
                        "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
     limit: int = opt(0, "predict only the first N fields (0: all)")
+    chunk: int = opt(64, "image models: fields per saved chunk of scores (field_scores/part*.npz), the unit of work "
+                     "of --executor and of resume")
     overwrite: bool = opt(False, "start over: move this folder's prediction outputs to <out>.replaced-<time> first", saved=False)
 
     def __post_init__(self) -> None:
@@ -98,11 +100,14 @@ class PredictConfig(ExecutorOptions):
             raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
         if not 0 <= self.field_weight <= 1:
             raise ValueError(f"--field-weight must be in [0, 1], got {self.field_weight}")
-        if self.top_k < 0 or self.limit < 0 or self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1")
+        if self.top_k < 0 or self.limit < 0 or self.batch_size < 1 or self.num_workers < 0 or self.chunk < 1:
+            raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1 and --chunk >= 1")
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
         self.check_executor()
+        if self.num_workers and self.executor != "serial":
+            raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
+                             "each worker reads its own chunk: drop --num-workers")
         if not self.models:
             task = get_task(self.task or DEFAULT_TASK)
             self.models = str(Path("models") / default_run_name(task, task.level))
@@ -245,7 +250,7 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
     """What a prediction run's rows depend on: compared with the manifest of the finished rows.
 
     The models count by content (each fold's ``best.pt`` SHA-256 and recipe), not by folder
-    name. Not in it: batch size, workers, device, runtime and ``--limit``.
+    name. Not in it: batch size, ``--chunk``, executor and workers, device, runtime and ``--limit``.
     """
     seg = None
     if predictor.segment is not None:
@@ -288,6 +293,7 @@ class FieldPrediction:
     prediction: str = ""
     cells: int = 0
     error: str = ""
+    stop: tuple[int, str, str | None] | None = None  # an OS error about the output: stops the run (see segment)
 
 
 class PredictWorker:
@@ -319,7 +325,12 @@ class PredictWorker:
         score_cols = pd.DataFrame(np.round(scores, 5), columns=[f"p{k}" for k in range(task.num_classes)])
         rows = pd.concat([table[["cell_id", "area", "edge"]].reset_index(drop=True), score_cols], axis=1)
         rows.insert(0, "ID", image_id)
-        write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        try:
+            write_csv(self.out / "cell_scores" / f"{image_id}.csv", rows)
+        except OSError as exc:  # a full disk or an unwritable output: returned, since an executor would make a raise one failed field
+            if not stops_the_run(exc, self.out):
+                raise
+            return FieldPrediction(image_id, error=str(exc), stop=(exc.errno, exc.strerror or str(exc), exc.filename))
         h, w = image.shape[:2]
         return FieldPrediction(image_id, w, h, encode_prediction(cells, table, scores, cfg.min_confidence, cfg.top_k or None),
                                len(table))
@@ -366,6 +377,8 @@ def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress |
             for image_id, res in zip(todo, ex.map(predict_one, todo, init=init) if todo else ()):
                 if isinstance(res, Failure):
                     res = FieldPrediction(image_id, error=res.error)
+                if res.stop is not None:
+                    raise OSError(*res.stop)
                 if res.error:
                     failed.append((image_id, res.error))
                 else:
@@ -399,39 +412,62 @@ def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[l
         return good, np.array(probs, np.float32).reshape(len(good), task.num_classes), failed
 
 
+class ImageWorker:
+    """A worker's loaded image-level ensemble, built once per worker process (``init`` of the map)."""
+
+    def __init__(self, cfg: PredictConfig, model: Ensemble | None = None) -> None:
+        self.cfg = cfg
+        self.model = model or load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
+
+
+def score_part(worker: ImageWorker, job: tuple[str, list[str]]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """Score one chunk of fields and write its ``field_scores/part*.npz`` (atomically); return what it holds."""
+    path, chunk = job
+    got, probs, bad = _score_chunk(worker.cfg, worker.model, chunk)
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
+                     failed=np.array(bad, dtype=str).reshape(-1, 2))
+    return got, probs, bad
+
+
 def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress | None = None) -> PredictSummary:
-    """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written."""
-    if cfg.executor != "serial":
-        raise InputError(f"--executor {cfg.executor}: image-level models score fields in batches in this process; "
-                         "use --num-workers for parallel reading (--executor maps cell-model runs)")
+    """Image models: every field scored (in resumable chunks), averaged per sample, the task's submission written.
+
+    Chunks of ``cfg.chunk`` fields are the unit of work on ``cfg.executor``: a worker loads the
+    models once, scores a chunk in batches and writes its part file; this process reads finished
+    parts of an earlier run, gathers the chunks in order and alone writes ``scores.csv``, the
+    submission and the failures, so the files are the same whatever scored the chunks.
+    """
     t0 = time.perf_counter()
     task = predictor.task
     ids, failed = field_ids(cfg, task)
     out = cfg.out_dir()
     parts = out / "field_scores"
-    scored_ids: list[str] = []
-    scored: list[np.ndarray] = []
-    skipped = done = 0
-    for k in range(0, len(ids), CHUNK):
-        chunk = ids[k:k + CHUNK]
-        path = parts / f"part{k // CHUNK:05d}.npz"
-        saved = _read_part(path, chunk)
-        if saved is not None:
-            got, probs, bad = saved
-            skipped += len(chunk)
-        else:
-            got, probs, bad = _score_chunk(cfg, predictor.model, chunk)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
-                             failed=np.array(bad, dtype=str).reshape(-1, 2))
-            done += len(chunk)
-        scored_ids += got
-        scored.append(probs)
-        failed += bad
-        if progress:
-            progress(len(chunk))
-    probs = np.concatenate(scored) if scored else np.zeros((0, task.num_classes), np.float32)
+    chunks = [ids[k:k + cfg.chunk] for k in range(0, len(ids), cfg.chunk)]
+    paths = [parts / f"part{n:05d}.npz" for n in range(len(chunks))]
+    results: list[tuple[list[str], np.ndarray, list[tuple[str, str]]] | None] = [_read_part(p, c) for p, c in zip(paths, chunks)]
+    skipped = sum(len(c) for c, r in zip(chunks, results) if r is not None)
+    if progress and skipped:
+        progress(skipped)
+    todo = [n for n, r in enumerate(results) if r is None]
+    done = 0
+    if todo:
+        work = _absolute(cfg)
+        # the driver's loaded models serve a serial run; other executors load them in each worker
+        init = partial(ImageWorker, work, predictor.model if cfg.executor == "serial" else None)
+        jobs = [(str(Path(work.out) / "field_scores" / paths[n].name), chunks[n]) for n in todo]
+        with cfg.open_executor() as ex:
+            for n, res in zip(todo, ex.map(score_part, jobs, init=init)):
+                if isinstance(res, Failure):  # the worker died or raised: every field of the chunk failed
+                    res = ([], np.zeros((0, task.num_classes), np.float32), [(i, res.error) for i in chunks[n]])
+                results[n] = res
+                done += len(chunks[n])
+                if progress:
+                    progress(len(chunks[n]))
+    scored_ids = [i for r in results for i in r[0]]
+    failed += [f for r in results for f in r[2]]
+    probs = np.concatenate([r[1] for r in results]) if results else np.zeros((0, task.num_classes), np.float32)
     samples, sample_probs = per_sample(scored_ids, probs, task)
     write_csv(out / "scores.csv", score_frame(samples, sample_probs, task))
     fmt = FORMATS[task.submission]

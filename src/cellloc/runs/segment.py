@@ -164,6 +164,9 @@ class FieldResult:
     seconds: float = 0.0
     pixel_size_um: float = 0.0  # what the field was segmented at
     pixel_size_source: str = ""  # where that came from: given, file, image, width (PixelSize.source)
+    # an OS error about the output (errno, message, path): the driver stops the run with it. A
+    # worker returns it rather than raising, since an executor turns a raise into one failed field.
+    stop: tuple[int, str, str | None] | None = None
 
 
 @dataclass
@@ -213,7 +216,7 @@ def run_settings(cfg: SegmentRunConfig) -> dict:
     return settings
 
 
-def _stops_the_run(exc: BaseException, out: Path) -> bool:
+def stops_the_run(exc: BaseException, out: Path) -> bool:
     """An OS error about the output (a full disk, a folder that cannot be written), not about one field."""
     if not isinstance(exc, OSError) or exc.errno is None:
         return False
@@ -310,9 +313,7 @@ class FieldWorker:
         except InputError as exc:
             return FieldResult(image_id, error=str(exc))
         except Exception as exc:  # one bad field must not stop a 20k-field run; a full disk must
-            if _stops_the_run(exc, self.out):
-                raise
-            return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            return _failed(image_id, exc, self.out)
 
     def run_batch(self, ids: list[str]) -> list[FieldResult]:
         """Read several fields and push them through the segmenter together (network backends).
@@ -343,10 +344,14 @@ class FieldWorker:
                     results[i] = FieldResult(i, self.finish(i, images[i], *outs[k], px), seconds=time.perf_counter() - t0,
                                              pixel_size_um=px.um, pixel_size_source=px.source)
                 except Exception as exc:
-                    if _stops_the_run(exc, self.out):
-                        raise
-                    results[i] = FieldResult(i, error=f"{type(exc).__name__}: {exc}")
+                    results[i] = _failed(i, exc, self.out)
         return [results[i] for i in ids]
+
+
+def _failed(image_id: str, exc: Exception, out: Path) -> FieldResult:
+    """A field's failure; one that is about the output (a full disk) carries what stops the run."""
+    stop = (exc.errno, exc.strerror or str(exc), exc.filename) if stops_the_run(exc, out) else None
+    return FieldResult(image_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}", stop=stop)
 
 
 def segment_one(worker: FieldWorker, image_id: str) -> FieldResult:
@@ -442,10 +447,11 @@ def _results(cfg: SegmentRunConfig, todo: list[str], image_labels, truth_cells) 
             if isinstance(res, Failure):
                 ids = item if batch > 1 else [item]
                 yield from (FieldResult(i, error=res.error) for i in ids)
-            elif batch > 1:
-                yield from res
-            else:
-                yield res
+                continue
+            for one in res if batch > 1 else [res]:
+                if one.stop is not None:  # a full disk or an unwritable output: every later field would fail too
+                    raise OSError(*one.stop)
+                yield one
 
 
 def read_field_rows(path: Path) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -346,6 +347,17 @@ class SampleSets:
     cached: int = 0  # fields held in memory (--cache-mb)
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
 
+    def fingerprint(self) -> str:
+        """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
+        (a folds table regenerated with another seed, or other labels, would mix two splits in one model)."""
+        digest = hashlib.sha256()
+        for rows, y in ((self.train, self.y_train), (self.valid, self.y_valid)):
+            keys = rows[[c for c in self.key if c in rows.columns]].astype(str).agg("/".join, axis=1)
+            digest.update("\n".join(keys).encode())
+            digest.update(np.ascontiguousarray(y, np.float32).tobytes())
+            digest.update(b"--")
+        return digest.hexdigest()
+
 
 def cell_samples(cfg: TrainConfig) -> SampleSets:
     """Cell crops of the folds table, with the segmentation that made them (its segment_config.json)."""
@@ -498,8 +510,10 @@ class RunRecorder(Callback):
     became the best and ``last.pt`` carries the updated early-stopping state.
     """
 
-    def __init__(self, run_dir: Path, n_train: int, early: EarlyStopping, history: list[dict], title: str) -> None:
+    def __init__(self, run_dir: Path, n_train: int, early: EarlyStopping, history: list[dict], title: str,
+                 samples_sha256: str = "") -> None:
         self.run_dir = run_dir
+        self.samples_sha256 = samples_sha256
         self.n_train = n_train
         self.early = early
         self.history = history
@@ -541,6 +555,7 @@ class RunRecorder(Callback):
             early_stopping=self.early.state_dict(),
             history=self.history,
             rng=_rng_state(),
+            samples_sha256=self.samples_sha256,
         )
         save_plain(state, self.run_dir / "last.pt")
 
@@ -609,6 +624,11 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         raise InputError(f"only {len(sets.train)} training sample(s) for fold {cfg.fold}; need at least 2")
     if len(sets.valid) == 0:
         raise InputError(f"fold {cfg.fold} has no samples to validate on")
+    samples_sha = sets.fingerprint()
+    if state is not None and state.get("samples_sha256", samples_sha) != samples_sha:
+        raise InputError(f"--resume: {run_dir} was trained on other samples or labels of fold {cfg.fold} "
+                         f"({len(sets.train)} training / {len(sets.valid)} validation now; was {cfg.folds_csv} "
+                         "regenerated?); resume with the folds table it started with, or add --overwrite to start over")
     if cfg.monitor not in ("loss", "last") and task.kind == "multilabel" and not sets.y_valid.any():
         raise InputError(f"fold {cfg.fold} has no positive labels: monitor {cfg.monitor} is undefined (use --monitor loss)")
 
@@ -694,7 +714,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     what = "fields" if cfg.level == "image" else f"{cfg.label_source} labels"
     title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {what}"
     seen = len(train_ds) if cfg.image_head != "none" else len(train_ds) // batch_size * batch_size  # cells per epoch
-    recorder = RunRecorder(run_dir, seen, early, history, title)
+    recorder = RunRecorder(run_dir, seen, early, history, title, samples_sha)
     trainer.current_epoch = start_epoch
     remaining = cfg.epochs - start_epoch
     stopped = bool(state and state.get("stopped"))
