@@ -12,7 +12,8 @@ each: serial; a process pool of 1 and 2; a local Dask cluster of 1 and 2 workers
 prints fields/s with the models' loading and the executor's start and stop included (what a
 user waits for), as a ratio to serial; the steady rate, from the first finished chunk to the
 last (workers started, models loaded: what a long run sees); and whether every output file
-(scores, submission, part files) is byte-identical to the serial run's. Chunks of ``--chunk`` fields are the unit of
+(scores, submission, part files; not ``predict_config.json``, which names the executor) is
+byte-identical to the serial run's. Chunks of ``--chunk`` fields are the unit of
 work. Read the ratios, not the seconds: the machine is shared, so the load average is printed.
 """
 
@@ -60,7 +61,9 @@ def tiny_run(root: Path, fields: int, image_size: int) -> tuple[Path, Path]:
 
 
 def files(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Every output file's bytes, but the run's own config, which records its executor and workers."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "predict_config.json"}
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
     python src/demo.py            # HPA single-cell, small sizes: a few minutes on 2 CPU cores
     python src/demo.py --fields 200 --size 1024   # a bigger run
-    python src/demo.py --task rxrx1               # an image-level task: folds, train, predict, score
+    python src/demo.py --task rxrx1               # unseen experiments: per-plate normalisation, plate assignment;
+                                                  # ends with accuracy=0.xxxx on the test experiments
+    python src/demo.py --task rxrx1 --recipe full # the training recipe: controls -> all siRNAs -> pseudo-labels,
+                                                  # channel subsets, per-cell-type; one step=<name> line per stage
     python src/demo.py --task hpa-2018            # every fold, per-class thresholds on the OOF predictions;
                                                   # ends with macro_F1_at_0.5= and macro_F1= (the fitted thresholds)
 
@@ -13,6 +16,7 @@ starts them over: each moves its previous outputs to <folder>.replaced-<time> an
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -32,7 +36,8 @@ from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
 # Each task's demo sizes (a 0 on the command line takes these): CPU-sized, a few minutes on 2 cores.
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
     "hpa-sc": {"fields": 40, "test_fields": 12, "size": 512, "image_size": 64, "epochs": 10, "folds": 1},
-    "rxrx1": {"fields": 40, "test_fields": 12, "size": 512, "image_size": 64, "epochs": 3, "folds": 1},
+    # rxrx1: the generated design fixes the fields (--sirnas); folds split the training experiments
+    "rxrx1": {"size": 256, "image_size": 64, "epochs": 8, "folds": 4},
     "hpa-2018": {"fields": 300, "test_fields": 120, "size": 256, "image_size": 128, "epochs": 10, "folds": 3},
 }
 
@@ -40,20 +45,29 @@ DEMO_DEFAULTS: dict[str, dict[str, int]] = {
 @dataclass
 class DemoConfig:
     task: str = opt(DEFAULT_TASK, "task whose generated data to run", choices=TASKS.names())
-    fields: int = opt(0, "training fields to generate (0: the task's demo size, see DEMO_DEFAULTS)")
+    fields: int = opt(0, "training fields to generate (0: the task's demo size, see DEMO_DEFAULTS; rxrx1: set by --sirnas)")
     test_fields: int = opt(0, "held-out test fields to generate (0: the task's)")
-    size: int = opt(0, "field size in pixels (0: the task's; hpa-2018 256, the others 512)")
+    size: int = opt(0, "field size in pixels (0: the task's; hpa-2018 and rxrx1 256, hpa-sc 512)")
     crop_size: int = opt(64, "hpa-sc: cell crop size in pixels, also the network input (the paper recipe: 260)")
     image_size: int = opt(0, "image-level tasks: network input size in pixels (0: the task's; hpa-2018 128, rxrx1 64)")
-    epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc and hpa-2018 10, rxrx1 3)")
-    folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3)")
-    seed: int = opt(0, "hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds training with 42+S")
+    epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc and hpa-2018 10, rxrx1 8)")
+    folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3); "
+                     "rxrx1: folds of the training experiments, fold 0 trained (0: 4)")
+    seed: int = opt(0, "hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds training with "
+                    "42+S; rxrx1: seed of the generated design and of training")
+    sirnas: int = opt(32, "rxrx1: treatment siRNAs of the generated design (4 plate groups)")
+    normalise: str = opt("plate", "rxrx1: per-field normalisation the model is trained with (none, site, experiment, "
+                         "plate, experiment-controls, plate-controls)")
+    recipe: str = opt("", "rxrx1: full runs the training recipe of configs/rxrx1/ (stages I-III, channel-subset "
+                      "ensemble, per-cell-type fine-tuning) after a plain model, each scored on the test experiments",
+                      choices=["", "full"])
 
     def __post_init__(self) -> None:
-        for key, value in DEMO_DEFAULTS.get(self.task, DEMO_DEFAULTS[DEFAULT_TASK]).items():
+        defaults = DEMO_DEFAULTS.get(self.task, DEMO_DEFAULTS[DEFAULT_TASK])
+        for key, value in defaults.items():
             if getattr(self, key) == 0:
                 setattr(self, key, value)
-        if min(self.fields, self.test_fields, self.size, self.image_size, self.epochs, self.folds) < 1:
+        if min(getattr(self, key) for key in defaults) < 1:
             raise ValueError("sizes, epochs and folds must be >= 1")
 
 
@@ -110,25 +124,139 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     return []
 
 
-def image_task(a: DemoConfig) -> list[str]:
-    """The stages of an image-level task: no segmentation, whole fields classified."""
-    task = get_task(a.task)
-    test = task.test_data_name
-    seed = "0" if test == task.data_name else "1"  # one design holding both splits (rxrx1) keeps its seed
-    models = f"models/{default_run_name(task, task.level)}"
-    run("data", ["src/make_data.py", "--task", a.task, "--fields", str(a.fields), "--size", str(a.size)])
-    run("test data", ["src/make_data.py", "--task", a.task, "--name", test, "--split", "test", "--seed", seed,
-                      "--fields", str(a.test_fields), "--size", str(a.size)])
-    run("folds", ["src/gen_folds.py", "--task", a.task, "--folds", "5", "--seed", "42"])
-    run("train fold 0 on whole fields (CPU-sized: small input, no ImageNet weights)",
-        ["src/train.py", "--task", a.task, "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.image_size),
-         "--pretrained", "none", "--overwrite"])
-    run("predict the held-out test fields", ["src/predict.py", "--models", models, "--input", f"input/{test}/test",
-                                             "--overwrite"])
-    run("run report", ["src/report.py", models, "--predictions", f"output/{test}"])
-    run("check the submission", ["src/check_submission.py", f"output/{test}/submission.csv", "--task", a.task])
-    run("score the submission (competition metric)", ["src/evaluate.py", "--task", a.task])
-    return []
+def rxrx1(a: DemoConfig) -> list[str]:
+    """RxRx1 on a generated design: train on some experiments, score on unseen ones (other batches).
+
+    Data in ``input/rxrx1_demo_s<seed>`` (both splits of one design; ``truth/labels.csv`` holds the
+    test wells' siRNAs), the model in ``models/rxrx1_demo_s<seed>_<normalise>``, submissions in
+    ``output/`` under the same name. Each field is standardised by its plate's pixel statistics
+    (``--normalise``, the task's default); the submission is scored twice, each well on its own
+    and with plate-aware assignment, and the demo ends with the latter's accuracy.
+    """
+    if a.recipe:
+        return rxrx1_recipe(a)
+    name = f"rxrx1_demo_s{a.seed}"
+    run_name = f"{name}_{a.normalise}"
+    data, models, out = f"input/{name}", f"models/{run_name}", f"output/{run_name}"
+    design = ["--task", "rxrx1", "--name", name, "--size", str(a.size), "--seed", str(a.seed),
+              "--workers", "2", "--options", f"sirnas={a.sirnas}"]
+    run("data: training experiments (2 per cell type)", ["src/make_data.py", *design])
+    run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
+    run("folds (whole experiments, every cell type in every fold)",
+        ["src/gen_folds.py", "--task", "rxrx1", "--labels", f"{data}/train.csv", "--out", f"{out}/folds.csv",
+         "--folds", str(a.folds)])
+    run("train fold 0 on whole 6-channel fields, standardised per plate (CPU-sized, no ImageNet weights)",
+        ["src/train.py", "--task", "rxrx1", "--folds-csv", f"{out}/folds.csv", "--input", f"{data}/train",
+         "--out-dir", "models", "--run-name", run_name, "--fold", "0", "--model", "efficientnet-b0", "--normalise", a.normalise,
+         "--pretrained", "none", "--image-size", str(a.image_size), "--epochs", str(a.epochs),
+         "--batch-size", "32", "--lr", "2e-3", "--schedule", "onecycle", "--label-smoothing", "0.1",
+         "--monitor", "accuracy", "--patience", str(a.epochs), "--cache-mb", "256", "--num-workers", "1",
+         "--seed", str(a.seed), "--overwrite"])
+    run("predict the test experiments, each well on its own (sites averaged)",
+        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", f"{out}/per_well", "--overwrite"])
+    per_well = run("score it", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
+                                "--submission", f"{out}/per_well/submission.csv"], capture=True)
+    run("predict again with plate-aware assignment (each plate: one siRNA group, each siRNA once)",
+        ["src/predict.py", "--models", models, "--input", f"{data}/test", "--out", out, "--plate-assignment",
+         "--overwrite"])
+    run("check the submission", ["src/check_submission.py", f"{out}/submission.csv", "--task", "rxrx1",
+                                 "--sample-submission", f"{data}/sample_submission.csv"])
+    scored = run("score the submission (accuracy on unseen experiments)",
+                 ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth", "--submission", f"{out}/submission.csv"],
+                 capture=True)
+    return [f"accuracy_per_well={last_value(per_well, 'accuracy')}", f"accuracy={last_value(scored, 'accuracy')}"]
+
+
+# The recipe's stages on CPU: epochs per stage (the configs' own are for full-size data on a GPU).
+RECIPE_EPOCHS = {"plain": 6, "controls": 2, "all_sirnas": 4, "pseudo": 2, "channel_subsets": 1, "cell_types": 2}
+
+
+def rxrx1_recipe(a: DemoConfig) -> list[str]:
+    """The RxRx1 training recipe (issue 16) on the plain demo's generated design, fold 0.
+
+    A plain model (all wells, from scratch, as many epochs as stages I and II together) is the
+    baseline. Stage I trains on the control wells (scored on the held-out training experiments'
+    controls: test controls are given, not predicted); II on every well from I's weights; III
+    adds the confident test wells (pseudo_labels.py: predicted labels, never truth/) from II's
+    weights. From III: one model per 5-of-6 channels, their saved test scores averaged
+    (ensemble.py); one model per cell type, merged by cell type. The final submission averages
+    those two. Every test score is plate-assigned and on the test experiments, never trained on
+    with their true labels.
+    """
+    name = f"rxrx1_demo_s{a.seed}"
+    data, tag = f"input/{name}", f"{name}_recipe"
+    out = f"output/{tag}"
+    cfgs = "configs/rxrx1"
+    design = ["--task", "rxrx1", "--name", name, "--size", str(a.size), "--seed", str(a.seed),
+              "--workers", "2", "--options", f"sirnas={a.sirnas}"]
+    run("data: training experiments (2 per cell type)", ["src/make_data.py", *design])
+    run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
+    run("folds of every training well, controls included (whole experiments, every cell type in every fold)",
+        ["src/gen_folds.py", "--task", "rxrx1", "--labels", f"{data}/train.csv", "--more-labels",
+         f"{data}/train_controls.csv", "--out", f"{out}/folds.csv", "--folds", str(a.folds)])
+    common = ["--folds-csv", f"{out}/folds.csv", "--input", f"{data}/train", "--out-dir", "models", "--fold", "0",
+              "--model", "efficientnet-b0", "--pretrained", "none", "--image-size", str(a.image_size),
+              "--normalise", a.normalise, "--batch-size", "32", "--cache-mb", "256", "--num-workers", "1",
+              "--seed", str(a.seed)]
+    test = ["--input", f"{data}/test", "--plate-assignment"]
+    lines: list[str] = []
+
+    def train(step: str, config: str, *args: str) -> str:
+        epochs = str(RECIPE_EPOCHS[step.split(":")[0]])
+        run_name = f"{tag}_{step.replace(':', '_')}"
+        run(f"train {step}", ["src/train.py", "--config", f"{cfgs}/{config}", *common, "--run-name", run_name,
+                              "--epochs", epochs, "--patience", epochs, "--overwrite", *args])
+        return f"models/{run_name}"
+
+    def score(step: str, folder: str) -> str:
+        scored = run(f"score {step}", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
+                                       "--submission", f"{folder}/submission.csv"], capture=True)
+        lines.append(f"step={step} accuracy={last_value(scored, 'accuracy')}")
+        print(lines[-1], flush=True)
+        return folder
+
+    def predict(step: str, models: str) -> str:
+        run(f"predict {step}", ["src/predict.py", "--models", models, "--out", f"{out}/{step.replace(':', '_')}",
+                                "--overwrite", *test])
+        return f"{out}/{step.replace(':', '_')}"
+
+    lr = ["--lr", "2e-3"]  # from scratch on CPU-sized data: the plain demo's rate
+    score("plain", predict("plain", train("plain", "stage2_all.yaml", *lr)))
+    stage1 = train("controls", "stage1_controls.yaml", *lr)
+    summary = json.loads((Path(REPO) / stage1 / "fold0" / "summary.json").read_text())
+    lines.append(f"step=controls accuracy={summary['metrics']['accuracy']:.4f}")
+    print(f"{lines[-1]}  (control wells of the held-out training experiments)", flush=True)
+    stage2 = train("all_sirnas", "stage2_all.yaml", *lr, "--init-from", stage1)
+    pred2 = score("all_sirnas", predict("all_sirnas", stage2))
+    run("pseudo-labels: confident test wells of stage II (predicted labels) and the given test controls",
+        ["src/pseudo_labels.py", "--predictions", pred2, "--input", f"{data}/test", "--threshold", "0.0",
+         "--top-share", "0.5"])
+    stage3 = train("pseudo", "stage3_pseudo.yaml", "--init-from", stage2, "--extra-train", f"{pred2}/pseudo_labels.csv")
+    score("pseudo", predict("pseudo", stage3))
+    channels = ["w1", "w2", "w3", "w4", "w5", "w6"]
+    subsets = []
+    for drop in channels:
+        keep = [c for c in channels if c != drop]
+        step = f"no_{drop}"
+        subsets.append(predict(step, train(f"channel_subsets:{step}", "channel_subset.yaml", "--init-from", stage3,
+                                            "--channels", *keep)))
+    run("ensemble of the six channel-subset models (mean of logits)",
+        ["src/ensemble.py", "--predictions", *subsets, "--out", f"{out}/channel_subsets", *test])
+    score("channel_subsets", f"{out}/channel_subsets")
+    per_type = []
+    for cell_type in ("HEPG2", "HUVEC", "RPE", "U2OS"):
+        step = f"cell_types:{cell_type}"
+        per_type.append(f"{cell_type}={predict(step, train(step, 'cell_type.yaml', '--init-from', stage3, '--subset', f'cell_type={cell_type}'))}")
+    run("merge the per-cell-type models (each well scored by its cell type's model)",
+        ["src/ensemble.py", "--predictions", *per_type, "--by", "cell_type", "--out", f"{out}/cell_types", *test])
+    score("cell_types", f"{out}/cell_types")
+    run("final: the channel-subset ensemble and the per-cell-type merge averaged",
+        ["src/ensemble.py", "--predictions", f"{out}/channel_subsets", f"{out}/cell_types", "--out", f"{out}/final", *test])
+    run("check the final submission", ["src/check_submission.py", f"{out}/final/submission.csv", "--task", "rxrx1",
+                                       "--sample-submission", f"{data}/sample_submission.csv"])
+    final = run("score the final submission", ["src/evaluate.py", "--task", "rxrx1", "--truth", f"{data}/truth",
+                                               "--submission", f"{out}/final/submission.csv"], capture=True)
+    return [*lines, f"accuracy={last_value(final, 'accuracy')}"]
 
 
 def hpa2018(a: DemoConfig) -> list[str]:
@@ -169,7 +297,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
 
 
 # The demo of each task; it returns the lines printed last (the scores a reader looks for).
-DEMOS: dict[str, Callable[[DemoConfig], list[str]]] = {"hpa-sc": hpa_single_cell, "rxrx1": image_task, "hpa-2018": hpa2018}
+DEMOS: dict[str, Callable[[DemoConfig], list[str]]] = {"hpa-sc": hpa_single_cell, "rxrx1": rxrx1, "hpa-2018": hpa2018}
 
 
 @exit_on_input_error

@@ -9,6 +9,7 @@
     python src/make_data.py --task hpa-2018 --fields 200         # input/hpa2018: 28-class HPA 2018-like images
     python src/make_data.py --gallery docs/classes.png   # one generated cell per class
     python src/make_data.py --task hpa-2018 --gallery docs/hpa2018_classes.png   # one cell per 2018 class
+    python src/make_data.py --task rxrx1 --gallery docs/rxrx1.png   # controls and a strong siRNA per cell type
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     generator = GENERATORS[cfg.task]
     if cfg.gallery:
         if generator.gallery is None:
-            raise InputError(f"--gallery: the {cfg.task} generator draws no per-class gallery")
-        write_png(cfg.gallery, generator.gallery(), compression=9)
+            raise InputError(f"--gallery: the {cfg.task} generator draws no gallery")
+        write_png(cfg.gallery, generator.gallery(generator.configure(cfg)), compression=9)
         print(f"wrote {cfg.gallery}")
         return
     settings = generator.configure(cfg)  # bad options fail here, before anything is drawn

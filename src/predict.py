@@ -3,14 +3,15 @@
     python src/predict.py                                   # input/synth_test/test with models/effb2
     python src/predict.py --input /data/hpa/test --models models/effb2 --tta 4 --top-k 6
     python src/predict.py --masks output/synth_test/masks   # reuse masks from segment.py
-    python src/predict.py --image-models models/effb2_image # blend cells with an image model's field score
+    python src/predict.py --blend image --image-models models/effb2_image  # cell x image model's field score
     python src/predict.py --models models/effb2_rxrx1       # an image-level task: whole fields
     python src/predict.py --executor dask --workers 2       # fields on a local Dask cluster
     python src/predict.py --models models/effb2_hpa-2018 --executor process --workers 2   # image models: chunks of --chunk fields
 
 Every fold model found under --models (fold*/best.pt) is averaged. Cell models: cells are
 segmented and cropped with the training crops' own settings (the model's recipe.json); cell
-scores are blended with the field's score (--blend: the mean cell score, or --image-models);
+scores are blended with the field's score (--blend: the mean cell score, or with --blend image
+--image-models an image-level model's);
 Negative is raised to min(1 - p) over the other classes. Output: output/<name>/submission.csv
 (atomic, resumable) and cell_scores/{ID}.csv, or scores.csv for image-level models. With
 --executor process|dask each worker loads the models once and writes the fields' cell scores

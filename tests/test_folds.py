@@ -397,6 +397,34 @@ def test_bad_input_is_one_line(tmp_path, capsys, setup, argv, expected):
     assert not (tmp_path / "out" / "folds.csv").exists()
 
 
+def rxrx1_train_csv(path, experiments: dict[str, int], sirnas: int = 8) -> None:
+    """An RxRx1 train.csv: every experiment holds every siRNA once (4 plates of sirnas/4)."""
+    rows = []
+    for ct, n in experiments.items():
+        for e in range(1, n + 1):
+            for s in range(sirnas):
+                rows.append({"id_code": f"{ct}-{e:02d}_{s % 4 + 1}_B{s + 2:02d}", "experiment": f"{ct}-{e:02d}",
+                             "plate": s % 4 + 1, "well": f"B{s + 2:02d}", "sirna": s})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_rxrx1_folds_hold_whole_experiments_of_every_cell_type(tmp_path, capsys):
+    rxrx1_train_csv(tmp_path / "train.csv", {"HEPG2": 2, "HUVEC": 2, "RPE": 2, "U2OS": 2})
+    code, out, err = run_main(["--task", "rxrx1", "--labels", str(tmp_path / "train.csv"), "--out",
+                               str(tmp_path / "folds.csv"), "--folds", "2"], capsys)
+    assert code == 0, err
+    df = pd.read_csv(tmp_path / "folds.csv")
+    assert df.groupby("experiment")["fold"].nunique().max() == 1  # the task's default: experiments stay whole
+    per_fold = df.drop_duplicates("experiment").groupby("fold")["cell_type"].apply(sorted)
+    assert per_fold.tolist() == [["HEPG2", "HUVEC", "RPE", "U2OS"]] * 2  # and every cell type in every fold
+    config = json.loads((tmp_path / "folds_config.json").read_text())
+    assert (config["group_col"], config["stratify_col"]) == ("experiment", "cell_type")
+    # without the strata the split only sees the siRNAs, which every experiment holds alike
+    code, _, _ = run_main(["--task", "rxrx1", "--labels", str(tmp_path / "train.csv"), "--out",
+                           str(tmp_path / "plain.csv"), "--folds", "4", "--stratify-col", ""], capsys)
+    assert code == 0 and json.loads((tmp_path / "plain_config.json").read_text())["stratify_col"] is None
+
+
 def test_groups_from_a_second_csv_keep_an_hpa2018_protein_in_one_fold(tmp_path, capsys):
     """HPA-2018's train.csv has only Id,Target; its images' proteins come from another table."""
     y = long_tailed_labels(60)[:, :28]

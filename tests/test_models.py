@@ -179,6 +179,21 @@ def test_garbage_weight_file_error_gives_no_unsafe_advice(tmp_path):
     assert "not a loadable state_dict" in msg and "weights_only" not in msg and "\n" not in msg
 
 
+def test_recalibrated_batchnorm_holds_the_batches_plain_statistics():
+    from cellloc.models import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1, momentum=0.01))
+    torch.nn.init.ones_(net[0].weight)
+    net.eval()
+    a = torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1)  # mean 2, unbiased var 2
+    b = torch.tensor([5.0, 5.0, 8.0, 2.0]).reshape(4, 1, 1, 1)  # mean 5, unbiased var 6
+    assert recalibrate_batchnorm(net, [a, b]) == 6
+    bn = net[1]
+    # every batch counts the same (not the moving average with momentum 0.01, which would stay near 0 and 1)
+    assert float(bn.running_mean) == pytest.approx((2 + 5) / 2) and float(bn.running_var) == pytest.approx((2 + 6) / 2)
+    assert bn.momentum == 0.01 and not net.training  # put back as they were
+    assert recalibrate_batchnorm(net, []) == 0 and float(bn.running_mean) == pytest.approx(3.5)  # nothing to see: kept
+
 def test_calibrate_gives_random_weights_a_trained_nets_scales():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))

@@ -29,12 +29,17 @@ def test_blend_product_and_mean():
     np.testing.assert_array_equal(blend_with_field(p, "none"), p)
     # a weighted field score ignores a zero-weight cell
     np.testing.assert_allclose(blend_with_field(p, "mean", 1.0, np.array([1.0, 0.0]))[1], p[0], rtol=1e-6)
-    # a field score from elsewhere (an image model) replaces the cells' mean
+    # the image modes: an image model's field score in place of the cells' mean
     image = np.array([0.0, 1.0])
-    np.testing.assert_allclose(blend_with_field(p, "product", field_score=image), np.sqrt(p * image), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "image", field_score=image), np.sqrt(p * image), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "image_mean", 0.25, field_score=image), 0.75 * p + 0.25 * image, rtol=1e-6)
     np.testing.assert_allclose(mean_cell_score(p, np.array([3.0, 1.0])), [0.7, 0.1], rtol=1e-6)
     with pytest.raises(ValueError):
         blend_with_field(p, "max")
+    with pytest.raises(ValueError, match="needs an image model"):
+        blend_with_field(p, "image")
+    with pytest.raises(ValueError, match="not a given field score"):
+        blend_with_field(p, "product", field_score=image)
 
 
 def test_negative_rises_when_no_class_is_confident():
@@ -99,9 +104,25 @@ def test_field_scores_blend_and_negative():
     np.testing.assert_allclose(mean.field_score[0], 0.5)
     # an image model's field score instead of the cells' mean: it says class 0 everywhere
     with_image = field_scores(image, cells, nuclei, FixedScores("cell"), FixedScores("image"),
-                              FieldOptions(blend="mean", field_weight=0.5))
+                              FieldOptions(blend="image_mean", field_weight=0.5))
     np.testing.assert_allclose(with_image.scores[:, 0], [1.0, 0.5])
+    np.testing.assert_allclose(with_image.field_score[0], 1.0)
     np.testing.assert_array_equal(with_image.cell_probs, mean.cell_probs)
+    product = field_scores(image, cells, nuclei, FixedScores("cell"), FixedScores("image"), FieldOptions(blend="image"))
+    np.testing.assert_allclose(product.scores[:, 0], [1.0, 0.0])  # sqrt(cell x image)
+
+
+@pytest.mark.parametrize("blend, image_model, message", [
+    ("image", False, "--blend image blends each cell with an image-level model's field score: pass --image-models"),
+    ("image_mean", False, "--blend image_mean blends"),
+    ("product", True, "--image-models is read by --blend image or image_mean, not --blend product"),
+    ("none", True, "not --blend none"),
+])
+def test_an_image_model_goes_with_an_image_blend_and_only_with_one(blend, image_model, message):
+    image, cells = two_cell_field()
+    with pytest.raises(InputError, match=message):
+        field_scores(image, cells, np.zeros_like(cells), FixedScores("cell"), FixedScores("image") if image_model else None,
+                     FieldOptions(blend=blend))
 
 
 def test_cell_confidence_weight_ranks_less_trusted_cells_lower():
@@ -133,7 +154,7 @@ def test_crops_are_cut_as_the_recipe_says_and_levels_are_checked():
     with pytest.raises(InputError, match="image-level model scores whole fields"):
         crop_field(image, cells, np.zeros_like(cells), FixedScores("image"))
     with pytest.raises(InputError, match="cell-level model scores cells"):
-        field_scores(image, cells, np.zeros_like(cells), FixedScores("cell"), FixedScores("cell"))
+        field_scores(image, cells, np.zeros_like(cells), FixedScores("cell"), FixedScores("cell"), FieldOptions(blend="image"))
 
 
 def test_encoded_prediction_holds_every_cell_and_class():

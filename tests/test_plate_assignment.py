@@ -12,6 +12,7 @@ from cellloc.plate_assignment import (
     average_by_sample,
     log_softmax,
     plate_groups,
+    sample_probabilities,
 )
 
 
@@ -84,3 +85,16 @@ def test_assign_by_plate_keeps_plates_apart():
     ]))
     pred = assign_by_plate(logits, [("E", 1), ("E", 2), ("E", 1)], [{0, 1}, {2, 3}])
     assert pred.tolist() == [0, 0, 1]  # each plate uses 0 once; plate A's second well takes 1
+
+
+def test_sample_probabilities_average_logits_for_one_class_per_sample():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
+    probs = np.exp(log_softmax(logits))
+    ids, out = sample_probabilities(probs, ["a", "a", "b"], "multiclass")
+    assert ids == ["a", "b"]
+    np.testing.assert_allclose(out[0], np.exp(log_softmax(logits[:2].mean(0, keepdims=True)))[0], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [1 / 3] * 3, rtol=1e-6)
+    # not the mean probability: a sure site and an unsure one give a surer answer than their mean
+    assert out[0, 0] != pytest.approx(probs[:2, 0].mean())
+    _, ml = sample_probabilities(np.array([[0.2, 0.9], [0.4, 0.1]]), ["a", "a"], "multilabel")
+    np.testing.assert_allclose(ml, [[0.3, 0.5]])

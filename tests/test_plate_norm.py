@@ -7,7 +7,21 @@ import pandas as pd
 import pytest
 
 from cellloc.errors import InputError
-from cellloc.plate_norm import channel_numbers, group_stats, normalise, pooled_channel_stats, stats_for
+from cellloc.plate_norm import (
+    REFERENCE_MEAN,
+    REFERENCE_STD,
+    ChannelStats,
+    FieldNormaliser,
+    channel_numbers,
+    dataset_field_stats,
+    field_stats,
+    group_stats,
+    negative_control_wells,
+    normalise,
+    pooled_channel_stats,
+    stats_for,
+    to_reference,
+)
 
 
 def stats_rows(id_code: str, site: int, image: np.ndarray) -> list[dict]:
@@ -82,3 +96,71 @@ def test_channel_subsets_and_lookup_errors():
         group_stats(pd.DataFrame(rows[:2]), "plate", ("w1", "w3"))
     with pytest.raises(InputError, match="unknown normalisation level"):
         group_stats(pd.DataFrame(rows), "well")
+
+
+def test_field_stats_give_every_site_its_groups_statistics():
+    rng = np.random.default_rng(3)
+    rows = []
+    for exp in ("A-1", "B-1"):
+        for plate in (1, 2):
+            for well in ("B02", "B03"):
+                for site in (1, 2):
+                    rows += stats_rows(f"{exp}_{plate}_{well}", site, rng.gamma(2.0, 5.0 * (1 + plate), (4, 4, 6)))
+    df = pd.DataFrame(rows)
+    plate = field_stats(df, "plate")
+    assert len(plate) == 16 and plate["A-1_2_B02_s1"] is plate["A-1_2_B03_s2"]
+    assert plate["A-1_1_B02_s1"] is not plate["A-1_2_B02_s1"]
+    site = field_stats(df, "site", ("w2",))
+    one = df[(df["id_code"] == "B-1_1_B03") & (df["site"] == 2) & (df["channel"] == 2)].iloc[0]
+    np.testing.assert_allclose(site["B-1_1_B03_s2"].mean, [one["mean"]])
+    ctrl = field_stats(df, "experiment-controls", negative_controls={"A-1_1_B02", "B-1_2_B03"})
+    np.testing.assert_allclose(ctrl["A-1_2_B03_s1"].mean, group_stats(df, "experiment", wells={"A-1_1_B02"})[("A-1",)].mean)
+    with pytest.raises(InputError, match="no negative-control statistics for A-1/2"):
+        field_stats(df, "plate-controls", negative_controls={"A-1_1_B02"})
+    with pytest.raises(InputError, match="unknown normalisation 'batch'"):
+        field_stats(df, "batch")
+
+
+# --------------------------------------------------------------------------- fields on the reference scale
+
+
+def test_to_reference_puts_the_batch_mean_and_std_on_fixed_uint16_values():
+    img = np.array([[[10, 100], [30, 100]]], np.uint8)  # 1x2x2: w1 has mean 20 std 10; w2 is flat
+    out = to_reference(img, np.array([20.0, 100.0]), np.array([10.0, 0.0]))
+    assert out.dtype == np.uint16
+    assert out[0, :, 0].tolist() == [REFERENCE_MEAN - REFERENCE_STD, REFERENCE_MEAN + REFERENCE_STD]
+    assert out[0, :, 1].tolist() == [REFERENCE_MEAN] * 2
+    far = to_reference(np.array([[[255]]], np.uint8), np.array([1.0]), np.array([1.0]))
+    assert far[0, 0, 0] == 65535  # z beyond the scale is clipped, not wrapped
+
+
+def test_field_normaliser_by_method(tmp_path):
+    img = np.random.default_rng(0).integers(0, 60, (6, 6, 2)).astype(np.uint8)
+    assert FieldNormaliser("none")("x", img) is img
+    site = FieldNormaliser("site")("x", img).astype(float)
+    np.testing.assert_allclose((site.reshape(-1, 2).mean(0) - REFERENCE_MEAN) / REFERENCE_STD, 0, atol=1e-3)
+    np.testing.assert_allclose(site.reshape(-1, 2).std(0) / REFERENCE_STD, 1, atol=1e-3)
+    st = ChannelStats(np.array([10.0, 20.0]), np.array([5.0, 5.0]), 2)
+    plate = FieldNormaliser("plate", {"E-1_1_B02_s1": st})
+    np.testing.assert_array_equal(plate("E-1_1_B02_s1", img), to_reference(img, st.mean, st.std))
+    with pytest.raises(InputError, match="E-1_1_B03_s1: no pixel statistics for normalisation plate"):
+        plate.subset(["E-1_1_B03_s1"])
+    with pytest.raises(InputError, match="unknown normalisation 'gamma'"):
+        FieldNormaliser("gamma")
+
+
+def test_dataset_statistics_come_from_pixel_stats_and_the_negative_controls(tmp_path):
+    rows = []
+    for well, value in (("B02", 10.0), ("B03", 30.0)):
+        rows += stats_rows(f"E-1_1_{well}", 1, np.full((2, 2, 6), value))
+    pd.DataFrame(rows).to_csv(tmp_path / "pixel_stats.csv", index=False)
+    (tmp_path / "train_controls.csv").write_text(
+        "id_code,experiment,plate,well,sirna,well_type\nE-1_1_B02,E-1,1,B02,1138,negative_control\n")
+    assert negative_control_wells(tmp_path) == {"E-1_1_B02"}
+    plate = dataset_field_stats(tmp_path, "plate", ("w1", "w4"))
+    np.testing.assert_allclose(plate["E-1_1_B03_s1"].mean, [20.0, 20.0])
+    controls = dataset_field_stats(tmp_path, "plate-controls", ("w1",))
+    np.testing.assert_allclose(controls["E-1_1_B03_s1"].mean, [10.0])
+    assert dataset_field_stats(tmp_path, "site", ("w1",)) is None and dataset_field_stats(tmp_path, "none", ("w1",)) is None
+    with pytest.raises(InputError, match="pixel_stats.csv: not found; normalisation experiment needs"):
+        dataset_field_stats(tmp_path / "elsewhere", "experiment", ("w1",))

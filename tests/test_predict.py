@@ -226,6 +226,55 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp_path, capsys):
+    """HPA single-cell image model: whole fields with the cells table's folds, then predict --blend image."""
+    fields = trained["root"] / "train_data" / "train"
+    assert load_script("train").main([
+        "--level", "image", "--folds-csv", str(trained["seg"] / "folds.csv"), "--input", str(fields),
+        "--out-dir", str(tmp_path / "models"), "--run-name", "image", "--model", "efficientnet-b0", "--pretrained", "none",
+        "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
+        "--stats-samples", "4"]) == 0
+    image_run = tmp_path / "models" / "image"
+    recipe = json.loads((image_run / "fold0" / "recipe.json").read_text())
+    assert (recipe["task"], recipe["level"], recipe["num_classes"]) == ("hpa-sc", "image", 19)
+    summary = json.loads((image_run / "fold0" / "summary.json").read_text())
+    assert summary["n_train"] == 3 and summary["n_valid"] == 3  # the 6 fields, one sample each, on the cells' folds
+    assert "validation: macro AP " in capsys.readouterr().out
+
+    runs = {"none": ["--blend", "none"], "product": [], "image": ["--blend", "image", "--image-models", str(image_run)],
+            "image_mean": ["--blend", "image_mean", "--field-weight", "0.5", "--image-models", str(image_run)]}
+    for name, extra in runs.items():
+        assert load_script("predict").main(["--models", str(trained["models"]), "--input", str(trained["test"]),
+                                            "--out", str(tmp_path / name), *extra]) == 0
+    image = load_predictor(predict_cfg(trained, tmp_path / "unused", image_models=str(image_run))).image_model
+    p = [f"p{k}" for k in range(18)]  # Negative (18) is raised after blending
+    changed = 0
+    for path in sorted((tmp_path / "none" / "cell_scores").glob("*.csv")):
+        cells = pd.read_csv(path)[p].to_numpy()
+        field = image.predict([read_field(trained["test"], path.stem, image.task.channels)])[0][None, :18]
+        scores = {name: pd.read_csv(tmp_path / name / "cell_scores" / path.name)[p].to_numpy() for name in runs}
+        # the image model's score of the field is what each cell is blended with: cell x image, or halfway to it
+        np.testing.assert_allclose(scores["image"] ** 2, cells * field, atol=2e-5)  # squared: the files hold 5 decimals
+        np.testing.assert_allclose(scores["image_mean"], 0.5 * cells + 0.5 * field, atol=2e-5)
+        changed += int(np.abs(scores["image"] - scores["product"]).max() > 1e-3)  # not the mean-cell blend
+    assert changed == N_TEST
+    assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
+    assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "product" / "submission.csv").read_bytes()
+    # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
+    assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
+                                        "--out", str(tmp_path / "again")]) == 0
+    for name in ["submission.csv", *(f"cell_scores/{p.name}" for p in (tmp_path / "image" / "cell_scores").glob("*.csv"))]:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "image" / name).read_bytes()
+
+    common = ["--models", str(trained["models"]), "--input", str(trained["test"]), "--out", str(tmp_path / "x")]
+    for argv, message in [(["--image-models", str(trained["models"])], "not an image-level run of task hpa-sc"),
+                          (["--blend", "image"], "--blend image blends each cell with an image-level model's field score"),
+                          (["--blend", "mean", "--image-models", str(image_run)], "is read by --blend image or image_mean")]:
+        with pytest.raises(SystemExit) as stop:
+            load_script("predict").main([*common, *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- reruns, locks, the environment
 
 

@@ -239,6 +239,24 @@ def test_label_frame_metadata_are_strings(tmp_path):
     assert isinstance(df, pd.DataFrame)
 
 
+# --------------------------------------------------------------------------- encoding scores as a submission
+
+
+def test_encode_picks_treatments_only_and_can_assign_by_plate(tmp_path):
+    # train.csv: two plates with groups {0, 1} and {2, 3}
+    write(tmp_path / "train.csv", "id_code,experiment,plate,well,sirna\n"
+          "A-1_1_B02,A-1,1,B02,0\nA-1_1_B03,A-1,1,B03,1\nA-1_2_B02,A-1,2,B02,2\nA-1_2_B03,A-1,2,B03,3")
+    assert rxrx1.plate_groups_of(tmp_path / "train.csv") == [frozenset({0, 1}), frozenset({2, 3})]
+    probs = np.full((3, rxrx1.NUM_CLASSES), 1e-6)
+    probs[0, [1, 1138]] = [0.3, 0.6]  # a control class wins the raw argmax: never the answer for a test well
+    probs[1, [1, 0]] = [0.5, 0.4]  # both wells of plate 1 prefer siRNA 1; only the second has 0 as a close second
+    probs[2, [2, 3]] = [0.2, 0.1]  # plate 2 holds group {2, 3}
+    ids = ["T-1_1_C02", "T-1_1_C03", "T-1_2_C02"]
+    assert rxrx1.encode_submission(ids, probs) == [("T-1_1_C02", 1), ("T-1_1_C03", 1), ("T-1_2_C02", 2)]
+    assigned = rxrx1.encode_submission(ids, probs, plate_groups=tmp_path / "train.csv")
+    assert assigned == [("T-1_1_C02", 1), ("T-1_1_C03", 0), ("T-1_2_C02", 2)]
+
+
 def test_a_site_lacking_a_channel_is_not_silently_left_out_of_training(tmp_path):
     """The well's other site alone would stand for it; training says which file is missing instead."""
     from cellloc.data import expand_to_fields

@@ -7,15 +7,18 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from skimage.measure import regionprops
 
 from cellloc import rxrx1
+from cellloc.errors import InputError
 from cellloc.plate_assignment import plate_groups
 from cellloc.synth_rxrx1 import (
     P,
     PARAMS,
     RxRx1SynthConfig,
     cell_type_base,
+    gallery,
     generate_site,
     make_design,
     render_cells,
@@ -244,3 +247,33 @@ def test_parallel_workers_write_the_same_files(tmp_path, tiny_dataset):
 
 def test_params_are_all_used():
     assert len(PARAMS) == len(set(PARAMS)) == len(cell_type_base("HEPG2"))
+
+
+def test_a_folder_drawn_with_other_settings_is_refused(tiny_dataset):
+    out, _ = tiny_dataset
+    other = RxRx1SynthConfig(**{**TINY.__dict__, "size": 128, "sirnas": 12})
+    with pytest.raises(InputError, match=r"drawn with other settings \(sirnas, size differ\)"):
+        write_dataset(out, other, split="test")
+
+
+def test_gallery_shows_controls_and_the_strongest_sirna_per_cell_type(tmp_path):
+    cfg = RxRx1SynthConfig(size=96, sirnas=8, positive_controls=1, cell_types=("HEPG2", "RPE"))
+    pic = gallery(cfg, tile=48)
+    # 2 cell types x 3 wells (negative, positive, strongest siRNA) in 2 columns of two 48 px composites
+    assert pic.shape == (3 * (18 + 48), 2 * 2 * 48, 3) and pic.dtype == np.uint8
+    from test_evaluate_cli import load_script
+
+    load_script("make_data").main(["--task", "rxrx1", "--size", "96", "--options", "sirnas=8", "positive_controls=1",
+                                   "cell_types=[HEPG2,RPE]", "--gallery", str(tmp_path / "g.png")])
+    from cellloc.fieldio import decode_image
+
+    np.testing.assert_array_equal(decode_image((tmp_path / "g.png").read_bytes())[..., ::-1], gallery(cfg))
+
+
+def test_a_nucleus_stays_inside_its_own_cell():
+    for ct in ("HUVEC", "U2OS"):
+        _, labels, nuclei = site_with(ct, 1, cell_size=0.6)  # big cells overlap their neighbours' nuclei
+        inside = nuclei > 0
+        assert np.all(labels[inside] == nuclei[inside])
+        for cell in np.unique(nuclei[inside]):
+            assert ndimage.label(nuclei == cell)[1] <= 2  # one nucleus (rarely cut in two by a neighbour)

@@ -65,7 +65,8 @@ def test_image_task_end_to_end(task_name, make, metric, tmp_path, capsys):
     run = models / "tiny" / "fold0"
     recipe = json.loads((run / "recipe.json").read_text())
     assert (recipe["task"], recipe["level"], recipe["kind"]) == (task_name, "image", task.kind)
-    assert recipe["input"] == {"kind": "field", "resize": 32, "tiles": 1} and recipe["in_chans"] == len(task.channels)
+    assert recipe["input"] == {"kind": "field", "resize": 32, "tiles": 1, "normalise": task.normalise}
+    assert recipe["in_chans"] == len(task.channels) and task.normalise == ("plate" if task_name == "rxrx1" else "none")
     config = json.loads((run / "config.json").read_text())
     assert config["loss"] == task.loss and config["level"] == "image"
     summary = json.loads((run / "summary.json").read_text())

@@ -198,6 +198,32 @@ def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
         model.predict(list(valid["crop_path"]), tta=3)
 
 
+def test_best_weights_carry_batchnorm_statistics_of_themselves(cells_csv, tmp_path):
+    """Recalibrated before each validation: best.pt's running statistics are those of its own weights.
+
+    Recomputing them from the same training crops changes nothing; without recalibration
+    (``--bn-recalibrate 0``) they are the lagging moving averages, far from that.
+    """
+    from cellloc.models import recalibrate_batchnorm
+
+    def saved_and_recomputed(cfg: TrainConfig):
+        train_fold(cfg)
+        model = load_classifier(cfg.run_dir)
+        cells = read_cells(cells_csv, 19)
+        train = cells[cells["fold"] != cfg.fold]
+        x = torch.from_numpy(np.concatenate([model.view.predict_views(load_crop(p)) for p in train["crop_path"]]))
+        bn = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        saved = [m.running_var.clone() for m in bn]
+        recalibrate_batchnorm(model.net, [x[k:k + 16] for k in range(0, len(x), 16)])
+        return saved, [m.running_var for m in bn]
+
+    saved, again = saved_and_recomputed(tiny(cells_csv, tmp_path, epochs=1, run_name="recal"))
+    for a, b in zip(saved, again):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    saved, again = saved_and_recomputed(tiny(cells_csv, tmp_path, epochs=1, run_name="lagging", bn_recalibrate=0))
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(saved, again)) > 0.5
+
+
 def test_saved_config_reruns_the_run(cells_csv, tmp_path):
     """``train.py --config <run>/config.json`` trains the same model again (a new run name aside)."""
     first = tiny(cells_csv, tmp_path, epochs=1)

@@ -65,6 +65,12 @@ class Recipe:
     def task_record(self) -> Task:
         return get_task(self.task)
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channel files the model reads, in input order: the task's, or the subset it was trained on
+        (``input["channels"]``, e.g. an RxRx1 model of 5 of the 6 stains)."""
+        return tuple(self.input.get("channels") or self.task_record.channels)
+
     def segment_config(self) -> SegmentConfig | None:
         """The segmentation that made the training crops (cell models), or None when not recorded."""
         seg = self.input.get("segment")
@@ -92,22 +98,22 @@ class Recipe:
             raise InputError(f"{path}: missing {', '.join(missing)}")
         recipe = cls(**{k: v for k, v in data.items() if k in fields})
         task = recipe.task_record
-        if (recipe.num_classes, recipe.in_chans) != (task.num_classes, len(task.channels)):
+        unknown = [c for c in recipe.channels if c not in task.channels]
+        if unknown:
+            raise InputError(f"{path}: channel(s) {', '.join(unknown)} are not channels of task {task.name} "
+                             f"({', '.join(task.channels)})")
+        if (recipe.num_classes, recipe.in_chans) != (task.num_classes, len(recipe.channels)):
             raise InputError(f"{path}: {recipe.num_classes} classes and {recipe.in_chans} channels do not fit task {task.name} "
-                             f"({task.num_classes} classes, {len(task.channels)} channels)")
+                             f"({task.num_classes} classes, channels {', '.join(recipe.channels)})")
         if len(recipe.mean) != recipe.in_chans or len(recipe.std) != recipe.in_chans:
             raise InputError(f"{path}: mean/std need {recipe.in_chans} values each")
         return recipe
 
 
-class Classifier(nn.Module):
-    """A backbone and its recipe. ``forward`` takes preprocessed ``(N, C, S, S)`` tensors and returns logits."""
+class RecipeFacts:
+    """What a model's ``recipe`` says of it, for :class:`Classifier` and :class:`Ensemble` alike."""
 
-    def __init__(self, net: nn.Module, recipe: Recipe) -> None:
-        super().__init__()
-        self.net = net
-        self.recipe = recipe
-        self.view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
+    recipe: Recipe
 
     @property
     def task(self) -> Task:
@@ -120,6 +126,16 @@ class Classifier(nn.Module):
     @property
     def kind(self) -> str:
         return self.recipe.kind
+
+
+class Classifier(nn.Module, RecipeFacts):
+    """A backbone and its recipe. ``forward`` takes preprocessed ``(N, C, S, S)`` tensors and returns logits."""
+
+    def __init__(self, net: nn.Module, recipe: Recipe) -> None:
+        super().__init__()
+        self.net = net
+        self.recipe = recipe
+        self.view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -185,7 +201,7 @@ def save_untrained(fold_dir: str | Path, recipe: Recipe, seed: int = 0) -> Path:
 
 
 @dataclass
-class Ensemble:
+class Ensemble(RecipeFacts):
     """Several classifiers of one task and input recipe (e.g. the K folds), averaged: the same interface."""
 
     members: list[Classifier]
@@ -202,20 +218,8 @@ class Ensemble:
                                  f"({r.task}/{r.level}/{r.input.get('kind')} vs {first.task}/{first.level}/{first.input.get('kind')})")
 
     @property
-    def recipe(self) -> Recipe:
+    def recipe(self) -> Recipe:  # type: ignore[override]
         return self.members[0].recipe
-
-    @property
-    def task(self) -> Task:
-        return self.members[0].task
-
-    @property
-    def num_classes(self) -> int:
-        return self.members[0].num_classes
-
-    @property
-    def kind(self) -> str:
-        return self.members[0].kind
 
     def predict(self, samples: Sequence[np.ndarray | str | Path], tta: int = 1, batch_size: int = 64,
                 num_workers: int = 0, amp: bool = True) -> np.ndarray:
@@ -241,6 +245,19 @@ def load_ensemble(run_dir: str | Path, folds: Sequence[int] = (), device: str | 
     see :func:`load_classifier`)."""
     dirs = fold_dirs(run_dir, folds)
     return Ensemble([load_classifier(d, device, runtime=runtime, threads=threads) for d in dirs], [str(d) for d in dirs])
+
+
+def load_image_partner(run_dir: str | Path, cell_model: Classifier | Ensemble, cell_run: str | Path = "",
+                       device: str | torch.device = "cpu", runtime: str = "torch") -> Ensemble:
+    """The image-level run whose field scores ``cell_model``'s cells are blended with: every fold of
+    ``run_dir``, which must be an image-level run of the cell model's task (InputError otherwise)."""
+    if cell_model.recipe.level != "cell":
+        raise InputError(f"--image-models blends with cell scores; {cell_run or 'the model'} is an image-level run")
+    image_model = load_ensemble(run_dir, (), device, runtime)
+    if image_model.recipe.level != "image" or image_model.task.name != cell_model.task.name:
+        raise InputError(f"{run_dir}: not an image-level run of task {cell_model.task.name} "
+                         f"({image_model.recipe.level}-level, task {image_model.task.name})")
+    return image_model
 
 
 class _Views(Dataset):

@@ -53,6 +53,7 @@ from .cells import crop_reference, resize_square, split_crop_reference
 from .errors import InputError
 from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
 from .layouts import LAYOUTS
+from .plate_norm import FieldNormaliser
 from .registry import Registry
 
 CELLS_REQUIRED = ("ID", "cell_id", "Label", "crop", "fold")
@@ -464,19 +465,44 @@ class CropFiles(Sequence):
 
 
 class FieldFiles(Sequence):
-    """Fields of one folder as a sequence of HxWxC arrays, read through a layout (by name, so picklable)."""
+    """Fields of one folder as a sequence of HxWxC arrays, read through a layout (by name, so picklable).
 
-    def __init__(self, layout: str, folder: str | Path, field_ids: Sequence[str], channels: Sequence[str]) -> None:
+    With a ``normaliser`` (:class:`cellloc.plate_norm.FieldNormaliser`, e.g. RxRx1's per-plate
+    statistics) each field comes out standardised on its reference uint16 scale.
+    """
+
+    def __init__(self, layout: str, folder: str | Path, field_ids: Sequence[str], channels: Sequence[str],
+                 normaliser: FieldNormaliser | None = None) -> None:
         self.layout = layout
         self.folder = str(folder)
         self.field_ids = list(field_ids)
         self.channels = tuple(channels)
+        self.normaliser = None if normaliser is None or normaliser.method == "none" else normaliser.subset(self.field_ids)
 
     def __len__(self) -> int:
         return len(self.field_ids)
 
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        return LAYOUTS[self.layout].read_field(self.folder, self.field_ids[i], self.channels)
+        image = LAYOUTS[self.layout].read_field(self.folder, self.field_ids[i], self.channels)
+        return image if self.normaliser is None else self.normaliser(self.field_ids[i], image)
+
+
+class ChainedFields(Sequence):
+    """Several field readers read as one: ``chained[i]`` runs through them in order (e.g. a fold's
+    training fields, then pseudo-labelled test fields from another folder)."""
+
+    def __init__(self, readers: Sequence[Sequence[np.ndarray]]) -> None:
+        self.readers = list(readers)
+        self.starts = np.cumsum([0, *map(len, self.readers)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.readers[k][i - int(self.starts[k])]
 
 
 # --------------------------------------------------------------------------- Dataset and sampler

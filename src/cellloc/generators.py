@@ -69,7 +69,8 @@ class MakeDataConfig:
     min_cells: int = opt(10, "hpa-sc: fewest cells placed per field")
     max_cells: int = opt(22, "hpa-sc: most cells placed per field")
     noise: float = opt(1.0, "noise multiplier (0 = clean)")
-    gallery: str = opt("", "hpa-sc, hpa-2018: write a per-class example grid PNG to this path instead of a dataset")
+    gallery: str = opt("", "write a picture of what the generator draws to this PNG instead of a dataset "
+                       "(hpa-sc, hpa-2018: one cell per class; rxrx1: controls and a strong siRNA per cell type)")
     options: list[str] = opt([], "KEY=VALUE settings of the task's own generator config (hpa-sc SynthConfig, hpa-2018 "
                              "Hpa2018Config, rxrx1 RxRx1SynthConfig), e.g. --options sirnas=8 plates=1 train_experiments=1")
 
@@ -101,7 +102,7 @@ class DatasetGenerator:
     write: Callable[[Path, Any, MakeDataConfig, str, int, "Progress | None"], str]
     units: Callable[[Any, MakeDataConfig], int] = lambda settings, cfg: cfg.fields
     unit: str = "field"  # what one progress step is
-    gallery: Callable[[], np.ndarray] | None = None  # an RGB uint8 grid of one example per class (--gallery)
+    gallery: Callable[[Any], np.ndarray] | None = None  # settings -> an RGB uint8 picture of what the generator draws
 
     def __call__(self, out_dir: Path, cfg: MakeDataConfig, split: str = "train", workers: int = 1,
                  progress: Progress | None = None) -> str:
@@ -288,4 +289,9 @@ def generate_hpa_sc(out_dir: Path, synth: SynthConfig, cfg: MakeDataConfig, spli
             f"in {time.perf_counter() - t0:.1f}s" + "".join(f"; {line}" for line in said))
 
 
-GENERATORS["hpa-sc"] = DatasetGenerator(hpa_sc_settings, generate_hpa_sc, gallery=class_gallery)
+def hpa_sc_gallery(settings: SynthConfig) -> np.ndarray:
+    """One generated cell per class (:func:`cellloc.synth.class_gallery`)."""
+    return class_gallery()
+
+
+GENERATORS["hpa-sc"] = DatasetGenerator(hpa_sc_settings, generate_hpa_sc, gallery=hpa_sc_gallery)

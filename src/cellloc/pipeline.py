@@ -12,11 +12,12 @@ Shapes: ``image`` is HxWxC uint8/uint16 in the task's channel order, ``cells``/`
 integer instance labels (0 = background), ``probs`` (n_cells, n_classes) float in [0, 1].
 
 Blending: winning HPA single-cell solutions scored a cell as cell x image, or 0.7-0.9 cell +
-0.1-0.3 image: a class the whole field shows is more likely in each of its cells. The field's
-score is either the (area-weighted) mean of its cells' scores or the prediction of a separate
-image-level model on the whole field (trained on the field labels, which are exact at that
-level). Then Negative is raised to ``min(1 - p)`` over the other classes, so an unsure cell still
-gets a confident answer.
+0.1-0.3 image: a class the whole field shows is more likely in each of its cells. A blend mode
+(:data:`BLENDS`) names the rule and where the field's score comes from: the (area-weighted) mean
+of its cells' own scores (``product``, ``mean``) or a separate image-level model's prediction on
+the whole field, trained on the field labels, which are exact at that level (``image``,
+``image_mean``). Then Negative is raised to ``min(1 - p)`` over the other classes, so an unsure
+cell still gets a confident answer.
 """
 
 from __future__ import annotations
@@ -30,19 +31,38 @@ import pandas as pd
 from .cells import cell_table, crop_cells
 from .classifier import Classifier, Ensemble
 from .errors import InputError
+from .plate_norm import FieldNormaliser
 from .submission import encode_field, prediction_string
 
-BLEND_MODES = ("none", "product", "mean")
 CONFIDENCE_MODES = ("none", "weight")
 Model = Classifier | Ensemble
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A blend mode: how a cell's scores and its field's are mixed, and what the field score is."""
+
+    rule: str  # "none" (cells alone) | "product" sqrt(cell * field) | "mean" (1 - w) * cell + w * field
+    field: str  # "" (none) | "cells": the cells' weighted mean | "image": an image-level model's score of the field
+    help: str
+
+
+BLENDS: dict[str, Blend] = {
+    "none": Blend("none", "", "each cell's own scores"),
+    "product": Blend("product", "cells", "sqrt(cell * mean cell score of the field)"),
+    "mean": Blend("mean", "cells", "(1 - w) * cell + w * mean cell score"),
+    "image": Blend("product", "image", "sqrt(cell * image model's score of the field): the winning solutions' cell x image"),
+    "image_mean": Blend("mean", "image", "(1 - w) * cell + w * image model's score"),
+}
+BLEND_MODES = tuple(BLENDS)
 
 
 @dataclass(frozen=True)
 class FieldOptions:
     """How one field's cells are scored: blending, TTA views, batch size (plain values, no config file)."""
 
-    blend: str = "product"  # none | product | mean
-    field_weight: float = 0.3  # weight of the field score for blend "mean"
+    blend: str = "product"  # a name in BLENDS
+    field_weight: float = 0.3  # weight of the field score for the "mean" rule
     tta: int = 1  # dihedral views averaged per crop (1, 2, 4, 8)
     batch_size: int = 64  # crops per forward pass
     cell_confidence: str = "none"  # none | weight: final scores times the cell's weight (small, edge-cut, no nucleus)
@@ -95,19 +115,24 @@ def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None) -> np.
 
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float = 0.3,
                      cell_weights: np.ndarray | None = None, field_score: np.ndarray | None = None) -> np.ndarray:
-    """Mix each cell's scores with its field's score (see the module docstring).
+    """Mix each cell's scores ``probs`` (n_cells, C) with its field's score (a mode of :data:`BLENDS`).
 
-    ``field_score`` (C,) is the field's score, e.g. an image-level model's; by default the mean of
-    the cells' own scores weighted by ``cell_weights`` (n_cells,) (down-weighting small or
-    edge-cut cells). ``product`` uses ``sqrt(cell * field)`` so scores stay on the probability
-    scale; ``mean`` uses ``(1 - w) * cell + w * field``.
+    ``field_score`` (C,) is an image-level model's score of the field, which the ``image`` modes
+    need and the others refuse; the ``cells`` modes take the mean of the cells' own scores weighted
+    by ``cell_weights`` (n_cells,) (down-weighting small or edge-cut cells). The ``product`` rule
+    uses ``sqrt(cell * field)`` so scores stay on the probability scale (it ranks cells as the plain
+    product does); ``mean`` uses ``(1 - w) * cell + w * field``.
     """
-    if mode not in BLEND_MODES:
+    if mode not in BLENDS:
         raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {mode!r}")
-    if mode == "none" or len(probs) == 0:
+    blend = BLENDS[mode]
+    if (blend.field == "image") != (field_score is not None):
+        raise ValueError(f"blend {mode}: " + ("needs an image model's field score" if blend.field == "image"
+                                               else "blends with the cells' own mean, not a given field score"))
+    if blend.rule == "none" or len(probs) == 0:
         return probs
     field = mean_cell_score(probs, cell_weights) if field_score is None else np.asarray(field_score, float)
-    if mode == "product":
+    if blend.rule == "product":
         return np.sqrt(probs * field[None, :]).astype(np.float32)
     return ((1 - field_weight) * probs + field_weight * field[None, :]).astype(np.float32)
 
@@ -146,20 +171,29 @@ def crop_field(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, classif
 
 
 def score_image(image: np.ndarray, classifier: Model, tta: int = 1) -> np.ndarray:
-    """(C,) an image-level model's probabilities for one whole field."""
+    """(C,) an image-level model's probabilities for one whole field (HxW x the task's channels; a model
+    trained on a subset of them, ``recipe.channels``, sees only those)."""
     if classifier.recipe.level != "image":
         raise InputError(f"a {classifier.recipe.level}-level model scores cells, not whole fields")
-    return classifier.predict([image], tta=tta, batch_size=1)[0]
+    method = classifier.recipe.input.get("normalise", "none")
+    if method not in ("none", "site"):
+        raise InputError(f"this model standardises each field by its {method} statistics (pixel_stats.csv of its "
+                         "dataset), which a lone field lacks: predict its dataset folder with predict.py")
+    channels, task_channels = classifier.recipe.channels, classifier.task.channels
+    if image.ndim == 3 and channels != task_channels and image.shape[2] == len(task_channels):
+        image = image[..., [task_channels.index(c) for c in channels]]  # a model of a subset of the stains
+    return classifier.predict([FieldNormaliser(method)("", image)], tta=tta, batch_size=1)[0]
 
 
 def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, classifier: Model,
                  image_classifier: Model | None = None, options: FieldOptions = FieldOptions()) -> FieldScores:
     """Score every cell of one field with a loaded cell classifier (see the module docstring).
 
-    With ``image_classifier`` (an image-level model of the same task) the cells are blended with
-    its score of the whole field, otherwise with their own weighted mean.
+    ``image_classifier`` (an image-level model of the same task) is what the ``image`` blend
+    modes need: the cells are blended with its score of the whole field; the other modes refuse it.
     """
     task = classifier.task
+    check_image_blend(options.blend, image_classifier is not None)
     if image_classifier is not None and image_classifier.task.name != task.name:
         raise InputError(f"the image model is for task {image_classifier.task.name}, the cell model for {task.name}")
     table, crops = crop_field(image, cells, nuclei, classifier)
@@ -169,13 +203,25 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
         return FieldScores(table, empty, np.zeros(n, np.float32), empty)
     probs = classifier.predict(crops, tta=options.tta, batch_size=options.batch_size)
     weights = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
-    field = score_image(image, image_classifier, options.tta) if image_classifier is not None else mean_cell_score(probs, weights)
-    blended = blend_with_field(probs, options.blend, options.field_weight, weights, field)
+    image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
+    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score)
+    field = mean_cell_score(probs, weights) if image_score is None else image_score
     scores = with_negative(blended, task.label_set.negative)
     if options.cell_confidence == "weight":
         trust = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy(), table["nucleus_area"].to_numpy())
         scores = (scores * trust[:, None]).astype(np.float32)
     return FieldScores(table, probs, np.asarray(field, np.float32), scores)
+
+
+def check_image_blend(mode: str, has_image_model: bool) -> None:
+    """InputError unless an image model is given exactly when blend ``mode`` uses one (``--blend image`` and
+    ``--image-models`` go together: an image model that no blend reads is a mistake, not a no-op)."""
+    uses = BLENDS[mode].field == "image" if mode in BLENDS else False
+    if uses and not has_image_model:
+        raise InputError(f"--blend {mode} blends each cell with an image-level model's field score: pass --image-models RUN")
+    if has_image_model and not uses:
+        image_modes = " or ".join(n for n, b in BLENDS.items() if b.field == "image")
+        raise InputError(f"--image-models is read by --blend {image_modes}, not --blend {mode}")
 
 
 def encode_prediction(cells: np.ndarray, table: pd.DataFrame, scores: np.ndarray, min_confidence: float = 0.0,

@@ -39,6 +39,23 @@ def average_by_sample(logits: np.ndarray, sample_ids: Sequence[str]) -> tuple[li
     return list(order), (sums / counts[:, None]).astype(logits.dtype if logits.dtype.kind == "f" else np.float64)
 
 
+def sample_probabilities(probs: np.ndarray, sample_ids: Sequence[str], kind: str) -> tuple[list[str], np.ndarray]:
+    """One row of probabilities per sample from its fields' rows (a well's two sites).
+
+    ``probs``: (N, C) float per field. Multiclass: the softmax of the fields' mean
+    log-probability, which is the softmax of their mean logits (a field's log-probabilities are
+    its logits minus one constant per row), i.e. :func:`average_by_sample` on logits.
+    Multilabel: the mean probability per class. Returns (samples in first-seen order, (M, C)
+    float32).
+    """
+    probs = np.asarray(probs, np.float64)
+    if kind == "multiclass":
+        ids, mean_log = average_by_sample(np.log(np.clip(probs, 1e-38, None)), sample_ids)
+        return ids, np.exp(log_softmax(mean_log)).astype(np.float32)
+    ids, mean = average_by_sample(probs, sample_ids)
+    return ids, mean.astype(np.float32)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of (N, C) logits (float64), stable for large values."""
     x = np.asarray(logits, np.float64)

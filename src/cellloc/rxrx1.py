@@ -490,6 +490,38 @@ def evaluate_submission(truth: str | Path | pd.DataFrame, submission_path: str |
     return table, f"accuracy={table['accuracy'].iloc[-1]:.4f}"
 
 
+def plate_groups_of(path: str | Path) -> list[frozenset[int]]:
+    """The siRNA groups of the plate design, from a labels table (``train.csv``): siRNAs that share a plate are one group."""
+    from .plate_assignment import plate_groups
+
+    table = read_table(path)
+    treat = table[(table["well_type"] == TREATMENT) & (table["Label"] != "")]
+    if treat.empty:
+        raise InputError(f"{path}: no labelled treatment wells to find the plate groups in")
+    return plate_groups([k[0] for k in g["labels"]] for _, g in treat.groupby(["experiment", "plate"]))
+
+
+def encode_submission(sample_ids: Sequence[str], probs: np.ndarray, task: object | None = None,
+                      thresholds: dict | None = None, plate_groups: str | Path | None = None) -> list[tuple[str, int]]:
+    """``(id_code, sirna)`` rows from per-well probabilities (N, C): the test wells are treatments.
+
+    Only the 1,108 treatment siRNAs are candidates (a control class is never the answer for a
+    ``test.csv`` well). Without ``plate_groups`` each well gets its most likely siRNA. With it
+    (a labels CSV, see :func:`plate_groups_of`), each plate of an experiment gets its most likely
+    group and every siRNA of it at most one well (:func:`cellloc.plate_assignment.assign_by_plate`).
+    """
+    from .plate_assignment import assign_by_plate
+
+    probs = np.asarray(probs, np.float64)[:, : min(N_TREATMENTS, np.shape(probs)[1])]
+    log_probs = np.log(np.clip(probs, 1e-38, None))
+    if plate_groups is None:
+        pred = log_probs.argmax(axis=1)
+    else:
+        plates = [parse_id_code(i)[:2] for i in sample_ids]
+        pred = assign_by_plate(log_probs, plates, plate_groups_of(plate_groups))
+    return [(i, int(k)) for i, k in zip(sample_ids, pred)]
+
+
 # --------------------------------------------------------------------------- pictures
 
 
@@ -532,7 +564,7 @@ def _register() -> None:
 
     from .labels import LABEL_READERS
     from .layouts import LAYOUTS
-    from .submission_formats import SubmissionFormat, encode_argmax, register_format
+    from .submission_formats import SubmissionFormat, register_format
 
     def check(path: str | Path, task, expected_ids: Iterable[str] | None = None, **_: object) -> list[tuple[int, str]]:
         return check_submission(path, task, expected_ids)
@@ -542,7 +574,8 @@ def _register() -> None:
 
     LAYOUTS["rxrx1"] = sys.modules[__name__]  # list_fields, read_field, sample_of, channel_file
     LABEL_READERS.register("rxrx1")(read_task_labels)
-    register_format(SubmissionFormat("rxrx1", SUBMISSION_COLUMNS, check, evaluate, encode=encode_argmax))
+    register_format(SubmissionFormat("rxrx1", SUBMISSION_COLUMNS, check, evaluate, encode=encode_submission,
+                                     encode_options=("plate_groups",)))
 
 
 _register()

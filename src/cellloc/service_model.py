@@ -122,17 +122,18 @@ def check_run(models: str | Path | None) -> None:
 
 
 def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", device: str = "cpu",
-                       tta: int = 1, blend: str = "product", image_models: str | Path | None = None) -> ServiceModel:
+                       tta: int = 1, blend: str = "", image_models: str | Path | None = None) -> ServiceModel:
     """Load a training run's fold ensemble (or nothing: segmentation only) for ``task``.
 
     A cell model's own segmentation and crop settings (its recipe) are used, so a field is
     segmented and cropped as the training crops were; an image model's fields are segmented
     with the task's defaults, only to outline the cells. ``image_models`` (cell models) is an
-    image-level run of the same task whose field score the cells are blended with. A run of
+    image-level run of the same task whose field score the cells are blended with (``blend``: a
+    mode of :data:`cellloc.pipeline.BLENDS`; default ``image`` with one, else ``product``). A run of
     another task is an :class:`InputError`.
     """
-    from .classifier import load_ensemble
-    from .pipeline import FieldOptions
+    from .classifier import load_ensemble, load_image_partner
+    from .pipeline import FieldOptions, check_image_blend
     from .segmentation import SegmentConfig, create_segmenter
 
     spec = get_task(task)
@@ -144,14 +145,12 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
     model = load_ensemble(models, device=device)
     if model.task.name != spec.name:
         raise InputError(f"{models}: trained for task {model.task.name}, not {spec.name}; pass --task {model.task.name}")
+    blend = blend or ("image" if image_models else "product")
     image_model = None
+    if model.recipe.level == "cell":
+        check_image_blend(blend, bool(image_models))
     if image_models:
-        if model.recipe.level != "cell":
-            raise InputError(f"--image-models blends with cell scores; {models} is an image-level run")
-        image_model = load_ensemble(image_models, device=device)
-        if image_model.recipe.level != "image" or image_model.task.name != spec.name:
-            raise InputError(f"{image_models}: not an image-level run of task {spec.name} "
-                             f"({image_model.recipe.level}-level, task {image_model.task.name})")
+        image_model = load_image_partner(image_models, model, models, device)
     seg = default_seg
     if model.recipe.level == "cell":
         recorded = model.recipe.segment_config()

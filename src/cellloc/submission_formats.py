@@ -6,7 +6,7 @@
     check(path, task, expected_ids=None, **options) -> list[(line, reason)]   # line 0 = whole file
     evaluate(truth, submission_path, task, **options) -> (table, summary)
     read_expected(sample_submission_path) -> the ids a submission must hold (or {id: size})
-    encode(sample_ids, probs, task, thresholds) -> rows  # image-level tasks: scores -> rows (else None)
+    encode(sample_ids, probs, task, thresholds, **encode_options) -> rows  # image-level tasks: scores -> rows (else None)
     show(table) -> str                                  # the evaluation table as text (evaluate.py prints it)
 
 ``summary``'s last line is ``<metric>=0.xxxx``; lines before it say what was scored. Options a
@@ -54,6 +54,7 @@ class SubmissionFormat:
     read_expected: Callable[[Path], Collection[str]] = lambda path: first_column_ids(path)
     encode: Callable[[Sequence[str], np.ndarray, Task, dict | None], list[tuple]] | None = None
     show: Callable[[pd.DataFrame], str] = lambda table: format_table(table)  # the evaluation table as text
+    encode_options: tuple[str, ...] = ()  # keyword options ``encode`` takes besides its defaults (rxrx1: plate_groups)
 
     def write(self, path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
         """Write ``rows`` (one value per column, in :attr:`columns` order) as CSV, atomically."""

@@ -603,10 +603,15 @@ def _generate(out_dir: Path, synth: Hpa2018Config, cfg, split: str = "train", wo
             f"{HPA_2018.num_classes} classes present, truth in {Path(out_dir) / 'truth'}")
 
 
+def _gallery(synth: Hpa2018Config) -> np.ndarray:
+    """``--gallery``: one cell per 2018 class (:func:`class_gallery`), drawn with the run's seed."""
+    return class_gallery(seed=synth.seed)
+
+
 def _register() -> None:
     from .generators import GENERATORS, DatasetGenerator
 
-    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate, gallery=class_gallery)
+    GENERATORS["hpa-2018"] = DatasetGenerator(_settings, _generate, gallery=_gallery)
 
 
 _register()

@@ -44,6 +44,9 @@ class Task:
     submission: str  # name in cellloc.submission_formats.FORMATS
     data_name: str  # default dataset folder under input/
     test_data: str = ""  # dataset folder of the test split (default <data_name>_test; rxrx1: the same design's folder)
+    fold_group: str = ""  # labels-CSV column whose values stay in one fold by default (rxrx1: experiment)
+    fold_stratify: str = ""  # labels-CSV column spread evenly over the folds by default (rxrx1: cell_type)
+    normalise: str = "none"  # image models' default per-field normalisation (cellloc.plate_norm; rxrx1: plate)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -139,8 +142,12 @@ register_task(Task(
     level="image",
     kind="multiclass",
     loss="ce",
-    metrics=("accuracy", "top5_accuracy"),
+    metrics=("accuracy", "top3_accuracy", "top5_accuracy"),
     submission="rxrx1",
     data_name="rxrx1",
     test_data="rxrx1",  # one generated design holds both splits (the test plates share the training siRNAs' effects)
+    # test experiments are other imaging batches: validate on whole experiments, every cell type in every fold
+    fold_group="experiment",
+    fold_stratify="cell_type",
+    normalise="plate",  # each field standardised by its plate's pixel statistics: the batch effect is the problem
 ))

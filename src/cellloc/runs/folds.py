@@ -39,19 +39,30 @@ class FoldsConfig:
     seed: int = opt(42, "seed: the same seed and input give the same folds")
     method: str = opt("iterstrat", "splitter: iterstrat (iterative-stratification; fast, best balanced), "
                       "skmultilearn (scikit-multilearn) or random", choices=METHODS)
-    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate, experiment)")
+    group_col: str | None = opt(None, "column whose values stay in one fold (e.g. antibody, plate, experiment; "
+                                "default with --labels: the task's, rxrx1: experiment; '' for none)")
+    stratify_col: str | None = opt(None, "column whose values are spread evenly over the folds besides the labels "
+                                   "(e.g. cell_type; default with --labels: the task's, rxrx1: cell_type; '' for none)")
     groups: str = opt("", "with --labels: a CSV giving each sample's --group-col (matched on its Id or ID column), for a "
                       "labels CSV without one (e.g. input/hpa2018/truth/images.csv --group-col protein)")
+    more_labels: list[str] = opt([], "with --labels: more labels CSVs of the task whose samples join the split (rxrx1: "
+                                 "train_controls.csv, so control wells get folds with their experiments)")
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
         data = Path("output") / task.data_name
         if self.labels is None and not self.cells and task.level == "image":
             self.labels = str(Path("input") / task.data_name / "train.csv")
+        # the task's defaults name columns of its own labels CSV; a cells table may not have them
+        defaults = (task.fold_group, task.fold_stratify) if self.labels else ("", "")
+        self.group_col = (defaults[0] if self.group_col is None else self.group_col) or None
+        self.stratify_col = (defaults[1] if self.stratify_col is None else self.stratify_col) or None
         self.cells = self.cells or str(data / "cells.csv")
         self.out = self.out or str(data / "folds.csv")
         if self.groups and not (self.labels and self.group_col):
             raise ValueError("--groups needs --labels (or an image-level task) and --group-col")
+        if self.more_labels and not self.labels:
+            raise ValueError("--more-labels needs --labels (or an image-level task)")
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -75,6 +86,7 @@ class FieldTable:
     labels: np.ndarray  # (N, C) multi-hot
     groups: np.ndarray | None  # (N,) group value per field
     cells_per_field: np.ndarray | None  # (N,) when read from a cells CSV
+    strata: np.ndarray | None = None  # (N,) value per field to spread evenly over the folds
 
 
 def _first_rows(codes: np.ndarray) -> np.ndarray:
@@ -98,7 +110,8 @@ def _one_per_field(values: pd.Series, field_of_row: np.ndarray, path: Path, what
     return np.asarray(uniques, dtype=object)[codes[first]]
 
 
-def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None = None) -> FieldTable:
+def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None = None,
+                      stratify_col: str | None = None) -> FieldTable:
     """Fields of a segmentation cells CSV (ID, cell_id, Label, ...): one label set per field.
 
     Label strings are parsed once per distinct string (a field's cells repeat it); two cells
@@ -107,7 +120,7 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found (run segmentation first, or pass --labels ID,Label.csv)")
-    required = ["ID", "cell_id", "Label"] + ([group_col] if group_col else [])
+    required = ["ID", "cell_id", "Label"] + [c for c in (group_col, stratify_col) if c]
     df = read_csv(path, required)
     lines = row_lines(df)
     ids_col = df["ID"].str.strip()
@@ -122,29 +135,41 @@ def read_cells_fields(path: str | Path, num_classes: int, group_col: str | None 
     field_label = _one_per_field(pd.Series(normalised[label_codes]), field_of_row, path, "Label", lines)
     ids_of = dict(zip(normalised, parsed))
     labels = multihot([ids_of[s] for s in field_label], num_classes)
-    groups = _one_per_field(_group_values(df, group_col, path), field_of_row, path, group_col, lines) if group_col else None
-    return FieldTable(df, field_of_row, labels, groups, np.bincount(field_of_row))
+    per_field = {c: _one_per_field(_group_values(df, c, path), field_of_row, path, c, lines)
+                 for c in (group_col, stratify_col) if c}
+    return FieldTable(df, field_of_row, labels, per_field.get(group_col), np.bincount(field_of_row), per_field.get(stratify_col))
 
 
-def read_label_fields(path: str | Path, task: Task, group_col: str | None = None, groups: str | Path = "") -> FieldTable:
+def read_label_fields(path: str | Path, task: Task, group_col: str | None = None,
+                      stratify_col: str | None = None, groups: str | Path = "",
+                      more: Sequence[str | Path] = ()) -> FieldTable:
     """Samples of a task's labels CSV (read by its reader): one row per sample, IDs unique.
 
     ``groups`` names a second CSV that gives ``group_col`` for every sample (matched on its
-    ``Id`` or ``ID`` column) when the labels CSV itself has no such column.
+    ``Id`` or ``ID`` column) when the labels CSV itself has no such column. ``more`` are further
+    labels CSVs whose samples are appended (RxRx1's control wells); an ID in two files is an error.
     """
     path = Path(path)
     num_classes = task.num_classes
     df = read_task_labels(path, task)
+    for extra in map(Path, more):
+        other = read_task_labels(extra, task)
+        both = sorted(set(df["ID"]) & set(other["ID"]))
+        if both:
+            raise InputError(f"{extra}: sample {both[0]!r} is already in {path}")
+        df = pd.concat([df, other], ignore_index=True).fillna("")
     if groups:
         df[group_col] = group_of_samples(df["ID"], groups, group_col)
-    if group_col and group_col not in df.columns:
-        raise InputError(f"{path}: missing column(s) {group_col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
+    for col in (group_col, stratify_col):
+        if col and col not in df.columns:
+            raise InputError(f"{path}: missing column(s) {col} (has: {', '.join(c for c in df.columns if c != 'labels')})")
     order = np.argsort(df["ID"].to_numpy(dtype=str), kind="stable")
     field_of_row = np.empty(len(df), np.int64)
     field_of_row[order] = np.arange(len(df))
     labels = multihot([df["labels"].iloc[i] for i in order], num_classes)
-    groups = _group_values(df, group_col, path).to_numpy(dtype=object)[order] if group_col else None
-    return FieldTable(df.drop(columns="labels"), field_of_row, labels, groups, None)
+    per_field = {c: _group_values(df, c, path).to_numpy(dtype=object)[order] for c in (group_col, stratify_col) if c}
+    return FieldTable(df.drop(columns="labels"), field_of_row, labels, per_field.get(group_col), None,
+                      per_field.get(stratify_col))
 
 
 def group_of_samples(ids: pd.Series, path: str | Path, group_col: str) -> list[str]:
@@ -173,6 +198,18 @@ def _group_values(df: pd.DataFrame, group_col: str, path: Path) -> pd.Series:
     return values
 
 
+def with_strata(labels: np.ndarray, strata: np.ndarray | None) -> np.ndarray:
+    """The labels the splitter balances: (N, C) multi-hot, plus one column per stratum value when given.
+
+    A stratum column (e.g. one per cell type) is balanced like a class, so with experiments as
+    groups every fold gets experiments of every cell type, when there are enough of them.
+    """
+    if strata is None:
+        return labels
+    _, codes = np.unique(np.asarray(strata, dtype=str), return_inverse=True)
+    return np.hstack([labels, multihot([[int(c)] for c in codes.ravel()], int(codes.max()) + 1)])
+
+
 @dataclass
 class FoldsResult:
     """What :func:`make_folds` did, for the command's summary."""
@@ -191,10 +228,10 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     task = get_task(cfg.task)
     label_set = task.label_set
     if cfg.labels:
-        fields = read_label_fields(cfg.labels, task, cfg.group_col, cfg.groups)
+        fields = read_label_fields(cfg.labels, task, cfg.group_col, cfg.stratify_col, cfg.groups, cfg.more_labels)
     else:
-        fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col)
-    split = split_folds(fields.labels, cfg.folds, cfg.seed, cfg.method, fields.groups)
+        fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col, cfg.stratify_col)
+    split = split_folds(with_strata(fields.labels, fields.strata), cfg.folds, cfg.seed, cfg.method, fields.groups)
     table = fields.table.copy()
     table["fold"] = split.folds[fields.field_of_row]
     balance = balance_report(fields.labels, split.folds, cfg.folds, label_set.names, fields.cells_per_field)

@@ -3,7 +3,8 @@
 Cell models (HPA single-cell): one field at a time (never all masks in memory), segmented and
 cropped exactly as the training crops were (the segmentation recorded in the model's recipe),
 scored by every fold (:func:`cellloc.pipeline.field_scores`), blended with the field's mean cell
-score or an image-level model's score of the whole field (``--image-models``), Negative raised.
+score or, with ``--blend image --image-models RUN``, an image-level model's score of the whole field,
+Negative raised.
 Per-cell scores go to ``cell_scores/{ID}.csv`` and the field's row is appended by the resumable
 :class:`~cellloc.submission.SubmissionWriter`, so a killed run continues where it stopped and the
 submission file appears, complete, only at the end.
@@ -35,13 +36,15 @@ import numpy as np
 import pandas as pd
 
 from ..cells import MASK_MODES
-from ..classifier import Ensemble, load_ensemble
+from ..classifier import Ensemble, load_ensemble, load_image_partner
 from ..config import load_config, opt, save_config
 from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLEND_MODES, CONFIDENCE_MODES, FieldOptions, encode_prediction, field_scores
+from ..pipeline import BLENDS, CONFIDENCE_MODES, FieldOptions, check_image_blend, encode_prediction, field_scores
+from ..plate_assignment import sample_probabilities
+from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
 from ..run_state import RunStart, ensure_same_settings, folder_lock
 from ..runtime import RUNTIMES
@@ -71,18 +74,22 @@ class PredictConfig(ExecutorOptions):
                                  "sample_submission.csv beside the input folder, when there is one; 'none': every field)")
     out: str = opt("", "output folder (default: output/<dataset name>)")
     image_models: str = opt("", "cell models: an image-level run of the same task whose score of the whole field is "
-                            "blended with each cell's (default: the field's mean cell score)")
+                            "blended with each cell's (--blend image or image_mean)")
     masks: str = opt("", "reuse {ID}_cell_mask.png/.npz from this folder (e.g. output/<name>/masks); else segment")
     segment_config: str = opt("", "a segment_config.json to segment with (default: the segmentation in the model's recipe)")
     backend: str = opt("", "segmentation backend (default: the one that made the training crops)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
-    blend: str = opt("product", "mix cell scores with the field score: product sqrt(cell * field), mean, or none",
-                     choices=list(BLEND_MODES))
-    field_weight: float = opt(0.3, "weight of the field score for --blend mean")
+    blend: str = opt("", "mix cell scores with the field score: " + "; ".join(f"{n}: {b.help}" for n, b in BLENDS.items())
+                     + " (default: image with --image-models, else product)", choices=["", *BLENDS])
+    field_weight: float = opt(0.3, "weight w of the field score for --blend mean and image_mean")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
                                "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
                                choices=list(CONFIDENCE_MODES))
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
+    plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
+                                 "to one well (linear assignment on the scores) instead of each well's own argmax")
+    plate_groups: str = opt("", "--plate-assignment: the labels CSV whose plates define the siRNA groups "
+                            "(default: train.csv beside the input folder)")
     min_confidence: float = opt(0.0, "leave out (cell, class) pairs below this score")
     top_k: int = opt(0, "keep at most K classes per cell (0: all)")
     batch_size: int = opt(64, "samples per forward pass")
@@ -105,6 +112,8 @@ class PredictConfig(ExecutorOptions):
         if self.backend not in ("", "classical", "hpa"):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
         self.check_executor()
+        if not self.blend:
+            self.blend = "image" if self.image_models else "product"
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -156,13 +165,10 @@ def load_predictor(cfg: PredictConfig) -> Predictor:
     model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
+    if model.recipe.level == "cell":
+        check_image_blend(cfg.blend, bool(cfg.image_models))
     if cfg.image_models:
-        if model.recipe.level != "cell":
-            raise InputError(f"--image-models blends with cell scores; {cfg.models} is an image-level run")
-        image_model = load_ensemble(cfg.image_models, (), cfg.device, cfg.runtime)
-        if image_model.recipe.level != "image" or image_model.task.name != model.task.name:
-            raise InputError(f"{cfg.image_models}: not an image-level run of task {model.task.name} "
-                             f"({image_model.recipe.level}-level, task {image_model.task.name})")
+        image_model = load_image_partner(cfg.image_models, model, cfg.models, cfg.device, cfg.runtime)
     segment = None
     if model.recipe.level == "cell":
         segment = _segmentation(cfg, model)
@@ -391,12 +397,13 @@ def predict_cells(cfg: PredictConfig, predictor: Predictor, progress: Progress |
     return PredictSummary(len(ids), n_done, skipped, failed, n_cells, time.perf_counter() - t0, out / "submission.csv")
 
 
-def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str],
+                 normaliser: FieldNormaliser | None = None) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """(fields scored, their probabilities, failed fields) of one chunk; a bad field fails alone."""
     task = model.task
 
     def score(chunk: list[str]) -> np.ndarray:
-        return model.predict(FieldFiles(task.layout, cfg.input, chunk, task.channels), tta=cfg.tta,
+        return model.predict(FieldFiles(task.layout, cfg.input, chunk, model.recipe.channels, normaliser), tta=cfg.tta,
                              batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 
     try:
@@ -412,18 +419,26 @@ def _score_chunk(cfg: PredictConfig, model: Ensemble, ids: list[str]) -> tuple[l
         return good, np.array(probs, np.float32).reshape(len(good), task.num_classes), failed
 
 
+def model_normaliser(cfg: PredictConfig, model: Ensemble) -> FieldNormaliser:
+    """The per-field normalisation ``model`` was trained with (its recipe), with this dataset's statistics."""
+    recipe = model.recipe
+    return field_normaliser(cfg.dataset_dir(), recipe.input.get("normalise", "none"), recipe.channels)
+
+
 class ImageWorker:
     """A worker's loaded image-level ensemble, built once per worker process (``init`` of the map)."""
 
-    def __init__(self, cfg: PredictConfig, model: Ensemble | None = None) -> None:
+    def __init__(self, cfg: PredictConfig, model: Ensemble | None = None, normaliser: FieldNormaliser | None = None) -> None:
         self.cfg = cfg
         self.model = model or load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
+        # the model's own normalisation (its recipe), with this dataset's statistics
+        self.normaliser = normaliser or model_normaliser(cfg, self.model)
 
 
 def score_part(worker: ImageWorker, job: tuple[str, list[str]]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """Score one chunk of fields and write its ``field_scores/part*.npz`` (atomically); return what it holds."""
     path, chunk = job
-    got, probs, bad = _score_chunk(worker.cfg, worker.model, chunk)
+    got, probs, bad = _score_chunk(worker.cfg, worker.model, chunk, worker.normaliser)
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, ids=np.array(chunk), got=np.array(got, dtype=str), probs=probs,
@@ -441,7 +456,12 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     """
     t0 = time.perf_counter()
     task = predictor.task
+    fmt = FORMATS[task.submission]
+    if fmt.encode is None:
+        raise InputError(f"submission format {fmt.name} is written per cell, not from image scores")
+    options = encode_options(cfg, fmt.name, fmt.encode_options)
     ids, failed = field_ids(cfg, task)
+    normaliser = model_normaliser(cfg, predictor.model)  # here too: a missing pixel_stats.csv stops the run before any work
     out = cfg.out_dir()
     parts = out / "field_scores"
     chunks = [ids[k:k + cfg.chunk] for k in range(0, len(ids), cfg.chunk)]
@@ -455,7 +475,8 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     if todo:
         work = _absolute(cfg)
         # the driver's loaded models serve a serial run; other executors load them in each worker
-        init = partial(ImageWorker, work, predictor.model if cfg.executor == "serial" else None)
+        serial = cfg.executor == "serial"
+        init = partial(ImageWorker, work, predictor.model if serial else None, normaliser if serial else None)
         jobs = [(str(Path(work.out) / "field_scores" / paths[n].name), chunks[n]) for n in todo]
         with cfg.open_executor() as ex:
             for n, res in zip(todo, ex.map(score_part, jobs, init=init)):
@@ -470,12 +491,28 @@ def predict_images(cfg: PredictConfig, predictor: Predictor, progress: Progress 
     probs = np.concatenate([r[1] for r in results]) if results else np.zeros((0, task.num_classes), np.float32)
     samples, sample_probs = per_sample(scored_ids, probs, task)
     write_csv(out / "scores.csv", score_frame(samples, sample_probs, task))
-    fmt = FORMATS[task.submission]
-    if fmt.encode is None:
-        raise InputError(f"submission format {fmt.name} is written per cell, not from image scores")
-    fmt.write(out / "submission.csv", fmt.encode(samples, sample_probs, task, predictor.model.recipe.thresholds))
+    fmt.write(out / "submission.csv", fmt.encode(samples, sample_probs, task, predictor.model.recipe.thresholds, **options))
     write_csv(out / "predict_failures.csv", pd.DataFrame(failed, columns=["ID", "reason"]))
     return PredictSummary(len(ids), done, skipped, failed, 0, time.perf_counter() - t0, out / "submission.csv")
+
+
+def encode_options(cfg: PredictConfig, format_name: str, known: tuple[str, ...]) -> dict[str, str]:
+    """What the submission format's ``encode`` is asked to do besides its default (``--plate-assignment``)."""
+    return plate_options(cfg.plate_assignment, cfg.plate_groups, cfg.dataset_dir(), format_name, known)
+
+
+def plate_options(plate_assignment: bool, plate_groups: str, dataset_dir: Path, format_name: str,
+                  known: tuple[str, ...]) -> dict[str, str]:
+    """``encode`` options for ``--plate-assignment`` (groups from ``plate_groups`` or ``train.csv`` of the dataset)."""
+    if not plate_assignment:
+        return {}
+    if "plate_groups" not in known:
+        raise InputError(f"--plate-assignment: the {format_name} submission has no plate design (it is for rxrx1)")
+    groups = Path(plate_groups) if plate_groups else dataset_dir / "train.csv"
+    if not groups.is_file():
+        raise InputError(f"{groups}: not found; --plate-assignment reads the siRNA groups from the training labels "
+                         "(pass --plate-groups)")
+    return {"plate_groups": str(groups)}
 
 
 def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]] | None:
@@ -491,13 +528,50 @@ def _read_part(path: Path, chunk: list[str]) -> tuple[list[str], np.ndarray, lis
         return None  # a damaged chunk is scored again
 
 
+def read_field_scores(out: str | Path) -> tuple[list[str], np.ndarray]:
+    """(field ids, (N, C) float32 probabilities) an image-level prediction folder saved in ``field_scores/``.
+
+    What ``predict.py`` (or ``ensemble.py``) wrote: every chunk's scored fields, in order. The
+    log of a multiclass model's probabilities is its logits less one constant per field, so
+    these are the saved logits an ensemble averages.
+    """
+    parts = sorted((Path(out) / "field_scores").glob("part*.npz"))
+    if not parts:
+        raise InputError(f"{Path(out) / 'field_scores'}: no part*.npz (is {out} an image-level prediction folder?)")
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
+    for path in parts:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids += data["got"].tolist()
+                probs.append(np.asarray(data["probs"], np.float32))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: cannot read field scores ({' '.join(str(exc).split())})") from None
+    return ids, np.concatenate(probs)
+
+
+def save_field_scores(out: str | Path, field_ids: list[str], probs: np.ndarray, chunk: int = 64) -> None:
+    """Write field scores as ``predict.py`` does (``field_scores/part*.npz`` of ``chunk`` fields, its
+    ``--chunk`` default), old parts removed."""
+    parts = Path(out) / "field_scores"
+    for old in parts.glob("part*.npz"):
+        old.unlink()
+    for k in range(0, len(field_ids), chunk):
+        ids = field_ids[k:k + chunk]
+        with atomic_path(parts / f"part{k // chunk:05d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, ids=np.array(ids), got=np.array(ids, dtype=str), probs=probs[k:k + chunk],
+                         failed=np.zeros((0, 2), dtype=str))
+
+
 def per_sample(field_ids: list[str], probs: np.ndarray, task: Task) -> tuple[list[str], np.ndarray]:
-    """(sample ids in first-seen order, (n_samples, C) mean probability of each sample's fields)."""
+    """(sample ids in first-seen order, (n_samples, C) probabilities of each sample: its fields averaged).
+
+    Multiclass: the softmax of the fields' mean logits; multilabel: the mean probability
+    (:func:`cellloc.plate_assignment.sample_probabilities`).
+    """
     layout = LAYOUTS[task.layout]
-    codes, samples = pd.factorize(pd.Series([layout.sample_of(i) for i in field_ids], dtype=object))
-    sums = np.zeros((len(samples), probs.shape[1]))
-    np.add.at(sums, codes, probs)
-    return list(samples), (sums / np.maximum(np.bincount(codes, minlength=len(samples)), 1)[:, None]).astype(np.float32)
+    return sample_probabilities(probs, [layout.sample_of(i) for i in field_ids], task.kind)
 
 
 def score_frame(samples: list[str], probs: np.ndarray, task: Task, top: int = 5) -> pd.DataFrame:

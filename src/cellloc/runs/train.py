@@ -54,11 +54,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..classifier import RECIPE_FILE, TTA_CHOICES, Recipe, load_classifier
 from ..config import load_config, opt, save_config
 from ..data import (
+    ChainedFields,
     CropFiles,
     EpochSampler,
     FieldBatchSampler,
@@ -80,16 +81,21 @@ from ..data import (
 from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from ..errors import InputError
 from ..field_cache import CachedFields, FieldCache
-from ..fieldio import multihot, write_csv, write_json
+from ..fieldio import dataset_root, multihot, write_csv, write_json
+from ..layouts import LAYOUTS
 from ..losses import LOSSES, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
-from ..models import PRETRAINED_CHOICES, create_model, model_names
+from ..models import PRETRAINED_CHOICES, create_model, model_names, recalibrate_batchnorm
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
+from ..plate_assignment import sample_probabilities
+from ..plate_norm import NORMALISATIONS, field_normaliser
 from ..plots_training import plot_training_curves
 from ..registry import Registry
 from ..run_state import existing_outputs, folder_lock, move_aside
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
+from ..torchfile import load_checkpoint
+from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
 from .segment import SegmentRunConfig
 
@@ -128,6 +134,22 @@ class TrainConfig:
     field_resize: int = opt(0, "image models: fields are resized to this side first, then crops of --image-size are "
                             "taken (random in training, --tiles at prediction); 0 = --image-size (the whole field)")
     tiles: int = opt(1, "image models with --field-resize > --image-size: tiles x tiles crops averaged at prediction")
+    normalise: str = opt("", "image models: per-field intensity normalisation before the network: none, site (each "
+                         "field by its own statistics), experiment, plate, experiment-controls or plate-controls (by the "
+                         "pixel_stats.csv beside the input folder: all wells, or the negative controls); "
+                         "default: the task's (rxrx1: plate, else none)")
+    channels: list[str] = opt([], "image models: only these of the task's channels, in this order (e.g. w1 w2 w3 w4 w5: "
+                              "RxRx1 without w6); recorded in recipe.json, so prediction reads the same (default: all)")
+    site: int = opt(0, "image models whose samples have several fields (RxRx1's sites 1 and 2): only fields of this "
+                    "site, in training and validation (0: every site)")
+    subset: list[str] = opt([], "keep only the samples whose COLUMN (of the folds table) is one of the values: "
+                            "COLUMN=V1,V2 (e.g. well_type=negative_control,positive_control or cell_type=HEPG2); "
+                            "several filters all apply, to --extra-train too")
+    extra_train: str = opt("", "image models: a table of more training samples (ID, Label, fold = -1, metadata; what "
+                           "pseudo_labels.py writes) added to the training side of the fold; never validated on")
+    extra_input: str = opt("", "folder of --extra-train's fields (default: test beside --input)")
+    init_from: str = opt("", "start from another run's weights instead of --pretrained: a run folder (its fold<K>) or a "
+                         "fold folder; same backbone; the stem follows --channels and the head the class count")
     label_source: str = opt("weak", "cell models' training labels: weak (the field's Label) or true (the cell's TrueLabel)")
     soft_targets: str = opt("", "cell models on weak labels: a run folder whose fold*/val_predictions.csv hold an "
                             "out-of-fold prediction of every training cell (or one such CSV); a cell's target becomes "
@@ -165,6 +187,9 @@ class TrainConfig:
                        "a schedule that decays to --min-lr usually ends best, and the weak-label loss of a cell model "
                        "does not track its per-cell quality)")
     patience: int = opt(3, "epochs without improvement before stopping")
+    bn_recalibrate: int = opt(2048, "before each validation, BatchNorm statistics are recomputed with the current weights "
+                              "over this many training samples (unaugmented; 0: keep the running averages, which lag "
+                              "the weights and make a short run answer every input alike)")
     grad_accum: int = opt(1, "gradient accumulation steps")
     clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
     aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
@@ -199,6 +224,7 @@ class TrainConfig:
         self.run_name = self.run_name or default_run_name(task, self.level)
         self.loss = self.loss or task.loss
         self.field_resize = self.field_resize or self.image_size
+        self.normalise = self.normalise or (task.normalise if self.level == "image" else "none")
         need(self.fold >= 0, f"fold must be >= 0, got {self.fold}")
         need("/" not in self.run_name and self.run_name not in (".", ".."),
              f"run_name must be a plain folder name, got {self.run_name!r}")
@@ -208,6 +234,19 @@ class TrainConfig:
         need(self.image_size <= self.field_resize <= 8192, f"field_resize must be in image_size..8192, got {self.field_resize}")
         need(self.tiles >= 1 and (self.tiles == 1 or self.field_resize > self.image_size),
              f"tiles must be >= 1, and 1 unless --field-resize is larger than --image-size; got {self.tiles}")
+        need(self.normalise in NORMALISATIONS, f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        need(self.normalise == "none" or self.level == "image", "normalise applies to image models (whole fields)")
+        unknown = [c for c in self.channels if c not in task.channels]
+        need(not unknown, f"channels: {', '.join(unknown)} are not channels of task {task.name} ({', '.join(task.channels)})")
+        need(len(set(self.channels)) == len(self.channels), f"channels: {' '.join(self.channels)} names one twice")
+        need(not self.channels or self.level == "image", "channels selects whole-field channels: it needs an image-level model")
+        need(self.site >= 0, f"site must be >= 0, got {self.site}")
+        need(self.site == 0 or self.level == "image", "site selects fields: it needs an image-level model")
+        for rule in self.subset:
+            col, _, values = rule.partition("=")
+            need(bool(col.strip()) and bool(values.strip()), f"subset: {rule!r} is not COLUMN=V1,V2")
+        need(not self.extra_train or self.level == "image", "extra_train adds whole fields: it needs an image-level model")
+        self.extra_input = self.extra_input or (str(Path(self.input).parent / "test") if self.extra_train else "")
         need(self.label_source in ("weak", "true"), f"label_source must be weak or true, got {self.label_source!r}")
         need(self.label_source == "weak" or self.level == "cell", "label_source true needs cell-level training (per-cell truth)")
         cell_only = {"soft_targets": bool(self.soft_targets), "cell_weights": self.cell_weights != "none",
@@ -243,6 +282,7 @@ class TrainConfig:
         need(self.monitor in monitors, f"monitor must be one of {', '.join(monitors)} for {task.kind} task {task.name}, "
                                        f"got {self.monitor!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
         need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
@@ -268,9 +308,14 @@ class TrainConfig:
         return get_task(self.task)
 
     @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The channel files the model reads, in input order: ``--channels`` or the task's."""
+        return tuple(self.channels) or self.task_record.channels
+
+    @property
     def in_chans(self) -> int:
-        """Channels per input: the task's channel files."""
-        return len(self.task_record.channels)
+        """Channels per input."""
+        return len(self.channel_names)
 
     @property
     def num_classes(self) -> int:
@@ -362,6 +407,8 @@ class SampleSets:
 def cell_samples(cfg: TrainConfig) -> SampleSets:
     """Cell crops of the folds table, with the segmentation that made them (its segment_config.json)."""
     cells = read_cells(cfg.folds_csv, cfg.num_classes)
+    if cfg.subset:
+        cells = select_subset(cells, cfg.subset, cfg.folds_csv)
     train, valid = split_cells(cells, cfg.fold, cfg.limit, cfg.seed)
     if cfg.label_source == "true":
         if "true" not in cells.columns:
@@ -412,24 +459,90 @@ def _predictions_of(cells: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
     return joined[cols].to_numpy(np.float64)
 
 
-def image_samples(cfg: TrainConfig) -> SampleSets:
-    """Whole fields of the labelled samples (a cells table is collapsed to its fields), read through the layout."""
-    task = cfg.task_record
-    samples = read_samples(cfg.folds_csv, cfg.num_classes)
-    train, valid = split_cells(samples, cfg.fold, cfg.limit, cfg.seed)
-    train, valid = (expand_to_fields(t, task.layout, cfg.input, task.channels) for t in (train, valid))
+def select_subset(samples: pd.DataFrame, rules: Sequence[str], where: str) -> pd.DataFrame:
+    """The rows of ``samples`` whose column is one of the listed values, for every ``COLUMN=V1,V2`` rule."""
+    keep = np.ones(len(samples), bool)
+    for rule in rules:
+        col, _, values = rule.partition("=")
+        col = col.strip()
+        if col not in samples.columns:
+            raise InputError(f"{where}: --subset {rule}: no column {col} (has: "
+                             f"{', '.join(c for c in samples.columns if c not in ('weak', 'true'))})")
+        keep &= samples[col].astype(str).str.strip().isin([v.strip() for v in values.split(",")]).to_numpy()
+    if not keep.any():
+        raise InputError(f"{where}: no sample matches --subset {' '.join(rules)}")
+    return samples[keep].reset_index(drop=True)
 
+
+def select_site(fields: pd.DataFrame, layout: str, site: int, where: str) -> pd.DataFrame:
+    """The rows of one site (field ids ``{sample}_s{site}``, RxRx1's layout); every row when ``site`` is 0."""
+    if not site:
+        return fields
+    if all(LAYOUTS[layout].sample_of(f) == f for f in fields["field_id"]):
+        raise InputError(f"{where}: --site {site}: the {layout} layout has one field per sample")
+    kept = fields[fields["field_id"].str.endswith(f"_s{site}")].reset_index(drop=True)
+    if kept.empty:
+        raise InputError(f"{where}: no field of site {site}")
+    return kept
+
+
+def extra_training_fields(cfg: TrainConfig, known: set[str]) -> pd.DataFrame:
+    """``--extra-train``'s samples expanded to their fields in ``--extra-input`` (empty without one).
+
+    The table has the folds-table columns with fold ``-1`` (what ``pseudo_labels.py`` writes); a
+    sample that is also in the folds table is an error (it would be trained on twice, or validated
+    on after training).
+    """
+    if not cfg.extra_train:
+        return pd.DataFrame()
+    task = cfg.task_record
+    extra = read_samples(cfg.extra_train, cfg.num_classes)
+    if (extra["fold"] != -1).any():
+        raise InputError(f"{cfg.extra_train}: extra training samples have fold -1 (they are never validated on)")
+    both = sorted(set(extra["ID"]) & known)
+    if both:
+        raise InputError(f"{cfg.extra_train}: sample {both[0]!r} is in the folds table {cfg.folds_csv} too")
+    if cfg.subset:
+        extra = select_subset(extra, cfg.subset, cfg.extra_train)
+    fields = expand_to_fields(extra, task.layout, cfg.extra_input, cfg.channel_names)
+    return select_site(fields, task.layout, cfg.site, cfg.extra_input)
+
+
+def image_samples(cfg: TrainConfig) -> SampleSets:
+    """Whole fields of the labelled samples (a cells table is collapsed to its fields), read through the layout.
+
+    ``--subset`` filters the samples, ``--site`` their fields; ``--extra-train`` samples (their
+    fields in ``--extra-input``) join the training side.
+    """
+    task = cfg.task_record
+    channels = cfg.channel_names
+    samples = read_samples(cfg.folds_csv, cfg.num_classes)
+    if cfg.subset:
+        samples = select_subset(samples, cfg.subset, cfg.folds_csv)
+    train, valid = split_cells(samples, cfg.fold, cfg.limit, cfg.seed)
+    train, valid = (select_site(expand_to_fields(t, task.layout, cfg.input, channels), task.layout, cfg.site, cfg.input)
+                    for t in (train, valid))
+    extra = extra_training_fields(cfg, set(samples["ID"]))
+
+    normaliser = field_normaliser(dataset_root(cfg.input), cfg.normalise, channels)
     cache = FieldCache(cfg.cache_mb << 20)
 
-    def reader(rows: pd.DataFrame, key: str) -> Sequence[np.ndarray]:
-        files = FieldFiles(task.layout, cfg.input, rows["field_id"], task.channels)
+    def reader(rows: pd.DataFrame, key: str, more: pd.DataFrame = pd.DataFrame()) -> Sequence[np.ndarray]:
+        # the cache keeps fields as training sees them: normalised, then padded square and resized
+        files: Sequence[np.ndarray] = FieldFiles(task.layout, cfg.input, rows["field_id"], channels, normaliser)
+        if len(more):
+            files = ChainedFields([files, FieldFiles(task.layout, cfg.extra_input, more["field_id"], channels, normaliser)])
         return CachedFields(files, cfg.field_resize, cache, key) if cfg.cache_mb else files
 
-    train_reader, valid_reader = reader(train, "train"), reader(valid, "valid")
+    train_reader, valid_reader = reader(train, "train", extra), reader(valid, "valid")
+    if len(extra):
+        train = pd.concat([train, extra], ignore_index=True)
     # filled here, in the training process: DataLoader workers forked later share the arrays
     cached = sum(r.preload(max(1, cfg.num_workers)) for r in (train_reader, valid_reader)) if cfg.cache_mb else 0
     y_train, y_valid = (multihot(list(t["weak"]), cfg.num_classes).astype(np.float32) for t in (train, valid))
-    recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles}
+    recipe_input = {"kind": "field", "resize": cfg.field_resize, "tiles": cfg.tiles, "normalise": cfg.normalise}
+    if cfg.channels:
+        recipe_input["channels"] = list(channels)
     return SampleSets(train, valid, train_reader, valid_reader, y_train, y_valid, None, recipe_input, ["ID"], cached)
 
 
@@ -560,6 +673,32 @@ class RunRecorder(Callback):
         save_plain(state, self.run_dir / "last.pt")
 
 
+class BatchNormRecalibration(Callback):
+    """Before each validation, BatchNorm statistics recomputed with the current weights
+    (:func:`cellloc.models.recalibrate_batchnorm`) over a fixed, seeded pick of training samples.
+
+    The validation scores, the early-stopping choice and the saved ``best.pt`` then all describe
+    the weights as they are, not the lagging running averages. Runs where tez runs callbacks (the
+    local main process); under DDP the other ranks receive its buffers with the next forward.
+    """
+
+    def __init__(self, dataset: SampleDataset, samples: int, batch_size: int, seed: int, num_workers: int = 0) -> None:
+        n = len(dataset)
+        pick = np.sort(np.random.default_rng([seed, 2]).choice(n, size=min(samples, n), replace=False))
+        self.dataset, self.indices, self.batch_size = dataset, pick.tolist(), max(2, batch_size)
+        self.num_workers = num_workers
+
+    def on_valid_epoch_start(self, tez_trainer, **kwargs) -> None:
+        module = tez_trainer.unwrapped()
+        net = getattr(module, "net", module)
+        device = next(net.parameters()).device
+        loader = DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers)
+        batches = (b["image"].to(device) for b in loader if len(b["image"]) >= 2)  # batch norm needs 2 samples
+        recalibrate_batchnorm(net, batches)
+        net.eval()  # tez sets eval right after the callbacks; so does this, whatever the order
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -633,9 +772,12 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         raise InputError(f"fold {cfg.fold} has no positive labels: monitor {cfg.monitor} is undefined (use --monitor loss)")
 
     # the backbone first: a missing ImageNet file fails before anything is written
-    net = _build_net(cfg, pretrained="none" if state else cfg.pretrained)
+    net = _build_net(cfg, pretrained="none" if state or cfg.init_from else cfg.pretrained)
+    init = None
     if state:
         net.load_state_dict(state["model"])
+    elif cfg.init_from:
+        init = init_weights(cfg, net)
 
     if recipe is None:
         stats_size = make_input(sets.input, cfg.image_size, [0.0] * cfg.in_chans, [1.0] * cfg.in_chans).stats_size
@@ -732,13 +874,15 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
             step_scheduler_after="batch",
             pin_memory=on_cuda,
         )
+        recalibrate = [BatchNormRecalibration(SampleDataset(sets.train_reader, None, view), cfg.bn_recalibrate,
+                                              2 * cfg.batch_size, cfg.seed, cfg.num_workers)] if cfg.bn_recalibrate else []
         trainer.fit(
             train_ds,
             valid_ds,
             config=tez_config,
             train_loader=train_loader,
             valid_loader=valid_loader,
-            callbacks=[early, recorder, *callbacks],
+            callbacks=[*recalibrate, early, recorder, *callbacks],
         )
         stopped = trainer.model_state.value == "end"
     trainer.wait_for_everyone()
@@ -772,6 +916,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         channels_last=bool(on_cuda and cfg.channels_last),
         unmatched_valid_cells=int(sum(len(t) == 0 for t in sets.valid["true"])) if sets.y_valid_true is not None else None,
         cached_fields=sets.cached,
+        init_from=init,
         command=command,
         versions={"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                   "tez": __import__("tez").__version__},
@@ -783,16 +928,14 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
 def score_fold(cfg: TrainConfig, sets: SampleSets, probs: np.ndarray) -> dict[str, Any]:
     """Write ``val_predictions.csv`` and ``scores.csv`` of a fold; return the :class:`TrainResult` score fields.
 
-    An image model's fields are averaged per labelled sample first (RxRx1's two sites). Scores
+    An image model's fields are averaged per labelled sample first (RxRx1's two sites: the
+    softmax of their mean logits). Scores
     sit next to what a constant guess (the validation label frequencies) gets.
     """
     task = cfg.task_record
     rows, y, y_true = sets.valid, sets.y_valid, sets.y_valid_true
     if cfg.level == "image":
-        codes, ids = pd.factorize(rows["ID"])
-        sums = np.zeros((len(ids), probs.shape[1]))
-        np.add.at(sums, codes, probs)
-        probs = (sums / np.bincount(codes)[:, None]).astype(np.float32)
+        _, probs = sample_probabilities(probs, list(rows["ID"]), task.kind)
         first = ~rows["ID"].duplicated().to_numpy()
         rows, y = rows[first].reset_index(drop=True), y[first]
     names = task.label_set.names
@@ -824,6 +967,29 @@ def score_fold(cfg: TrainConfig, sets: SampleSets, probs: np.ndarray) -> dict[st
         "baseline_ap_true": float(macro["prevalence_true"]) if multilabel and y_true is not None else None,
         "scores": scores,
     }
+
+
+def init_source(cfg: TrainConfig) -> Path:
+    """The fold folder ``--init-from`` names: ``RUN/fold<K>`` of this run's fold, or ``RUN`` itself."""
+    run = Path(cfg.init_from)
+    for folder in (run / f"fold{cfg.fold}", run):
+        if (folder / "best.pt").is_file() and (folder / RECIPE_FILE).is_file():
+            return folder
+    raise InputError(f"--init-from {run}: neither {run / f'fold{cfg.fold}'} nor {run} holds a trained fold "
+                     f"(best.pt and {RECIPE_FILE})")
+
+
+def init_weights(cfg: TrainConfig, net: torch.nn.Module) -> str:
+    """Load ``--init-from``'s weights into ``net`` (:func:`cellloc.transfer.transfer_state`); returns what was done."""
+    source = init_source(cfg)
+    recipe = Recipe.read(source / RECIPE_FILE)
+    if recipe.model != cfg.model:
+        raise InputError(f"--init-from {source}: a {recipe.model} model, but this run trains {cfg.model} "
+                         f"(pass --model {recipe.model})")
+    state, report = transfer_state(load_checkpoint(source / "best.pt"), net.state_dict(), recipe.channels,
+                                   cfg.channel_names, recipe.num_classes, cfg.num_classes, f"--init-from {source}")
+    net.load_state_dict(state)
+    return f"{source}: {report.line()}"
 
 
 def _build_net(cfg: TrainConfig, pretrained: str) -> torch.nn.Module:
