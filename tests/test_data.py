@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from cellloc.data import (
     CellCropDataset,
     EpochSampler,
+    FieldBatchSampler,
     FieldFiles,
     FieldInput,
     SampleDataset,
@@ -26,7 +27,10 @@ from cellloc.data import (
     preprocess_crop,
     read_cells,
     read_samples,
+    read_soft_targets,
     seed_augment,
+    soft_targets,
+    table_cell_weights,
     write_synthetic_cells,
 )
 from cellloc.cells import resize_square, split_crop_reference
@@ -222,6 +226,63 @@ def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch():
     s2.set_epoch(1)
     assert list(s2) == list(s)
     assert [i for i, _ in EpochSampler(5, 0, shuffle=False)] == [0, 1, 2, 3, 4]
+
+
+def test_field_batches_hold_whole_fields_and_every_cell_once():
+    groups = np.repeat([5, 7, 9, 11], [9, 3, 8, 1])  # 21 cells of 4 fields
+    sampler = FieldBatchSampler(groups, cells_per_field=4, fields_per_batch=2, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3  # chunks 3+3+3, 3, 4+4, 1 = 7 chunks: 2 + 2 + 3 (the lone chunk joins)
+    seen = [i for b in batches for i, _ in b]
+    assert sorted(seen) == list(range(21))  # every cell once
+    for b in batches:
+        fields = groups[[i for i, _ in b]]
+        assert len(set(fields)) <= 3 and all((fields == g).sum() <= 4 for g in set(fields))
+    assert batches == list(sampler)  # same epoch, same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    with pytest.raises(ValueError):
+        FieldBatchSampler(groups, 0, 2, 0)
+
+
+def test_dataset_passes_extras_on(cells_csv: Path):
+    cells = read_cells(cells_csv, 19)
+    y = label_matrix(cells, "weak", 19)
+    extras = {"weight": np.linspace(0, 1, len(cells)).astype(np.float32), "group": np.arange(len(cells)) // 4}
+    ds = CellCropDataset(cells["crop_path"], y, 32, [0.1] * 4, [0.2] * 4)
+    ds = SampleDataset(ds.reader, y, ds.view, None, extras)
+    batch = next(iter(DataLoader(ds, batch_size=6)))
+    np.testing.assert_allclose(batch["weight"].numpy(), extras["weight"][:6])
+    assert batch["group"].tolist() == [0, 0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="3 weight values"):
+        SampleDataset(ds.reader, y, ds.view, None, {"weight": np.ones(3)})
+
+
+def test_soft_targets_never_give_a_class_the_field_lacks(tmp_path: Path):
+    labels = np.array([[1, 0, 1], [1, 1, 0]], np.float32)
+    preds = np.array([[0.2, 0.9, 0.6], [0.9, 0.1, 0.7]])
+    np.testing.assert_allclose(soft_targets(labels, preds, 1.0), [[0.2, 0, 0.6], [0.9, 0.1, 0]])
+    np.testing.assert_allclose(soft_targets(labels, preds, 0.5), [[0.6, 0, 0.8], [0.95, 0.55, 0]])
+    np.testing.assert_array_equal(soft_targets(labels, preds, 0.0), labels)
+    # a run folder's fold*/val_predictions.csv together; a cell predicted twice is averaged
+    cols = [f"p{k}" for k in range(3)]
+    for k, rows in enumerate(([["a", 1, 0.2, 0.4, 0.6]], [["a", 2, 0.1, 0.1, 0.1], ["a", 1, 0.4, 0.4, 0.4]])):
+        write_csv(tmp_path / f"fold{k}" / "val_predictions.csv", pd.DataFrame(rows, columns=["ID", "cell_id", *cols]))
+    got = read_soft_targets(tmp_path, 3).sort_values("cell_id")
+    assert got["cell_id"].tolist() == [1, 2]
+    np.testing.assert_allclose(got[cols].to_numpy(), [[0.3, 0.4, 0.5], [0.1, 0.1, 0.1]])
+    write_csv(tmp_path / "bad.csv", pd.DataFrame([["a", 1, 1.5, 0, 0]], columns=["ID", "cell_id", *cols]))
+    with pytest.raises(InputError, match="probabilities in"):
+        read_soft_targets(tmp_path / "bad.csv", 3)
+
+
+def test_table_cell_weights_compare_cells_within_their_field():
+    cells = pd.DataFrame({"ID": ["a", "a", "a", "b", "b"], "area": [100, 100, 40, 10, 10],
+                          "edge": ["False", "True", "False", "False", "False"], "nucleus_area": [5, 5, 5, 0, 3]})
+    np.testing.assert_allclose(table_cell_weights(cells), [1.0, 0.5, 0.4, 0.0, 1.0])
+    np.testing.assert_allclose(table_cell_weights(cells, edge_weight=0.0), [1.0, 0.0, 0.4, 0.0, 1.0])
+    with pytest.raises(InputError, match="need a area column"):
+        table_cell_weights(cells.drop(columns="area"))
 
 
 def test_batches_do_not_depend_on_worker_count(cells_csv: Path):

@@ -123,8 +123,8 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     trainer.save(tmp_path / "full.pt")
     trainer.save(tmp_path / "weights.pt", weights_only=True)
     full = torch.load(tmp_path / "full.pt", weights_only=True)
-    assert set(full) == {"model", "optimizer", "scheduler", "scaler"}
-    assert full["scheduler"]["last_epoch"] == 4
+    assert set(full) == {"model", "heads", "optimizer", "scheduler", "scaler"}
+    assert full["scheduler"]["last_epoch"] == 4 and full["heads"] is None  # no image head on this module
     other = CellTez(toy_module(seed=1), device="cpu")
     other.load(tmp_path / "weights.pt", weights_only=True)
     torch.testing.assert_close(other.net_state_dict(), trainer.net_state_dict())

@@ -68,3 +68,15 @@ def test_probabilities_of_each_kind():
     logits = torch.tensor([[0.0, math.log(3.0)]])
     torch.testing.assert_close(probabilities(logits, "multiclass"), torch.tensor([[0.25, 0.75]]))
     torch.testing.assert_close(probabilities(logits, "multilabel"), torch.tensor([[0.5, 0.75]]))
+
+
+def test_sample_weights_average_per_sample_losses():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    for name in ("bce", "focal", "ce"):
+        fn = create_loss(name, "multiclass" if name == "ce" else "multilabel")
+        first, second = float(fn(logits[:1], Y[:1])), float(fn(logits[1:], Y[1:]))
+        assert float(fn(logits, Y)) == pytest.approx((first + second) / 2, rel=1e-6), name
+        w = torch.tensor([3.0, 1.0])
+        assert float(fn(logits, Y, w)) == pytest.approx((3 * first + second) / 4, rel=1e-6), name
+        assert float(fn(logits, Y, torch.tensor([0.0, 2.0]))) == pytest.approx(second, rel=1e-6), name  # weight 0 drops a sample
+        assert float(fn(logits, Y, torch.ones(2))) == pytest.approx(float(fn(logits, Y)), rel=1e-6), name

@@ -53,6 +53,10 @@ def test_negative_rises_when_no_class_is_confident():
 def test_cell_weights_downweight_small_and_edge_cells():
     w = cell_weights(np.array([100, 100, 25]), np.array([False, True, False]))
     np.testing.assert_allclose(w, [1.0, 0.5, 0.25])
+    # a cell without a nucleus counts for nothing, unless no cell of the field has one (no nucleus masks)
+    w = cell_weights(np.array([100, 100, 25]), np.array([False, True, False]), np.array([30, 0, 10]), edge_weight=0.25)
+    np.testing.assert_allclose(w, [1.0, 0.0, 0.25])
+    np.testing.assert_allclose(cell_weights(np.array([100, 100, 50]), np.zeros(3, bool), np.zeros(3)), [1.0, 1.0, 0.5])
 
 
 class FixedScores:
@@ -121,10 +125,32 @@ def test_an_image_model_goes_with_an_image_blend_and_only_with_one(blend, image_
                      FieldOptions(blend=blend))
 
 
+def test_cell_confidence_weight_ranks_less_trusted_cells_lower():
+    """Cell 2 touches the field edge and has no nucleus while cell 1 has one: its answers drop to 0."""
+    image, cells = two_cell_field()
+    cells[35:64, 35:64] = np.where(cells[35:64, 35:64] == 0, 2, cells[35:64, 35:64])
+    nuclei = (cells == 1).astype(np.uint16)
+    plain = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(blend="none"))
+    weighted = field_scores(image, cells, nuclei, FixedScores("cell"),
+                            options=FieldOptions(blend="none", cell_confidence="weight"))
+    small = 400 / np.median([400, 29 * 29])  # cell 1 is smaller than the field's median cell
+    np.testing.assert_allclose(weighted.scores[0], plain.scores[0] * small, rtol=1e-6)
+    assert plain.scores[1, 18] == 1.0 and weighted.scores[1].max() == 0.0
+    with pytest.raises(ValueError, match="cell confidence must be one of"):
+        FieldOptions(cell_confidence="area")
+
+
 def test_crops_are_cut_as_the_recipe_says_and_levels_are_checked():
     image, cells = two_cell_field()
     table, crops = crop_field(image, cells, np.zeros_like(cells), FixedScores("cell", crop_size=24))
     assert table["cell_id"].tolist() == [1, 2] and crops.shape == (2, 24, 24, 4)
+    stretched = FixedScores("cell", crop_size=24)
+    stretched.recipe.input["crop_fit"] = "stretch"
+    cells[5:25, 5:25] = 0
+    cells[5:10, 5:45] = 1  # a flat cell: padded it fills a band, stretched the whole square
+    _, pad = crop_field(image, cells, np.zeros_like(cells), FixedScores("cell", crop_size=24))
+    _, fill = crop_field(image, cells, np.zeros_like(cells), stretched)
+    assert (pad[0, ..., 0] > 0).mean() < 0.3 and (fill[0, ..., 0] > 0).mean() > 0.6  # margins aside
     with pytest.raises(InputError, match="image-level model scores whole fields"):
         crop_field(image, cells, np.zeros_like(cells), FixedScores("image"))
     with pytest.raises(InputError, match="cell-level model scores cells"):

@@ -221,6 +221,22 @@ def test_cell_table_and_crops():
         crop_cell(img, cells, 2, (20, 10, 30, 20), 16, mask="bogus")
 
 
+def test_stretched_crops_fill_the_square_with_the_cell():
+    """fit=stretch resizes the cell's bounding box to the square; pad keeps its shape inside a square."""
+    img = np.full((60, 60, 1), 200, np.uint8)
+    cells = np.zeros((60, 60), np.uint16)
+    cells[20:30, 5:45] = 1  # a 40 x 10 cell, four times wider than tall
+    padded = crop_cell(img, cells, 1, (5, 20, 45, 30), 32, mask="cell", margin=0.0)
+    stretched = crop_cell(img, cells, 1, (5, 20, 45, 30), 32, mask="cell", margin=0.0, fit="stretch")
+    assert padded.shape == stretched.shape == (32, 32, 1)
+    assert 0.15 < (padded[..., 0] > 0).mean() < 0.35  # a band a quarter of the square high
+    assert (stretched[..., 0] > 0).all()  # the cell fills the square
+    edge = crop_cell(img, cells, 1, (5, 20, 45, 30), 32, mask="cell", margin=0.25, fit="stretch")
+    assert (edge[..., 0] > 0).mean() == pytest.approx((1 / 1.5) ** 2, abs=0.08)  # the margin on each side, zero outside
+    with pytest.raises(ValueError, match="fit must be one of"):
+        crop_cell(img, cells, 1, (5, 20, 45, 30), 32, fit="zoom")
+
+
 def test_crops_of_six_channel_fields_keep_every_channel():
     """RxRx1 has 6 channels; OpenCV resizes at most 4 at once with some interpolations."""
     img = np.arange(6, dtype=np.uint8)[None, None, :].repeat(40, 0).repeat(40, 1) * 40

@@ -79,8 +79,15 @@ class Snapshot(Callback):
         (["--model", "resnet9"], "unknown model 'resnet9'; known: efficientnet-b0"),
         (["--pretrained", "yes"], "pretrained must be none or imagenet"),
         (["--label-source", "cells"], "label_source must be weak or true"),
-        (["--monitor", "f1"], "monitor must be one of loss, macro_ap, macro_f1 for multilabel task hpa-sc"),
-        (["--monitor", "accuracy"], "monitor must be one of loss, macro_ap, macro_f1"),
+        (["--monitor", "f1"], "monitor must be one of loss, last, macro_ap, macro_f1 for multilabel task hpa-sc"),
+        (["--monitor", "accuracy"], "monitor must be one of loss, last, macro_ap, macro_f1"),
+        (["--soft-weight", "1.5"], "soft_weight must be in [0, 1]"),
+        (["--soft-targets", "x", "--label-source", "true"], "soft_targets refine the weak labels"),
+        (["--level", "image", "--image-head", "max"], "image_head is for cell-level training"),
+        (["--level", "image", "--cell-weights", "drop"], "cell_weights is for cell-level training"),
+        (["--image-head", "mean", "--cells-per-field", "64"], "cells_per_field must be in 1..batch_size (32)"),
+        (["--image-loss-weight", "-1"], "image_loss_weight must be >= 0"),
+        (["--image-head", "max", "--balance-power", "1"], "cannot be combined with balance_power"),
         (["--device", "tpu"], "device must be auto, cpu or cuda"),
         (["--optimizer", "lamb"], "optimizer must be one of adam, adamw, nadam, sgd"),
         (["--schedule", "step"], "schedule must be one of constant, cosine, exponential, onecycle"),
@@ -388,3 +395,87 @@ def test_a_corrupt_crop_met_by_a_dataloader_worker_is_one_short_line(tmp_path):
         train_fold(cfg)
     msg = str(err.value)
     assert msg.startswith(f"{bad}: cannot read crop (") and len(msg) < 300 and "Traceback" not in msg
+
+
+# --------------------------------------------------------------------------- weak-label options
+
+
+def _with_geometry(cells_csv: Path) -> Path:
+    """The tiny table with what cell weights need: per-field areas (one small cell), edge flags, nuclei."""
+    df = pd.read_csv(cells_csv, dtype=str, keep_default_na=False)
+    k = df["cell_id"].astype(int)
+    df["area"] = np.where(k == 1, 200, 1000)  # cell 1 of each field: a fifth of the median
+    df["edge"] = np.where(k == 2, "True", "False")
+    df["nucleus_area"] = np.where(k == 3, 0, 150)
+    out = cells_csv.parent / "with_geometry.csv"
+    df.to_csv(out, index=False)
+    return out
+
+
+def test_monitor_last_keeps_the_last_epoch(cells_csv, tmp_path):
+    result = train_fold(tiny(cells_csv, tmp_path, epochs=3, monitor="last", patience=1, lr=0.5))
+    hist = pd.read_csv(result.run_dir / "metrics.csv")
+    assert result.epochs_run == 3 and result.best_epoch == 2 and hist["best"].all()  # never stops, always saves
+
+
+def test_soft_targets_from_out_of_fold_predictions(cells_csv, tmp_path):
+    """Every fold trained on field labels; then a fold retrained on their held-out predictions."""
+    for k in range(3):
+        train_fold(tiny(cells_csv, tmp_path, fold=k, epochs=1, run_name="oof"))
+    oof = pd.concat([pd.read_csv(tmp_path / "oof" / f"fold{k}" / "val_predictions.csv") for k in range(3)])
+    assert len(oof) == 24  # every cell predicted once, by the fold that did not train on it
+    cfg = tiny(cells_csv, tmp_path, epochs=1, run_name="soft", soft_targets=str(tmp_path / "oof"), soft_weight=0.5)
+    from cellloc.runs.train import cell_samples
+
+    sets = cell_samples(cfg)
+    weak = np.stack([np.isin(np.arange(19), w) for w in sets.train["weak"]]).astype(np.float32)
+    key = sets.train[["ID", "cell_id"]].astype({"cell_id": int})
+    pred = key.merge(oof, on=["ID", "cell_id"])[[f"p{k}" for k in range(19)]].to_numpy()
+    np.testing.assert_allclose(sets.y_train, weak * (0.5 + 0.5 * pred), atol=1e-5)
+    assert (sets.y_train[weak == 0] == 0).all()  # never a class the field lacks
+    assert train_fold(cfg).n_train == 16
+    partial = tmp_path / "partial.csv"
+    oof.iloc[:5].to_csv(partial, index=False)
+    with pytest.raises(InputError, match="no prediction of 1[0-9] of 16 training cells"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=1, run_name="p", soft_targets=str(partial)))
+    (tmp_path / "untrained").mkdir()
+    with pytest.raises(InputError, match="no fold.*val_predictions.csv"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=1, run_name="p", soft_targets=str(tmp_path / "untrained")))
+
+
+def test_cell_weights_drop_and_weight(cells_csv, tmp_path):
+    table = _with_geometry(cells_csv)
+    from cellloc.runs.train import cell_samples
+
+    dropped = cell_samples(tiny(table, tmp_path, cell_weights="drop"))
+    assert sorted(set(dropped.train["cell_id"].astype(int))) == [4]  # small, edge-cut and nucleus-less cells left out
+    weighted = cell_samples(tiny(table, tmp_path, cell_weights="weight"))
+    w = dict(zip(weighted.train["cell_id"].astype(int), weighted.train_extras["weight"]))
+    assert w == {1: pytest.approx(0.2), 2: 0.5, 3: 0.0, 4: 1.0}
+    assert train_fold(tiny(table, tmp_path, cell_weights="weight", epochs=1)).n_train == 16
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "attention"])
+def test_image_head_trains_and_folds_load_as_cell_models(cells_csv, tmp_path, pool):
+    cfg = tiny(cells_csv, tmp_path, epochs=2, image_head=pool, cells_per_field=4, batch_size=8, run_name=pool)
+    result = train_fold(cfg)
+    assert result.epochs_run == 2 and np.isfinite(pd.read_csv(cfg.run_dir / "metrics.csv")["train_loss"]).all()
+    last = torch.load(cfg.run_dir / "last.pt", weights_only=True)
+    assert "fc.weight" in last["heads"] and ("attention.weight" in last["heads"]) == (pool == "attention")
+    model = load_classifier(cfg.run_dir)  # best.pt holds the backbone only
+    preds = pd.read_csv(cfg.run_dir / "val_predictions.csv")
+    cells = read_cells(cells_csv, 19)
+    probs = model.predict(list(cells[cells["fold"] == 0]["crop_path"]))
+    np.testing.assert_allclose(probs, preds[[f"p{k}" for k in range(19)]].to_numpy(), atol=1e-5)
+
+
+def test_image_head_run_resumes_like_an_uninterrupted_one(cells_csv, tmp_path):
+    kw = dict(epochs=2, image_head="attention", cells_per_field=4, batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(tiny(cells_csv, tmp_path, run_name="cut", **kw), callbacks=[Interrupt(epoch=0)])
+    train_fold(tiny(cells_csv, tmp_path, run_name="cut", resume=True, **kw))
+    train_fold(tiny(cells_csv, tmp_path, run_name="whole", **kw))
+    a, b = (torch.load(tmp_path / r / "fold0" / "last.pt", weights_only=True) for r in ("cut", "whole"))
+    for part in ("model", "heads"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-5, msg=f"{part} {k}")

@@ -1,9 +1,12 @@
 """Per-cell measurements and crops, from a field and its instance labels (pure array functions).
 
 A crop is a square around the cell's bounding box (side = its longer edge plus a margin), padded
-with zeros where it leaves the field, then resized to a fixed size. Pixels outside the cell are
-zeroed by default (``mask="cell"``), or only those of other cells (``"others"``), or none. The
-dtype is kept: a uint16 field gives uint16 crops.
+with zeros where it leaves the field, then resized to a fixed size (``fit="pad"``: the cell keeps
+its aspect ratio). ``fit="stretch"`` cuts the bounding box itself (plus the margin on each side)
+and resizes it to the square, stretching the cell along its shorter side: the original HPA
+single-cell recipe's choice, which fills the network input with the cell. Pixels outside the
+cell are zeroed by default (``mask="cell"``), or only those of other cells (``"others"``), or
+none. The dtype is kept: a uint16 field gives uint16 crops.
 
 A segmentation run stores a field's crops together, as one ``(n_cells, S, S, C)`` ``.npy``
 array in the order of the field's table rows, and a cells table names crop ``k`` of it
@@ -22,6 +25,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 MASK_MODES = ("cell", "others", "none")
+CROP_FITS = ("pad", "stretch")
 
 
 def cell_table(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, channels: Sequence[str]) -> pd.DataFrame:
@@ -89,14 +93,22 @@ def square_box(x0: int, y0: int, x1: int, y1: int, margin: float = 0.05) -> tupl
     return int(round(cy - side / 2)), int(round(cx - side / 2)), side
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square HxWxC array to ``size`` x ``size`` (area when shrinking, linear when growing).
+def stretch_box(x0: int, y0: int, x1: int, y1: int, margin: float = 0.05) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a bbox grown by ``margin`` of its own size on each side."""
+    h, w = y1 - y0, x1 - x0
+    my, mx = int(np.ceil(h * margin)), int(np.ceil(w * margin))
+    return y0 - my, x0 - mx, h + 2 * my, w + 2 * mx
 
-    Shared by the crop writer and the training/inference preprocessing, so both resize alike.
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize an HxWxC array to ``size`` x ``size`` (area when shrinking, linear when growing).
+
+    Shared by the crop writer and the training/inference preprocessing, so both resize alike. A
+    non-square input is stretched (what ``fit="stretch"`` crops want); pad it first to keep its shape.
     """
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
     c = img.shape[2]
     if c <= 4:
         out = cv2.resize(img, (size, size), interpolation=interp)
@@ -109,15 +121,21 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def crop_cell(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int], size: int,
-              mask: str = "cell", margin: float = 0.05) -> np.ndarray:
+              mask: str = "cell", margin: float = 0.05, fit: str = "pad") -> np.ndarray:
     """``size`` x ``size`` x C crop of one cell, dtype kept (see module docstring)."""
     if mask not in MASK_MODES:
         raise ValueError(f"mask must be one of {MASK_MODES}, not {mask!r}")
-    top, left, side = square_box(*bbox, margin=margin)
+    if fit not in CROP_FITS:
+        raise ValueError(f"fit must be one of {CROP_FITS}, not {fit!r}")
+    if fit == "pad":
+        top, left, side = square_box(*bbox, margin=margin)
+        box_h = box_w = side
+    else:
+        top, left, box_h, box_w = stretch_box(*bbox, margin=margin)
     h, w = cells.shape
-    out = np.zeros((side, side, image.shape[2]), image.dtype)
-    ys, ye = max(0, top), min(h, top + side)
-    xs, xe = max(0, left), min(w, left + side)
+    out = np.zeros((box_h, box_w, image.shape[2]), image.dtype)
+    ys, ye = max(0, top), min(h, top + box_h)
+    xs, xe = max(0, left), min(w, left + box_w)
     patch = image[ys:ye, xs:xe]
     if mask != "none":
         lab = cells[ys:ye, xs:xe]
@@ -130,10 +148,12 @@ def crop_cell(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[in
     return resize_square(out, size)
 
 
-def crop_cells(image: np.ndarray, cells: np.ndarray, table: pd.DataFrame, size: int, mask: str = "cell") -> dict[int, np.ndarray]:
+def crop_cells(image: np.ndarray, cells: np.ndarray, table: pd.DataFrame, size: int, mask: str = "cell",
+               fit: str = "pad") -> dict[int, np.ndarray]:
     """Crops of every cell in ``table`` (as made by :func:`cell_table`), keyed by cell id."""
     return {
-        int(r.cell_id): crop_cell(image, cells, int(r.cell_id), (int(r.x0), int(r.y0), int(r.x1), int(r.y1)), size, mask)
+        int(r.cell_id): crop_cell(image, cells, int(r.cell_id), (int(r.x0), int(r.y0), int(r.x1), int(r.y1)), size, mask,
+                                  fit=fit)
         for r in table.itertuples()
     }
 

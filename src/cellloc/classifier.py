@@ -7,7 +7,7 @@ so a loaded classifier needs no path from training:
 
     {"task": "hpa-sc", "level": "cell", "model": "efficientnet-b2", "in_chans": 4, "num_classes": 19,
      "image_size": 64, "mean": [...], "std": [...], "kind": "multilabel",
-     "input": {"kind": "cell_crop", "crop_size": 128, "crop_mask": "cell", "segment": {...SegmentConfig...}}
+     "input": {"kind": "cell_crop", "crop_size": 128, "crop_mask": "cell", "crop_fit": "pad", "segment": {...SegmentConfig...}}
           or {"kind": "field", "resize": 512, "tiles": 1},
      "thresholds": null | {"global": 0.3, "per_class": [...]}}
 

@@ -114,6 +114,64 @@ def label_matrix(cells: pd.DataFrame, source: str, num_classes: int) -> np.ndarr
     return multihot(list(cells[col]), num_classes).astype(np.float32)
 
 
+def read_soft_targets(path: str | Path, num_classes: int) -> pd.DataFrame:
+    """Per-cell predictions to train on: ``ID, cell_id, p0..p{C-1}`` (float), one row per cell.
+
+    ``path`` is one CSV or a run folder, whose ``fold*/val_predictions.csv`` (each fold's
+    predictions of its held-out cells, written by ``train.py``) together hold an out-of-fold
+    prediction of every cell. A cell predicted more than once gets the mean.
+    """
+    path = Path(path)
+    files = sorted(path.glob("fold*/val_predictions.csv")) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"{path}: no fold*/val_predictions.csv (train the folds on image labels first)")
+    cols = [f"p{k}" for k in range(num_classes)]
+    parts = []
+    for f in files:
+        df = read_csv(f, ("ID", "cell_id", *cols))
+        try:
+            parts.append(df[["ID", "cell_id"]].assign(cell_id=df["cell_id"].astype(int), **{c: df[c].astype(float) for c in cols}))
+        except ValueError as exc:
+            raise InputError(f"{f}: not a number ({exc})") from None
+    table = pd.concat(parts, ignore_index=True)
+    bad = table[cols].to_numpy()
+    if not np.isfinite(bad).all() or bad.min() < 0 or bad.max() > 1:
+        raise InputError(f"{path}: predictions must be probabilities in [0, 1]")
+    return table.groupby(["ID", "cell_id"], as_index=False, sort=False)[cols].mean()
+
+
+def soft_targets(labels: np.ndarray, predictions: np.ndarray, weight: float) -> np.ndarray:
+    """(N, C) targets ``labels * ((1 - weight) + weight * predictions)``.
+
+    ``labels`` (N, C) are the cells' field labels (multi-hot), ``predictions`` (N, C) out-of-fold
+    probabilities of the same cells. A cell keeps ``1 - weight`` of its field's label and takes
+    the rest from the prediction, and never gets a class its field lacks. ``weight = 0``: the
+    field labels; ``1``: the predictions restricted to the field's classes.
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    return (labels * ((1.0 - weight) + weight * np.clip(predictions, 0.0, 1.0))).astype(np.float32)
+
+
+def table_cell_weights(cells: pd.DataFrame, edge_weight: float = 0.5) -> np.ndarray:
+    """(N,) :func:`cellloc.pipeline.cell_weights` of a cells table (``ID, area, edge[, nucleus_area]``), field by field.
+
+    The area is compared with the median of its own field's cells, as at prediction time.
+    """
+    from .pipeline import cell_weights
+
+    for col in ("ID", "area", "edge"):
+        if col not in cells.columns:
+            raise InputError(f"cell weights need a {col} column in the cells table")
+    out = np.zeros(len(cells))
+    edge = cells["edge"].astype(str).str.lower().isin(("true", "1")).to_numpy()
+    area = cells["area"].astype(float).to_numpy()
+    nucleus = cells["nucleus_area"].astype(float).to_numpy() if "nucleus_area" in cells.columns else None
+    for rows in cells.groupby("ID", sort=False).indices.values():
+        out[rows] = cell_weights(area[rows], edge[rows], None if nucleus is None else nucleus[rows], edge_weight)
+    return out
+
+
 def read_samples(path: str | Path, num_classes: int) -> pd.DataFrame:
     """Read a folds table for a whole-field (image-level) model: one row per labelled sample.
 
@@ -456,16 +514,22 @@ class SampleDataset(Dataset):
     ``reader[i]`` is sample ``i`` as an HxWxC array, ``view`` an input kind. ``dataset[i]`` gives
     the unaugmented view of sample ``i``; ``dataset[(i, seed)]`` (what :class:`EpochSampler`
     yields) augments it (and places a field's crop) with randomness drawn from ``seed`` only.
+    ``extras`` are further per-sample arrays passed on under their names (e.g. ``weight``: a
+    sample's loss weight; ``group``: the field a cell belongs to; ``image_targets``: its field's labels).
     """
 
     def __init__(self, reader: Sequence[np.ndarray], targets: np.ndarray | None, view: InputKind,
-                 augment: A.Compose | None = None) -> None:
+                 augment: A.Compose | None = None, extras: dict[str, np.ndarray] | None = None) -> None:
         if targets is not None and len(targets) != len(reader):
             raise ValueError(f"{len(reader)} samples but {len(targets)} target rows")
+        for name, values in (extras or {}).items():
+            if len(values) != len(reader):
+                raise ValueError(f"{len(reader)} samples but {len(values)} {name} values")
         self.reader = reader
         self.targets = None if targets is None else np.asarray(targets, np.float32)
         self.view = view
         self.augment = augment
+        self.extras = {k: np.asarray(v) for k, v in (extras or {}).items()}
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -481,6 +545,8 @@ class SampleDataset(Dataset):
         item = {"image": torch.from_numpy(image), "index": torch.tensor(index, dtype=torch.long)}
         if self.targets is not None:
             item["targets"] = torch.from_numpy(self.targets[index])
+        for name, values in self.extras.items():
+            item[name] = torch.as_tensor(values[index])
         return item
 
 
@@ -525,6 +591,51 @@ class EpochSampler(Sampler):
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         seeds = rng.integers(0, 2**31 - 1, size=self.n)
         return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+
+
+class FieldBatchSampler(Sampler):
+    """Batches of the cells of a few fields: what a model with an image head pooled over a field's cells needs.
+
+    ``groups`` (n,) gives each sample's field (any integer code). Each epoch every field's cells
+    are shuffled and split into near-equal chunks of at most ``cells_per_field``; the chunks are
+    shuffled and ``fields_per_batch`` of them make a batch, so every cell is seen once per epoch
+    (as with :class:`EpochSampler`) and a batch holds ``fields_per_batch`` fields. Yields lists of
+    ``(index, augmentation_seed)``; order and seeds depend only on (seed, epoch).
+    """
+
+    def __init__(self, groups: Sequence[int] | np.ndarray, cells_per_field: int, fields_per_batch: int, seed: int) -> None:
+        if cells_per_field < 1 or fields_per_batch < 1:
+            raise ValueError(f"cells_per_field and fields_per_batch must be >= 1, got {cells_per_field}, {fields_per_batch}")
+        codes = np.asarray(groups)
+        self.members = [np.flatnonzero(codes == g) for g in np.unique(codes)]
+        self.cells_per_field = int(cells_per_field)
+        self.fields_per_batch = int(fields_per_batch)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.n = len(codes)
+        self.n_chunks = sum(-(-len(m) // self.cells_per_field) for m in self.members)
+        self.batch_size = self.cells_per_field * self.fields_per_batch  # nominal (tez reads it); batches vary around it
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        # a lone last chunk joins the batch before it (a one-cell batch would break batch norm)
+        full, rest = divmod(self.n_chunks, self.fields_per_batch)
+        return full + (rest > 1 or (rest == 1 and full == 0))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks: list[np.ndarray] = []
+        for m in self.members:
+            chunks += np.array_split(rng.permutation(m), -(-len(m) // self.cells_per_field))
+        order = rng.permutation(len(chunks))
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        batches = [order[k:k + self.fields_per_batch] for k in range(0, len(order), self.fields_per_batch)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            lone = batches.pop()
+            batches[-1] = np.concatenate([batches[-1], lone])
+        return iter([[(int(i), int(seeds[i])) for c in b for i in chunks[c]] for b in batches])
 
 
 # --------------------------------------------------------------------------- synthetic crops

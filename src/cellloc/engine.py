@@ -183,12 +183,18 @@ class TezModule(nn.Module):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
-    def forward(self, image: torch.Tensor, targets: torch.Tensor | None = None, **_: Any):
+    def forward(self, image: torch.Tensor, targets: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                **_: Any):
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         logits = self.net(image)
-        loss = self.loss_fn(logits.float(), targets) if targets is not None else None
-        return logits, loss, {}
+        return logits, self.loss(logits, targets, weight), {}
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor | None, weight: torch.Tensor | None = None):
+        """The loss of ``logits`` against ``targets`` (None without targets), weighted per sample when ``weight`` is given."""
+        if targets is None:
+            return None
+        return self.loss_fn(logits.float(), targets) if weight is None else self.loss_fn(logits.float(), targets, weight)
 
     def optimizer_scheduler(self) -> tuple[torch.optim.Optimizer, Any]:
         return self.optimizer_factory(self.net)
@@ -199,10 +205,12 @@ class TezModule(nn.Module):
 
 class EarlyStopping(_TezEarlyStopping):
     """tez's EarlyStopping without ``np.Inf`` (defect 2), saving best weights as a plain state_dict,
-    remembering the best epoch, and with a state for ``--resume``.
+    remembering the best epoch, and with a state for ``--resume``. ``keep_last``: every epoch is
+    saved as the best and training never stops early (the monitored value is still recorded).
     """
 
-    def __init__(self, monitor: str, model_path: str | Path, patience: int = 5, mode: str = "min", delta: float = 0.001):
+    def __init__(self, monitor: str, model_path: str | Path, patience: int = 5, mode: str = "min", delta: float = 0.001,
+                 keep_last: bool = False):
         # Not super().__init__(): it evaluates np.Inf. Same attributes, same meaning.
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
@@ -218,12 +226,21 @@ class EarlyStopping(_TezEarlyStopping):
         self.history: list[str] = []
         self.val_score = np.inf if mode == "min" else -np.inf
         self.best_epoch: int | None = None
+        self.keep_last = keep_last
         if monitor.startswith("train_"):
             self.model_state, self.monitor_value = "train", monitor[len("train_") :]
         elif monitor.startswith("valid_"):
             self.model_state, self.monitor_value = "valid", monitor[len("valid_") :]
         else:
             raise ValueError("monitor must start with train_ or valid_")
+
+    def check(self, tez_trainer) -> None:
+        if not self.keep_last:
+            super().check(tez_trainer)
+            return
+        score = float(tez_trainer.metrics[self.model_state][self.monitor_value])
+        self.best_score = -score if self.mode == "min" else score
+        self.save_checkpoint(score, tez_trainer)
 
     def save_checkpoint(self, epoch_score, tez_trainer) -> None:
         self.best_epoch = int(tez_trainer.current_epoch)
@@ -474,9 +491,11 @@ class CellTez(tez.Tez):
     # -- checkpoints (defect 3) -------------------------------------------------------------
 
     def training_state(self) -> dict[str, Any]:
-        """Everything to continue training: net weights, optimizer, scheduler, AMP scaler."""
+        """Everything to continue training: net weights (and an image head's), optimizer, scheduler, AMP scaler."""
+        head = getattr(self.unwrapped(), "image_head", None)
         return {
             "model": self.net_state_dict(),
+            "heads": {k: v.detach().cpu() for k, v in head.state_dict().items()} if head is not None else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self._driver.scaler.state_dict() if self._driver.scaler is not None else None,
@@ -494,5 +513,8 @@ class CellTez(tez.Tez):
         sd = obj if weights_only or "model" not in obj else obj["model"]
         module = self.unwrapped()
         getattr(module, "net", module).load_state_dict(sd)
+        head = getattr(module, "image_head", None)
+        if not weights_only and head is not None and obj.get("heads"):
+            head.load_state_dict(obj["heads"])
         if not weights_only and self.optimizer is not None and obj.get("optimizer") is not None:
             self.optimizer.load_state_dict(obj["optimizer"])

@@ -1,9 +1,11 @@
 """Training losses by name, and the output activation that goes with each kind of task.
 
 ``create_loss(name, kind, ...)`` builds the ``nn.Module`` a config names; every loss takes
-``(logits (N, C) float, targets (N, C) float)`` and returns the mean over samples (and classes,
-for the per-class losses). Targets are always an (N, C) matrix: multi-hot for multilabel tasks,
-one-hot (or soft) rows for multiclass ones, so one Dataset serves both.
+``(logits (N, C) float, targets (N, C) float, weight (N,) float or None)`` and returns the mean
+over samples (and classes, for the per-class losses), weighted by ``weight`` when given (e.g.
+edge-cut or small cells counting less: ``sum(w_i * loss_i) / sum(w_i)``). Targets are always an
+(N, C) matrix: multi-hot (or soft, in [0, 1]) for multilabel tasks, one-hot (or soft) rows for
+multiclass ones, so one Dataset serves both.
 
 * ``bce``: binary cross-entropy on sigmoid outputs, one independent yes/no per class (HPA).
 * ``focal``: the same with each term scaled by ``(1 - p_t) ** gamma`` (Lin et al. 2017), so
@@ -28,7 +30,28 @@ from .errors import InputError
 from .registry import Registry
 
 
-class FocalLoss(nn.Module):
+class SampleLoss(nn.Module):
+    """A loss defined per sample (:meth:`per_sample`, shape (N,)), averaged with optional sample weights."""
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.per_sample(logits, targets)
+        if weight is None:
+            return loss.mean()
+        weight = weight.to(loss.dtype)
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+class BinaryCrossEntropy(SampleLoss):
+    """Sigmoid binary cross-entropy, mean over classes per sample (``nn.BCEWithLogitsLoss`` when unweighted)."""
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+
+
+class FocalLoss(SampleLoss):
     """Sigmoid focal loss, mean over samples and classes. ``alpha`` (optional) weights positives."""
 
     def __init__(self, gamma: float = 2.0, alpha: float | None = None) -> None:
@@ -38,17 +61,17 @@ class FocalLoss(nn.Module):
         self.gamma = float(gamma)
         self.alpha = alpha
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         p = torch.sigmoid(logits)
         p_t = p * targets + (1 - p) * (1 - targets)
         loss = bce * (1 - p_t).pow(self.gamma)
         if self.alpha is not None:
             loss = loss * (self.alpha * targets + (1 - self.alpha) * (1 - targets))
-        return loss.mean()
+        return loss.mean(1)
 
 
-class SoftmaxCrossEntropy(nn.Module):
+class SoftmaxCrossEntropy(SampleLoss):
     """Cross-entropy of softmax outputs against (N, C) target rows, with label smoothing ``eps``."""
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
@@ -57,8 +80,8 @@ class SoftmaxCrossEntropy(nn.Module):
             raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
 
 
 @dataclass(frozen=True)
@@ -70,7 +93,7 @@ class LossEntry:
 
 
 LOSSES: Registry[LossEntry] = Registry("loss")
-LOSSES["bce"] = LossEntry(lambda **_: nn.BCEWithLogitsLoss(), ("multilabel", "multiclass"))
+LOSSES["bce"] = LossEntry(lambda **_: BinaryCrossEntropy(), ("multilabel", "multiclass"))
 LOSSES["focal"] = LossEntry(lambda focal_gamma=2.0, **_: FocalLoss(focal_gamma), ("multilabel", "multiclass"))
 LOSSES["ce"] = LossEntry(lambda label_smoothing=0.0, **_: SoftmaxCrossEntropy(label_smoothing), ("multiclass",))
 

@@ -201,6 +201,49 @@ def calibrate(net: nn.Module, batches: Iterable[torch.Tensor], head: nn.Module |
     return net.requires_grad_(False)
 
 
+# --------------------------------------------------------------------------- features and head apart
+
+HEAD_ATTRS = ("_fc", "fc", "last_linear", "classifier")  # efficientnet-pytorch, ResNet, SE-ResNeXt, DenseNet
+
+
+def _head(net: nn.Module) -> nn.Linear:
+    for name in HEAD_ATTRS:
+        layer = getattr(net, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise ValueError(f"{type(net).__name__}: no linear classification head named one of {', '.join(HEAD_ATTRS)}")
+
+
+def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, F) pooled features of a built backbone: what its classification head sees.
+
+    ``classify(net, embed(net, x))`` is ``net(x)``; a model with a second head (e.g. an image
+    head pooled over a field's cells, :mod:`cellloc.two_head`) shares the features. EfficientNets
+    stop before their dropout and head; the other backbones run whole and the head's input is kept
+    (the head itself costs one small matrix product).
+    """
+    if hasattr(net, "extract_features"):
+        return net._avg_pooling(net.extract_features(x)).flatten(1)
+    seen: list[torch.Tensor] = []
+    hook = _head(net).register_forward_pre_hook(lambda _layer, args: seen.append(args[0]))
+    try:
+        net(x)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def classify(net: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """(N, num_classes) logits of the backbone's own head (dropout where it has one, then the linear layer)."""
+    dropout = getattr(net, "_dropout", None)
+    return _head(net)(dropout(features) if dropout is not None else features)
+
+
+def num_features(net: nn.Module) -> int:
+    """Width of :func:`embed`'s features."""
+    return int(_head(net).in_features)
+
+
 # --------------------------------------------------------------------------- stem adaptation
 
 

@@ -34,6 +34,7 @@ from .errors import InputError
 from .plate_norm import FieldNormaliser
 from .submission import encode_field, prediction_string
 
+CONFIDENCE_MODES = ("none", "weight")
 Model = Classifier | Ensemble
 
 
@@ -64,10 +65,13 @@ class FieldOptions:
     field_weight: float = 0.3  # weight of the field score for the "mean" rule
     tta: int = 1  # dihedral views averaged per crop (1, 2, 4, 8)
     batch_size: int = 64  # crops per forward pass
+    cell_confidence: str = "none"  # none | weight: final scores times the cell's weight (small, edge-cut, no nucleus)
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {self.blend!r}")
+        if self.cell_confidence not in CONFIDENCE_MODES:
+            raise ValueError(f"cell confidence must be one of {CONFIDENCE_MODES}, not {self.cell_confidence!r}")
         if not 0 <= self.field_weight <= 1:
             raise ValueError(f"field weight must be in [0, 1], got {self.field_weight}")
 
@@ -85,11 +89,22 @@ class FieldScores:
 # --------------------------------------------------------------------------- pure scoring steps
 
 
-def cell_weights(area: np.ndarray, edge: np.ndarray, edge_weight: float = 0.5) -> np.ndarray:
-    """Weights for the field score: relative area (capped at 1) times ``edge_weight`` for edge-cut cells."""
+def cell_weights(area: np.ndarray, edge: np.ndarray, nucleus_area: np.ndarray | None = None,
+                 edge_weight: float = 0.5) -> np.ndarray:
+    """How much a field's cells are trusted: area relative to the field's median (capped at 1), times
+    ``edge_weight`` for edge-cut cells, and 0 for a cell without a nucleus (``nucleus_area`` 0).
+
+    A small or edge-cut cell shows less of its pattern, and a "cell" without a nucleus is mostly
+    a segmentation error: their scores are the least reliable. Used to weight the field's mean
+    cell score, and optionally the training loss and the submission's confidences. When no cell
+    of the field has a nucleus (masks given without nucleus masks) the nucleus rule is skipped.
+    """
     area = np.asarray(area, float)
     rel = np.clip(area / max(np.median(area), 1.0), 0.0, 1.0) if len(area) else area
-    return rel * np.where(np.asarray(edge, bool), edge_weight, 1.0)
+    w = rel * np.where(np.asarray(edge, bool), edge_weight, 1.0)
+    if nucleus_area is not None and (np.asarray(nucleus_area, float) > 0).any():
+        w = np.where(np.asarray(nucleus_area, float) > 0, w, 0.0)
+    return w
 
 
 def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -151,7 +166,7 @@ def crop_field(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, classif
     table = cell_table(image, cells, nuclei, classifier.task.channels)
     if len(table) == 0:
         return table, np.zeros((0, size, size, image.shape[2]), image.dtype)
-    crops = crop_cells(image, cells, table, int(size), mask)
+    crops = crop_cells(image, cells, table, int(size), mask, recipe.input.get("crop_fit", "pad"))
     return table, np.stack([crops[int(c)] for c in table["cell_id"]])
 
 
@@ -191,7 +206,11 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
     blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score)
     field = mean_cell_score(probs, weights) if image_score is None else image_score
-    return FieldScores(table, probs, np.asarray(field, np.float32), with_negative(blended, task.label_set.negative))
+    scores = with_negative(blended, task.label_set.negative)
+    if options.cell_confidence == "weight":
+        trust = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy(), table["nucleus_area"].to_numpy())
+        scores = (scores * trust[:, None]).astype(np.float32)
+    return FieldScores(table, probs, np.asarray(field, np.float32), scores)
 
 
 def check_image_blend(mode: str, has_image_model: bool) -> None:

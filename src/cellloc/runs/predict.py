@@ -42,7 +42,7 @@ from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLENDS, FieldOptions, check_image_blend, encode_prediction, field_scores
+from ..pipeline import BLENDS, CONFIDENCE_MODES, FieldOptions, check_image_blend, encode_prediction, field_scores
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
@@ -82,6 +82,9 @@ class PredictConfig(ExecutorOptions):
     blend: str = opt("", "mix cell scores with the field score: " + "; ".join(f"{n}: {b.help}" for n, b in BLENDS.items())
                      + " (default: image with --image-models, else product)", choices=["", *BLENDS])
     field_weight: float = opt(0.3, "weight w of the field score for --blend mean and image_mean")
+    cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
+                               "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
+                               choices=list(CONFIDENCE_MODES))
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
     plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
                                  "to one well (linear assignment on the scores) instead of each well's own argmax")
@@ -135,7 +138,8 @@ class PredictConfig(ExecutorOptions):
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
 
     def field_options(self) -> FieldOptions:
-        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size)
+        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size,
+                            cell_confidence=self.cell_confidence)
 
 
 @dataclass
@@ -179,7 +183,7 @@ def _segmentation(cfg: PredictConfig, model: Ensemble) -> SegmentConfig:
             raise InputError(f"{cfg.segment_config}: crop mask {seg_run.crop_mask!r} unknown")
         seg = seg_run.segment_config()
         for member in model.members:  # the crops must still be cut as in training
-            member.recipe.input.update(crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask)
+            member.recipe.input.update(crop_size=seg_run.crop_size, crop_mask=seg_run.crop_mask, crop_fit=seg_run.crop_fit)
     else:
         seg = model.recipe.segment_config()
         if seg is None:
@@ -263,7 +267,7 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
         "models": _members(predictor.model), "image_models": _members(predictor.image_model),
         "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
-        "blend": cfg.blend, "field_weight": cfg.field_weight, "tta": cfg.tta,
+        "blend": cfg.blend, "field_weight": cfg.field_weight, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
         "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
     }
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cells import MASK_MODES, cell_table, crop_cells, crop_reference
+from ..cells import CROP_FITS, MASK_MODES, cell_table, crop_cells, crop_reference
 from ..config import opt, save_config
 from ..errors import InputError
 from ..fieldio import MASK_FORMATS, dataset_root, mask_file, read_csv, read_mask, sha256_file, write_csv, write_mask, write_npy, write_png
@@ -73,6 +73,8 @@ class SegmentRunConfig(ExecutorOptions):
     snap_to_width: float = opt(0.25, "an estimate within this fraction of the HPA field-of-view value takes that value (0: never)")
     crop_size: int = opt(128, "side of the saved square cell crops, pixels")
     crop_mask: str = opt("cell", "zero pixels outside the cell (cell), of other cells (others), or none", choices=list(MASK_MODES))
+    crop_fit: str = opt("pad", "pad: a square around the cell (aspect ratio kept); stretch: its bounding box resized to "
+                        "the square (the cell fills the crop)", choices=list(CROP_FITS))
     remove_edge_cells: bool = opt(False, "drop cells that touch the field border")
     mask_format: str = opt("png", "masks as uint16 PNG, compressed npz, uint16 TIFF (tif) or an ImageJ ROI set (roi, .zip); several joined by commas, e.g. png,roi")
     overlay: bool = opt(False, "write an overlay PNG per field (outlines on a colour composite)")
@@ -150,7 +152,7 @@ class SegmentRunConfig(ExecutorOptions):
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
-        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask,
+        return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
                 "segment": dataclasses.asdict(self.segment_config())}
 
 
@@ -202,7 +204,7 @@ def run_settings(cfg: SegmentRunConfig) -> dict:
     truth = cfg.truth_dir()
     settings = {
         "task": cfg.task, "input": os.path.normpath(cfg.input), "segment": seg,
-        "crop_size": cfg.crop_size, "crop_mask": cfg.crop_mask,
+        "crop_size": cfg.crop_size, "crop_mask": cfg.crop_mask, "crop_fit": cfg.crop_fit,
         "labels_sha256": _file_identity(cfg.labels_path()), "truth_sha256": _file_identity(truth / "cells.csv" if truth else None),
     }
     if cfg.backend == "hpa":
@@ -279,7 +281,7 @@ class FieldWorker:
         with ThreadPoolExecutor(1, thread_name_prefix="masks") as writer:
             masks = writer.submit(self.write_masks, image_id, cells, nuclei, px.um)
             table = cell_table(image, cells, nuclei, cfg.channel_names)
-            crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask)
+            crops = crop_cells(image, cells, table, cfg.crop_size, cfg.crop_mask, cfg.crop_fit)
             rel = f"crops/{image_id}.npy"
             if crops:
                 write_npy(out / rel, np.stack([crops[int(c)] for c in table["cell_id"]]))

@@ -61,10 +61,11 @@ from ..config import load_config, opt, save_config
 from ..data import (
     ChainedFields,
     CropFiles,
+    EpochSampler,
+    FieldBatchSampler,
     FieldFiles,
     InputKind,
     SampleDataset,
-    EpochSampler,
     build_augment,
     channel_stats,
     check_crops_exist,
@@ -73,6 +74,9 @@ from ..data import (
     make_input,
     read_cells,
     read_samples,
+    read_soft_targets,
+    soft_targets,
+    table_cell_weights,
 )
 from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from ..errors import InputError
@@ -92,6 +96,7 @@ from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
+from ..two_head import TwoHeadModule
 from .segment import SegmentRunConfig
 
 # Fields that may differ between a run and its --resume (everything else must match): how long and
@@ -146,6 +151,21 @@ class TrainConfig:
     init_from: str = opt("", "start from another run's weights instead of --pretrained: a run folder (its fold<K>) or a "
                          "fold folder; same backbone; the stem follows --channels and the head the class count")
     label_source: str = opt("weak", "cell models' training labels: weak (the field's Label) or true (the cell's TrueLabel)")
+    soft_targets: str = opt("", "cell models on weak labels: a run folder whose fold*/val_predictions.csv hold an "
+                            "out-of-fold prediction of every training cell (or one such CSV); a cell's target becomes "
+                            "its field's label times (1 - w + w * prediction), w = --soft-weight: never a class its "
+                            "field lacks")
+    soft_weight: float = opt(1.0, "--soft-targets: share of the target taken from the prediction (0: the field labels)")
+    cell_weights: str = opt("none", "cell models: none; weight (each cell's loss times min(1, area / its field's median), "
+                            "halved for edge-cut cells, 0 without a nucleus); drop (leave out edge-cut cells, cells "
+                            "under half their field's median area and cells without a nucleus)",
+                            choices=["none", "weight", "drop"])
+    image_head: str = opt("none", "cell models: none, or a second head on the pooled features of a field's cells "
+                          "(mean, max or attention) trained on the field's labels beside the cell head; batches "
+                          "then hold the cells of a few fields", choices=["none", "mean", "max", "attention"])
+    image_loss_weight: float = opt(1.0, "--image-head: weight of the image head's loss (the cell head's is 1)")
+    cells_per_field: int = opt(8, "--image-head: at most this many cells of one field per batch (batch_size / this "
+                               "fields per batch)")
     epochs: int = opt(10, "maximum epochs (early stopping may end sooner)")
     batch_size: int = opt(32, "training batch size (validation uses twice this)")
     loss: str = opt("", "loss: bce, focal or ce (softmax cross-entropy; one class per sample); default: the task's")
@@ -163,7 +183,9 @@ class TrainConfig:
     momentum_range: list[float] = opt([0.85, 0.95], "onecycle: momentum (beta1) low and high; it falls while lr rises")
     lr_decay: float = opt(0.9, "exponential: learning-rate factor per epoch")
     monitor: str = opt("loss", "what picks the best epoch and stops early: loss or a metric of the task's kind "
-                       "(macro_ap, macro_f1; accuracy, top5_accuracy, ...)")
+                       "(macro_ap, macro_f1; accuracy, top5_accuracy, ...), or last (keep the last epoch, no early stop: "
+                       "a schedule that decays to --min-lr usually ends best, and the weak-label loss of a cell model "
+                       "does not track its per-cell quality)")
     patience: int = opt(3, "epochs without improvement before stopping")
     bn_recalibrate: int = opt(2048, "before each validation, BatchNorm statistics are recomputed with the current weights "
                               "over this many training samples (unaugmented; 0: keep the running averages, which lag "
@@ -227,6 +249,17 @@ class TrainConfig:
         self.extra_input = self.extra_input or (str(Path(self.input).parent / "test") if self.extra_train else "")
         need(self.label_source in ("weak", "true"), f"label_source must be weak or true, got {self.label_source!r}")
         need(self.label_source == "weak" or self.level == "cell", "label_source true needs cell-level training (per-cell truth)")
+        cell_only = {"soft_targets": bool(self.soft_targets), "cell_weights": self.cell_weights != "none",
+                     "image_head": self.image_head != "none"}
+        for name, used in cell_only.items():
+            need(not used or self.level == "cell", f"{name} is for cell-level training")
+        need(not self.soft_targets or self.label_source == "weak", "soft_targets refine the weak labels: use label_source weak")
+        need(0 <= self.soft_weight <= 1, f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        need(self.image_head == "none" or self.balance_power == 0,
+             "image_head batches whole fields' cells: it cannot be combined with balance_power")
+        need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
+        need(self.cells_per_field >= 1 and (self.image_head == "none" or self.cells_per_field <= self.batch_size),
+             f"cells_per_field must be in 1..batch_size ({self.batch_size}), got {self.cells_per_field}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 2, f"batch_size must be >= 2 (batch norm needs 2 samples), got {self.batch_size}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
@@ -245,7 +278,7 @@ class TrainConfig:
         need(len(self.momentum_range) == 2 and 0 <= self.momentum_range[0] <= self.momentum_range[1] < 1,
              f"momentum_range must be two values low <= high in [0, 1), got {self.momentum_range}")
         need(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        monitors = ["loss", *metrics_for(task.kind)]
+        monitors = ["loss", "last", *metrics_for(task.kind)]
         need(self.monitor in monitors, f"monitor must be one of {', '.join(monitors)} for {task.kind} task {task.name}, "
                                        f"got {self.monitor!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
@@ -292,7 +325,7 @@ class TrainConfig:
     def metric_names(self) -> list[str]:
         """The task's metrics, and the monitored one if it is not among them."""
         names = list(self.task_record.metrics)
-        return names + [self.monitor] if self.monitor not in ("loss", *names) else names
+        return names + [self.monitor] if self.monitor not in ("loss", "last", *names) else names
 
 
 @dataclass
@@ -357,6 +390,7 @@ class SampleSets:
     input: dict[str, Any]  # the recipe's "input" entry
     key: list[str]  # the columns naming a validation row in val_predictions.csv
     cached: int = 0  # fields held in memory (--cache-mb)
+    train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
 
     def fingerprint(self) -> str:
         """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
@@ -380,6 +414,12 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         if "true" not in cells.columns:
             raise InputError(f"{cfg.folds_csv}: --label-source true needs a TrueLabel column")
         train = train[[len(t) > 0 for t in train["true"]]].reset_index(drop=True)
+    weights = table_cell_weights(train) if cfg.cell_weights == "weight" else None
+    if cfg.cell_weights == "drop":
+        keep = table_cell_weights(train, edge_weight=0.0) >= 0.5
+        if keep.sum() < 2:
+            raise InputError(f"{cfg.folds_csv}: --cell-weights drop leaves {int(keep.sum())} training cells")
+        train, weights = train[keep].reset_index(drop=True), None
     check_crops_exist(list(train["crop_path"]) + list(valid["crop_path"]))
     seg_path = Path(cfg.folds_csv).parent / "segment_config.json"
     recipe_input: dict[str, Any] = {"kind": "cell_crop", "crop_size": None, "crop_mask": None, "segment": None}
@@ -388,12 +428,35 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         if seg.task != cfg.task:
             raise InputError(f"{seg_path}: crops of task {seg.task}, but this run is for task {cfg.task}")
         recipe_input = seg.recipe_input()
+    y_train = label_matrix(train, cfg.label_source, cfg.num_classes)
+    if cfg.soft_targets:
+        y_train = soft_targets(y_train, _predictions_of(train, cfg), cfg.soft_weight)
+    extras: dict[str, np.ndarray] = {}
+    if weights is not None:
+        extras["weight"] = weights.astype(np.float32)
+    if cfg.image_head != "none":
+        extras["group"] = pd.factorize(train["ID"])[0].astype(np.int64)
+        extras["image_targets"] = label_matrix(train, "weak", cfg.num_classes)
     return SampleSets(
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
-        label_matrix(train, cfg.label_source, cfg.num_classes), label_matrix(valid, cfg.label_source, cfg.num_classes),
+        y_train, label_matrix(valid, cfg.label_source, cfg.num_classes),
         label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
-        recipe_input, ["ID", "cell_id"],
+        recipe_input, ["ID", "cell_id"], train_extras=extras,
     )
+
+
+def _predictions_of(cells: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
+    """(N, C) the ``--soft-targets`` prediction of each cell of ``cells`` (one-line error for a cell without one)."""
+    preds = read_soft_targets(cfg.soft_targets, cfg.num_classes)
+    key = cells[["ID", "cell_id"]].astype({"ID": str}).assign(cell_id=cells["cell_id"].astype(int))
+    joined = key.merge(preds.astype({"ID": str}), on=["ID", "cell_id"], how="left", validate="many_to_one")
+    cols = [f"p{k}" for k in range(cfg.num_classes)]
+    missing = joined[cols[0]].isna()
+    if missing.any():
+        first = joined[missing].iloc[0]
+        raise InputError(f"{cfg.soft_targets}: no prediction of {int(missing.sum())} of {len(cells)} training cells "
+                         f"(first: {first['ID']} cell {first['cell_id']}); train every fold first")
+    return joined[cols].to_numpy(np.float64)
 
 
 def select_subset(samples: pd.DataFrame, rules: Sequence[str], where: str) -> pd.DataFrame:
@@ -705,7 +768,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         raise InputError(f"--resume: {run_dir} was trained on other samples or labels of fold {cfg.fold} "
                          f"({len(sets.train)} training / {len(sets.valid)} validation now; was {cfg.folds_csv} "
                          "regenerated?); resume with the folds table it started with, or add --overwrite to start over")
-    if cfg.monitor != "loss" and task.kind == "multilabel" and not sets.y_valid.any():
+    if cfg.monitor not in ("loss", "last") and task.kind == "multilabel" and not sets.y_valid.any():
         raise InputError(f"fold {cfg.fold} has no positive labels: monitor {cfg.monitor} is undefined (use --monitor loss)")
 
     # the backbone first: a missing ImageNet file fails before anything is written
@@ -736,17 +799,29 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     device = _resolve_device(cfg.device)
     on_cuda = device.type == "cuda"
     batch_size = min(cfg.batch_size, len(sets.train))
-    train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain))
+    train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain), sets.train_extras)
     valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
-    sampler = make_sampler(cfg, sets.y_train)
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": on_cuda, "persistent_workers": cfg.num_workers > 0}
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True, **loader_kw)
+    if cfg.image_head != "none":  # whole fields' cells per batch
+        fields_per_batch = max(1, batch_size // cfg.cells_per_field)
+        batches = FieldBatchSampler(sets.train_extras["group"], cfg.cells_per_field, fields_per_batch, cfg.seed)
+        train_loader = DataLoader(train_ds, batch_sampler=batches, **loader_kw)
+    else:
+        sampler = make_sampler(cfg, sets.y_train)
+        train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True, **loader_kw)
     valid_loader = DataLoader(valid_ds, batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch; batches are sharded over ranks
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / world) / cfg.grad_accum)
     loss_fn = create_loss(cfg.loss, task.kind, cfg.focal_gamma, cfg.label_smoothing)
-    module = TezModule(net, loss_fn, make_optimizer_factory(cfg, steps_per_epoch), on_cuda and cfg.channels_last)
+    factory = make_optimizer_factory(cfg, steps_per_epoch)
+    if cfg.image_head != "none":
+        module: TezModule = TwoHeadModule(net, loss_fn, factory, cfg.num_classes, cfg.image_head, cfg.image_loss_weight,
+                                          on_cuda and cfg.channels_last)
+        if state and state.get("heads"):
+            module.image_head.load_state_dict(state["heads"])
+    else:
+        module = TezModule(net, loss_fn, factory, on_cuda and cfg.channels_last)
     other = ("true", sets.y_valid_true) if cfg.label_source == "weak" else ("weak", label_matrix(sets.valid, "weak", cfg.num_classes))
 
     def epoch_metrics(logits: np.ndarray, targets: np.ndarray, index: np.ndarray):
@@ -767,7 +842,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         resume_state=state,
     )
     early = EarlyStopping(
-        f"valid_{cfg.monitor}", run_dir / "best.pt", patience=cfg.patience, mode="min" if cfg.monitor == "loss" else "max"
+        f"valid_{'loss' if cfg.monitor == 'last' else cfg.monitor}", run_dir / "best.pt", patience=cfg.patience,
+        mode="max" if cfg.monitor not in ("loss", "last") else "min", keep_last=cfg.monitor == "last",
     )
     history: list[dict] = []
     start_epoch = 0
@@ -779,7 +855,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
             write_csv(run_dir / "metrics.csv", pd.DataFrame(history))
     what = "fields" if cfg.level == "image" else f"{cfg.label_source} labels"
     title = f"{cfg.run_name} fold {cfg.fold}: {cfg.model}, {cfg.image_size}px, {what}"
-    recorder = RunRecorder(run_dir, len(train_ds) // batch_size * batch_size, early, history, title, samples_sha)
+    seen = len(train_ds) if cfg.image_head != "none" else len(train_ds) // batch_size * batch_size  # cells per epoch
+    recorder = RunRecorder(run_dir, seen, early, history, title, samples_sha)
     trainer.current_epoch = start_epoch
     remaining = cfg.epochs - start_epoch
     stopped = bool(state and state.get("stopped"))
@@ -864,7 +941,9 @@ def score_fold(cfg: TrainConfig, sets: SampleSets, probs: np.ndarray) -> dict[st
     names = task.label_set.names
     if task.kind == "multilabel":
         preds = pd.DataFrame(np.round(probs, 5), columns=[f"p{k}" for k in range(cfg.num_classes)])
-        scores = score_table(probs, y, y_true, names)
+        # trained on true labels, the "weak" columns still mean the field labels
+        weak = label_matrix(rows, "weak", cfg.num_classes) if cfg.level == "cell" and cfg.label_source != "weak" else y
+        scores = score_table(probs, weak, y_true, names)
         macro = scores.iloc[-1]
     else:
         top = np.argsort(-probs, axis=1)[:, :5]
