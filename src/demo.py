@@ -110,7 +110,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
-    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42"])
+    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42", "--overwrite"])
     # EfficientNet-B0 for 10 epochs, keeping the last: at the same data about twice the test mAP of
     # B2 for 3 epochs, on true and on image labels alike, for twice its CPU time (docs/cellgap.md)
     run("train fold 0 (CPU-sized: EfficientNet-B0 on small crops, no ImageNet weights)",
@@ -145,7 +145,7 @@ def rxrx1(a: DemoConfig) -> list[str]:
     run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
     run("folds (whole experiments, every cell type in every fold)",
         ["src/gen_folds.py", "--task", "rxrx1", "--labels", f"{data}/train.csv", "--out", f"{out}/folds.csv",
-         "--folds", str(a.folds)])
+         "--folds", str(a.folds), "--overwrite"])
     run("train fold 0 on whole 6-channel fields, standardised per plate (CPU-sized, no ImageNet weights)",
         ["src/train.py", "--task", "rxrx1", "--folds-csv", f"{out}/folds.csv", "--input", f"{data}/train",
          "--out-dir", "models", "--run-name", run_name, "--fold", "0", "--model", "efficientnet-b0", "--normalise", a.normalise,
@@ -194,7 +194,7 @@ def rxrx1_recipe(a: DemoConfig) -> list[str]:
     run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
     run("folds of every training well, controls included (whole experiments, every cell type in every fold)",
         ["src/gen_folds.py", "--task", "rxrx1", "--labels", f"{data}/train.csv", "--more-labels",
-         f"{data}/train_controls.csv", "--out", f"{out}/folds.csv", "--folds", str(a.folds)])
+         f"{data}/train_controls.csv", "--out", f"{out}/folds.csv", "--folds", str(a.folds), "--overwrite"])
     common = ["--folds-csv", f"{out}/folds.csv", "--input", f"{data}/train", "--out-dir", "models", "--fold", "0",
               "--model", "efficientnet-b0", "--pretrained", "none", "--image-size", str(a.image_size),
               "--normalise", a.normalise, "--batch-size", "32", "--cache-mb", "256", "--num-workers", "1",
@@ -273,7 +273,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
                       "--seed", str(2 * a.seed + 1), "--fields", str(a.test_fields), *size])
     run("folds (each protein's images in one fold)",
         ["src/gen_folds.py", "--task", task.name, "--folds", str(a.folds), "--seed", "42",
-         "--groups", f"{data}/truth/images.csv", "--group-col", "protein"])
+         "--groups", f"{data}/truth/images.csv", "--group-col", "protein", "--overwrite"])
     for fold in range(a.folds):
         run(f"train fold {fold} of {a.folds} on whole fields (CPU-sized: EfficientNet-B0, no ImageNet weights)",
             ["src/train.py", "--task", task.name, "--fold", str(fold), "--epochs", str(a.epochs),

@@ -244,6 +244,31 @@ def test_cells_get_their_fields_fold_and_keep_their_columns(tmp_path, capsys):
     assert not [p for p in (tmp_path / "f").iterdir() if p.name.startswith(".")]  # atomic writes left no temp files
 
 
+def test_rerun_with_other_settings_or_input_stops_unless_asked(tmp_path, capsys):
+    """Models are trained on a folds table: a rerun must not move fields between folds silently."""
+    cells = tmp_path / "cells.csv"
+    write_cells(cells, long_tailed_labels(40))
+    argv = ["--cells", str(cells), "--out", str(tmp_path / "f" / "folds.csv"), "--folds", "4"]
+    assert run_main(argv, capsys)[0] == 0
+    first = (tmp_path / "f" / "folds.csv").read_bytes()
+    assert run_main(argv, capsys)[0] == 0  # same settings, same input: the same folds again
+    assert (tmp_path / "f" / "folds.csv").read_bytes() == first
+
+    code, out, err = run_main(argv + ["--seed", "7"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "seed: 42 -> 7" in err and "--overwrite" in err
+    write_cells(cells, long_tailed_labels(40, seed=3))  # resegmented: other cells, same options
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "input_sha256" in err
+    assert (tmp_path / "f" / "folds.csv").read_bytes() == first  # nothing was touched
+
+    code, _, err = run_main(argv + ["--overwrite"], capsys)
+    assert code == 0, err
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("f.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "folds.csv").read_bytes() == first
+    assert {p.name for p in aside[0].iterdir()} >= {"folds.csv", "folds_balance.png", "folds_config.json"}
+
+
 def test_row_order_does_not_change_a_fields_fold(tmp_path):
     cells = write_cells(tmp_path / "cells.csv", long_tailed_labels(50))
     cells.sample(frac=1.0, random_state=0).to_csv(tmp_path / "shuffled.csv", index=False)

@@ -8,7 +8,7 @@ column), ``<stem>_balance.txt/.csv/.png`` beside it (the config is saved by the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ import pandas as pd
 
 from ..config import opt
 from ..errors import InputError
-from ..fieldio import atomic_path, format_label, multihot, parse_label, read_csv, row_lines, write_csv
+from ..fieldio import atomic_path, format_label, multihot, parse_label, read_csv, row_lines, sha256_file, write_csv
 from ..folds import METHODS, FoldBalance, FoldSplit, balance_report, balance_table, format_balance, split_folds
 from ..labels import read_task_labels
+from ..run_state import ensure_same_settings
 from ..tasks import DEFAULT_TASK, TASKS, Task, get_task
 
 
@@ -47,6 +48,9 @@ class FoldsConfig:
                       "labels CSV without one (e.g. input/hpa2018/truth/images.csv --group-col protein)")
     more_labels: list[str] = opt([], "with --labels: more labels CSVs of the task whose samples join the split (rxrx1: "
                                  "train_controls.csv, so control wells get folds with their experiments)")
+    overwrite: bool = opt(False, "replace a folds CSV made from other input or settings (the old files are moved to "
+                          "<folder>.replaced-<time>); without it such a rerun stops, since models were trained on those folds",
+                          saved=False)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -63,6 +67,19 @@ class FoldsConfig:
             raise ValueError("--groups needs --labels (or an image-level task) and --group-col")
         if self.more_labels and not self.labels:
             raise ValueError("--more-labels needs --labels (or an image-level task)")
+
+
+def run_settings(cfg: FoldsConfig) -> dict[str, object]:
+    """What decides the folds: the options and the checksum of every input table.
+
+    A rerun with the same settings rewrites the same folds; with others it would silently move
+    fields between folds under models already trained on them, so it must be asked for.
+    """
+    settings = {k: v for k, v in asdict(cfg).items() if k != "overwrite"}
+    inputs = [cfg.labels] if cfg.labels else [cfg.cells]
+    inputs += [cfg.groups, *cfg.more_labels] if cfg.labels else []
+    settings["input_sha256"] = {p: sha256_file(p) for p in inputs if p and Path(p).is_file()}
+    return settings
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -232,10 +249,12 @@ def make_folds(cfg: FoldsConfig) -> FoldsResult:
     else:
         fields = read_cells_fields(cfg.cells, label_set.num_classes, cfg.group_col, cfg.stratify_col)
     split = split_folds(with_strata(fields.labels, fields.strata), cfg.folds, cfg.seed, cfg.method, fields.groups)
+    paths = output_paths(cfg.out)
+    ensure_same_settings(paths["folds"].parent, run_settings(cfg), cfg.overwrite, tool=paths["folds"].stem,
+                         outputs=[p.name for p in paths.values()])
     table = fields.table.copy()
     table["fold"] = split.folds[fields.field_of_row]
     balance = balance_report(fields.labels, split.folds, cfg.folds, label_set.names, fields.cells_per_field)
-    paths = output_paths(cfg.out)
     write_csv(paths["folds"], table)
     text = format_balance(balance, split, cfg.seed)
     with_header = f"input: {cfg.labels or cfg.cells}\nfolds CSV: {paths['folds']}\n" + text
