@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {cfg.gallery}")
         return
     settings = generator.configure(cfg)  # bad options fail here, before anything is drawn
-    with tqdm(total=generator.units(settings, cfg), desc=f"make_data {cfg.name}", unit=generator.unit) as bar:
+    with tqdm(total=generator.units(settings, cfg), desc=f"make_data {cfg.name}", unit=generator.unit, disable=None) as bar:
         summary = generator.write(cfg.out_dir, settings, cfg, cfg.split, cfg.workers, bar.update)
     save_config(cfg, cfg.out_dir / "make_data_config.json")
     print(summary)

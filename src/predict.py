@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(cfg)
     cfg = cfg.resolved(predictor.task)
     n = len(field_ids(cfg, predictor.task)[0])
-    with tqdm(total=n, desc=f"predict ({', '.join(predictor.names)})", unit="field") as bar:
+    with tqdm(total=n, desc=f"predict ({', '.join(predictor.names)})", unit="field", disable=None) as bar:
         res = run_predict(cfg, predictor, bar.update)
     if res.start is not None and res.start.message(cfg.out_dir()):
         print(res.start.message(cfg.out_dir()), file=sys.stderr)

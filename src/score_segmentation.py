@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     seg_cfg = SegmentConfig(backend=cfg.backend, **task.segment_channels(), pixel_size_um=cfg.pixel_size_um or None,
                             scale_from=cfg.scale_from, snap_to_width=cfg.snap_to_width,
                             weights_dir=cfg.weights_dir or None, device=cfg.device, runtime=cfg.runtime)
-    with tqdm(total=len(items), desc="score", unit="image") as bar:
+    with tqdm(total=len(items), desc="score", unit="image", disable=None) as bar:
         per_image = score_items(items, seg_cfg, bar.update, cfg.rescale)
     if cfg.out:
         write_csv(cfg.out, per_image)

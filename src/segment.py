@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ids, bad, stray = plan(cfg)
     for name in stray:
         print(f"warning: {Path(cfg.input) / name}: not a known channel file; ignored", file=sys.stderr)
-    with tqdm(total=len(ids), desc="segment", unit="field") as bar:
+    with tqdm(total=len(ids), desc="segment", unit="field", disable=None) as bar:
         summary = run_segmentation(cfg, bar.update)
     cells = summary.cells
     out = cfg.out_dir()

@@ -92,6 +92,7 @@ def test_make_data_cli_resumes_and_rejects_bad_args(tmp_path):
            "--fields", "2", "--size", "192"]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
+    assert "field/s" not in first.stderr  # no progress bar redrawn into a pipe or a log file
     mtime = (tmp_path / "d" / "train" / "synth000_00000_red.png").stat().st_mtime_ns
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0
