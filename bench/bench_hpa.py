@@ -13,7 +13,8 @@ Default: per field (decoded image in, labels out) at every size, for
 * the reference loop: hpacellseg's per-field procedure rebuilt from its documented behaviour
   (``shared/reference/hpa_unet/FACTS.md``): each network's 3-plane stack rescaled with
   scikit-image (the nuclei network's three copies of one plane included), one field at a time,
-  PyTorch fp32, maps enlarged to full size and labelled there; padded only when the size needs it;
+  PyTorch fp32 with the networks as published (decoder upsampling unfolded), maps enlarged to
+  full size and labelled there; padded only when the size needs it;
 * the hpa backend on PyTorch (what ``--backend hpa`` did before ``--runtime``, plus the shared
   rescale), and on OpenVINO (``--runtime openvino``, fp32);
 * the classical backend.
@@ -125,7 +126,7 @@ class ReferenceLoop:
     def __init__(self, weights: str, scale: float, threads: int):
         cfg = SegmentConfig(backend="hpa", weights_dir=weights, scale_factor=scale, runtime="torch", threads=threads,
                             postprocess_at_network_scale=False)
-        self.seg = HPASegmenter(cfg)
+        self.seg = HPASegmenter(cfg, fold=False)  # the published network structure
 
     def _input(self, planes: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         stack = transform.rescale(np.dstack(planes), self.seg.cfg.scale_factor, channel_axis=-1)  # float64 [0, 1]

@@ -146,7 +146,7 @@ class SegmentRunConfig(ExecutorOptions):
             pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, snap_to_width=self.snap_to_width,
             remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
-            runtime=self.runtime, threads=threads_for(self.workers),
+            runtime=self.runtime, threads=threads_for(self.workers, self.threads),
             cell_model=self.cell_model,
         )
 

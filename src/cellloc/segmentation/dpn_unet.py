@@ -115,8 +115,40 @@ def dpn92_stages(in_channels: int = 3) -> nn.ModuleList:
     return nn.ModuleList(stages)
 
 
+def _mix_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv that reads a x2 nearest-upsampled input
+    -> the 4 taps of a stride-2 transposed conv reading the input itself: (w2, w1+w2, w0+w1, w0).
+
+    An even output row 2i sees upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i (weights w0
+    and w1+w2); an odd row 2i+1 sees i, i, i+1 (w0+w1 and w2). ConvTranspose2d(k=4, s=2, p=1)
+    gives output row o the input row r with tap o + 1 - 2r: taps 3 and 1 for even rows, 2 and 0
+    for odd ones.
+    """
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+
+def upsampling_conv_as_transposed(conv: nn.Conv2d) -> nn.ConvTranspose2d:
+    """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 ``conv``, as one transposed conv on ``x``.
+
+    The same sums in another order (outputs equal to ~1e-6 relative), at 16 multiply-adds per
+    input pixel and channel pair instead of 36: each output pixel reads 2x2 input pixels, and
+    the upsampled tensor (4x the input) is never made.
+    """
+    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+        raise ValueError(f"expected a 3x3 conv with padding 1, got {conv}")
+    up = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=conv.bias is not None)
+    up = up.to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        w = _mix_taps(_mix_taps(conv.weight.detach(), 2), 3)  # (out, in, 4, 4)
+        up.weight.copy_(w.transpose(0, 1))  # a transposed conv's weight is (in, out, kh, kw)
+        if conv.bias is not None:
+            up.bias.copy_(conv.bias.detach())
+    return up.requires_grad_(conv.weight.requires_grad)
+
+
 class UnetDecoderBlock(nn.Module):
-    """x2 nearest-neighbour upsampling, then conv 3x3 + ReLU."""
+    """x2 nearest-neighbour upsampling, then conv 3x3 + ReLU (see :meth:`fold` for inference)."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
@@ -125,6 +157,12 @@ class UnetDecoderBlock(nn.Module):
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
             nn.ReLU(inplace=True),
         )
+
+    def fold(self) -> None:
+        """Replace upsample + conv by the equivalent transposed conv (2.25x fewer multiply-adds).
+        The weight keys change (``layer.0`` becomes the conv), so fold after loading weights."""
+        if isinstance(self.layer[0], nn.Upsample):
+            self.layer = nn.Sequential(upsampling_conv_as_transposed(self.layer[1]), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -157,6 +195,20 @@ class DPNUnet(nn.Module):
         self.last_upsample = UnetDecoderBlock(f[0], f[0])
         self.final = nn.Sequential(nn.Conv2d(f[0], num_classes, 3, padding=1))
         self.encoder_stages = dpn92_stages(in_channels)
+
+    def fold_upsampling(self) -> DPNUnet:
+        """For inference: every decoder upsampling (x2 nearest + conv 3x3) becomes one transposed
+        conv computing the same outputs from the un-enlarged input (:func:`upsampling_conv_as_transposed`).
+
+        The decoder's five upsampling convs are ~45% of the network's multiply-adds (nearly all
+        its cost is in the decoder at these widths); folded, they cost 16/36 of that, so the
+        whole forward needs ~26% fewer. Outputs agree with the unfolded network to float32
+        rounding (the tap sums are added in another order). Call after loading weights: the
+        folded module's state_dict no longer matches the published files. Returns ``self``.
+        """
+        for block in (*self.decoder_stages, self.last_upsample):
+            block.fold()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 32 or x.shape[-1] % 32:
