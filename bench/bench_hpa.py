@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import cellloc  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import numpy as np
 import torch
 from skimage import transform

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellloc.segmentation.dpn_unet import DPNUnet, DualPathBlock, UnetDecoderBlock, upsampling_conv_as_transposed
+from cellloc.segmentation.dpn_unet import DPNUnet, DualPathBlock, UnetDecoderBlock, UpsampleConv
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "hpa_unet"
@@ -93,7 +93,7 @@ def test_folded_upsampling_gives_the_same_outputs(net):
     folded.load_state_dict(net.state_dict())
     folded.fold_upsampling()
     assert not any(isinstance(m, torch.nn.Upsample) for m in folded.modules())
-    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in folded.modules()) == 5
+    assert sum(isinstance(m, UpsampleConv) for m in folded.modules()) == 5
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         want, got = net(x), folded(x)
@@ -117,4 +117,4 @@ def test_decoder_block_fold_matches_at_every_border(side):
 
 def test_only_a_3x3_padding_1_conv_folds():
     with pytest.raises(ValueError, match="3x3 conv with padding 1"):
-        upsampling_conv_as_transposed(torch.nn.Conv2d(4, 4, 3, padding=0))
+        UpsampleConv(torch.nn.Conv2d(4, 4, 3, padding=0))

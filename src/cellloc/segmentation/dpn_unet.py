@@ -115,36 +115,52 @@ def dpn92_stages(in_channels: int = 3) -> nn.ModuleList:
     return nn.ModuleList(stages)
 
 
-def _mix_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv that reads a x2 nearest-upsampled input
-    -> the 4 taps of a stride-2 transposed conv reading the input itself: (w2, w1+w2, w0+w1, w0).
+def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv reading a x2 nearest-upsampled input ->
+    the 2 taps for even and for odd output rows reading the input itself: (w0, w1+w2), (w0+w1, w2).
 
-    An even output row 2i sees upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i (weights w0
-    and w1+w2); an odd row 2i+1 sees i, i, i+1 (w0+w1 and w2). ConvTranspose2d(k=4, s=2, p=1)
-    gives output row o the input row r with tap o + 1 - 2r: taps 3 and 1 for even rows, 2 and 0
-    for odd ones.
+    An even output row 2i sees upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i; an odd
+    row 2i+1 sees i, i, i+1.
     """
     w0, w1, w2 = w.unbind(dim)
-    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
 
 
-def upsampling_conv_as_transposed(conv: nn.Conv2d) -> nn.ConvTranspose2d:
-    """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 ``conv``, as one transposed conv on ``x``.
+class UpsampleConv(nn.Module):
+    """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 ``conv``, computed from ``x`` itself.
 
-    The same sums in another order (outputs equal to ~1e-6 relative), at 16 multiply-adds per
-    input pixel and channel pair instead of 36: each output pixel reads 2x2 input pixels, and
-    the upsampled tensor (4x the input) is never made.
+    Each of the four output phases (even/odd row, even/odd column) reads a 2x2 neighbourhood
+    of the input, with taps summed from the 3x3 kernel (:func:`_phase_taps`): one 2x2 conv with
+    4x the output channels (input padded by 1; phase (a, b) starts at offset (a, b)), then the
+    phases interleaved. 16 multiply-adds per input pixel and channel pair instead of 36, and the
+    upsampled tensor (4x the input) is never made. The same sums in another order: outputs
+    equal to ~1e-6 relative. (A stride-2 transposed conv is the same arithmetic, but PyTorch's
+    CPU kernel for it ran 2.5x slower than the unfolded pair on the deepest decoder stage.)
     """
-    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
-        raise ValueError(f"expected a 3x3 conv with padding 1, got {conv}")
-    up = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, 4, stride=2, padding=1, bias=conv.bias is not None)
-    up = up.to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        w = _mix_taps(_mix_taps(conv.weight.detach(), 2), 3)  # (out, in, 4, 4)
-        up.weight.copy_(w.transpose(0, 1))  # a transposed conv's weight is (in, out, kh, kw)
-        if conv.bias is not None:
-            up.bias.copy_(conv.bias.detach())
-    return up.requires_grad_(conv.weight.requires_grad)
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+            raise ValueError(f"expected a 3x3 conv with padding 1, got {conv}")
+        w = conv.weight.detach()
+        self.out_channels = conv.out_channels
+        rows = _phase_taps(w, 2)
+        kernels = [_phase_taps(r, 3)[b] for r in rows for b in (0, 1)]  # phase order (a, b) = 00, 01, 10, 11
+        phase = nn.Conv2d(conv.in_channels, 4 * conv.out_channels, 2, padding=1, bias=conv.bias is not None, device="meta")
+        self.conv = phase.to_empty(device=w.device).to(w.dtype)  # no random init of what is overwritten next
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat(kernels, 0))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach().repeat(4))
+        self.requires_grad_(conv.weight.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        c = self.out_channels
+        y = self.conv(x)  # (N, 4C, h+1, w+1)
+        phases = [y[:, k * c : (k + 1) * c, a : a + h, b : b + w] for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+        out = torch.stack(phases, 2).reshape(-1, c, 2, 2, h, w)  # (N, C, a, b, h, w)
+        return out.permute(0, 1, 4, 2, 5, 3).reshape(-1, c, 2 * h, 2 * w)
 
 
 class UnetDecoderBlock(nn.Module):
@@ -159,10 +175,10 @@ class UnetDecoderBlock(nn.Module):
         )
 
     def fold(self) -> None:
-        """Replace upsample + conv by the equivalent transposed conv (2.25x fewer multiply-adds).
-        The weight keys change (``layer.0`` becomes the conv), so fold after loading weights."""
+        """Replace upsample + conv by the equivalent :class:`UpsampleConv` (2.25x fewer multiply-adds).
+        The weight keys change (``layer.0`` becomes it), so fold after loading weights."""
         if isinstance(self.layer[0], nn.Upsample):
-            self.layer = nn.Sequential(upsampling_conv_as_transposed(self.layer[1]), nn.ReLU(inplace=True))
+            self.layer = nn.Sequential(UpsampleConv(self.layer[1]), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -197,8 +213,8 @@ class DPNUnet(nn.Module):
         self.encoder_stages = dpn92_stages(in_channels)
 
     def fold_upsampling(self) -> DPNUnet:
-        """For inference: every decoder upsampling (x2 nearest + conv 3x3) becomes one transposed
-        conv computing the same outputs from the un-enlarged input (:func:`upsampling_conv_as_transposed`).
+        """For inference: every decoder upsampling (x2 nearest + conv 3x3) becomes one
+        :class:`UpsampleConv`, the same outputs computed from the un-enlarged input.
 
         The decoder's five upsampling convs are ~45% of the network's multiply-adds (nearly all
         its cost is in the decoder at these widths); folded, they cost 16/36 of that, so the

@@ -12,7 +12,7 @@ multiple of 32, softmax) with these differences, all of them fixes or savings:
 * fields of one size go through each network together, ``batch_size`` at a time (on a GPU this
   fills the device; on 2 CPU cores it is 1.08x slower per field than one at a time, so the
   default is 1; the two networks cannot share a batch, their weights differ);
-* each decoder upsampling (x2 nearest, then conv 3x3) runs as one transposed conv on the
+* each decoder upsampling (x2 nearest, then conv 3x3) runs as four 2x2 convs (one per output phase) on the
   un-enlarged input: the same outputs to float32 rounding with ~26% fewer multiply-adds for the
   whole network (:meth:`DPNUnet.fold_upsampling`);
 * the networks run under ``cfg.runtime``: PyTorch (any device), or OpenVINO on the CPU
@@ -141,7 +141,7 @@ def load_network(path, device: torch.device | str = "cpu", fold: bool = True) ->
     """A DPNUnet in eval mode on ``device`` holding the weights of ``path`` (built on the meta
     device, so no random initialisation of 139M parameters is spent and thrown away).
 
-    ``fold``: decoder upsampling folded into transposed convs (:meth:`DPNUnet.fold_upsampling`:
+    ``fold``: decoder upsampling folded into phase convs (:meth:`DPNUnet.fold_upsampling`:
     the same outputs to float32 rounding, ~26% fewer multiply-adds); ``False`` keeps the
     published structure (the reference's)."""
     with torch.device("meta"):
@@ -183,7 +183,7 @@ class HPASegmenter:
         paths = [ensure_weights(name, folder, download=False) for name in (NUCLEI_MODEL, CELL_MODELS[cfg.cell_model])]
         # One graph name for every role: a graph is keyed by its weight file's checksum anyway.
         # The folded network is another graph than the published structure, hence its own stem.
-        stem = "dpn_unet_folded" if fold else "dpn_unet"
+        stem = "dpn_unet_phased" if fold else "dpn_unet"
         self.nuclei_net, self.cell_net = (
             create_runtime(cfg.runtime, lambda p=p: load_network(p, fold=fold), p, stem=stem, threads=cfg.threads,
                            device=cfg.device, half=cfg.half)
