@@ -115,22 +115,22 @@ def dpn92_stages(in_channels: int = 3) -> nn.ModuleList:
     return nn.ModuleList(stages)
 
 
-def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv reading a x2 nearest-upsampled input ->
-    the 2 taps for even and for odd output rows reading the input itself: (w0, w1+w2), (w0+w1, w2).
+# Which of a 3x3 kernel's taps (along one axis) an output phase reads from its 2 input pixels:
+# an even output row 2i sees upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i (taps 0 | 1+2);
+# an odd row 2i+1 sees i, i, i+1 (taps 0+1 | 2).
+PHASE_TAPS: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (((0,), (1, 2)), ((0, 1), (2,)))
 
-    An even output row 2i sees upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i; an odd
-    row 2i+1 sees i, i, i+1.
-    """
-    w0, w1, w2 = w.unbind(dim)
-    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+
+def _summed(x: torch.Tensor, taps: tuple[int, ...], dim: int) -> torch.Tensor:
+    parts = [x.select(dim, t) for t in taps]
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 class UpsampleConv(nn.Module):
     """``conv(nearest_upsample_x2(x))`` for a 3x3, padding-1 ``conv``, computed from ``x`` itself.
 
     Each of the four output phases (even/odd row, even/odd column) reads a 2x2 neighbourhood
-    of the input, with taps summed from the 3x3 kernel (:func:`_phase_taps`): one 2x2 conv with
+    of the input, with taps summed from the 3x3 kernel (:data:`PHASE_TAPS`): one 2x2 conv with
     4x the output channels (input padded by 1; phase (a, b) starts at offset (a, b)), then the
     phases interleaved. 16 multiply-adds per input pixel and channel pair instead of 36, and the
     upsampled tensor (4x the input) is never made. The same sums in another order: outputs
@@ -143,13 +143,15 @@ class UpsampleConv(nn.Module):
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
             raise ValueError(f"expected a 3x3 conv with padding 1, got {conv}")
         w = conv.weight.detach()
-        self.out_channels = conv.out_channels
-        rows = _phase_taps(w, 2)
-        kernels = [_phase_taps(r, 3)[b] for r in rows for b in (0, 1)]  # phase order (a, b) = 00, 01, 10, 11
-        phase = nn.Conv2d(conv.in_channels, 4 * conv.out_channels, 2, padding=1, bias=conv.bias is not None, device="meta")
+        c = self.out_channels = conv.out_channels
+        phase = nn.Conv2d(conv.in_channels, 4 * c, 2, padding=1, bias=conv.bias is not None, device="meta")
         self.conv = phase.to_empty(device=w.device).to(w.dtype)  # no random init of what is overwritten next
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.cat(kernels, 0))
+        with torch.no_grad():  # filled tap by tap: no copy of the whole kernel is ever made
+            for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # phase order: even/odd row, even/odd column
+                for i, rows in enumerate(PHASE_TAPS[a]):
+                    across = _summed(w, rows, 2)  # (out, in, 3): the rows summed
+                    for j, cols in enumerate(PHASE_TAPS[b]):
+                        self.conv.weight[k * c : (k + 1) * c, :, i, j] = _summed(across, cols, 2)
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias.detach().repeat(4))
         self.requires_grad_(conv.weight.requires_grad)
