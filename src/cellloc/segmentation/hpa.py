@@ -12,9 +12,9 @@ multiple of 32, softmax) with these differences, all of them fixes or savings:
 * fields of one size go through each network together, ``batch_size`` at a time (on a GPU this
   fills the device; on 2 CPU cores it is 1.08x slower per field than one at a time, so the
   default is 1; the two networks cannot share a batch, their weights differ);
-* each decoder upsampling (x2 nearest, then conv 3x3) runs as four 2x2 convs (one per output phase) on the
-  un-enlarged input: the same outputs to float32 rounding with ~26% fewer multiply-adds for the
-  whole network (:meth:`DPNUnet.fold_upsampling`);
+* each decoder upsampling (x2 nearest, then conv 3x3) runs as four 2x2 convs, one per output
+  phase, on the un-enlarged input: the same outputs to float32 rounding with 23% fewer
+  multiply-adds for the whole network (:meth:`DPNUnet.fold_upsampling`);
 * the networks run under ``cfg.runtime``: PyTorch (any device), or OpenVINO on the CPU
   (``cellloc.runtime``; fp32, outputs equal to PyTorch's within 1e-4, graphs converted once per
   weight file and input size and cached in ``compiled/`` beside the weights);
@@ -142,7 +142,7 @@ def load_network(path, device: torch.device | str = "cpu", fold: bool = True) ->
     device, so no random initialisation of 139M parameters is spent and thrown away).
 
     ``fold``: decoder upsampling folded into phase convs (:meth:`DPNUnet.fold_upsampling`:
-    the same outputs to float32 rounding, ~26% fewer multiply-adds); ``False`` keeps the
+    the same outputs to float32 rounding, 23% fewer multiply-adds); ``False`` keeps the
     published structure (the reference's)."""
     with torch.device("meta"):
         net = DPNUnet()
