@@ -152,8 +152,9 @@ class SegmentRunConfig(ExecutorOptions):
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        # threads: how fast this machine ran it, not what it made; 0 lets the predicting machine choose
         return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
-                "segment": dataclasses.asdict(self.segment_config())}
+                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0}}
 
 
 @dataclass
