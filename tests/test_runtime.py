@@ -86,8 +86,10 @@ def test_openmp_threads_sleep_when_idle_unless_told_otherwise():
 
 def test_thread_option_then_env_then_omp(machine, monkeypatch):
     machine(8)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")  # OpenMP's nested form: the first level counts
     assert threads_for(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: the rule
+    assert threads_for(2) == 4
     monkeypatch.setenv(runtime.THREADS_ENV, "2")
     assert threads_for(2) == 2 and threads_for(2, threads=5) == 5
     monkeypatch.setenv(runtime.THREADS_ENV, "many")

@@ -99,17 +99,20 @@ def default_threads(workers: int = 1) -> int:
     return max(1, available_cpus() // max(1, workers))
 
 
-def _env_threads(name: str) -> int:
+def _env_threads(name: str, strict: bool = True) -> int:
+    """A positive thread count from environment variable ``name``; 0 when unset. ``strict``: a bad
+    value is a one-line :class:`InputError`; otherwise (a variable another tool owns, such as
+    ``OMP_NUM_THREADS``, whose value may be a list "4,2") the first entry, or 0 when unreadable."""
     value = os.environ.get(name, "").strip()
     if not value:
         return 0
     try:
-        n = int(value)
+        n = int(value if strict else value.split(",")[0])
     except ValueError:
         n = 0
-    if n < 1:
+    if n < 1 and strict:
         raise InputError(f"{name}={value!r}: expected a positive number of threads")
-    return n
+    return max(n, 0)
 
 
 def threads_for(workers: int = 1, threads: int = 0) -> int:
@@ -120,7 +123,7 @@ def threads_for(workers: int = 1, threads: int = 0) -> int:
     """
     if threads > 0:
         return threads
-    return _env_threads(THREADS_ENV) or _env_threads("OMP_NUM_THREADS") or default_threads(workers)
+    return _env_threads(THREADS_ENV) or _env_threads("OMP_NUM_THREADS", strict=False) or default_threads(workers)
 
 
 def set_torch_threads(threads: int) -> int:

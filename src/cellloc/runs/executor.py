@@ -383,7 +383,7 @@ class ExecutorOptions:
                         "--workers > 1 with serial means process", choices=executor_names())
     workers: int = opt(1, "worker processes of the process pool or the local Dask cluster")
     threads: int = opt(0, "intra-op threads per process for the networks, PyTorch and OpenVINO (0: $CELLLOC_THREADS, "
-                       "else $OMP_NUM_THREADS, else the CPUs left idle by other processes, shared among --workers)")
+                       "else $OMP_NUM_THREADS, else the CPUs this process may use shared among --workers)")
     address: str = opt("", "join a running Dask cluster (--executor dask): tcp://host:8786 or a scheduler JSON file")
 
     def check_executor(self) -> None:

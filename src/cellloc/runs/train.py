@@ -199,8 +199,8 @@ class TrainConfig:
     cache_mb: int = opt(0, "image models: MiB of RAM for decoded, resized fields, filled before the first epoch "
                         "(0 = off); epochs then skip PNG decoding and resizing for the fields that fit")
     num_workers: int = opt(2, "DataLoader worker processes")
-    threads: int = opt(0, "intra-op threads on the CPU (0: $CELLLOC_THREADS, else $OMP_NUM_THREADS, else the CPUs "
-                       "left idle by other processes)")
+    threads: int = opt(0, "intra-op threads on the CPU (0: $CELLLOC_THREADS, else $OMP_NUM_THREADS, else every CPU "
+                       "this process may use)")
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda")
     amp: bool = opt(True, "fp16 mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = opt(True, "channels_last memory format on CUDA (ignored on CPU)")
