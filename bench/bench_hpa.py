@@ -403,16 +403,11 @@ def layers(args: argparse.Namespace) -> None:
         for name, m in _stage_modules(net):
             m.register_forward_pre_hook(lambda m, i, key=(tag, name): stage_t.setdefault(key, []).append(-time.perf_counter()))
             m.register_forward_hook(lambda m, i, o, key=(tag, name): stage_t[key].__setitem__(-1, stage_t[key][-1] + time.perf_counter()))
-    folded_cl = DPNUnet().eval()
-    folded_cl.load_state_dict(plain.state_dict())
-    folded_cl = folded_cl.fold_upsampling().to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="bench_hpa_") as tmp:
         graphs = {tag: OpenVINORunner(export_openvino(net, (3, side, side), Path(tmp) / f"{tag}.xml"), args.threads)
                   for tag, net in (("published", plain), ("folded", folded))}
         xn = x.numpy()
         runs = {"torch, published": lambda: plain(x), "torch, folded": lambda: folded(x),
-                "torch, folded, channels-last (the torch runtime on CPU)": lambda: folded_cl(x_cl).contiguous(),
                 "openvino, published": lambda: graphs["published"](xn), "openvino, folded": lambda: graphs["folded"](xn)}
         load_before = os.getloadavg()[0]
         with torch.inference_mode():

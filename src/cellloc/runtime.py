@@ -327,11 +327,7 @@ class TorchRuntime:
         self.device = torch.device(device)
         self.module = build().to(self.device).eval()
         self.half = half and self.device.type == "cuda"  # fp16 only pays on CUDA; on CPU it is slower
-        # On the CPU, convolutions in channels-last layout skip oneDNN's reorders: the folded
-        # DPN-U-Net ran 1.3x faster so (bench/bench_hpa.py --layers); outputs equal to float rounding.
-        self.channels_last = self.device.type == "cpu"
-        if self.channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
             set_torch_threads(threads)
 
     def runner(self, input_shape: Sequence[int]) -> Runner:
@@ -341,10 +337,8 @@ class TorchRuntime:
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        if self.channels_last and t.ndim == 4:
-            t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            return np.ascontiguousarray(self.module(t).float().cpu().numpy())
+            return self.module(t).float().cpu().numpy()
 
 
 @register_runtime("openvino")
