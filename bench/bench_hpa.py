@@ -3,6 +3,7 @@
     PYTHONPATH=src python bench/bench_hpa.py [--sizes 1728,2048,3072] [--repeats 2] [--threads N]
     PYTHONPATH=src python bench/bench_hpa.py --steps [--size 2048] [--fields 2]   # where one field's time goes
     PYTHONPATH=src python bench/bench_hpa.py --precision [--size 2048]            # does bf16 keep the masks?
+    PYTHONPATH=src python bench/bench_hpa.py --layers [--size 1024]               # one network's forward, stage by stage
 
 Weights of the published layout are written to a temporary folder (``shortcut_state_dict``:
 random deep path, so forward passes cost what the real networks cost, rewired so that cells are
@@ -13,7 +14,8 @@ Default: per field (decoded image in, labels out) at every size, for
 * the reference loop: hpacellseg's per-field procedure rebuilt from its documented behaviour
   (``shared/reference/hpa_unet/FACTS.md``): each network's 3-plane stack rescaled with
   scikit-image (the nuclei network's three copies of one plane included), one field at a time,
-  PyTorch fp32, maps enlarged to full size and labelled there; padded only when the size needs it;
+  PyTorch fp32 with the networks as published (decoder upsampling unfolded), maps enlarged to
+  full size and labelled there; padded only when the size needs it;
 * the hpa backend on PyTorch (what ``--backend hpa`` did before ``--runtime``, plus the shared
   rescale), and on OpenVINO (``--runtime openvino``, fp32);
 * the classical backend.
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import cellloc  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import numpy as np
 import torch
 from skimage import transform
@@ -125,7 +128,7 @@ class ReferenceLoop:
     def __init__(self, weights: str, scale: float, threads: int):
         cfg = SegmentConfig(backend="hpa", weights_dir=weights, scale_factor=scale, runtime="torch", threads=threads,
                             postprocess_at_network_scale=False)
-        self.seg = HPASegmenter(cfg)
+        self.seg = HPASegmenter(cfg, fold=False)  # the published network structure
 
     def _input(self, planes: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         stack = transform.rescale(np.dstack(planes), self.seg.cfg.scale_factor, channel_axis=-1)  # float64 [0, 1]
@@ -358,6 +361,83 @@ def precision(args: argparse.Namespace) -> None:
                   f"{int(lab[0].max())} | {iou.mean():.4f} | {iou.min():.4f} | {(iou >= 0.99).mean():.3f} |")
 
 
+# --------------------------------------------------------------------------- stage by stage
+
+
+def _stage_modules(net: DPNUnet) -> list[tuple[str, torch.nn.Module]]:
+    return ([(f"encoder {i}", m) for i, m in enumerate(net.encoder_stages)]
+            + [(f"decoder upsampling {i}", m) for i, m in reversed(list(enumerate(net.decoder_stages)))]
+            + [(f"decoder fuse {i}", m) for i, m in enumerate(net.bottlenecks)]
+            + [("last upsampling", net.last_upsample), ("head", net.final)])
+
+
+def conv_macs(net: DPNUnet, side: int) -> dict[str, float]:
+    """Multiply-adds (G) of every stage of ``net`` for one (1, 3, side, side) input, by forward hooks."""
+    macs: dict[str, float] = {}
+    hooks = []
+    for name, stage in _stage_modules(net):
+        for m in stage.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                hooks.append(m.register_forward_hook(
+                    lambda m, i, o, name=name: macs.__setitem__(name, macs.get(name, 0.0) + o.numel() * m.in_channels // m.groups
+                                                                * m.kernel_size[0] * m.kernel_size[1] / 1e9)))
+    with torch.inference_mode():
+        net(torch.zeros(1, 3, side, side))
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def layers(args: argparse.Namespace) -> None:
+    """One DPN-U-Net forward, per stage (PyTorch, forward hooks), published structure against the
+    folded decoder, and whole-network times on both runtimes, interleaved; then the multiply-adds."""
+    side = round(args.size * args.scale / 32) * 32
+    torch.manual_seed(0)
+    plain = DPNUnet().eval()
+    folded = DPNUnet().eval()
+    folded.load_state_dict(plain.state_dict())
+    folded.fold_upsampling()
+    x = torch.randn(1, 3, side, side)
+    stage_t: dict[tuple[str, str], list[float]] = {}
+    for tag, net in (("published", plain), ("folded", folded)):
+        for name, m in _stage_modules(net):
+            m.register_forward_pre_hook(lambda m, i, key=(tag, name): stage_t.setdefault(key, []).append(-time.perf_counter()))
+            m.register_forward_hook(lambda m, i, o, key=(tag, name): stage_t[key].__setitem__(-1, stage_t[key][-1] + time.perf_counter()))
+    with tempfile.TemporaryDirectory(prefix="bench_hpa_") as tmp:
+        graphs = {tag: OpenVINORunner(export_openvino(net, (3, side, side), Path(tmp) / f"{tag}.xml"), args.threads)
+                  for tag, net in (("published", plain), ("folded", folded))}
+        xn = x.numpy()
+        runs = {"torch, published": lambda: plain(x), "torch, folded": lambda: folded(x),
+                "openvino, published": lambda: graphs["published"](xn), "openvino, folded": lambda: graphs["folded"](xn)}
+        load_before = os.getloadavg()[0]
+        with torch.inference_mode():
+            outs = {k: np.asarray(f()) for k, f in runs.items()}  # warm-up, and the outputs compared below
+            for v in stage_t.values():
+                v.clear()
+            totals: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.repeats):
+                for k, f in runs.items():
+                    t, _ = best_of(1, f)
+                    totals[k].append(t)
+    macs = {tag: conv_macs(net, side) for tag, net in (("published", plain), ("folded", folded))}
+    print(f"DPN-U-Net forward on one (1, 3, {side}, {side}) input (a {args.size}^2 field at scale {args.scale}), random weights, "
+          f"{args.threads} thread(s), fastest of {args.repeats}, interleaved; load average {load_before:.1f} before / "
+          f"{os.getloadavg()[0]:.1f} after")
+    print()
+    print("| stage | GMACs published | GMACs folded | torch published s | torch folded s | folded / published |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, _ in _stage_modules(plain):
+        a, b = min(stage_t["published", name]), min(stage_t["folded", name])
+        print(f"| {name} | {macs['published'].get(name, 0):.1f} | {macs['folded'].get(name, 0):.1f} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+    print(f"| whole network | {sum(macs['published'].values()):.1f} | {sum(macs['folded'].values()):.1f} | | | |")
+    print()
+    ref = min(totals["torch, published"])
+    print("| runtime, structure | s per forward | x torch published | max abs diff from torch published |")
+    print("|---|---:|---:|---:|")
+    for k, v in totals.items():
+        print(f"| {k} | {min(v):.3f} | {ref / min(v):.2f} | {np.abs(outs[k] - outs['torch, published']).max():.1e} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--peak-rss"]:
@@ -365,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", action="store_true", help="break one size's time into steps instead")
     parser.add_argument("--precision", action="store_true", help="check OpenVINO bf16 against PyTorch fp32 instead")
+    parser.add_argument("--layers", action="store_true", help="time one network's forward stage by stage instead")
     parser.add_argument("--sizes", default="1728,2048,3072", help="field sides compared (default run)")
     parser.add_argument("--size", type=int, default=2048, help="field side for --steps and --precision")
     parser.add_argument("--fields", type=int, default=2, help="fields for --steps, all in one batch for its batched row")
@@ -378,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
         steps(args)
     elif args.precision:
         precision(args)
+    elif args.layers:
+        layers(args)
     else:
         compare(args)
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cellloc  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import numpy as np
 import pandas as pd
 import torch
@@ -43,6 +44,7 @@ from cellloc.generators import write_dataset
 from cellloc.models import calibrate, create_model
 from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
 from cellloc.runs.segment import SegmentRunConfig
+from cellloc.runtime import threads_for
 from cellloc.segmentation import create_segmenter
 from cellloc.synth import SynthConfig
 
@@ -82,16 +84,23 @@ def time_segmentation(folder: Path, ids: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def time_predict(folder: Path, run: Path, out: Path, tta: int, runtime: str) -> tuple[float, int, pd.DataFrame]:
-    """(seconds, cells, every cell's scores) of a full ``run_predict`` over the folder (models loaded,
-    and converted for openvino, outside the timing)."""
+def time_predict(folder: Path, run: Path, out: Path, tta: int, runtime: str,
+                 crop_size: int) -> tuple[float, int, pd.DataFrame, float, np.ndarray]:
+    """(seconds, cells, every cell's scores, classifier-alone seconds, classifier-alone probabilities)
+    of a full ``run_predict`` over the folder (models loaded, and converted for openvino, outside
+    the timing), then of the classifier alone (``predict_samples``: resize, normalise, forward
+    passes with TTA) on as many fixed random crops as the run found cells."""
     cfg = PredictConfig(input=str(folder), models=str(run), out=str(out), tta=tta, runtime=runtime)
     predictor = load_predictor(cfg)
     t0 = time.perf_counter()
     res = run_predict(cfg, predictor)
     seconds = time.perf_counter() - t0
     scores = pd.concat([pd.read_csv(p) for p in sorted((out / "cell_scores").glob("*.csv"))])
-    return seconds, res.cells, scores
+    crops = list(np.random.default_rng(3).integers(0, 256, (max(1, res.cells), crop_size, crop_size, 4), dtype=np.uint8))
+    predictor.model.predict(crops[:2], tta=tta)  # first pass at this batch shape
+    t0 = time.perf_counter()
+    probs = predictor.model.predict(crops, tta=tta)
+    return seconds, res.cells, scores, time.perf_counter() - t0, probs
 
 
 def main() -> None:
@@ -102,11 +111,13 @@ def main() -> None:
     sizes = [512] if a.quick else [1024, 2048]
     settings = [("efficientnet-b0", 64, 64, 1)] if a.quick else [
         ("efficientnet-b2", 260, 128, 1), ("efficientnet-b2", 260, 128, 4), ("efficientnet-b0", 64, 64, 1)]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; load average at start {os.getloadavg()[0]:.2f}\n")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads "
+          f"{threads_for(1)} (cellloc's rule; --threads / $CELLLOC_THREADS / $OMP_NUM_THREADS set it), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average at start {os.getloadavg()[0]:.2f}\n")
     print("| field | classifier (crop -> input px, TTA views) | runtime | cells/field | segment fields/s | predict fields/s | "
-          "predict / segment time | x faster than torch | max prob diff vs torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "predict / segment time | x faster than torch | max prob diff vs torch | classifier alone s/field | "
+          "classifier alone x faster than torch | its max prob diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = {}
@@ -120,15 +131,16 @@ def main() -> None:
             ids = list_fields(folder, ("red", "green", "blue", "yellow")).ids
             t_seg = time_segmentation(folder, ids)
             for s in settings:
-                results = {rt: time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{rt}", s[3], rt)
-                           for rt in ("torch", "openvino")}
-                t_torch, _, ref = results["torch"]
+                results = {rt: time_predict(folder, runs[s[0], s[1], s[2]], root / f"out{size}_{s[0]}_{s[1]}_{s[3]}_{rt}", s[3], rt,
+                                            s[2]) for rt in ("torch", "openvino")}
+                t_torch, _, ref, c_torch, p_torch = results["torch"]
                 p_cols = [c for c in ref.columns if c[:1] == "p" and c[1:].isdigit()]
-                for rt, (t_pred, cells, scores) in results.items():
+                for rt, (t_pred, cells, scores, t_cls, probs) in results.items():
                     diff = float(np.abs(scores[p_cols].to_numpy() - ref[p_cols].to_numpy()).max()) if len(ref) else 0.0
                     print(f"| {size}^2 | {s[0]}, {s[2]} -> {s[1]} px, x{s[3]} | {rt} | {cells / len(ids):.1f} | "
                           f"{len(ids) / t_seg:.2f} | {len(ids) / t_pred:.2f} | {t_pred / t_seg:.2f}x | {t_torch / t_pred:.2f} | "
-                          f"{diff:.1e} |", flush=True)
+                          f"{diff:.1e} | {t_cls / len(ids):.3f} | {c_torch / t_cls:.2f} | {np.abs(probs - p_torch).max():.1e} |",
+                          flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

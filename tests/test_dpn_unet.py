@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellloc.segmentation.dpn_unet import DPNUnet, DualPathBlock
+from cellloc.segmentation.dpn_unet import DPNUnet, DualPathBlock, UnetDecoderBlock, UpsampleConv
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "hpa_unet"
@@ -86,3 +86,35 @@ def test_dual_path_block_splits_residual_and_dense():
         resid, dense = block(torch.randn(2, 64, 8, 8))
     # Projection gives width + 2*inc channels; the block adds inc more dense channels.
     assert resid.shape == (2, 64, 4, 4) and dense.shape == (2, 48, 4, 4)
+
+
+def test_folded_upsampling_gives_the_same_outputs(net):
+    folded = DPNUnet().eval()
+    folded.load_state_dict(net.state_dict())
+    folded.fold_upsampling()
+    assert not any(isinstance(m, torch.nn.Upsample) for m in folded.modules())
+    assert sum(isinstance(m, UpsampleConv) for m in folded.modules()) == 5
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [1, 5])
+def test_decoder_block_fold_matches_at_every_border(side):
+    # tiny inputs: every output pixel is next to the zero padding, the case a wrong tap order breaks
+    torch.manual_seed(1)
+    block = UnetDecoderBlock(8, 4).eval()
+    x = torch.randn(3, 8, side, side + 2)
+    with torch.no_grad():
+        want = block(x).clone()
+        block.fold()
+        block.fold()  # folding twice is a no-op
+        got = block(x)
+    assert got.shape == want.shape == (3, 4, 2 * side, 2 * side + 4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_3x3_padding_1_conv_folds():
+    with pytest.raises(ValueError, match="3x3 conv with padding 1"):
+        UpsampleConv(torch.nn.Conv2d(4, 4, 3, padding=0))

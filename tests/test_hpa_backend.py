@@ -243,7 +243,7 @@ def test_openvino_runtime_gives_the_torch_maps_and_masks(cfg, seg, labelled):
     cells, nuclei = fast.labels_from_maps(nuc, cell, img.shape)
     assert np.array_equal(cells, labelled[0]) and np.array_equal(nuclei, labelled[1])
     # Both roles read the same test file here, so they share one converted graph.
-    assert len(list((Path(cfg.weights_dir) / "compiled").glob("dpn_unet-*.xml"))) == 1
+    assert len(list((Path(cfg.weights_dir) / "compiled").glob("dpn_unet_phased-*.xml"))) == 1
 
 
 def test_openvino_runtime_missing_is_one_line(cfg, monkeypatch):

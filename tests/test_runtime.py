@@ -53,10 +53,71 @@ def torch_out(net: nn.Module, x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x)).numpy()
 
 
-def test_threads_follow_the_worker_count(monkeypatch):
-    monkeypatch.setattr(runtime, "available_cpus", lambda: 8)
+@pytest.fixture
+def machine(monkeypatch):
+    """No thread variables set; ``machine(cpus)`` fakes the CPUs this process may use."""
+    for name in (runtime.THREADS_ENV, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+    def fake(cpus: int) -> None:
+        monkeypatch.setattr(runtime, "available_cpus", lambda: cpus)
+
+    return fake
+
+
+def test_threads_are_the_cpus_shared_among_workers(machine):
+    machine(8)
     assert threads_for(1) == 8 and threads_for(2) == 4 and threads_for(3) == 2 and threads_for(16) == 1
     assert threads_for(4, threads=3) == 3  # an explicit count wins
+
+
+def test_openmp_threads_sleep_when_idle_unless_told_otherwise():
+    # set by `import cellloc` before torch loads OpenMP (bench/bench_threads.py: spinning threads
+    # made PyTorch 2-12x slower on shared cores); this subprocess imports nothing else first
+    code = "import os, cellloc; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(REPO / "src")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "ACTIVE"
+
+
+def test_thread_option_then_env_then_omp(machine, monkeypatch):
+    machine(8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")  # OpenMP's nested form: the first level counts
+    assert threads_for(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: the rule
+    assert threads_for(2) == 4
+    monkeypatch.setenv(runtime.THREADS_ENV, "2")
+    assert threads_for(2) == 2 and threads_for(2, threads=5) == 5
+    monkeypatch.setenv(runtime.THREADS_ENV, "many")
+    with pytest.raises(InputError, match="CELLLOC_THREADS='many': expected a positive number"):
+        threads_for(1)
+
+
+def test_thread_count_reaches_torch(machine, monkeypatch, tmp_path):
+    path = save_weights(tmp_path / "w.pt")
+    before = torch.get_num_threads()
+    try:
+        create_runtime("torch", build_from(path), path, threads=1)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv(runtime.THREADS_ENV, "2")
+        create_runtime("torch", build_from(path), path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_option_reaches_the_segmenter_and_predictor_configs(machine, monkeypatch):
+    machine(8)
+    assert SegmentRunConfig(backend="hpa", workers=2).segment_config().threads == 4
+    assert SegmentRunConfig(backend="hpa", workers=2, threads=3).segment_config().threads == 3
+    monkeypatch.setenv(runtime.THREADS_ENV, "1")
+    assert SegmentRunConfig(backend="hpa", workers=2).segment_config().threads == 1
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        SegmentRunConfig(threads=-1)
 
 
 def test_missing_openvino_is_one_line_naming_the_extra(monkeypatch, tmp_path):
@@ -131,6 +192,14 @@ def test_graph_cache_is_keyed_by_weights_and_shape(ov, tmp_path, monkeypatch):
     assert not np.allclose(out1, out0) and len(list(cache.glob("*.xml"))) == 3
 
 
+def test_thread_count_reaches_openvino(ov, machine, tmp_path):
+    path = save_weights(tmp_path / "w.pt")
+    for threads, cpus in ((2, 2), (1, 2), (0, 1)):  # OpenVINO caps a count at the machine's cores; 0: the rule
+        machine(cpus)
+        run = create_runtime("openvino", build_from(path), path, cache_dir=tmp_path / "c", threads=threads).runner((3, 16, 16))
+        assert run.compiled.get_property("INFERENCE_NUM_THREADS") == min(threads or cpus, os.cpu_count())
+
+
 def test_openvino_is_cpu_only(ov, tmp_path):
     path = save_weights(tmp_path / "w.pt")
     with pytest.raises(InputError, match="runs on the CPU"):
@@ -199,7 +268,32 @@ def test_cli_runtime_without_openvino_is_one_line(synth_dataset, tmp_path):
         assert len(errors) == 1 and '".[fast]"' in errors[0] and "Traceback" not in r.stderr
 
 
-def test_runtime_options_reach_the_segmenter_config():
+def test_runtime_options_reach_the_segmenter_config(machine):
+    machine(8)
     cfg = SegmentRunConfig(backend="hpa", runtime="openvino", workers=2)
     seg = cfg.segment_config()
     assert seg.runtime == "openvino" and seg.threads == threads_for(2)
+
+
+@pytest.mark.parametrize("runtime_name", ["torch", "openvino"])
+def test_predict_thread_option_reaches_the_classifier(machine, tmp_path, runtime_name):
+    from cellloc.classifier import Recipe, save_untrained
+    from cellloc.runs.predict import PredictConfig, load_predictor
+
+    if runtime_name == "openvino":
+        pytest.importorskip("openvino", reason='the openvino runtime is the optional extra: pip install -e ".[fast]"')
+    machine(8)
+    save_untrained(tmp_path / "run" / "fold0", Recipe("hpa-2018", "image", "efficientnet-b0", 4, 28, 32, [0.1] * 4, [0.2] * 4,
+                                                      "multilabel", {"kind": "field", "resize": 32, "tiles": 1}))
+    before = torch.get_num_threads()
+    try:
+        predictor = load_predictor(PredictConfig(models=str(tmp_path / "run"), runtime=runtime_name, threads=1, workers=2))
+        net = predictor.model.members[0].net
+        if runtime_name == "openvino":
+            assert net.runner.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        else:
+            assert torch.get_num_threads() == 1
+        load_predictor(PredictConfig(models=str(tmp_path / "run"), runtime="torch", workers=2))
+        assert torch.get_num_threads() == 4  # the rule: 8 idle CPUs shared by 2 workers
+    finally:
+        torch.set_num_threads(before)

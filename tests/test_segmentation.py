@@ -55,6 +55,28 @@ def test_reconstruct_by_dilation_equals_scikit_image():
         assert rec.dtype == np.uint16 and np.array_equal(rec, reconstruction(qs, q, method="dilation"))
 
 
+def test_reconstruct_by_pieces_equals_the_whole_map_pass(monkeypatch):
+    """Pieces of the mask touching only diagonally, nested bounding boxes, pieces on the border:
+    reconstructed piece by piece or in one pass over the map, the same values."""
+    import cv2
+
+    from cellloc.segmentation import classical
+
+    rng = np.random.default_rng(5)
+    fg = cv2.GaussianBlur(rng.random((120, 130)).astype(np.float32), (0, 0), 3) > 0.52
+    fg[10:40, 10:12] = fg[10:12, 10:40] = fg[38:40, 10:40] = True  # a ring ...
+    fg[20:28, 20:28], fg[19, 19] = True, False  # ... around a piece inside its box
+    fg[50, 50] = fg[51, 51] = True  # diagonal neighbours: one piece under 8-connectivity
+    q = np.rint(cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5) * 900).astype(np.uint16)
+    seed = np.clip(q.astype(np.int32) - 1500, 0, None).astype(np.uint16)
+    pieces = cv2.connectedComponents(fg.astype(np.uint8), connectivity=8)[0] - 1
+    assert 5 < pieces <= classical.MAX_RECONSTRUCTED_PIECES
+    by_pieces = classical.reconstruct_by_dilation(seed, q)
+    monkeypatch.setattr(classical, "MAX_RECONSTRUCTED_PIECES", 0)
+    whole = classical.reconstruct_by_dilation(seed, q)
+    assert np.array_equal(by_pieces, whole) and (whole > 0).any()
+
+
 def test_tighten_to_edge_finds_the_step_of_dim_and_bright_nuclei():
     import cv2
 

@@ -158,6 +158,23 @@ def test_two_step_run_lowers_the_loss_on_a_fixed_batch(cells_csv, tmp_path):
     assert after < before - 0.01, (before, after)
 
 
+class ThreadsSeen(Callback):
+    """Records PyTorch's intra-op thread count when training starts."""
+
+    def on_train_start(self, tez_trainer, **kwargs):
+        self.threads = torch.get_num_threads()
+
+
+def test_thread_option_reaches_torch_for_training(cells_csv, tmp_path):
+    seen, before = ThreadsSeen(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_fold(tiny(cells_csv, tmp_path, epochs=1, threads=1), callbacks=[seen])
+        assert seen.threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):
     cfg = tiny(cells_csv, tmp_path, epochs=1, tta=2)
     result = train_fold(cfg)

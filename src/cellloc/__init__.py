@@ -12,4 +12,10 @@ import os
 # inherited by worker processes. A user's own OPENCV_LOG_LEVEL wins.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
+# PyTorch's OpenMP threads sleep when idle instead of spinning: with the default (spin),
+# 2 threads on 2 cores that other processes also use ran 2-12x slower than 1 thread; passive,
+# 0.93-1.34x the 1-thread time (bench/bench_threads.py). Read by libgomp when torch is first
+# imported, so it must be set here, before any module imports torch; a user's own value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ from .fieldio import atomic_path, write_json
 from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
-from .runtime import compile_for_runtime
+from .runtime import compile_for_runtime, set_torch_threads
 from .tasks import Task, get_task
 from .torchfile import load_checkpoint
 
@@ -178,6 +178,8 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
         net = compile_for_runtime(net.eval(), (recipe.in_chans, side, side), path, runtime, threads=threads, stem=recipe.model)
     model = Classifier(net, recipe)
     device = torch.device(device)
+    if runtime == "torch" and device.type == "cpu":
+        set_torch_threads(threads)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -248,12 +250,12 @@ def load_ensemble(run_dir: str | Path, folds: Sequence[int] = (), device: str | 
 
 
 def load_image_partner(run_dir: str | Path, cell_model: Classifier | Ensemble, cell_run: str | Path = "",
-                       device: str | torch.device = "cpu", runtime: str = "torch") -> Ensemble:
+                       device: str | torch.device = "cpu", runtime: str = "torch", threads: int = 0) -> Ensemble:
     """The image-level run whose field scores ``cell_model``'s cells are blended with: every fold of
     ``run_dir``, which must be an image-level run of the cell model's task (InputError otherwise)."""
     if cell_model.recipe.level != "cell":
         raise InputError(f"--image-models blends with cell scores; {cell_run or 'the model'} is an image-level run")
-    image_model = load_ensemble(run_dir, (), device, runtime)
+    image_model = load_ensemble(run_dir, (), device, runtime, threads)
     if image_model.recipe.level != "image" or image_model.task.name != cell_model.task.name:
         raise InputError(f"{run_dir}: not an image-level run of task {cell_model.task.name} "
                          f"({image_model.recipe.level}-level, task {image_model.task.name})")

@@ -81,11 +81,59 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+THREADS_ENV = "CELLLOC_THREADS"
+
+
+def default_threads(workers: int = 1) -> int:
+    """Intra-op threads per process when none is asked for: the CPUs this process may use, shared
+    among ``workers`` processes (at least 1).
+
+    Measured (``bench/bench_threads.py``, 2 cores shared with other sessions, load average 8-13):
+    OpenVINO at 2 threads was 1.10-1.18x faster than at 1, PyTorch with idle OpenMP threads
+    sleeping (``OMP_WAIT_POLICY=PASSIVE``, which ``import cellloc`` sets unless the variable is
+    already set) 0.93-1.34x; only PyTorch with OpenMP's spinning threads (libgomp's default)
+    collapsed, 2-12x slower. So more threads cost nothing worth a rule even on a busy machine,
+    and on an idle one every core works; a thread count below the core count is for the user to
+    ask for (``--threads``, ``$CELLLOC_THREADS``).
+    """
+    return max(1, available_cpus() // max(1, workers))
+
+
+def _env_threads(name: str, strict: bool = True) -> int:
+    """A positive thread count from environment variable ``name``; 0 when unset. ``strict``: a bad
+    value is a one-line :class:`InputError`; otherwise (a variable another tool owns, such as
+    ``OMP_NUM_THREADS``, whose value may be a list "4,2") the first entry, or 0 when unreadable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return 0
+    try:
+        n = int(value if strict else value.split(",")[0])
+    except ValueError:
+        n = 0
+    if n < 1 and strict:
+        raise InputError(f"{name}={value!r}: expected a positive number of threads")
+    return max(n, 0)
+
+
 def threads_for(workers: int = 1, threads: int = 0) -> int:
-    """Intra-op threads per process: ``threads`` when set, else the CPUs shared among ``workers`` processes."""
+    """Intra-op threads per process: ``threads`` when > 0 (``--threads``), else ``$CELLLOC_THREADS``,
+    else ``$OMP_NUM_THREADS`` (the variable PyTorch itself reads), else :func:`default_threads`.
+
+    Every setting is per process: ``--workers 4 --threads 2`` runs 4 processes of 2 threads.
+    """
     if threads > 0:
         return threads
-    return max(1, available_cpus() // max(1, workers))
+    return _env_threads(THREADS_ENV) or _env_threads("OMP_NUM_THREADS", strict=False) or default_threads(workers)
+
+
+def set_torch_threads(threads: int) -> int:
+    """Set PyTorch's intra-op threads for this process to ``threads_for(1, threads)``; returns it."""
+    import torch
+
+    n = threads_for(1, threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def _version_tag(version: str) -> str:
@@ -161,7 +209,7 @@ class OpenVINORunner:
 
     Compiled once with the batch axis dynamic (measured as fast as a graph compiled for one
     batch size, for the DPN-U-Net and EfficientNet alike, so a field's crop count never triggers
-    a recompile). ``threads`` intra-op threads (0: every CPU this process may use), one stream,
+    a recompile). ``threads`` intra-op threads (0: :func:`threads_for`'s default), one stream,
     no core pinning (several worker processes would otherwise pin to the same cores).
     """
 
@@ -269,7 +317,8 @@ def create_runtime(
 @register_runtime("torch")
 class TorchRuntime:
     """PyTorch as it is: the module is built at once (so a bad weight file fails here), any shape,
-    any device; ``threads`` > 0 sets torch's intra-op threads for the whole process."""
+    any device; on the CPU it sets torch's intra-op threads for the whole process to
+    ``threads_for(1, threads)`` (0: the default rule, :func:`threads_for`)."""
 
     def __init__(self, build: Callable[[], nn.Module], weights: Path, *, stem: str, cache_dir, threads: int = 0,
                  device: str = "cpu", half: bool = False, precision: str = "f32"):
@@ -278,8 +327,8 @@ class TorchRuntime:
         self.device = torch.device(device)
         self.module = build().to(self.device).eval()
         self.half = half and self.device.type == "cuda"  # fp16 only pays on CUDA; on CPU it is slower
-        if threads > 0:
-            torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            set_torch_threads(threads)
 
     def runner(self, input_shape: Sequence[int]) -> Runner:
         return self

@@ -156,7 +156,7 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
         recorded = model.recipe.segment_config()
         if recorded is None:
             raise InputError(f"{models}: the recipe records no segmentation (its cells table had no segment_config.json)")
-        seg = replace(recorded, device=device)
+        seg = replace(recorded, device=device, threads=0)  # this machine's thread rule, not the training machine's
     options = FieldOptions(blend=blend, tta=tta)
     return ServiceModel(spec, create_segmenter(seg), model, image_model, options, run=Path(models).name,
                         folds=tuple(Path(n).name for n in model.names))

@@ -372,7 +372,7 @@ def executor_names() -> list[str]:
 
 @dataclass
 class ExecutorOptions:
-    """``--executor``, ``--workers``, ``--address``: where a folder run's fields run (a config mixin).
+    """``--executor``, ``--workers``, ``--threads``, ``--address``: where a folder run's fields run (a config mixin).
 
     A subclass's ``__post_init__`` calls :meth:`check_executor`. They do not change results (the
     outputs are byte-identical whatever runs them), so they are not settings a resume compares.
@@ -382,11 +382,15 @@ class ExecutorOptions:
                         "(a local cluster of --workers, or the cluster at --address; pip install -e \".[distributed]\"); "
                         "--workers > 1 with serial means process", choices=executor_names())
     workers: int = opt(1, "worker processes of the process pool or the local Dask cluster")
+    threads: int = opt(0, "intra-op threads per process for the networks, PyTorch and OpenVINO (0: $CELLLOC_THREADS, "
+                       "else $OMP_NUM_THREADS, else the CPUs this process may use shared among --workers)")
     address: str = opt("", "join a running Dask cluster (--executor dask): tcp://host:8786 or a scheduler JSON file")
 
     def check_executor(self) -> None:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {self.threads}")
         if self.executor == "serial" and self.workers > 1:
             self.executor = "process"
         if self.address and self.executor != "dask":

@@ -47,7 +47,7 @@ from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
 from ..run_state import RunStart, ensure_same_settings, folder_lock
-from ..runtime import RUNTIMES
+from ..runtime import RUNTIMES, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..segmentation.scale import segment_with_scale
 from ..submission import SubmissionWriter
@@ -162,16 +162,17 @@ class Predictor:
 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """Every fold of ``cfg.models`` (and ``cfg.image_models``), and the segmentation a cell model needs."""
-    model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
+    threads = threads_for(cfg.workers, cfg.threads)
+    model = load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime, threads)
     cfg.resolved(model.task)  # a --task that differs is an error before anything runs
     image_model = None
     if model.recipe.level == "cell":
         check_image_blend(cfg.blend, bool(cfg.image_models))
     if cfg.image_models:
-        image_model = load_image_partner(cfg.image_models, model, cfg.models, cfg.device, cfg.runtime)
+        image_model = load_image_partner(cfg.image_models, model, cfg.models, cfg.device, cfg.runtime, threads)
     segment = None
     if model.recipe.level == "cell":
-        segment = _segmentation(cfg, model)
+        segment = replace(_segmentation(cfg, model), threads=threads)
     return Predictor(model, image_model, segment)
 
 
@@ -430,7 +431,7 @@ class ImageWorker:
 
     def __init__(self, cfg: PredictConfig, model: Ensemble | None = None, normaliser: FieldNormaliser | None = None) -> None:
         self.cfg = cfg
-        self.model = model or load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime)
+        self.model = model or load_ensemble(cfg.models, cfg.folds, cfg.device, cfg.runtime, threads_for(cfg.workers, cfg.threads))
         # the model's own normalisation (its recipe), with this dataset's statistics
         self.normaliser = normaliser or model_normaliser(cfg, self.model)
 

@@ -146,14 +146,15 @@ class SegmentRunConfig(ExecutorOptions):
             pixel_size_um=self.pixel_size_um or None, scale_from=self.scale_from, snap_to_width=self.snap_to_width,
             remove_edge_cells=self.remove_edge_cells,
             weights_dir=self.weights_dir or None, device=self.device, batch_size=self.batch_size, half=self.half,
-            runtime=self.runtime, threads=threads_for(self.workers),
+            runtime=self.runtime, threads=threads_for(self.workers, self.threads),
             cell_model=self.cell_model,
         )
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
+        # threads: how fast this machine ran it, not what it made; 0 lets the predicting machine choose
         return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
-                "segment": dataclasses.asdict(self.segment_config())}
+                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0}}
 
 
 @dataclass

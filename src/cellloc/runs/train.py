@@ -92,6 +92,7 @@ from ..plate_norm import NORMALISATIONS, field_normaliser
 from ..plots_training import plot_training_curves
 from ..registry import Registry
 from ..run_state import existing_outputs, folder_lock, move_aside
+from ..runtime import set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
 from ..torchfile import load_checkpoint
@@ -101,7 +102,7 @@ from .segment import SegmentRunConfig
 
 # Fields that may differ between a run and its --resume (everything else must match): how long and
 # where it runs, and where the run folder is (a copied or moved run folder resumes).
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "device", "resume", "tta", "tiles", "amp",
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "threads", "device", "resume", "tta", "tiles", "amp",
                                "channels_last", "cache_mb", "out_dir", "run_name", "weights_dir", "overwrite"})
 # Everything training writes in a fold folder (what --overwrite moves aside).
 TRAIN_OUTPUTS = ("config.json", RECIPE_FILE, "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
@@ -198,6 +199,8 @@ class TrainConfig:
     cache_mb: int = opt(0, "image models: MiB of RAM for decoded, resized fields, filled before the first epoch "
                         "(0 = off); epochs then skip PNG decoding and resizing for the fields that fit")
     num_workers: int = opt(2, "DataLoader worker processes")
+    threads: int = opt(0, "intra-op threads on the CPU (0: $CELLLOC_THREADS, else $OMP_NUM_THREADS, else every CPU "
+                       "this process may use)")
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda")
     amp: bool = opt(True, "fp16 mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = opt(True, "channels_last memory format on CUDA (ignored on CPU)")
@@ -290,6 +293,7 @@ class TrainConfig:
         need(self.cache_mb >= 0, f"cache_mb must be >= 0, got {self.cache_mb}")
         need(self.cache_mb == 0 or self.level == "image", "cache_mb caches whole fields: it needs an image-level model")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.limit >= 0, f"limit must be >= 0, got {self.limit}")
         need(self.tta in TTA_CHOICES, f"tta must be one of 1, 2, 4, 8, got {self.tta}")
@@ -798,6 +802,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
 
     device = _resolve_device(cfg.device)
     on_cuda = device.type == "cuda"
+    if not on_cuda:
+        set_torch_threads(cfg.threads)
     batch_size = min(cfg.batch_size, len(sets.train))
     train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain), sets.train_extras)
     valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
@@ -890,7 +896,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         return None  # under accelerate launch, rank 0 predicts, scores and writes
 
     # Honest scoring: the best epoch's weights on every validation sample.
-    model = load_classifier(run_dir, device=device)
+    model = load_classifier(run_dir, device=device, threads=cfg.threads)
     probs = model.predict(sets.valid_reader, tta=cfg.tta, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers)
     scored = score_fold(cfg, sets, probs)
 

@@ -272,8 +272,21 @@ def fill_holes_from(labels: np.ndarray, fill: np.ndarray, max_hole_px: float) ->
     return np.where(inner[holes], fill, labels).astype(np.int32)
 
 
+def _dilate_until_stable(rec: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """3x3 dilations of ``rec`` clipped by ``mask`` until nothing changes (both HxW, one dtype)."""
+    kernel = np.ones((3, 3), np.uint8)
+    while True:
+        nxt = np.minimum(cv2.dilate(rec, kernel, borderType=cv2.BORDER_REPLICATE), mask)
+        if np.array_equal(nxt, rec):
+            return rec
+        rec = nxt
+
+
+MAX_RECONSTRUCTED_PIECES = 64  # beyond this many, one pass over the whole map costs less than a loop over pieces
+
+
 def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Greyscale reconstruction by dilation of ``seed`` under ``mask`` (HxW, 8-connected).
+    """Greyscale reconstruction by dilation of ``seed`` under ``mask`` (HxW, 8-connected, both >= 0).
 
     Equal to ``skimage.morphology.reconstruction(seed, mask, method="dilation")``: a 3x3
     dilation clipped by the mask, repeated until nothing changes. The number of passes is the
@@ -282,17 +295,27 @@ def reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     scikit-image's sort of every pixel. Values are only ever copied (max/min), so they are exact.
     uint16 maps stay uint16 (OpenCV dilates them several times faster than float32); anything
     else is computed in float32.
+
+    Nothing crosses a pixel where ``mask`` is 0 (the result is 0 there), so each 8-connected
+    piece of ``mask > 0`` is reconstructed alone inside its bounding box, with as many passes as
+    it needs: on a field of nuclei that is the nuclei's area instead of the whole map per pass
+    (the real HPA sample: half the time), the same values.
     """
     mask = np.asarray(mask)
     if mask.dtype != np.uint16:
         mask = mask.astype(np.float32)
     rec = np.minimum(np.asarray(seed, mask.dtype), mask)
-    kernel = np.ones((3, 3), np.uint8)
-    while True:
-        nxt = np.minimum(cv2.dilate(rec, kernel, borderType=cv2.BORDER_REPLICATE), mask)
-        if np.array_equal(nxt, rec):
-            return rec
-        rec = nxt
+    n, pieces, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if n - 1 > MAX_RECONSTRUCTED_PIECES:
+        return _dilate_until_stable(rec, mask)
+    out = np.zeros_like(rec)
+    for k in range(1, n):
+        x, y, w, h = stats[k, :4]
+        box = (slice(y, y + h), slice(x, x + w))
+        own = pieces[box] == k  # a box may hold parts of other pieces: they sit at 0 here, as outside the mask
+        done = _dilate_until_stable(np.where(own, rec[box], 0), np.where(own, mask[box], 0))
+        out[box][own] = done[own]
+    return out
 
 
 def h_maxima_seeds(dist: np.ndarray, h: float, min_distance_px: float, mask: np.ndarray) -> np.ndarray:
