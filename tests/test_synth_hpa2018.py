@@ -82,6 +82,22 @@ def test_records_are_prefix_stable_and_grouped_by_protein():
     assert not test_ids & set(ids)  # the test split never repeats a training image, even with one seed
 
 
+def test_cover_groups_put_every_class_in_a_small_split():
+    plain = image_records(Hpa2018Config(seed=1), "test", 120)
+    assert len({k for r in plain for k in r.classes}) < 24  # the real shares leave the rare classes out
+    covered = image_records(Hpa2018Config(seed=1, cover_groups=1), "test", 120)
+    assert {k for r in covered for k in r.classes} == set(range(28))
+    first = {}
+    for r in covered:
+        first.setdefault(r.protein, r.classes)
+    order = sorted(range(28), key=lambda k: (HPA_2018_TRAIN_COUNTS[k], k))  # rarest first: Rods & rings
+    assert all(order[g] in first[g] for g in range(28))
+    later = [r for r in covered if r.protein >= 28]  # the groups after the covering ones: drawn as usual
+    assert later and later == [r for r in plain if r.protein >= 28]
+    # none asked for: the same records as before the option existed
+    assert image_records(Hpa2018Config(seed=1, cover_groups=0), "test", 120) == plain
+
+
 def test_images_are_deterministic_and_labels_match_cells():
     cfg = Hpa2018Config(size=256, seed=1)
     records = image_records(cfg, "train", 6)
@@ -150,7 +166,7 @@ def test_single_cell_generator_output_is_unchanged():
 
 def test_bad_config_values():
     for kw in ({"size": 64}, {"bit_depth": 12}, {"class_counts": (1,) * 5}, {"images_per_protein": (3, 2)},
-               {"labels_per_image": ()}):
+               {"labels_per_image": ()}, {"cover_groups": -1}):
         with pytest.raises(ValueError):
             Hpa2018Config(**kw)
     with pytest.raises(ValueError):
