@@ -78,18 +78,20 @@ def run(title: str, args: list[str], capture: bool = False) -> list[str]:
     """Run one stage as a subprocess from the repository root; stop the demo if it fails.
 
     With ``capture`` its standard output is shown as it comes and also returned, line by line.
+    Stages run unbuffered (``-u``): in a pipe or a log file a stage's epochs and fields then
+    appear as they finish, not all at once when it exits.
     """
     print(f"\n=== {title}: python {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
     lines: list[str] = []
     if capture:
-        with subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, text=True) as proc:
+        with subprocess.Popen([sys.executable, "-u", *args], cwd=REPO, stdout=subprocess.PIPE, text=True) as proc:
             for line in proc.stdout:  # type: ignore[union-attr]
                 print(line, end="", flush=True)
                 lines.append(line.rstrip("\n"))
         code = proc.returncode
     else:
-        code = subprocess.run([sys.executable, *args], cwd=REPO).returncode
+        code = subprocess.run([sys.executable, "-u", *args], cwd=REPO).returncode
     if code != 0:
         raise SystemExit(f"demo: stage '{title}' failed (exit {code})")
     print(f"=== {title}: done in {time.perf_counter() - t0:.0f}s", flush=True)
