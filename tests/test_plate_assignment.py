@@ -11,6 +11,7 @@ from cellloc.plate_assignment import (
     assign_plate,
     average_by_sample,
     log_softmax,
+    plate_confidence,
     plate_groups,
     sample_probabilities,
 )
@@ -98,3 +99,24 @@ def test_sample_probabilities_average_logits_for_one_class_per_sample():
     assert out[0, 0] != pytest.approx(probs[:2, 0].mean())
     _, ml = sample_probabilities(np.array([[0.2, 0.9], [0.4, 0.1]]), ["a", "a"], "multilabel")
     np.testing.assert_allclose(ml, [[0.3, 0.5]])
+
+
+def test_plate_confidence_is_the_group_posterior_times_the_within_group_probability():
+    groups = [frozenset({0, 1}), frozenset({2, 3})]
+    # plate A looks like group {0, 1} (each well sure of its siRNA); plate B is torn between the groups
+    probs = np.array([[0.80, 0.10, 0.05, 0.05],
+                      [0.10, 0.80, 0.05, 0.05],
+                      [0.30, 0.20, 0.30, 0.20],
+                      [0.20, 0.30, 0.20, 0.30]])
+    keys = ["A", "A", "B", "B"]
+    labels = assign_by_plate(np.log(probs), keys, groups)
+    conf = plate_confidence(np.log(probs), keys, groups, labels)
+    scores = [assign_once(np.log(probs[:2]), sorted(g))[1] for g in groups]
+    p_group = np.exp(scores[0]) / np.exp(scores).sum()
+    np.testing.assert_allclose(conf[:2], p_group * 0.8 / 0.9)
+    assert conf[0] > 0.8
+    np.testing.assert_allclose(conf[2:], 0.5 * 0.3 / 0.5)  # B: either group alike, then 0.3 of the group's 0.5
+    # a label outside every group is never confident; shapes are checked
+    assert plate_confidence(np.log(probs), keys, [frozenset({0, 1})], [2, 2, 2, 2]).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError):
+        plate_confidence(np.log(probs), keys[:3], groups, labels)

@@ -14,8 +14,10 @@ import pytest
 from cellloc import rxrx1
 from cellloc.classifier import Recipe
 from cellloc.config import read_config_file
-from cellloc.runs.predict import read_field_scores
+from cellloc.plate_assignment import plate_confidence
+from cellloc.runs.predict import per_sample, read_field_scores
 from cellloc.runs.train import TrainConfig
+from cellloc.tasks import get_task
 
 from test_evaluate_cli import load_script
 from test_task_runs import TINY
@@ -118,6 +120,19 @@ def test_pseudo_labels_come_from_the_predictions_and_never_from_the_truth(lab, t
     sure = pd.read_csv(tmp_path / "d.csv")
     assert (sure.loc[sure["source"] == "predicted", "confidence"] >= 0.5).all()
     assert "given control wells" in capsys.readouterr().out
+    # the default confidence is the plate design's (group posterior times within-group probability);
+    # --confidence probability is the submitted siRNA's probability among all classes
+    ids, probs = read_field_scores(lab.pred2)
+    samples, well_probs = per_sample(ids, probs, get_task("rxrx1"))
+    groups = rxrx1.plate_groups_of(lab.data / "train.csv")
+    labels = sub.loc[samples].to_numpy()
+    plates = [rxrx1.parse_id_code(s)[:2] for s in samples]
+    want = dict(zip(samples, plate_confidence(np.log(well_probs), plates, groups, labels)))
+    assert np.allclose(predicted["confidence"], [want[i] for i in predicted["ID"]], atol=1e-5)
+    load_script("pseudo_labels").main([*argv, "--confidence", "probability", "--out", str(tmp_path / "e.csv")])
+    raw = pd.read_csv(tmp_path / "e.csv").set_index("ID")
+    at = dict(zip(samples, well_probs[np.arange(len(samples)), labels]))
+    assert np.allclose(raw.loc[predicted["ID"], "confidence"], [at[i] for i in predicted["ID"]], atol=1e-5)
 
 
 def test_stage_three_trains_on_pseudo_labelled_test_wells_too(lab, tmp_path, capsys):
@@ -252,3 +267,18 @@ def test_a_lone_field_reaches_a_channel_subset_model_as_its_stains(tmp_path):
     seen = Recording()
     score_image(field, seen)
     np.testing.assert_array_equal(seen.seen, FieldNormaliser("site")("", field[..., [0, 1, 2, 4, 5]]))
+
+
+def test_the_recipe_demo_has_its_own_small_design_and_scores_its_pseudo_labels(tmp_path):
+    demo = load_script("demo")
+    recipe = demo.parse_config(demo.DemoConfig, ["--task", "rxrx1", "--recipe", "full"])
+    plain = demo.parse_config(demo.DemoConfig, ["--task", "rxrx1"])
+    assert (recipe.sirnas, recipe.size, recipe.image_size) == (16, 128, 64)
+    assert plain.sirnas == 32 and plain.size == demo.DEMO_DEFAULTS["rxrx1"]["size"]
+    assert demo.parse_config(demo.DemoConfig, ["--task", "rxrx1", "--recipe", "full", "--sirnas", "8"]).sirnas == 8
+    # precision of the pseudo-labels against the truth the demo holds back from training
+    pd.DataFrame({"ID": ["a", "b", "c", "k"], "Label": ["1", "2", "3", "1138"],
+                  "source": ["predicted"] * 3 + ["given"]}).to_csv(tmp_path / "pseudo.csv", index=False)
+    pd.DataFrame({"id_code": ["a", "b", "c", "d"], "sirna": [1, 5, 3, 4]}).to_csv(tmp_path / "truth.csv", index=False)
+    kept, precision = demo.pseudo_label_precision(tmp_path / "pseudo.csv", tmp_path / "truth.csv")
+    assert kept == 3 and precision == pytest.approx(2 / 3)

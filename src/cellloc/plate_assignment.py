@@ -148,3 +148,42 @@ def assign_by_plate(logits: np.ndarray, plate_keys: Sequence[Hashable], groups: 
     for rows in rows_of.values():
         out[rows] = assign_plate(logits[rows], groups)[0]
     return out
+
+
+def plate_confidence(logits: np.ndarray, plate_keys: Sequence[Hashable], groups: Sequence[Iterable[int]],
+                     labels: Sequence[int]) -> np.ndarray:
+    """How likely each well's answer is right under the plate design: P(group of its plate) * P(label | group).
+
+    ``logits``: (N, C) per well (log-probabilities will do); ``plate_keys``: N keys naming each
+    well's plate; ``groups``: the siRNA groups (:func:`plate_groups`); ``labels``: (N,) the answers
+    (e.g. :func:`assign_by_plate`'s). Per plate, the probability that it holds group g is the
+    softmax over the groups of their best one-to-one assignment log-likelihood (what
+    :func:`assign_plate` compares); a well's probability of its label given the group is its
+    probability renormalised over that group's siRNAs. The product is what pseudo-labelling
+    should rank by: a well's raw probability of its siRNA is small whenever the control classes
+    or the other groups take mass, and says nothing about whether its plate's group was found.
+    A label in no group gets 0. Returns (N,) float64 in [0, 1].
+    """
+    lp = log_softmax(np.asarray(logits, np.float64))
+    labels = np.asarray(labels, np.int64)
+    if len(plate_keys) != len(lp) or labels.shape != (len(lp),):
+        raise ValueError(f"{len(plate_keys)} plate keys and {labels.shape} labels for {len(lp)} wells")
+    members = [np.array(sorted(g), np.int64) for g in groups]
+    group_of = {int(s): g for g, m in enumerate(members) for s in m}
+    out = np.zeros(len(lp), np.float64)
+    rows_of: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(plate_keys):
+        rows_of.setdefault(k, []).append(i)
+    for rows in rows_of.values():
+        plate = lp[rows]
+        scores = np.array([assign_once(plate, m)[1] for m in members])
+        p_group = np.exp(scores - scores.max())
+        p_group /= p_group.sum()
+        for j, i in enumerate(rows):
+            g = group_of.get(int(labels[i]))
+            if g is None:
+                continue
+            within = plate[j, members[g]]
+            within = np.exp(within - within.max())
+            out[i] = p_group[g] * within[members[g] == labels[i]][0] / within.sum()
+    return out

@@ -14,6 +14,7 @@ folder's scores and submission and the test split's own CSVs (``test.csv`` and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,14 @@ from ..ensembling import AVERAGES, average_scores, confident, pick_rows
 from ..errors import InputError
 from ..fieldio import dataset_root, format_label, read_csv, write_csv
 from ..layouts import LAYOUTS
+from ..plate_assignment import plate_confidence
+from ..rxrx1 import parse_id_code, plate_groups_of
 from ..submission_formats import FORMATS
 from ..tasks import TASKS, Task, get_task
 from .predict import per_sample, plate_options, read_field_scores, save_field_scores, score_frame
+
+# What ranks a well for pseudo-labelling (see PseudoConfig.confidence).
+CONFIDENCES = ("plate", "probability")
 
 
 def split_table(task: Task, input_dir: str | Path) -> pd.DataFrame:
@@ -140,7 +146,14 @@ class PseudoConfig:
     predictions: str = opt("", "a prediction folder of the test split (field_scores/ and submission.csv)")
     input: str = opt("", "the test folder that was predicted (its test CSVs give each well's metadata)")
     task: str = opt("rxrx1", "task of the predictions", choices=["rxrx1"])
-    threshold: float = opt(0.0, "keep a well when its submitted label's probability is at least this")
+    confidence: str = opt("plate", "what ranks a well: plate (P(its plate's siRNA group) * P(its siRNA | group), "
+                          "from the plate design; right about as often as it says when the model is calibrated) or "
+                          "probability (the submitted siRNA's probability among all classes)",
+                          choices=list(CONFIDENCES))
+    plate_groups: str = opt("", "--confidence plate: labels CSV whose plates define the siRNA groups (default: "
+                            "train.csv beside --input)")
+    threshold: float = opt(0.5, "keep a well when its confidence is at least this (plate: 0.5 = more likely right "
+                           "than wrong)")
     top_share: float = opt(1.0, "then keep only this share of the wells, the most confident (per cell type)")
     controls: bool = opt(True, "add the test split's control wells with the labels its controls CSV gives")
     out: str = opt("", "the table to write (default: pseudo_labels.csv in --predictions)")
@@ -156,18 +169,26 @@ class PseudoConfig:
 
 
 def pseudo_label_table(wells: pd.DataFrame, samples: list[str], probs: np.ndarray, submitted: dict[str, int],
-                       threshold: float, top_share: float, controls: bool) -> pd.DataFrame:
+                       threshold: float, top_share: float, controls: bool,
+                       groups: Sequence[frozenset[int]] | None = None) -> pd.DataFrame:
     """The training table of the confident wells (and the given controls); see :class:`PseudoConfig`.
 
     ``wells``: the split's table (``ID``, ``Label`` given or empty, metadata); ``samples``/``probs``:
-    per-sample probabilities; ``submitted``: each well's predicted label. Columns: the table's
-    (less ``labels``), ``fold`` = -1, ``confidence`` and ``source`` (predicted or given).
+    per-sample probabilities; ``submitted``: each well's predicted label; ``groups``: the plate
+    design's siRNA groups for the plate confidence (None: the submitted label's probability).
+    Columns: the table's (less ``labels``), ``fold`` = -1, ``confidence`` and ``source``
+    (predicted or given).
     """
     missing = [s for s in samples if s not in submitted]
     if missing:
         raise InputError(f"the submission has no row for {missing[0]!r} ({len(missing)} scored wells lack one)")
     labels = np.array([submitted[s] for s in samples])
-    keep, conf = confident(probs, labels, threshold)
+    if groups is None:
+        keep, conf = confident(probs, labels, threshold)
+    else:
+        plates = [parse_id_code(s)[:2] for s in samples]
+        conf = plate_confidence(np.log(np.clip(probs, 1e-38, None)), plates, groups, labels)
+        keep = conf >= threshold
     meta = wells.drop(columns="labels").set_index("ID")
     unknown = [s for s in samples if s not in meta.index]
     if unknown:
@@ -199,7 +220,12 @@ def run_pseudo_labels(cfg: PseudoConfig) -> tuple[pd.DataFrame, int]:
     wells = split_table(task, cfg.input)
     scored = [s for s in samples if s in submitted]  # the submitted (treatment) wells
     pick = pd.Index(samples).get_indexer(scored)
-    table = pseudo_label_table(wells, scored, sample_probs[pick], submitted, cfg.threshold, cfg.top_share, cfg.controls)
+    groups = None
+    if cfg.confidence == "plate":
+        groups_csv = plate_options(True, cfg.plate_groups, dataset_root(cfg.input), "rxrx1", ("plate_groups",))
+        groups = plate_groups_of(groups_csv["plate_groups"])
+    table = pseudo_label_table(wells, scored, sample_probs[pick], submitted, cfg.threshold, cfg.top_share, cfg.controls,
+                               groups)
     write_csv(cfg.out, table)
     return table, len(scored)
 
