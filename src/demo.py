@@ -357,9 +357,6 @@ def hpa2018(a: DemoConfig) -> list[str]:
     thresholds fitted on the out-of-fold predictions, the held-out test split scored at 0.5, at the
     global threshold, with the winner's share rule and with the fitted thresholds (the submission)."""
     task = get_task("hpa-2018")
-    # One intra-op thread per stage unless the caller set one: on 2 shared cores PyTorch's second
-    # thread stalls (a B0 epoch took 185-210 s with 2 threads, 28 s with one, at load 8-10).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     data, test = f"input/{task.data_name}", f"input/{task.test_data_name}"
     models, out = f"models/{default_run_name(task, task.level)}", f"output/{task.test_data_name}"
     size = ["--size", str(a.size), "--workers", "2"]
