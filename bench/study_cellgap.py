@@ -108,6 +108,14 @@ def prepare(a: argparse.Namespace) -> None:
                 "--crop-fit", fit], log=logs / "prepare.log")
             sh(["src/gen_folds.py", "--cells", str(out / "cells.csv"), "--out", str(out / "folds.csv"), "--folds", "5",
                 "--seed", "42"], log=logs / "prepare.log")
+        for n in a.subsets:
+            # the first N training fields alone, with folds of their own (what a demo with --fields N would train on)
+            if not (REPO / out / f"folds_n{n}.csv").exists():
+                cells = pd.read_csv(REPO / out / "cells.csv", dtype=str, keep_default_na=False)
+                keep = sorted(cells["ID"].unique())[:n]
+                cells[cells["ID"].isin(keep)].to_csv(REPO / out / f"cells_n{n}.csv", index=False)
+                sh(["src/gen_folds.py", "--cells", str(out / f"cells_n{n}.csv"), "--out", str(out / f"folds_n{n}.csv"),
+                    "--folds", str(a.subset_folds), "--seed", "42"], log=logs / "prepare.log")
 
 
 # --------------------------------------------------------------------------- runs
@@ -132,7 +140,7 @@ def append_row(row: dict) -> None:
 
 
 def train_args(a: argparse.Namespace, run: str, seed: int, fold: int, extra: str) -> list[str]:
-    return ["src/train.py", "--folds-csv", str(crops_dir(a.crops) / "folds.csv"), "--fold", str(fold),
+    return ["src/train.py", "--folds-csv", str(crops_dir(a.crops) / a.folds_file), "--fold", str(fold),
             "--out-dir", str(ROOT / "models"), "--run-name", run, "--pretrained", "none", "--seed", str(seed),
             "--num-workers", str(a.workers), *shlex.split(a.train), *shlex.split(extra)]
 
@@ -166,7 +174,7 @@ def run(a: argparse.Namespace) -> None:
         run_name = f"{a.config}_s{seed}"
         fold_dir = REPO / ROOT / "models" / run_name / f"fold{a.fold}"
         log = logs / f"{run_name}.log"
-        row = {"config": a.config, "seed": seed, "crops": a.crops, "train_args": a.train, "oof_args": a.oof or "",
+        row = {"config": a.config, "seed": seed, "crops": a.crops if a.folds_file == "folds.csv" else f"{a.crops}/{a.folds_file}", "train_args": a.train, "oof_args": a.oof or "",
                "threads": a.threads}
         summary_path = fold_dir / "summary.json"
         if not summary_path.exists():
@@ -281,12 +289,17 @@ def main(argv: list[str] | None = None) -> None:
     pp.add_argument("--test-fields", type=int, default=60)
     pp.add_argument("--size", type=int, default=512)
     pp.add_argument("--crops", nargs="+", default=["pad128:128:pad"], help="NAME:CROP_SIZE:FIT crop sets to cut")
+    pp.add_argument("--subsets", type=int, nargs="*", default=[], help="also folds_n<N>.csv in each crop set: the first "
+                                                                        "N training fields only, folded on their own")
+    pp.add_argument("--subset-folds", type=int, default=5, help="folds of each --subsets table")
     pr = sub.add_parser("run")
     pr.add_argument("config")
     pr.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     pr.add_argument("--data", default="cg")
     pr.add_argument("--crops", default="pad128")
     pr.add_argument("--fold", type=int, default=0)
+    pr.add_argument("--folds-file", default="folds.csv", help="folds table in the crop set's folder (folds_n<N>.csv: "
+                                                              "prepare --subsets)")
     pr.add_argument("--train", default="", help="options added to src/train.py")
     pr.add_argument("--oof", default=None, help="train every fold on image labels first (these options added) and "
                                                 "retrain on their out-of-fold predictions")
