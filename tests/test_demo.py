@@ -1,0 +1,51 @@
+"""The HPA single-cell demo's recipe: which options its train and predict stages get."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_evaluate_cli import load_script
+
+
+@pytest.fixture
+def demo():
+    return load_script("demo")
+
+
+def stages_of(demo, argv: list[str], monkeypatch) -> dict[str, list[str]]:
+    """Run the hpa-sc demo with every stage recorded instead of run: {script name: its first call's arguments}."""
+    seen: dict[str, list[str]] = {}
+
+    def record(title, args, capture=False, log=None):
+        seen.setdefault(args[0].removeprefix("src/").removesuffix(".py"), args[1:])
+        return ["mAP=0.5"] if capture else []
+
+    monkeypatch.setattr(demo, "run", record)
+    cfg = demo.parse_config(demo.DemoConfig, argv)
+    assert demo.hpa_single_cell(cfg) == ["mAP=0.5"]
+    return seen
+
+
+def value_of(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_the_hpa_sc_demo_trains_class_balanced_and_predicts_with_eight_views(demo, monkeypatch):
+    stages = stages_of(demo, [], monkeypatch)
+    defaults = demo.DEMO_DEFAULTS["hpa-sc"]
+    assert value_of(stages["make_data"], "--fields") == str(defaults["fields"])
+    assert value_of(stages["train"], "--epochs") == str(defaults["epochs"])
+    assert value_of(stages["train"], "--balance-power") == "0.5"
+    assert value_of(stages["predict"], "--tta") == "8" == str(defaults["tta"])
+
+
+def test_the_hpa_sc_demo_passes_the_given_views_and_balance_on(demo, monkeypatch):
+    stages = stages_of(demo, ["--tta", "1", "--balance-power", "0", "--epochs", "3"], monkeypatch)
+    assert value_of(stages["predict"], "--tta") == "1"
+    assert value_of(stages["train"], "--balance-power") == "0.0"
+    assert value_of(stages["train"], "--epochs") == "3"
+
+
+def test_the_demo_refuses_views_predict_py_has_not(demo):
+    with pytest.raises(SystemExit):
+        demo.parse_config(demo.DemoConfig, ["--tta", "3"])
