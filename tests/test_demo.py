@@ -30,18 +30,19 @@ def value_of(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-def test_the_hpa_sc_demo_trains_class_balanced_and_predicts_with_eight_views(demo, monkeypatch):
+def test_the_hpa_sc_demo_trains_resnet18_class_balanced_and_predicts_one_view(demo, monkeypatch):
     stages = stages_of(demo, [], monkeypatch)
     defaults = demo.DEMO_DEFAULTS["hpa-sc"]
     assert value_of(stages["make_data"], "--fields") == str(defaults["fields"])
     assert value_of(stages["train"], "--epochs") == str(defaults["epochs"])
     assert value_of(stages["train"], "--balance-power") == "0.5"
-    assert value_of(stages["predict"], "--tta") == "8" == str(defaults["tta"])
+    assert value_of(stages["train"], "--model") == "resnet18"
+    assert value_of(stages["predict"], "--tta") == "1" == str(defaults["tta"])
 
 
 def test_the_hpa_sc_demo_passes_the_given_views_and_balance_on(demo, monkeypatch):
-    stages = stages_of(demo, ["--tta", "1", "--balance-power", "0", "--epochs", "3"], monkeypatch)
-    assert value_of(stages["predict"], "--tta") == "1"
+    stages = stages_of(demo, ["--tta", "8", "--balance-power", "0", "--epochs", "3"], monkeypatch)
+    assert value_of(stages["predict"], "--tta") == "8"
     assert value_of(stages["train"], "--balance-power") == "0.0"
     assert value_of(stages["train"], "--epochs") == "3"
 
