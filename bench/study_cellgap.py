@@ -87,6 +87,11 @@ def crops_dir(name: str) -> Path:
     return ROOT / f"crops_{name}"
 
 
+def test_seg(data: str) -> Path:
+    """The test fields' segmentation, cut once per dataset and shared by every model scored on it."""
+    return ROOT / f"test_seg_{data}"
+
+
 def prepare(a: argparse.Namespace) -> None:
     """Training and test fields, the training crops (one set per --crops NAME:SIZE:FIT) and folds, the test masks."""
     train, test = f"{a.data}_train", f"{a.data}_test"
@@ -98,8 +103,8 @@ def prepare(a: argparse.Namespace) -> None:
     if not (REPO / "input" / test / "sample_submission.csv").exists():
         sh(["src/make_data.py", "--name", test, "--split", "test", "--fields", str(a.test_fields), "--size", str(a.size),
             "--seed", "1"], log=logs / "prepare.log")
-    if not (REPO / ROOT / "test_seg" / "cells.csv").exists():
-        sh(["src/segment.py", "--input", f"input/{test}/test", "--out", str(ROOT / "test_seg")], log=logs / "prepare.log")
+    if not (REPO / test_seg(a.data) / "cells.csv").exists():
+        sh(["src/segment.py", "--input", f"input/{test}/test", "--out", str(test_seg(a.data))], log=logs / "prepare.log")
     for spec in a.crops:
         name, size, fit = spec.split(":")
         out = crops_dir(name)
@@ -151,7 +156,7 @@ def score(a: argparse.Namespace, run: str, variant: str, predict_extra: str, log
     if (REPO / out).exists():
         shutil.rmtree(REPO / out)
     sh(["src/predict.py", "--models", str(ROOT / "models" / run), "--input", f"input/{a.data}_test/test",
-        "--masks", str(ROOT / "test_seg" / "masks"), "--out", str(out), *shlex.split(a.predict), *shlex.split(predict_extra)],
+        "--masks", str(test_seg(a.data) / "masks"), "--out", str(out), *shlex.split(a.predict), *shlex.split(predict_extra)],
        threads=a.threads, log=log)
     text = subprocess.run([sys.executable, "src/evaluate.py", "--truth", f"input/{a.data}_test/truth",
                            "--submission", str(out / "submission.csv")], cwd=REPO, capture_output=True, text=True)
@@ -260,6 +265,8 @@ def table(a: argparse.Namespace) -> None:
         out.insert(3, "of ceiling", (out["test mAP mean"] / ref).round(2))
     if a.match:
         out = out[out["config"].str.contains(a.match)]
+    if a.only_variant is not None:
+        out = out[out["variant"] == a.only_variant]
     print(markdown(out) if a.markdown else out.to_string(index=False))
 
 
@@ -271,6 +278,31 @@ def paired(df: pd.DataFrame, variant: str) -> pd.DataFrame:
     diff = (wide[""] - wide[variant]).dropna().groupby(level="config", sort=False)
     return pd.DataFrame({"seeds": diff.count(), f"default - {variant} mean": diff.mean().round(4),
                          "min": diff.min().round(4), "max": diff.max().round(4)}).reset_index()
+
+
+def spread(a: argparse.Namespace) -> None:
+    """How much the score of one submission moves with the test fields drawn: mAP@0.6 on random subsets."""
+    sys.path.insert(0, str(REPO / "src"))
+    from cellloc.metrics import competition_map
+    from cellloc.submission_formats import parse_submission, read_truth
+
+    fields = read_truth(REPO / "input" / f"{a.data}_test" / "truth", a.classes)
+    ids = sorted(fields)
+    rng = np.random.default_rng(a.seed)
+    for sub in a.submissions:
+        preds = parse_submission(sub, a.classes)
+        full = competition_map(fields, preds, a.classes, 0.6)["map"]
+        scores = []
+        for _ in range(a.draws):
+            pick = {ids[i]: fields[ids[i]] for i in rng.choice(len(ids), a.fields, replace=False)}
+            scores.append(competition_map(pick, {k: preds[k] for k in pick if k in preds}, a.classes, 0.6)["map"])
+        sd = float(np.std(scores, ddof=1))
+        # subsets drawn without replacement from a finite pool vary less than independent draws by
+        # sqrt(1 - f) (f = the share drawn); the independent-field sd follows from it
+        independent = sd / np.sqrt(1 - a.fields / len(ids))
+        print(f"{sub}: all {len(ids)} fields mAP {full:.4f}; {a.draws} subsets of {a.fields}: mean {np.mean(scores):.4f}, "
+              f"sd {sd:.4f} (independent {a.fields} fields: about {independent:.4f}; {len(ids)}: about "
+              f"{independent * np.sqrt(a.fields / len(ids)):.4f})")
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -313,12 +345,20 @@ def main(argv: list[str] | None = None) -> None:
     pt = sub.add_parser("table")
     pt.add_argument("--match", default="")
     pt.add_argument("--markdown", action="store_true")
+    pt.add_argument("--only-variant", default=None, help="rows of this prediction variant only ('': the default)")
     pt.add_argument("--paired", default="", help="a prediction variant: the default's gain over it, seed by seed")
     pt.add_argument("--ceiling", default="", help="a configuration (true labels) to divide each mean by, same variant")
+    ps = sub.add_parser("spread", help="the test-draw noise of a score: one submission on random subsets of the fields")
+    ps.add_argument("submissions", nargs="+")
+    ps.add_argument("--data", default="cg")
+    ps.add_argument("--fields", type=int, default=60, help="fields per subset")
+    ps.add_argument("--draws", type=int, default=20)
+    ps.add_argument("--classes", type=int, default=19)
+    ps.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.chdir(REPO)
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
-    {"prepare": prepare, "run": run, "table": table}[a.cmd](a)
+    {"prepare": prepare, "run": run, "table": table, "spread": spread}[a.cmd](a)
 
 
 if __name__ == "__main__":
