@@ -48,7 +48,7 @@ from ..imagemeta import pixel_size_of_file
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..run_state import RunStart, ensure_same_settings, folder_lock
-from ..runtime import RUNTIMES, require_runtime, threads_for
+from ..runtime import AUTO, RUNTIME_HELP, require_runtime, runtime_choices, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..segmentation.base import SCALE_AWARE_BACKENDS
 from ..segmentation.scale import PixelSize, resolve_pixel_size, segment_with_scale
@@ -81,7 +81,7 @@ class SegmentRunConfig(ExecutorOptions):
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
     device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
     half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
-    runtime: str = opt("torch", "where the hpa networks run: torch (any --device) or openvino (CPU, about 2x faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
+    runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
     weights_dir: str = opt("", "folder with the HPA weight files (hpa backend)")
     cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
@@ -152,9 +152,9 @@ class SegmentRunConfig(ExecutorOptions):
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
-        # threads: how fast this machine ran it, not what it made; 0 lets the predicting machine choose
+        # threads and runtime: how fast this machine ran it, not what it made; the predicting machine chooses
         return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
-                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0}}
+                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0, "runtime": AUTO}}
 
 
 @dataclass
@@ -386,7 +386,7 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
     the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set,
     or when ``cfg.runtime``'s package is missing.
     """
-    require_runtime(cfg.runtime)
+    require_runtime(cfg.runtime, cfg.device)
     out = cfg.out_dir()
     with folder_lock(out):
         return _run_segmentation(cfg, out, progress)
