@@ -13,7 +13,8 @@ fresh process per tree, baseline and this tree one after the other, so both see 
 in each process:
 
 1. decode: ``read_field`` of each field (median of 3 reads): the yardstick of the issue's goal,
-   job <= 3x decode;
+   job <= 3x decode (the real sample field runs as ``--copies`` fields, so the job is a job of
+   several fields, as a real run is: each field is read while the one before it is segmented);
 2. job: one warm-up run of one field into a scratch folder (imports, caches), then the run of
    all fields, timed whole (wall and this process's CPU time, threads included) and divided by
    the field count;
@@ -112,6 +113,18 @@ def extract_baseline(ref: str, dest: Path) -> Path:
     return dest / "src"
 
 
+def copies_of(folder: Path, dest: Path, n: int) -> Path:
+    """``dest`` holding each field of ``folder`` ``n`` times, as ``{ID}_copy{k}_{channel}.png`` (file copies)."""
+    from cellloc.fieldio import list_fields
+
+    dest.mkdir(parents=True)
+    for image_id in list_fields(folder).ids:
+        for src in folder.glob(f"{image_id}_*.png"):
+            for k in range(n):
+                shutil.copyfile(src, dest / src.name.replace(image_id, f"{image_id}_copy{k}", 1))
+    return dest
+
+
 def run_child(src: Path, folder: Path, out: Path) -> dict:
     env = {**os.environ, "BENCH_SEGMENT_SRC": str(src), "PYTHONPATH": str(src)}
     res = subprocess.run([sys.executable, __file__, "--child", str(folder), str(out)], capture_output=True, text=True, env=env)
@@ -150,6 +163,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="side of the generated fields")
     ap.add_argument("--fields", type=int, default=3, help="generated fields")
     ap.add_argument("--repeat", type=int, default=3, help="processes per tree (median taken)")
+    ap.add_argument("--copies", type=int, default=4, help="the real sample field as this many fields (a job of several "
+                    "fields: each is read while the one before it is segmented)")
     ap.add_argument("--quick", action="store_true", help="1024^2, 2 fields, 1 repeat")
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -172,7 +187,7 @@ def main() -> None:
         else:
             sets[f"{a.fields} generated {a.size}^2 8-bit"] = make_fields(tmp, a.size, 8, a.fields)
             if (REPO / "input" / "sample").is_dir() and not a.quick:
-                sets["real HPA sample 57_F11_1, 1728^2"] = REPO / "input" / "sample"
+                sets[f"real HPA sample 57_F11_1 x{a.copies}, 1728^2"] = copies_of(REPO / "input" / "sample", tmp / "real", a.copies)
         print(f"{load_line()}; baseline {a.baseline} vs this tree, {a.repeat} process(es) per tree and field set\n")
         results = {}
         for name, folder in sets.items():
