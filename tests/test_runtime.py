@@ -266,6 +266,12 @@ def test_cli_runtime_without_openvino_is_one_line(synth_dataset, tmp_path):
         assert r.returncode == 2, (script, r.stderr)
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # (after any progress bar)
         assert len(errors) == 1 and '".[fast]"' in errors[0] and "Traceback" not in r.stderr
+        # the default, auto, runs on torch instead and says why, once (then fails on the empty weight files)
+        r = subprocess.run([sys.executable, script, *map(str, args), "--backend", "hpa", "--weights-dir", str(weights)],
+                           capture_output=True, text=True, cwd=REPO, env=env)
+        said = [line for line in r.stdout.splitlines() if line.startswith("runtime:")]
+        assert said == ['runtime: torch (auto: openvino is not installed (pip install -e ".[fast]" runs CPU networks faster))']
+        assert "Traceback" not in r.stderr
 
 
 def test_runtime_options_reach_the_segmenter_config(machine):
