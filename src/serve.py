@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     check_run(cfg.image_models)
     print(f"cellloc service: task {cfg.task}, model {cfg.models or 'none (segmentation only)'}; "
           f"page http://{cfg.host}:{cfg.port}/, API docs http://{cfg.host}:{cfg.port}/docs", flush=True)
-    print(runtime_line(cfg.runtime, cfg.device), flush=True)
+    if cfg.models:  # the classifier (and an hpa segmentation its recipe names) runs on it
+        print(runtime_line(cfg.runtime, cfg.device), flush=True)
     run_server(cfg)
     return 0
 
