@@ -43,6 +43,7 @@ from .errors import InputError
 from .fieldio import sha256_file
 
 if TYPE_CHECKING:  # torch is imported where a network is built or run, so the CLIs can list RUNTIMES cheaply
+    import torch
     from torch import nn
 
 EXTRA = "fast"
@@ -288,12 +289,12 @@ def runtime_choices() -> list[str]:
     return [AUTO, *RUNTIMES]
 
 
-def _device_type(device) -> str:
+def _device_type(device: str | torch.device) -> str:
     """``"cpu"``, ``"cuda"``, ... of a device name or ``torch.device`` (without importing torch)."""
     return str(device).split(":")[0].strip().lower()
 
 
-def choose_runtime(name: str, device="cpu") -> tuple[str, str]:
+def choose_runtime(name: str, device: str | torch.device = "cpu") -> tuple[str, str]:
     """(the runtime to run, why): ``name`` itself, or for ``"auto"`` openvino when its package
     imports and ``device`` is the CPU, torch otherwise (another device, or no openvino).
 
@@ -315,18 +316,18 @@ def choose_runtime(name: str, device="cpu") -> tuple[str, str]:
     return "openvino", "auto: openvino is installed and the device is the CPU"
 
 
-def resolve_runtime(name: str, device="cpu") -> str:
+def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:
     """The runtime that ``name`` runs as on ``device`` (see :func:`choose_runtime`)."""
     return choose_runtime(name, device)[0]
 
 
-def runtime_line(name: str, device="cpu") -> str:
+def runtime_line(name: str, device: str | torch.device = "cpu") -> str:
     """The one line a command prints about its runtime: ``runtime: openvino (auto: ...)``."""
     chosen, why = choose_runtime(name, device)
     return f"runtime: {chosen} ({why})"
 
 
-def require_runtime(name: str, device="cpu") -> None:
+def require_runtime(name: str, device: str | torch.device = "cpu") -> None:
     """Fail now, with one line, if runtime ``name`` is unknown or its package is not installed.
 
     Run folders call it before starting workers, which would otherwise each fail every field.
