@@ -9,11 +9,14 @@ The job is ``run_segmentation(SegmentRunConfig(input=..., out=<fresh>))`` with t
 backend, pixel size from the image), write both masks, the crops and the field's rows, then the
 run's tables. The baseline is ``git archive <ref> src`` of this repository (default: the last
 commit before the job was made faster), imported from a temporary folder. Each repeat runs a
-fresh process per tree, baseline and this tree one after the other, so both see the same load;
+fresh process per tree, one after the other, so all see the same load: the baseline, this tree,
+and this tree again with each field read in place (without the serial executor's read-ahead,
+which decodes the next field on a second thread: it saves wall time only where a core is free);
 in each process:
 
 1. decode: ``read_field`` of each field (median of 3 reads): the yardstick of the issue's goal,
-   job <= 3x decode;
+   job <= 3x decode (the real sample field runs as ``--copies`` fields, so the job is a job of
+   several fields, as a real run is: each field is read while the one before it is segmented);
 2. job: one warm-up run of one field into a scratch folder (imports, caches), then the run of
    all fields, timed whole (wall and this process's CPU time, threads included) and divided by
    the field count;
@@ -71,6 +74,10 @@ def child(folder: str, out: str) -> dict:
     from cellloc.runs.segment import SegmentRunConfig, run_segmentation
     from cellloc.segmentation import SegmentConfig, create_segmenter
 
+    if os.environ.get("BENCH_READ_IN_PLACE"):  # this tree without its read-ahead (the serial executor's)
+        from cellloc.runs import executor
+
+        executor.SerialExecutor.in_order = False
     ids = list_fields(folder).ids
     shutil.rmtree(out, ignore_errors=True)
     run_segmentation(SegmentRunConfig(input=folder, out=out + "_warm", limit=1))  # imports, caches
@@ -112,8 +119,20 @@ def extract_baseline(ref: str, dest: Path) -> Path:
     return dest / "src"
 
 
-def run_child(src: Path, folder: Path, out: Path) -> dict:
-    env = {**os.environ, "BENCH_SEGMENT_SRC": str(src), "PYTHONPATH": str(src)}
+def copies_of(folder: Path, dest: Path, n: int) -> Path:
+    """``dest`` holding each field of ``folder`` ``n`` times, as ``{ID}_copy{k}_{channel}.png`` (file copies)."""
+    from cellloc.fieldio import list_fields
+
+    dest.mkdir(parents=True)
+    for image_id in list_fields(folder).ids:
+        for src in folder.glob(f"{image_id}_*.png"):
+            for k in range(n):
+                shutil.copyfile(src, dest / src.name.replace(image_id, f"{image_id}_copy{k}", 1))
+    return dest
+
+
+def run_child(src: Path, folder: Path, out: Path, extra_env: dict[str, str]) -> dict:
+    env = {**os.environ, "BENCH_SEGMENT_SRC": str(src), "PYTHONPATH": str(src), **extra_env}
     res = subprocess.run([sys.executable, __file__, "--child", str(folder), str(out)], capture_output=True, text=True, env=env)
     if res.returncode:
         raise RuntimeError(f"child for {src} failed:\n{res.stderr[-3000:]}")
@@ -150,6 +169,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="side of the generated fields")
     ap.add_argument("--fields", type=int, default=3, help="generated fields")
     ap.add_argument("--repeat", type=int, default=3, help="processes per tree (median taken)")
+    ap.add_argument("--copies", type=int, default=4, help="the real sample field as this many fields (a job of several "
+                    "fields: each is read while the one before it is segmented)")
     ap.add_argument("--quick", action="store_true", help="1024^2, 2 fields, 1 repeat")
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -165,21 +186,25 @@ def main() -> None:
     print(f"machine: {machine_line()}")
     with tempfile.TemporaryDirectory(prefix="bench_segment_job_") as tmp:
         tmp = Path(tmp)
-        trees = {f"baseline {a.baseline}": extract_baseline(a.baseline, tmp / "baseline"), "this tree": REPO / "src"}
+        # (src, environment): the baseline, this tree, and this tree reading each field in place
+        trees = {f"baseline {a.baseline}": (extract_baseline(a.baseline, tmp / "baseline"), {}),
+                 "this tree": (REPO / "src", {}), "this tree, fields read in place": (REPO / "src", {"BENCH_READ_IN_PLACE": "1"})}
+        outs = {tree: tmp / "out" / f"tree{k}" for k, tree in enumerate(trees)}
+        base, this = list(trees)[:2]
         sets = {}
         if a.input:
             sets[f"{Path(a.input).name} (given)"] = Path(a.input)
         else:
             sets[f"{a.fields} generated {a.size}^2 8-bit"] = make_fields(tmp, a.size, 8, a.fields)
             if (REPO / "input" / "sample").is_dir() and not a.quick:
-                sets["real HPA sample 57_F11_1, 1728^2"] = REPO / "input" / "sample"
+                sets[f"real HPA sample 57_F11_1 x{a.copies}, 1728^2"] = copies_of(REPO / "input" / "sample", tmp / "real", a.copies)
         print(f"{load_line()}; baseline {a.baseline} vs this tree, {a.repeat} process(es) per tree and field set\n")
         results = {}
         for name, folder in sets.items():
             for r in range(a.repeat):
-                for tree, src in trees.items():
-                    results.setdefault((name, tree), []).append(run_child(src, folder, tmp / "out" / tree.split()[0]))
-            results[(name, "compare")] = compare_outputs(tmp / "out" / "baseline", tmp / "out" / "this")
+                for tree, (src, env) in trees.items():
+                    results.setdefault((name, tree), []).append(run_child(src, folder, outs[tree], env))
+            results[(name, "compare")] = compare_outputs(outs[base], outs[this])
 
     print("### The whole job per field against decoding the field's 4 PNGs (goal: job <= 3x decode)\n")
     print("| fields | tree | cells | load | decode wall s | job wall s | job / decode, wall | decode CPU s | job CPU s | job / decode, CPU |")
@@ -192,7 +217,7 @@ def main() -> None:
             print(f"| {name} | {tree} | {runs[0]['cells'] / runs[0]['fields']:.0f}/field | {m['load']:.1f} | {m['decode_wall']:.3f} | "
                   f"{m['job_wall']:.3f} | {m['job_wall'] / m['decode_wall']:.2f}x | {m['decode_cpu']:.3f} | {m['job_cpu']:.3f} | "
                   f"{m['job_cpu'] / m['decode_cpu']:.2f}x |")
-        (bw, bc), (nw, nc) = [[statistics.median(x[k] for x in results[(name, t)]) for k in ("job_wall", "job_cpu")] for t in trees]
+        (bw, bc), (nw, nc) = [[statistics.median(x[k] for x in results[(name, t)]) for k in ("job_wall", "job_cpu")] for t in (base, this)]
         print(f"| {name} | **this tree's speed-up** | | | | **{bw / nw:.2f}x** | | | **{bc / nc:.2f}x** | |")
     print("\nCPU: this process's CPU seconds, every thread (OpenCV's, the mask writer); on a loaded machine wall time "
           "mostly measures waiting for a core, CPU time what the job costs.")

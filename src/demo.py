@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from cellloc.config import opt, parse_config  # noqa: E402
 from cellloc.errors import InputError, exit_on_input_error  # noqa: E402
 from cellloc.runs.train import default_run_name  # noqa: E402
+from cellloc.runtime import THREADS_ENV  # noqa: E402
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
 
 T = TypeVar("T")
@@ -109,7 +110,7 @@ def run(title: str, args: list[str], capture: bool = False, log: str | Path | No
         Path(REPO, log).parent.mkdir(parents=True, exist_ok=True)
         with open(Path(REPO, log), "w") as f:
             code = subprocess.run([sys.executable, "-u", *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+                                  env={**os.environ, "OMP_NUM_THREADS": "1", THREADS_ENV: "1"}).returncode
         if code != 0:
             print("".join(Path(REPO, log).read_text().splitlines(keepends=True)[-15:]), flush=True)
     elif capture:

@@ -36,11 +36,13 @@ from tqdm import tqdm
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.runs.predict import PredictConfig, field_ids, load_predictor, run_predict
+from cellloc.runtime import runtime_line
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PredictConfig, argv, __doc__)
+    print(runtime_line(cfg.runtime, cfg.device), flush=True)
     predictor = load_predictor(cfg)
     cfg = cfg.resolved(predictor.task)
     n = len(field_ids(cfg, predictor.task)[0])

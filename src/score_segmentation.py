@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cellloc.config import opt, parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.fieldio import write_csv
-from cellloc.runtime import RUNTIMES
+from cellloc.runtime import AUTO, RUNTIME_HELP, runtime_choices, runtime_line
 from cellloc.runs.score_segmentation import describe_scales, find_items, score_items, summarise
 from cellloc.segmentation import SegmentConfig
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
@@ -41,7 +41,7 @@ class ScoreConfig:
     rescale: float = opt(1.0, "score the images resized by this factor (predictions resized back to the truth)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
     device: str = opt("cpu", "torch device (hpa backend)")
-    runtime: str = opt("torch", "where the hpa networks run: torch (any --device) or openvino (CPU, about 2x faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
+    runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
     out: str = opt("", "also write per-image scores to this CSV")
 
 
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ScoreConfig, argv, __doc__, positional=("folder",))
     task = get_task(cfg.task)
     items = find_items(Path(cfg.folder), task, cfg.pattern)
+    if cfg.backend == "hpa":
+        print(runtime_line(cfg.runtime, cfg.device), flush=True)
     seg_cfg = SegmentConfig(backend=cfg.backend, **task.segment_channels(), pixel_size_um=cfg.pixel_size_um or None,
                             scale_from=cfg.scale_from, snap_to_width=cfg.snap_to_width,
                             weights_dir=cfg.weights_dir or None, device=cfg.device, runtime=cfg.runtime)

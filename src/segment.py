@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
 from cellloc.runs.segment import SegmentRunConfig, plan, run_segmentation
+from cellloc.runtime import runtime_line
 from cellloc.segmentation.scale import describe_pixel_sizes
 
 
@@ -35,6 +36,8 @@ from cellloc.segmentation.scale import describe_pixel_sizes
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SegmentRunConfig, argv, __doc__)
     ids, bad, stray = plan(cfg)
+    if cfg.backend == "hpa":
+        print(runtime_line(cfg.runtime, cfg.device), flush=True)
     for name in stray:
         print(f"warning: {Path(cfg.input) / name}: not a known channel file; ignored", file=sys.stderr)
     with tqdm(total=len(ids), desc="segment", unit="field", disable=None) as bar:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellloc.config import parse_config
 from cellloc.errors import exit_on_input_error
+from cellloc.runtime import runtime_line
 from cellloc.service import ServiceConfig, run_server
 from cellloc.service_model import check_run
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     check_run(cfg.image_models)
     print(f"cellloc service: task {cfg.task}, model {cfg.models or 'none (segmentation only)'}; "
           f"page http://{cfg.host}:{cfg.port}/, API docs http://{cfg.host}:{cfg.port}/docs", flush=True)
+    if cfg.models:  # the classifier (and an hpa segmentation its recipe names) runs on it
+        print(runtime_line(cfg.runtime, cfg.device), flush=True)
     run_server(cfg)
     return 0
 

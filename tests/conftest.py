@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(params=[True, False], ids=["openvino", "no-openvino"])
+def openvino_installed(request, monkeypatch) -> bool:
+    """Runs a test twice: with the optional openvino package (skipped where it is not installed),
+    and with ``import openvino`` failing as if it were not; the value says which."""
+    if request.param:
+        pytest.importorskip("openvino", reason='the openvino runtime is the optional extra: pip install -e ".[fast]"')
+    else:
+        monkeypatch.setitem(sys.modules, "openvino", None)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A 4-field, 256 px generated training set with truth (input/<name> layout)."""

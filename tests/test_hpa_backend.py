@@ -250,3 +250,11 @@ def test_openvino_runtime_missing_is_one_line(cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(InputError, match=r'pip install -e "\.\[fast\]"'):
         HPASegmenter(replace(cfg, runtime="openvino"))
+
+
+def test_auto_runtime_reaches_both_networks(cfg, openvino_installed):
+    from cellloc.runtime import OpenVINORuntime, TorchRuntime
+
+    auto = HPASegmenter(replace(cfg, runtime="auto", threads=1))
+    want = OpenVINORuntime if openvino_installed else TorchRuntime
+    assert isinstance(auto.nuclei_net, want) and isinstance(auto.cell_net, want)

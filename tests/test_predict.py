@@ -156,8 +156,10 @@ def test_bad_fields_fail_alone_and_exit_non_zero(trained, tmp_path, capsys):
     (test / f"{ids[1]}_yellow.png").unlink()
     predict = load_script("predict")
     rc = predict.main(["--input", str(test), "--models", str(trained["models"]), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
     assert rc == 1
+    assert sum(line.startswith("runtime: ") for line in said.out.splitlines()) == 1  # which runtime, and why: once
     assert f"failed: {ids[0]}: " in err and f"{ids[0]}_green.png" in err
     assert f"failed: {ids[1]}: missing channel file(s): yellow" in err
     failures = pd.read_csv(tmp_path / "out" / "predict_failures.csv")

@@ -266,6 +266,12 @@ def test_cli_runtime_without_openvino_is_one_line(synth_dataset, tmp_path):
         assert r.returncode == 2, (script, r.stderr)
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # (after any progress bar)
         assert len(errors) == 1 and '".[fast]"' in errors[0] and "Traceback" not in r.stderr
+        # the default, auto, runs on torch instead and says why, once (then fails on the empty weight files)
+        r = subprocess.run([sys.executable, script, *map(str, args), "--backend", "hpa", "--weights-dir", str(weights)],
+                           capture_output=True, text=True, cwd=REPO, env=env)
+        said = [line for line in r.stdout.splitlines() if line.startswith("runtime:")]
+        assert said == ['runtime: torch (auto: openvino is not installed (pip install -e ".[fast]" runs CPU networks faster))']
+        assert "Traceback" not in r.stderr
 
 
 def test_runtime_options_reach_the_segmenter_config(machine):
@@ -297,3 +303,83 @@ def test_predict_thread_option_reaches_the_classifier(machine, tmp_path, runtime
         assert torch.get_num_threads() == 4  # the rule: 8 idle CPUs shared by 2 workers
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- --runtime auto (the default)
+
+
+def test_auto_is_the_default_of_every_command():
+    from cellloc.runs.predict import PredictConfig
+    from cellloc.service import ServiceConfig
+    from test_evaluate_cli import load_script
+
+    score = load_script("score_segmentation").ScoreConfig
+    for config in (SegmentRunConfig, PredictConfig, ServiceConfig, score):
+        assert config().runtime == "auto", config
+    assert runtime.runtime_choices() == ["auto", "torch", "openvino"]
+
+
+def test_auto_picks_openvino_on_the_cpu_when_it_imports(ov, tmp_path):
+    chosen, why = runtime.choose_runtime("auto", "cpu")
+    assert chosen == "openvino" and "installed" in why
+    assert runtime.runtime_line("auto") == "runtime: openvino (auto: openvino is installed and the device is the CPU)"
+    path = save_weights(tmp_path / "w.pt")
+    rt = create_runtime("auto", build_from(path), path, cache_dir=tmp_path / "c", threads=1)
+    assert isinstance(rt, runtime.OpenVINORuntime)
+    x = np.random.default_rng(5).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(rt.runner(x.shape[1:])(x), torch_out(build_from(path)(), x), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_falls_back_to_torch_when_openvino_does_not_import(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    chosen, why = runtime.choose_runtime("auto", "cpu")
+    assert chosen == "torch" and "not installed" in why and '".[fast]"' in why
+    runtime.require_runtime("auto")  # no error: auto never needs the extra
+    with pytest.raises(InputError, match=r"\.\[fast\]"):
+        runtime.require_runtime("openvino")  # asked for by name: the one-line error, as before
+    path = save_weights(tmp_path / "w.pt")
+    assert isinstance(create_runtime("auto", build_from(path), path), runtime.TorchRuntime)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
+def test_auto_is_torch_on_a_gpu(device, monkeypatch, tmp_path):
+    chosen, why = runtime.choose_runtime("auto", device)
+    assert chosen == "torch" and why.startswith(f"auto: --device {device} is not the CPU")
+    runtime.require_runtime("auto", device)
+    made = []  # the torch factory receives the device (no GPU needed to see the choice reach it)
+    monkeypatch.setitem(RUNTIMES, "torch", lambda build, weights, **kw: made.append(kw["device"]) or "torch runtime")
+    path = save_weights(tmp_path / "w.pt")
+    assert create_runtime("auto", build_from(path), path, device=device) == "torch runtime" and made == [device]
+
+
+def test_explicit_runtime_names_are_kept(monkeypatch):
+    assert runtime.choose_runtime("torch", "cpu") == ("torch", "--runtime torch")
+    assert runtime.choose_runtime("openvino", "cpu") == ("openvino", "--runtime openvino")
+    with pytest.raises(InputError, match="unknown runtime 'tensorrt'"):
+        runtime.choose_runtime("tensorrt")
+
+
+def test_runtime_is_not_a_setting_of_a_segment_run(tmp_path):
+    """A run started on one runtime resumes on another: masks are identical and probabilities agree
+    within 1e-3 (the tests above and test_hpa_backend's), so the choice is speed, not results."""
+    from cellloc.runs.segment import run_settings
+
+    settings = [run_settings(SegmentRunConfig(backend="hpa", input=str(tmp_path), weights_dir=str(tmp_path), runtime=name))
+                for name in ("auto", "torch", "openvino")]
+    assert settings[0] == settings[1] == settings[2]
+    recipe = SegmentRunConfig(backend="hpa", runtime="torch").recipe_input()
+    assert recipe["segment"]["runtime"] == "auto"  # the predicting machine chooses its own
+
+
+def test_auto_reaches_the_classifier(openvino_installed, tmp_path):
+    from cellloc.classifier import Recipe, save_untrained
+    from cellloc.runs.predict import PredictConfig, load_predictor
+
+    save_untrained(tmp_path / "run" / "fold0", Recipe("hpa-2018", "image", "efficientnet-b0", 4, 28, 32, [0.1] * 4, [0.2] * 4,
+                                                      "multilabel", {"kind": "field", "resize": 32, "tiles": 1}))
+    before = torch.get_num_threads()
+    try:
+        net = load_predictor(PredictConfig(models=str(tmp_path / "run"), threads=1)).model.members[0].net
+    finally:
+        torch.set_num_threads(before)
+    assert hasattr(net, "runner") is openvino_installed  # the converted graph, or the torch module itself

@@ -282,3 +282,11 @@ def test_the_recipe_demo_has_its_own_small_design_and_scores_its_pseudo_labels(t
     pd.DataFrame({"id_code": ["a", "b", "c", "d"], "sirna": [1, 5, 3, 4]}).to_csv(tmp_path / "truth.csv", index=False)
     kept, precision = demo.pseudo_label_precision(tmp_path / "pseudo.csv", tmp_path / "truth.csv")
     assert kept == 3 and precision == pytest.approx(2 / 3)
+
+
+def test_side_by_side_demo_stages_run_single_threaded_whatever_the_users_thread_setting(tmp_path, monkeypatch):
+    demo = load_script("demo")
+    monkeypatch.setenv("CELLLOC_THREADS", "2")  # read before OMP_NUM_THREADS by the thread rule
+    code = "import os; print(os.environ['CELLLOC_THREADS'], os.environ['OMP_NUM_THREADS'])"
+    demo.run("threads", ["-c", code], log=tmp_path / "stage.log")
+    assert (tmp_path / "stage.log").read_text().split() == ["1", "1"]

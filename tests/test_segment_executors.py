@@ -106,3 +106,22 @@ def test_workers_alone_means_a_process_pool_and_address_needs_dask(tmp_path):
     assert SegmentRunConfig(input=str(tmp_path), workers=2, executor="dask").executor == "dask"
     r = segment("--input", tmp_path, "--address", "tcp://127.0.0.1:8786", "--executor", "process")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "use it with --executor dask" in r.stderr
+
+
+def test_serial_worker_reads_each_next_field_ahead_and_a_bad_one_fails_alone(fields_with_a_bad_one, tmp_path):
+    """In order (the serial executor), a worker reads field k+1 on a second thread while it
+    segments field k: every field is read once, and a field that cannot be read (its read ahead
+    failed) fails alone, with the same one-line reason as when read in place."""
+    from cellloc.runs.segment import FieldWorker, SegmentRunConfig
+
+    worker = FieldWorker(SegmentRunConfig(input=str(fields_with_a_bad_one), out=str(tmp_path), crop_size=32), {}, None)
+    good = sorted(p.name[: -len("_red.png")] for p in fields_with_a_bad_one.glob("*_red.png") if p.name != "broken_red.png")
+    order = [good[0], "broken", *good[1:3]]
+    reads, read = [], worker.read
+    worker.read = lambda image_id: reads.append(image_id) or read(image_id)
+    results = [worker.run_one(i, n) for i, n in zip(order, [*order[1:], None])]
+    assert reads == order  # each once: all but the first were read ahead
+    assert [bool(r.error) for r in results] == [False, True, False, False]
+    in_place = FieldWorker(SegmentRunConfig(input=str(fields_with_a_bad_one), out=str(tmp_path / "b"), crop_size=32), {}, None)
+    assert results[1].error == in_place.run_one("broken").error and "broken_red.png" in results[1].error
+    assert all((tmp_path / "cells" / f"{i}.csv").is_file() for i in order if i != "broken")

@@ -31,6 +31,15 @@ def test_a_loaded_run_scores_every_cell_and_the_field(sample, tmp_path):
     assert np.all(pred.field_scores >= pred.cell_scores.min(0) - 1e-6)
 
 
+def test_the_service_runtime_reaches_the_classifier_and_the_segmentation(openvino_installed, tmp_path):
+    from cellloc.service import ServiceConfig
+
+    assert ServiceConfig().runtime == "auto"
+    model = load_service_model(write_untrained_run(tmp_path), "hpa-sc", runtime="auto")
+    assert hasattr(model._classifier.members[0].net, "runner") is openvino_installed  # the converted graph, or torch's module
+    assert model._segmenter.cfg.runtime == "auto"  # not the recorded one: this machine's choice
+
+
 def test_without_a_model_any_task_segments_its_own_channels(sample):
     model = load_service_model(None, "rxrx1")
     assert model.channels == ("w1", "w2", "w3", "w4", "w5", "w6") and model.class_names == ()

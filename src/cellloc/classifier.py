@@ -37,7 +37,7 @@ from .fieldio import atomic_path, write_json
 from .losses import probabilities
 from .models import create_model
 from .segmentation import SegmentConfig
-from .runtime import compile_for_runtime, set_torch_threads
+from .runtime import compile_for_runtime, resolve_runtime, set_torch_threads
 from .tasks import Task, get_task
 from .torchfile import load_checkpoint
 
@@ -158,7 +158,8 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
     (the resume checkpoint; its ``model`` entry is used). ``runtime="openvino"`` (CPU, the
     ``fast`` extra) runs the backbone as a converted graph, cached in ``compiled/`` beside the
     weights by their checksum (``cellloc.runtime.compile_for_runtime``): same probabilities
-    within 1e-5, several times faster on CPU.
+    within 1e-5, several times faster on CPU; ``"auto"`` is openvino on the CPU when installed,
+    else torch (``cellloc.runtime.choose_runtime``).
     """
     run_dir = Path(run_dir)
     recipe = Recipe.read(run_dir / RECIPE_FILE)
@@ -171,6 +172,7 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu", wei
         net.load_state_dict(sd)
     except RuntimeError as exc:
         raise InputError(f"{path}: does not fit {recipe.model} ({str(exc).splitlines()[0]})") from None
+    runtime = resolve_runtime(runtime, device)
     if runtime != "torch":
         if torch.device(device).type != "cpu":
             raise InputError(f"the {runtime} runtime runs on the CPU; use --runtime torch for --device {device}")

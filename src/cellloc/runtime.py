@@ -3,6 +3,8 @@
 Both runtimes take the same thing, a PyTorch ``nn.Module`` and the shape of one input, and give
 back a callable ``float32 (N, *input_shape) -> float32 outputs`` (numpy in, numpy out), so any
 loader (the HPA DPN-U-Nets, a cell classifier) plugs in without knowing which one runs.
+``"auto"`` (the commands' default) picks OpenVINO on the CPU when the extra is installed, else
+PyTorch (:func:`choose_runtime`).
 
 OpenVINO was chosen over ONNX Runtime after measuring both on this kind of CPU (2 cores,
 AVX-512, fp32; same weights, one process, interleaved): the DPN-U-Net forward ran 1.8-2.4x
@@ -41,6 +43,7 @@ from .errors import InputError
 from .fieldio import sha256_file
 
 if TYPE_CHECKING:  # torch is imported where a network is built or run, so the CLIs can list RUNTIMES cheaply
+    import torch
     from torch import nn
 
 EXTRA = "fast"
@@ -276,13 +279,61 @@ def runtime_factory(name: str) -> Callable[..., NetworkRuntime]:
         raise InputError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None
 
 
-def require_runtime(name: str) -> None:
+AUTO = "auto"
+RUNTIME_HELP = ("where the networks run: auto (openvino when installed and --device is the CPU, else torch), torch "
+                f"(any --device) or openvino (CPU only, faster; the optional extra: pip install -e \".[{EXTRA}]\")")
+
+
+def runtime_choices() -> list[str]:
+    """What ``--runtime`` accepts: ``auto`` and every registered runtime."""
+    return [AUTO, *RUNTIMES]
+
+
+def _device_type(device: str | torch.device) -> str:
+    """``"cpu"``, ``"cuda"``, ... of a device name or ``torch.device`` (without importing torch)."""
+    return str(device).split(":")[0].strip().lower()
+
+
+def choose_runtime(name: str, device: str | torch.device = "cpu") -> tuple[str, str]:
+    """(the runtime to run, why): ``name`` itself, or for ``"auto"`` openvino when its package
+    imports and ``device`` is the CPU, torch otherwise (another device, or no openvino).
+
+    Measured (``bench/bench_hpa.py --sizes 1728``, 2 threads, quiet machine): per 1728 px field
+    the hpa backend took 2.76 s on OpenVINO against 3.47 s on PyTorch; the classifier alone is
+    several times faster (BENCHMARKS.md). Outputs agree (masks identical, probabilities within
+    1e-3), so the choice is one of speed only and stays out of a run's settings check.
+    """
+    if name != AUTO:
+        runtime_factory(name)
+        return name, f"--runtime {name}"
+    kind = _device_type(device)
+    if kind != "cpu":
+        return "torch", f"auto: --device {device} is not the CPU"
+    try:
+        load_openvino()
+    except InputError:
+        return "torch", f'auto: openvino is not installed (pip install -e ".[{EXTRA}]" runs CPU networks faster)'
+    return "openvino", "auto: openvino is installed and the device is the CPU"
+
+
+def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:
+    """The runtime that ``name`` runs as on ``device`` (see :func:`choose_runtime`)."""
+    return choose_runtime(name, device)[0]
+
+
+def runtime_line(name: str, device: str | torch.device = "cpu") -> str:
+    """The one line a command prints about its runtime: ``runtime: openvino (auto: ...)``."""
+    chosen, why = choose_runtime(name, device)
+    return f"runtime: {chosen} ({why})"
+
+
+def require_runtime(name: str, device: str | torch.device = "cpu") -> None:
     """Fail now, with one line, if runtime ``name`` is unknown or its package is not installed.
 
     Run folders call it before starting workers, which would otherwise each fail every field.
+    ``"auto"`` never fails: it falls back to torch.
     """
-    runtime_factory(name)
-    if name == "openvino":
+    if resolve_runtime(name, device) == "openvino":
         load_openvino()
 
 
@@ -298,7 +349,8 @@ def create_runtime(
     half: bool = False,
     precision: str = "f32",
 ) -> NetworkRuntime:
-    """The network that ``build()`` makes from the file ``weights``, under runtime ``name``.
+    """The network that ``build()`` makes from the file ``weights``, under runtime ``name``
+    (``"auto"``: see :func:`choose_runtime`).
 
     ``build`` returns the module in eval mode on the CPU, weights loaded; a runtime calls it only
     when it needs the module (OpenVINO: only to convert a graph not cached yet). ``stem`` names
@@ -306,7 +358,7 @@ def create_runtime(
     (default: ``compiled/`` beside the weight file). ``device`` and ``half`` (fp16 autocast on
     CUDA) apply to the torch runtime, ``precision`` (see :data:`PRECISIONS`) to openvino.
     """
-    factory = runtime_factory(name)
+    factory = runtime_factory(resolve_runtime(name, device))
     weights = Path(weights)
     return factory(
         build, weights, stem=stem or weights.stem, cache_dir=cache_dir if cache_dir is not None else weights.parent / "compiled",
@@ -410,12 +462,12 @@ def compile_for_runtime(
 ) -> nn.Module:
     """``module`` (eval mode, CPU, loaded from the file ``weights``) under ``runtime``, as an ``nn.Module``.
 
-    ``"torch"`` returns ``module`` itself; ``"openvino"`` returns :func:`as_module` of its graph for
+    ``"torch"`` (or ``"auto"`` without openvino) returns ``module`` itself; ``"openvino"`` returns :func:`as_module` of its graph for
     inputs (N, *input_shape), converted once per weight checksum and shape into ``cache_dir``
     (default ``compiled/`` beside ``weights``). This is the hook for a loader: swap a classifier's
     backbone for ``compile_for_runtime(backbone, (C, S, S), weight_file, runtime)``.
     """
-    if runtime == "torch":
+    if resolve_runtime(runtime) == "torch":
         return module
     rt = create_runtime(runtime, lambda: module, weights, stem=stem, cache_dir=cache_dir, threads=threads, precision=precision)
     return as_module(rt.runner(input_shape))

@@ -44,6 +44,7 @@ from .config import opt
 from .errors import InputError
 from .fieldio import encode_png
 from .render import class_colours, class_overlay
+from .runtime import AUTO, RUNTIME_HELP, runtime_choices
 from .service_model import FieldPrediction, ServiceModel
 from .tasks import TASKS, get_task
 from .uploads import STACK_FIELD, MultipartCollector, Part, UploadError, UploadLimits, field_from_parts
@@ -62,6 +63,7 @@ class ServiceConfig:
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = opt(8000, "port to listen on")
     device: str = opt("cpu", "torch device for the classifier (cpu, cuda)")
+    runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
     tta: int = opt(1, "dihedral views averaged per crop", choices=[1, 2, 4, 8])
     workers: int = opt(1, "fields predicted at once (threads; torch already uses every core for one)")
     queue: int = opt(4, "requests that may wait for a worker; past workers + queue a request gets 503 with Retry-After")
@@ -379,7 +381,7 @@ def run_server(cfg: ServiceConfig, load: Callable[[], ServiceModel] | None = Non
     if load is None:
         def load() -> ServiceModel:
             return load_service_model(cfg.models or None, cfg.task, cfg.device, cfg.tta,
-                                      image_models=cfg.image_models or None)
+                                      image_models=cfg.image_models or None, runtime=cfg.runtime)
 
     failed: list[str] = []
     server: uvicorn.Server | None = None

@@ -122,7 +122,8 @@ def check_run(models: str | Path | None) -> None:
 
 
 def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", device: str = "cpu",
-                       tta: int = 1, blend: str = "", image_models: str | Path | None = None) -> ServiceModel:
+                       tta: int = 1, blend: str = "", image_models: str | Path | None = None,
+                       runtime: str = "torch") -> ServiceModel:
     """Load a training run's fold ensemble (or nothing: segmentation only) for ``task``.
 
     A cell model's own segmentation and crop settings (its recipe) are used, so a field is
@@ -130,19 +131,20 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
     with the task's defaults, only to outline the cells. ``image_models`` (cell models) is an
     image-level run of the same task whose field score the cells are blended with (``blend``: a
     mode of :data:`cellloc.pipeline.BLENDS`; default ``image`` with one, else ``product``). A run of
-    another task is an :class:`InputError`.
+    another task is an :class:`InputError`. ``runtime`` (a name of :func:`cellloc.runtime.runtime_choices`)
+    runs the classifier and the hpa networks.
     """
     from .classifier import load_ensemble, load_image_partner
     from .pipeline import FieldOptions, check_image_blend
     from .segmentation import SegmentConfig, create_segmenter
 
     spec = get_task(task)
-    default_seg = SegmentConfig(**spec.segment_channels(), device=device)
+    default_seg = SegmentConfig(**spec.segment_channels(), device=device, runtime=runtime)
     if not models:
         if image_models:
             raise InputError("--image-models blends with a cell model's scores; pass --models too")
         return ServiceModel(spec, create_segmenter(default_seg))
-    model = load_ensemble(models, device=device)
+    model = load_ensemble(models, device=device, runtime=runtime)
     if model.task.name != spec.name:
         raise InputError(f"{models}: trained for task {model.task.name}, not {spec.name}; pass --task {model.task.name}")
     blend = blend or ("image" if image_models else "product")
@@ -150,13 +152,13 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
     if model.recipe.level == "cell":
         check_image_blend(blend, bool(image_models))
     if image_models:
-        image_model = load_image_partner(image_models, model, models, device)
+        image_model = load_image_partner(image_models, model, models, device, runtime)
     seg = default_seg
     if model.recipe.level == "cell":
         recorded = model.recipe.segment_config()
         if recorded is None:
             raise InputError(f"{models}: the recipe records no segmentation (its cells table had no segment_config.json)")
-        seg = replace(recorded, device=device, threads=0)  # this machine's thread rule, not the training machine's
+        seg = replace(recorded, device=device, threads=0, runtime=runtime)  # this machine's rules, not the training machine's
     options = FieldOptions(blend=blend, tta=tta)
     return ServiceModel(spec, create_segmenter(seg), model, image_model, options, run=Path(models).name,
                         folds=tuple(Path(n).name for n in model.names))

@@ -178,6 +178,9 @@ class Executor:
     """A context manager that starts what it needs on enter and stops it on exit."""
 
     name = ""
+    # True where every item runs in this process, one after the other, in input order: a worker
+    # then knows its next item and may prepare it while this one runs (segment.py reads ahead).
+    in_order = False
 
     def __init__(self, workers: int = 1, address: str | None = None) -> None:
         if workers < 1:
@@ -220,6 +223,8 @@ def register_executor(name: str) -> Callable[[type[Executor]], type[Executor]]:
 @register_executor("serial")
 class SerialExecutor(Executor):
     """Everything in the calling process, one item after the other (the default)."""
+
+    in_order = True
 
     def map(self, fn, items, init=None, **options):
         token = uuid.uuid4().hex

@@ -47,7 +47,7 @@ from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
 from ..run_state import RunStart, ensure_same_settings, folder_lock
-from ..runtime import RUNTIMES, threads_for
+from ..runtime import AUTO, RUNTIME_HELP, runtime_choices, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..segmentation.scale import segment_with_scale
 from ..submission import SubmissionWriter
@@ -95,8 +95,7 @@ class PredictConfig(ExecutorOptions):
     batch_size: int = opt(64, "samples per forward pass")
     num_workers: int = opt(0, "image models: DataLoader worker processes reading fields")
     device: str = opt("cpu", "torch device for the classifier (and the hpa backend)")
-    runtime: str = opt("torch", "where the classifier and the hpa networks run: torch (any --device) or openvino "
-                       "(CPU, several times faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
+    runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
     limit: int = opt(0, "predict only the first N fields (0: all)")
     chunk: int = opt(64, "image models: fields per saved chunk of scores (field_scores/part*.npz), the unit of work "
                      "of --executor and of resume")

@@ -32,7 +32,7 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -48,7 +48,7 @@ from ..imagemeta import pixel_size_of_file
 from ..labels import read_task_labels
 from ..layouts import LAYOUTS, Layout
 from ..run_state import RunStart, ensure_same_settings, folder_lock
-from ..runtime import RUNTIMES, require_runtime, threads_for
+from ..runtime import AUTO, RUNTIME_HELP, require_runtime, runtime_choices, threads_for
 from ..segmentation import SegmentConfig, create_segmenter
 from ..segmentation.base import SCALE_AWARE_BACKENDS
 from ..segmentation.scale import PixelSize, resolve_pixel_size, segment_with_scale
@@ -81,7 +81,7 @@ class SegmentRunConfig(ExecutorOptions):
     batch_size: int = opt(1, "fields per network batch (hpa backend)")
     device: str = opt("cpu", "torch device for the hpa backend (cpu, cuda)")
     half: bool = opt(False, "fp16 inference on CUDA (hpa backend)")
-    runtime: str = opt("torch", "where the hpa networks run: torch (any --device) or openvino (CPU, about 2x faster; pip install -e \".[fast]\")", choices=list(RUNTIMES))
+    runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
     weights_dir: str = opt("", "folder with the HPA weight files (hpa backend)")
     cell_model: str = opt("3ch", "hpa cell network: 3ch (microtubules + ER + nuclei) or v2 (the published v2 model)", choices=["3ch", "v2"])
     limit: int = opt(0, "segment only the first N fields (0: all)")
@@ -152,9 +152,9 @@ class SegmentRunConfig(ExecutorOptions):
 
     def recipe_input(self) -> dict:
         """The ``input`` entry of a cell model's recipe trained on these crops (how to cut them again)."""
-        # threads: how fast this machine ran it, not what it made; 0 lets the predicting machine choose
+        # threads and runtime: how fast this machine ran it, not what it made; the predicting machine chooses
         return {"kind": "cell_crop", "crop_size": self.crop_size, "crop_mask": self.crop_mask, "crop_fit": self.crop_fit,
-                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0}}
+                "segment": {**dataclasses.asdict(self.segment_config()), "threads": 0, "runtime": AUTO}}
 
 
 @dataclass
@@ -263,6 +263,26 @@ class FieldWorker:
         self.layout = cfg.layout
         self.seg_cfg = cfg.segment_config()
         self.segmenter = create_segmenter(self.seg_cfg)
+        self._reader: ThreadPoolExecutor | None = None  # reads the next field while this one is segmented
+        self._ahead: tuple[str, Future] | None = None
+
+    def read(self, image_id: str) -> np.ndarray:
+        return self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
+
+    def take(self, image_id: str, next_id: str | None = None) -> np.ndarray:
+        """Field ``image_id`` (read ahead if it was ``next_id`` last time, else read now), and start
+        reading ``next_id`` on a second thread: its PNG decoding (OpenCV, outside the GIL) then
+        overlaps this field's segmentation and writing. A read error is raised here either way."""
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None and ahead[0] == image_id:
+                return ahead[1].result()
+            return self.read(image_id)
+        finally:
+            if next_id is not None:
+                if self._reader is None:
+                    self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+                self._ahead = (next_id, self._reader.submit(self.read, next_id))
 
     def write_masks(self, image_id: str, cells: np.ndarray, nuclei: np.ndarray, pixel_size_um: float) -> None:
         """The field's masks in every ``--mask-format`` (TIFFs carry the pixel size)."""
@@ -303,10 +323,11 @@ class FieldWorker:
         write_csv(out / "cells" / f"{image_id}.csv", table)
         return len(table)
 
-    def run_one(self, image_id: str) -> FieldResult:
+    def run_one(self, image_id: str, next_id: str | None = None) -> FieldResult:
+        """Segment and write one field; ``next_id``: the field this worker gets next (read ahead)."""
         t0 = time.perf_counter()
         try:
-            image = self.layout.read_field(self.cfg.input, image_id, self.cfg.channel_names)
+            image = self.take(image_id, next_id)
             cells, nuclei, px = segment_with_scale(self.segmenter, self.seg_cfg, image,
                                                       file_pixel_size(self.layout, self.cfg.input, image_id, self.seg_cfg))
             n = self.finish(image_id, image, cells, nuclei, px)
@@ -327,7 +348,7 @@ class FieldWorker:
         images, results = {}, {}
         for i in ids:
             try:
-                images[i] = self.layout.read_field(self.cfg.input, i, self.cfg.channel_names)
+                images[i] = self.read(i)
             except InputError as exc:
                 results[i] = FieldResult(i, error=str(exc))
         if images:
@@ -360,6 +381,11 @@ def segment_one(worker: FieldWorker, image_id: str) -> FieldResult:
     return worker.run_one(image_id)
 
 
+def segment_ahead(worker: FieldWorker, item: tuple[str, str | None]) -> FieldResult:
+    """One field ``item[0]``, reading the worker's next field ``item[1]`` meanwhile (in-order executors)."""
+    return worker.run_one(*item)
+
+
 def segment_batch(worker: FieldWorker, ids: list[str]) -> list[FieldResult]:
     """Several fields through the network together (``--batch-size``, hpa backend)."""
     return worker.run_batch(ids)
@@ -386,7 +412,7 @@ def run_segmentation(cfg: SegmentRunConfig, progress: Callable[[int], None] | No
     the folder's finished fields were made with other settings and ``cfg.overwrite`` is not set,
     or when ``cfg.runtime``'s package is missing.
     """
-    require_runtime(cfg.runtime)
+    require_runtime(cfg.runtime, cfg.device)
     out = cfg.out_dir()
     with folder_lock(out):
         return _run_segmentation(cfg, out, progress)
@@ -442,12 +468,16 @@ def _results(cfg: SegmentRunConfig, todo: list[str], image_labels, truth_cells) 
                    weights_dir=str(Path(cfg.weights_dir).expanduser().resolve()) if cfg.weights_dir else "")
     init = partial(FieldWorker, here, image_labels, truth_cells)
     batch = cfg.batch_size
-    items: list = [todo[k:k + batch] for k in range(0, len(todo), batch)] if batch > 1 else todo
     with cfg.open_executor() as ex:
-        for item, res in zip(items, ex.map(segment_batch if batch > 1 else segment_one, items, init=init)):
+        if batch > 1:
+            fn, items, ids_of = segment_batch, [todo[k:k + batch] for k in range(0, len(todo), batch)], list
+        elif ex.in_order:  # one worker takes the fields in this order: it reads each next one ahead
+            fn, items, ids_of = segment_ahead, list(zip(todo, [*todo[1:], None])), lambda item: [item[0]]
+        else:
+            fn, items, ids_of = segment_one, todo, lambda item: [item]
+        for item, res in zip(items, ex.map(fn, items, init=init)):
             if isinstance(res, Failure):
-                ids = item if batch > 1 else [item]
-                yield from (FieldResult(i, error=res.error) for i in ids)
+                yield from (FieldResult(i, error=res.error) for i in ids_of(item))
                 continue
             for one in res if batch > 1 else [res]:
                 if one.stop is not None:  # a full disk or an unwritable output: every later field would fail too

@@ -393,30 +393,29 @@ class ClassicalSegmenter:
 
             pixel_size_um = resolve_pixel_size(self.cfg, image).um
         if image.ndim == 2:  # a lone nucleus channel
-            image = image[..., None]
-            nucleus_index, cell_indices = 0, []
-        else:  # keep only the planes used: fewer to resize, and OpenCV resizes at most 4 at once (RxRx1 has 6)
-            used = [self.nucleus_index, *self.cell_indices]
-            image = take_channels(image, used)
-            nucleus_index, cell_indices = 0, list(range(1, len(used)))
-        cfg, shape = self.cfg, image.shape
+            nucleus, cell_planes = image, None
+        else:  # only the cell planes, together (the nucleus is resized on its own, in finer levels):
+            # fewer to copy and resize, and OpenCV resizes at most 4 at once (RxRx1 has 6)
+            nucleus = image[..., self.nucleus_index]
+            cell_planes = take_channels(image, self.cell_indices) if self.cell_indices else None
+        cfg = self.cfg
         px = float(pixel_size_um)
-        full_hw = shape[:2]
-        nucleus = image[..., nucleus_index]
+        full_hw = nucleus.shape
         work = self.params.work_pixel_size_um
         if work and px < 0.8 * work:  # downscale: same physical sizes, far fewer pixels
             f = px / work
-            size = (max(1, round(shape[1] * f)), max(1, round(shape[0] * f)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], shape[2])
+            size = (max(1, round(full_hw[1] * f)), max(1, round(full_hw[0] * f)))
+            if cell_planes is not None:
+                k = cell_planes.shape[2]
+                cell_planes = cv2.resize(cell_planes, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], k)
             nucleus = cv2.resize(fine_levels(nucleus), size, interpolation=cv2.INTER_AREA)
-            px = px * shape[1] / size[0]
-            shape = image.shape
+            px = px * full_hw[1] / size[0]
         min_nuc = cfg.min_nucleus_area_um2 / px**2
         min_cell = cfg.min_cell_area_um2 / px**2
         max_hole = cfg.max_hole_area_um2 / px**2
         territories, nuclei = nucleus_regions(nucleus, px, min_nuc, max_hole, self.params)
-        if cell_indices:
-            signal = np.mean([unit_range(image[..., i]) for i in cell_indices], axis=0).astype(np.float32)
+        if cell_planes is not None:
+            signal = np.mean([unit_range(cell_planes[..., i]) for i in range(cell_planes.shape[2])], axis=0).astype(np.float32)
             signal = np.maximum(signal, 0.5 * (territories > 0))
             cells = segment_cells(signal, territories, px, min_cell, max_hole, self.params)
         else:
