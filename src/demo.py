@@ -66,7 +66,7 @@ class DemoConfig:
     size: int = opt(0, "field size in pixels (0: the task's; hpa-2018 256, rxrx1 128, hpa-sc 512)")
     crop_size: int = opt(64, "hpa-sc: cell crop size in pixels, also the network input (the paper recipe: 260)")
     image_size: int = opt(0, "image-level tasks: network input size in pixels (0: the task's; hpa-2018 128, rxrx1 64)")
-    epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc 10, hpa-2018 8, rxrx1 12)")
+    epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc 6, hpa-2018 8, rxrx1 12)")
     folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3); "
                      "rxrx1: folds of the training experiments, fold 0 trained (0: 4)")
     seed: int = opt(0, "hpa-sc and hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds "

@@ -283,6 +283,9 @@ class FieldWorker:
                 if self._reader is None:
                     self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
                 self._ahead = (next_id, self._reader.submit(self.read, next_id))
+            elif self._reader is not None:  # the last field: no idle thread left behind in a long-lived process
+                self._reader.shutdown(wait=False)
+                self._reader = None
 
     def write_masks(self, image_id: str, cells: np.ndarray, nuclei: np.ndarray, pixel_size_um: float) -> None:
         """The field's masks in every ``--mask-format`` (TIFFs carry the pixel size)."""
