@@ -11,12 +11,12 @@
 Every fold model found under --models (fold*/best.pt) is averaged. Cell models: cells are
 segmented and cropped with the training crops' own settings (the model's recipe.json); cell
 scores are blended with the field's score (--blend: the mean cell score, or with --blend image
---image-models an image-level model's);
-Negative is raised to min(1 - p) over the other classes. Output: output/<name>/submission.csv
-(atomic, resumable) and cell_scores/{ID}.csv, or scores.csv for image-level models. With
---executor process|dask each worker loads the models once and writes the fields' cell scores
-(image models: each chunk's field_scores/part*.npz); this process writes the submission and the
-tables in field order, so the files are the same as a serial run's.
+--image-models an image-level model's); Negative scores the chance that the cell shows none of
+the other classes (--negative). Output: output/<name>/submission.csv (atomic, resumable) and
+cell_scores/{ID}.csv, or scores.csv for image-level models. With --executor process|dask each
+worker loads the models once and writes the fields' cell scores (image models: each chunk's
+field_scores/part*.npz); this process writes the submission and the tables in field order, so
+the files are the same as a serial run's.
 
 Fields that fail are listed in predict_failures.csv and the run exits 1 at the end; bad input or
 an unwritable output folder exits 2 at once. A rerun with the same models and settings resumes;

@@ -24,14 +24,20 @@ from cellloc.tasks import get_task
 def test_blend_product_and_mean():
     p = np.array([[0.9, 0.1], [0.1, 0.1]], np.float32)
     field = p.mean(0)
-    np.testing.assert_allclose(blend_with_field(p, "product"), np.sqrt(p * field), rtol=1e-6)
+    # product: the weighted geometric mean, the field's share 0.75 unless given (0.5: sqrt(cell * field))
+    np.testing.assert_allclose(blend_with_field(p, "product"), p ** 0.25 * field ** 0.75, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "product", 0.5), np.sqrt(p * field), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "product", 0.0), p, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "mean"), 0.7 * p + 0.3 * field, rtol=1e-6)
     np.testing.assert_allclose(blend_with_field(p, "mean", 0.25), 0.75 * p + 0.25 * field, rtol=1e-6)
+    with pytest.raises(ValueError, match="field weight must be in"):
+        blend_with_field(p, "product", 1.5)
     np.testing.assert_array_equal(blend_with_field(p, "none"), p)
     # a weighted field score ignores a zero-weight cell
     np.testing.assert_allclose(blend_with_field(p, "mean", 1.0, np.array([1.0, 0.0]))[1], p[0], rtol=1e-6)
     # the image modes: an image model's field score in place of the cells' mean
     image = np.array([0.0, 1.0])
-    np.testing.assert_allclose(blend_with_field(p, "image", field_score=image), np.sqrt(p * image), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "image", field_score=image), np.sqrt(p * image), rtol=1e-6)  # w 0.5
     np.testing.assert_allclose(blend_with_field(p, "image_mean", 0.25, field_score=image), 0.75 * p + 0.25 * image, rtol=1e-6)
     np.testing.assert_allclose(mean_cell_score(p, np.array([3.0, 1.0])), [0.7, 0.1], rtol=1e-6)
     with pytest.raises(ValueError):
@@ -42,12 +48,20 @@ def test_blend_product_and_mean():
         blend_with_field(p, "product", field_score=image)
 
 
-def test_negative_rises_when_no_class_is_confident():
-    p = np.array([[0.05, 0.1, 0.0], [0.9, 0.1, 0.0]], np.float32)
-    out = with_negative(p, negative=2)
-    assert out[0, 2] == pytest.approx(0.9) and out[1, 2] == pytest.approx(0.1)
-    np.testing.assert_array_equal(out[:, :2], p[:, :2])
-    np.testing.assert_array_equal(with_negative(p, None), p)
+def test_negative_rules():
+    # cell 0 shows no class, cell 1 a confident first class; the model's own Negative score is the field's (0.6)
+    p = np.array([[0.05, 0.1, 0.6], [0.9, 0.1, 0.6]], np.float32)
+    absent = with_negative(p, negative=2)  # the default: the chance the cell shows none of the other classes
+    np.testing.assert_allclose(absent[:, 2], [0.95 * 0.9, 0.1 * 0.9], rtol=1e-6)
+    np.testing.assert_array_equal(absent[:, :2], p[:, :2])  # only the Negative column changes
+    np.testing.assert_allclose(with_negative(p, 2, "exclusive")[:, 2], [0.6 * 0.95 * 0.9, 0.6 * 0.1 * 0.9], rtol=1e-6)
+    np.testing.assert_allclose(with_negative(p, 2, "raise")[:, 2], [0.9, 0.6], rtol=1e-6)  # max(own, min(1 - p))
+    np.testing.assert_array_equal(with_negative(p, 2, "model"), p)
+    np.testing.assert_array_equal(with_negative(p, None), p)  # a task without a Negative class
+    with pytest.raises(ValueError, match="negative rule"):
+        with_negative(p, 2, "min")
+    with pytest.raises(ValueError, match="negative rule"):
+        FieldOptions(negative="min")
 
 
 def test_cell_weights_downweight_small_and_edge_cells():

@@ -90,8 +90,8 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
             np.testing.assert_array_equal(mask, cells == cid)
         probs = scores[[f"p{c}" for c in range(19)]].to_numpy()
         assert ((probs >= 0) & (probs <= 1)).all()
-        # Negative is at least min(1 - p) over the other classes for every cell
-        assert (probs[:, 18] >= (1 - np.delete(probs, 18, 1)).min(1) - 1e-4).all()
+        # Negative is the chance the cell shows none of the other classes (the default rule, "absent")
+        np.testing.assert_allclose(probs[:, 18], np.prod(1 - np.delete(probs, 18, 1), 1), atol=1e-4)
     truth = read_truth(trained["truth"], 19)
     result = competition_map(truth, parsed, 19)
     assert 0.0 <= result["map"] <= 1.0
@@ -288,10 +288,11 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
     run_predict(cfg, predictor)
     first = (out / "submission.csv").read_text()
     with pytest.raises(InputError) as err:
-        run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean"), predictor)
+        run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
-    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend: \"product\" -> \"mean\"; "
-                          "tta: 1 -> 2); add --overwrite to start over") and "\n" not in msg
+    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_weight: 0.75 -> "
+                          "0.3; blend.mode: \"product\" -> \"mean\"; negative: \"absent\" -> \"raise\"; tta: 1 -> 2); add "
+                          "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
     assert json.loads((out / "predict_config.json").read_text())["tta"] == 1  # ... and the record is unchanged
     more = run_predict(predict_cfg(trained, out, limit=2, batch_size=7), predictor)  # same settings: resumes

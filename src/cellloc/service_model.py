@@ -87,7 +87,7 @@ class ServiceModel:
     def predict(self, image: np.ndarray) -> FieldPrediction:
         """Segment an HxWxC uint8/uint16 field (channels in :attr:`channels` order) and score it.
 
-        Cell models score every cell (blended with the field score, Negative raised: the
+        Cell models score every cell (blended with the field score, Negative by its rule: the
         submission's scores); image models score the whole field, and its cells come back
         outlined but without scores.
         """

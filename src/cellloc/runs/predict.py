@@ -42,7 +42,7 @@ from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLENDS, CONFIDENCE_MODES, FieldOptions, check_image_blend, encode_prediction, field_scores
+from ..pipeline import BLENDS, CONFIDENCE_MODES, NEGATIVE_RULES, FieldOptions, check_image_blend, encode_prediction, field_scores
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
@@ -81,10 +81,13 @@ class PredictConfig(ExecutorOptions):
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
     blend: str = opt("", "mix cell scores with the field score: " + "; ".join(f"{n}: {b.help}" for n, b in BLENDS.items())
                      + " (default: image with --image-models, else product)", choices=["", *BLENDS])
-    field_weight: float = opt(0.3, "weight w of the field score for --blend mean and image_mean")
+    field_weight: float | None = opt(None, "w, the field score's share in --blend (default: the blend's own: "
+                                     + ", ".join(f"{n} {b.weight}" for n, b in BLENDS.items() if b.rule != "none") + ")")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
                                "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
                                choices=list(CONFIDENCE_MODES))
+    negative: str = opt("absent", "cell models of a task with a Negative class: how a cell's Negative score is made; "
+                        + "; ".join(f"{n}: {r.help}" for n, r in NEGATIVE_RULES.items()), choices=list(NEGATIVE_RULES))
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
     plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
                                  "to one well (linear assignment on the scores) instead of each well's own argmax")
@@ -104,7 +107,7 @@ class PredictConfig(ExecutorOptions):
     def __post_init__(self) -> None:
         if not 0 <= self.min_confidence <= 1:
             raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
-        if not 0 <= self.field_weight <= 1:
+        if self.field_weight is not None and not 0 <= self.field_weight <= 1:
             raise ValueError(f"--field-weight must be in [0, 1], got {self.field_weight}")
         if self.top_k < 0 or self.limit < 0 or self.batch_size < 1 or self.num_workers < 0 or self.chunk < 1:
             raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1 and --chunk >= 1")
@@ -113,6 +116,8 @@ class PredictConfig(ExecutorOptions):
         self.check_executor()
         if not self.blend:
             self.blend = "image" if self.image_models else "product"
+        if self.field_weight is None and self.blend in BLENDS:
+            self.field_weight = BLENDS[self.blend].weight  # saved as a number: a saved config re-runs the same blend
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -138,7 +143,7 @@ class PredictConfig(ExecutorOptions):
 
     def field_options(self) -> FieldOptions:
         return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size,
-                            cell_confidence=self.cell_confidence)
+                            cell_confidence=self.cell_confidence, negative=self.negative)
 
 
 @dataclass
@@ -267,8 +272,9 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
         "models": _members(predictor.model), "image_models": _members(predictor.image_model),
         "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
-        "blend": cfg.blend, "field_weight": cfg.field_weight, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
-        "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
+        # the blend as one record (mode and weight): before the product rule took a weight, this was two keys
+        "blend": {"mode": cfg.blend, "field_weight": cfg.field_weight}, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
+        "negative": cfg.negative, "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
     }
 
 
