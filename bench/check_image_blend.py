@@ -6,10 +6,12 @@ folds) are trained on fold 0 of the demo's data, then the held-out test fields a
 ways and scored with the competition metric against the per-cell truth:
 
 - ``none`` (``--blend none``): the cell model alone;
-- ``mean_cell`` (``--blend product``, the default): ``sqrt(cell x field)`` with the field's
+- ``mean_cell`` (``--blend product``, the default): ``cell^0.25 x field^0.75`` with the field's
   area-weighted mean cell score;
 - ``image`` (``--blend image --image-models``): ``sqrt(cell x field)`` with the image model's score
   of the whole field (the winning solutions' cell x image);
+- ``image_w075`` (``--blend image --field-weight 0.75``): ``cell^0.25 x field^0.75``, the
+  image model's score given the share the mean cell score has by default;
 - ``image_mean`` (``--blend image_mean``): ``0.7 cell + 0.3 field`` with the image model's score.
 
 It also scores the two field scores themselves at field level (macro AP of each test field's
@@ -47,6 +49,7 @@ VARIANTS = {
     "none": ["--blend", "none"],
     "mean_cell": ["--blend", "product"],
     "image": ["--blend", "image", "--image-models", "{image}"],
+    "image_w075": ["--blend", "image", "--field-weight", "0.75", "--image-models", "{image}"],
     "image_mean": ["--blend", "image_mean", "--field-weight", "0.3", "--image-models", "{image}"],
 }
 
@@ -85,7 +88,9 @@ def field_level_ap(out: Path, image_run: str, test: Path, truth: Path) -> tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    ap.add_argument("--cell-epochs", type=int, default=3, help="the demo's")
+    ap.add_argument("--cell-epochs", type=int, default=6, help="the demo's")
+    ap.add_argument("--cell-model", default="resnet18", help="the demo's cell model")
+    ap.add_argument("--balance-power", type=float, default=0.5, help="the demo's class-balanced sampling")
     ap.add_argument("--crop-size", type=int, default=64, help="the demo's cell model input")
     ap.add_argument("--image-model", default="efficientnet-b0", help="image model backbone (B0: what 2 shared CPU cores train)")
     ap.add_argument("--image-size", type=int, default=128, help="image model input: the 512 px field resized")
@@ -96,7 +101,8 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         cell, image = f"blend_cell_s{seed}", f"blend_image_s{seed}"
-        train(cell, ["--epochs", str(a.cell_epochs), "--image-size", str(a.crop_size), "--seed", str(seed)])
+        train(cell, ["--epochs", str(a.cell_epochs), "--image-size", str(a.crop_size), "--seed", str(seed),
+                     "--model", a.cell_model, "--monitor", "last", "--balance-power", str(a.balance_power)])
         # every epoch is kept until the last; the best by validation macro AP (8 fields) is the model
         train(image, ["--level", "image", "--model", a.image_model, "--image-size", str(a.image_size),
                       "--epochs", str(a.image_epochs), "--batch-size", "8", "--monitor", "macro_ap",
