@@ -43,8 +43,9 @@ T = TypeVar("T")
 # Each task's demo sizes (a 0 on the command line takes these): CPU-sized, a few minutes on 2 cores.
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
     # hpa-sc: 120 training fields for 6 epochs (ResNet-18, class-balanced: about the CPU of B0 on 40 fields for 10),
-    # one view per test cell (8 gave +0.005 for 5x the prediction's CPU), 200 test fields: the test draw is most of
-    # the seed spread (sd 0.031 over 3 seeds on 120 fields, 0.018 on 200, for ~25 s more): docs/cellgap.md, "Round 2"
+    # one view per test cell (8 gave +0.005 for 5x the prediction's CPU), 200 test fields: the test draw is much of
+    # the seed spread (sd 0.031 over 3 seeds on 120 fields; on 200, 0.018 over seeds 0-2 and 0.030 over 0-4, for
+    # ~25 s more): docs/cellgap.md, "Round 2" and "Round 3"
     "hpa-sc": {"fields": 120, "test_fields": 200, "size": 512, "image_size": 64, "epochs": 6, "folds": 1, "tta": 1},
     # rxrx1: the generated design fixes the fields (--sirnas); folds split the training experiments.
     # 128 px fields seen at 64 px: the same view as 256 px fields at 64 px for half the drawing time.
