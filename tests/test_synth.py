@@ -11,7 +11,8 @@ import pytest
 
 from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
 from cellloc.generators import write_dataset
-from cellloc.synth import SPINDLE, SynthConfig, class_example, generate_field
+from cellloc.synth import (CLASS_DRAWS, HPA_LIKE_CLASS_WEIGHTS, NEGATIVE, SPINDLE, SynthConfig, class_example,
+                           class_draw_numbers, draw_field_classes, generate_field)
 from conftest import REPO
 
 
@@ -130,3 +131,41 @@ def test_rerun_with_fewer_fields_or_another_seed_removes_the_fields_it_does_not_
     assert (out / "train" / "mine_red.png").exists() and (out / "notes.txt").exists()
     write_dataset(SynthConfig(size=128, seed=4), out, 1)
     assert list_fields(out / "train").ids == ["synth004_00000"]
+
+
+def test_stratified_class_draw_holds_each_class_near_its_share():
+    """Any first N fields hold each first class about N times its share (random draws miss rare classes)."""
+    w = np.asarray(HPA_LIKE_CLASS_WEIGHTS) / sum(HPA_LIKE_CLASS_WEIGHTS)
+    edges = np.concatenate([[0.0], np.cumsum(w)])
+    for mode, tolerance in (("stratified", 2.0), ("random", None)):
+        cfg = SynthConfig(seed=3, class_draw=mode)
+        for n in (40, 120, 200):
+            u = np.array([class_draw_numbers(np.random.default_rng([3, i]), cfg, i) for i in range(n)])
+            assert u.shape == (n, 3) and u.min() >= 0 and u.max() < 1
+            first = np.histogram(u[:, 0], edges)[0]
+            if tolerance is not None:
+                assert np.all(np.abs(first - n * w) <= tolerance), (n, first, np.round(n * w, 1))
+                assert abs((u[:, 1] < 0.45).sum() - 0.45 * n) <= tolerance  # fields with a second class
+    negatives = sum(draw_field_classes(np.random.default_rng(i), SynthConfig(seed=3), i) == [NEGATIVE]
+                    for i in range(120))
+    assert abs(negatives - 120 * w[NEGATIVE]) <= 2
+
+
+def test_class_draw_modes_and_purity():
+    """Fields stay a pure function of (config, index) in both modes; the seed moves the strata."""
+    for mode in CLASS_DRAWS:
+        cfg = SynthConfig(size=256, seed=1, class_draw=mode)
+        a, b = generate_field(cfg, 5), generate_field(cfg, 5)
+        assert a.cell_classes == b.cell_classes and np.array_equal(a.image, b.image)
+    draws = {s: [draw_field_classes(np.random.default_rng(0), SynthConfig(seed=s), i) for i in range(30)] for s in (0, 1)}
+    assert draws[0] != draws[1]
+    with pytest.raises(ValueError, match="class_draw"):
+        SynthConfig(class_draw="sobol")
+
+
+def test_zero_weight_class_is_never_drawn():
+    w = [0.0] * len(HPA_LIKE_CLASS_WEIGHTS)
+    w[2], w[5] = 1.0, 1.0
+    cfg = SynthConfig(class_weights=tuple(w), second_class_p=1.0, third_class_p=0.0)
+    for i in range(50):
+        assert draw_field_classes(np.random.default_rng(i), cfg, i) == [2, 5]
