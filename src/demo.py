@@ -46,7 +46,7 @@ DEMO_DEFAULTS: dict[str, dict[str, int]] = {
     # one view per test cell (8 gave +0.005 for 5x the prediction's CPU), 200 test fields: the test draw is much of
     # the seed spread (sd 0.031 over 3 seeds on 120 fields; on 200, 0.018 over seeds 0-2 and 0.030 over 0-4, for
     # ~25 s more): docs/cellgap.md, "Round 2" and "Round 3"
-    "hpa-sc": {"fields": 120, "test_fields": 200, "size": 512, "image_size": 64, "epochs": 6, "folds": 1, "tta": 1},
+    "hpa-sc": {"fields": 120, "test_fields": 200, "size": 512, "image_size": 64, "epochs": 6, "folds": 5, "tta": 1},
     # rxrx1: the generated design fixes the fields (--sirnas); folds split the training experiments.
     # 128 px fields seen at 64 px: the same view as 256 px fields at 64 px for half the drawing time.
     "rxrx1": {"size": 128, "image_size": 64, "epochs": 12, "folds": 4, "sirnas": 32},
@@ -69,7 +69,8 @@ class DemoConfig:
     image_size: int = opt(0, "image-level tasks: network input size in pixels (0: the task's; hpa-2018 128, rxrx1 64)")
     epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc 6, hpa-2018 8, rxrx1 12)")
     folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3); "
-                     "rxrx1: folds of the training experiments, fold 0 trained (0: 4)")
+                     "rxrx1: folds of the training experiments, fold 0 trained (0: 4); hpa-sc: folds of the training "
+                     "fields, fold 0 validates and the others train (0: 5)")
     seed: int = opt(0, "hpa-sc and hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds "
                     "training with 42+S; rxrx1: seed of the generated design and of training")
     sirnas: int = opt(0, "rxrx1: treatment siRNAs of the generated design (4 plate groups; 0: 32, with --recipe full 16)")
@@ -152,7 +153,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
-    run("folds", ["src/gen_folds.py", "--folds", "5", "--seed", "42", "--overwrite"])
+    run("folds", ["src/gen_folds.py", "--folds", str(a.folds), "--seed", "42", "--overwrite"])
     # ResNet-18 from scratch, keeping the last epoch, class-balanced draws, three times the fields of
     # the earlier demo for fewer epochs (docs/cellgap.md, "Round 2"): on the same 80 fields and seed,
     # test mAP 0.30 against EfficientNet-B0's 0.26 for two thirds of its CPU; the balancing lifts the
