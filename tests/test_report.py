@@ -26,7 +26,7 @@ from cellloc.render import nearest_resize, overlay_thumbnail
 from cellloc.report_page import Gallery, Image, Note, Section, Table, Text, image_sources, render_page
 from cellloc.runs.folds import FoldsConfig, make_folds
 from cellloc.runs.predict import PredictConfig, load_predictor, run_predict
-from cellloc.runs.report import ReportConfig, build_report, find_run, spread_pick, top_examples
+from cellloc.runs.report import ReportConfig, build_report, find_run, fold_names, spread_pick, top_examples
 from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 from cellloc.runs.train import TrainConfig, train_fold
 from cellloc.synth import SynthConfig
@@ -136,6 +136,13 @@ def copy_run(run: dict[str, Path], dst: Path, folds: tuple[int, ...] = (0, 1)) -
     for k in folds:
         shutil.copytree(run["models"] / f"fold{k}", dst / f"fold{k}")
     return dst
+
+
+def test_untrained_folds_are_named_in_one_note():
+    assert fold_names([1]) == "fold 1"
+    assert fold_names([1, 2]) == "folds 1, 2"
+    assert fold_names(list(range(1, 10))) == "folds 1-9"
+    assert fold_names([1, 3, 4]) == "folds 1, 3, 4"
 
 
 def test_missing_pieces_say_what_is_missing_and_which_command_makes_it(run, tmp_path):

@@ -175,6 +175,14 @@ def find_run(run_dir: str | Path, task: str = "") -> Run:
     return Run(root, folds, config, get_task(recorded))
 
 
+def fold_names(folds: Sequence[int]) -> str:
+    """``fold 3``, ``folds 1-9`` or ``folds 1, 3, 5`` (sorted, distinct fold numbers)."""
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    consecutive = list(folds) == list(range(folds[0], folds[-1] + 1))
+    return f"folds {folds[0]}-{folds[-1]}" if consecutive and len(folds) > 2 else "folds " + ", ".join(map(str, folds))
+
+
 def train_command(run: Run, fold: int, resume: bool = False) -> str:
     """The command that trains (or resumes) ``fold`` with the settings the run's folds used: its saved config."""
     path = run.config_path(fold)
@@ -349,10 +357,12 @@ def training_section(run: Run, table_folds: Sequence[int], assets: Assets) -> Se
     sec = Section("training", "Training curves")
     sec.add(Text("Loss, validation scores and learning rate per epoch; the dotted line marks the best epoch, "
                  "whose weights (best.pt) are scored below."))
-    for k in sorted(set(run.folds) | set(table_folds)):
-        if k not in run.folds:
-            sec.add(Note(f"fold {k} is not trained", train_command(run, k)))
-            continue
+    untrained = sorted(set(table_folds) - set(run.folds))
+    if untrained:  # one note for all of them: a demo that trains fold 0 of 10 is not nine missing pieces
+        more = " (and --fold K for the others)" if len(untrained) > 1 else ""
+        sec.add(Note(f"{fold_names(untrained)} {'is' if len(untrained) == 1 else 'are'} not trained",
+                     train_command(run, untrained[0]) + more))
+    for k in sorted(run.folds):
         d = run.folds[k]
         metrics = d / "metrics.csv"
         if not metrics.is_file():
