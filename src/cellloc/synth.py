@@ -312,30 +312,47 @@ def _pick(weights: np.ndarray, u: float) -> int:
     return min(k, int(np.flatnonzero(weights)[-1]))  # u * total rounded up to total: the last class with weight
 
 
-def class_draw_numbers(rng: np.random.Generator, cfg: SynthConfig, index: int) -> np.ndarray:
-    """Three numbers in [0, 1) behind field ``index``'s classes: the field's own random draws,
-    or with ``class_draw="stratified"`` the ``index``-th points of three sequences whose
-    offsets depend on the seed only (so fields stay a pure function of config and index)."""
-    if cfg.class_draw == "random":
-        return rng.random(3)
+def stratified_numbers(cfg: SynthConfig, index: int) -> np.ndarray:
+    """Three numbers in [0, 1) behind field ``index``'s classes with ``class_draw="stratified"``:
+    the ``index``-th points of three sequences whose offsets depend on the seed only (so fields
+    stay a pure function of config and index)."""
     offsets = np.random.default_rng([cfg.seed, 0x5EED]).random(3)
     return (offsets + index * np.asarray(_STRATA_STEPS)) % 1.0
 
 
 def draw_field_classes(rng: np.random.Generator, cfg: SynthConfig, index: int = 0) -> list[int]:
-    """The field protein's classes: 1-3 distinct ids (Negative alone if drawn first)."""
+    """The field protein's classes: 1-3 distinct ids (Negative alone if drawn first).
+
+    The first class, whether a second follows and which come from :func:`stratified_numbers`
+    by default, the third from the field's own random numbers. With ``class_draw="random"``
+    every choice is the field's own draw, in the order of the versions before stratified draws,
+    so their fields come out bit-identical.
+    """
     w = np.asarray(cfg.class_weights, float)
-    u_first, u_second, u_which = class_draw_numbers(rng, cfg, index)
-    first = _pick(w, u_first)
+    strata = stratified_numbers(cfg, index) if cfg.class_draw == "stratified" else None
+
+    def random_pick(weights: np.ndarray) -> int:
+        return int(rng.choice(len(weights), p=weights / weights.sum()))
+
+    def others(chosen: list[int]) -> np.ndarray:  # a further class: not one already chosen, never Negative
+        w2 = w.copy()
+        w2[chosen] = 0
+        w2[NEGATIVE] = 0
+        return w2
+
+    first = _pick(w, strata[0]) if strata is not None else random_pick(w)
     if first == NEGATIVE:
         return [NEGATIVE]
     chosen = [first]
-    for p, u_has, u_class in ((cfg.second_class_p, u_second, u_which), (cfg.third_class_p, rng.random(), rng.random())):
-        if u_has < p:
-            w2 = w.copy()
-            w2[chosen] = 0
-            w2[NEGATIVE] = 0
-            chosen.append(_pick(w2, u_class))
+    if (strata[1] if strata is not None else rng.random()) < cfg.second_class_p:
+        chosen.append(_pick(others(chosen), strata[2]) if strata is not None else random_pick(others(chosen)))
+    if strata is None:
+        if rng.random() < cfg.third_class_p:
+            chosen.append(random_pick(others(chosen)))
+    else:  # the third class from the field's own random numbers: whether, then which
+        has_third, which = rng.random(), rng.random()
+        if has_third < cfg.third_class_p:
+            chosen.append(_pick(others(chosen), which))
     return sorted(chosen)
 
 
