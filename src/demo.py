@@ -146,9 +146,11 @@ def last_value(lines: list[str], key: str) -> str:
 
 def hpa_single_cell(a: DemoConfig) -> list[str]:
     """Segment, crop and classify cells; the submission is scored per cell against the generated truth."""
-    run("data", ["src/make_data.py", "--seed", str(2 * a.seed), "--fields", str(a.fields), "--size", str(a.size)])
+    # two drawing processes: a field is a pure function of the seed and its index, so the same fields, sooner
+    run("data", ["src/make_data.py", "--seed", str(2 * a.seed), "--fields", str(a.fields), "--size", str(a.size),
+                 "--workers", "2"])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(2 * a.seed + 1),
-                      "--fields", str(a.test_fields), "--size", str(a.size)])
+                      "--fields", str(a.test_fields), "--size", str(a.size), "--workers", "2"])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])
