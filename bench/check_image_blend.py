@@ -88,7 +88,8 @@ def field_level_ap(out: Path, image_run: str, test: Path, truth: Path) -> tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    ap.add_argument("--cell-epochs", type=int, default=6, help="round 3 demo recipe, behind the README figures (the demo now trains 8, on fold 0 of 10)")
+    ap.add_argument("--cell-epochs", type=int, default=6,
+                    help="round 3's demo recipe, behind the README figures (the demo now trains 8, fold 0 of 10)")
     ap.add_argument("--cell-model", default="resnet18", help="the demo's cell model")
     ap.add_argument("--balance-power", type=float, default=0.5, help="the demo's class-balanced sampling")
     ap.add_argument("--crop-size", type=int, default=64, help="the demo's cell model input")
