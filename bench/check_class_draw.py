@@ -3,8 +3,9 @@
     python bench/check_class_draw.py [--fields 120] [--seeds 200]
 
 For each draw mode and seed, counts the fields of the first N whose protein is drawn with each
-class (before cells are drawn: a Mitotic spindle field also needs a mitotic cell to show it), then prints, per class, the mean and standard deviation of that count over the seeds and
-how often it is zero. Label draws only: no pixels are drawn, so it runs in seconds.
+class (before cells are drawn: a Mitotic spindle field also needs a mitotic cell to show it),
+then prints, per class, the mean and standard deviation of that count over the seeds and how
+often it is zero. Label draws only: no pixels are drawn, so it runs in seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def field_counts(mode: str, fields: int, seeds: int) -> np.ndarray:
     for s in range(seeds):
         cfg = SynthConfig(seed=s, class_draw=mode)
         for i in range(fields):
-            # the same generator the fields use: one random stream per (seed, field)
+            # a fresh random stream per (seed, field): a field's own stream has placed its cells first,
+            # which changes which numbers it draws, not how they are distributed
             out[s, draw_field_classes(np.random.default_rng([s, i, 7]), cfg, i)] += 1
     return out
 

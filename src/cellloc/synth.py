@@ -36,7 +36,6 @@ from .classes import HPA_SINGLE_CELL
 
 NEGATIVE = 18
 SPINDLE = 11
-CLASS_DRAWS = ("stratified", "random")
 
 # Relative frequency of each class as a field's protein location; long-tailed like HPA's
 # single-cell training labels (nucleoplasm and cytosol common, spindle and aggresome rare).
@@ -320,40 +319,57 @@ def stratified_numbers(cfg: SynthConfig, index: int) -> np.ndarray:
     return (offsets + index * np.asarray(_STRATA_STEPS)) % 1.0
 
 
-def draw_field_classes(rng: np.random.Generator, cfg: SynthConfig, index: int = 0) -> list[int]:
-    """The field protein's classes: 1-3 distinct ids (Negative alone if drawn first).
+def _others(weights: np.ndarray, chosen: list[int]) -> np.ndarray:
+    """Weights of a further class: not one already chosen, never Negative."""
+    w = weights.copy()
+    w[chosen] = 0
+    w[NEGATIVE] = 0
+    return w
 
-    The first class, whether a second follows and which come from :func:`stratified_numbers`
-    by default, the third from the field's own random numbers. With ``class_draw="random"``
-    every choice is the field's own draw, in the order of the versions before stratified draws,
-    so their fields come out bit-identical.
-    """
+
+def _random_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) -> list[int]:
+    """Every choice the field's own random draw, in the order of the versions before stratified
+    draws, so their fields come out bit-identical."""
     w = np.asarray(cfg.class_weights, float)
-    strata = stratified_numbers(cfg, index) if cfg.class_draw == "stratified" else None
-
-    def random_pick(weights: np.ndarray) -> int:
-        return int(rng.choice(len(weights), p=weights / weights.sum()))
-
-    def others(chosen: list[int]) -> np.ndarray:  # a further class: not one already chosen, never Negative
-        w2 = w.copy()
-        w2[chosen] = 0
-        w2[NEGATIVE] = 0
-        return w2
-
-    first = _pick(w, strata[0]) if strata is not None else random_pick(w)
+    first = int(rng.choice(len(w), p=w / w.sum()))
     if first == NEGATIVE:
         return [NEGATIVE]
     chosen = [first]
-    if (strata[1] if strata is not None else rng.random()) < cfg.second_class_p:
-        chosen.append(_pick(others(chosen), strata[2]) if strata is not None else random_pick(others(chosen)))
-    if strata is None:
-        if rng.random() < cfg.third_class_p:
-            chosen.append(random_pick(others(chosen)))
-    else:  # the third class from the field's own random numbers: whether, then which
-        has_third, which = rng.random(), rng.random()
-        if has_third < cfg.third_class_p:
-            chosen.append(_pick(others(chosen), which))
+    for p in (cfg.second_class_p, cfg.third_class_p):
+        if rng.random() < p:
+            w2 = _others(w, chosen)
+            chosen.append(int(rng.choice(len(w2), p=w2 / w2.sum())))
     return sorted(chosen)
+
+
+def _stratified_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) -> list[int]:
+    """The first class, whether a second follows and which from :func:`stratified_numbers`; the
+    third (whether, then which) from the field's own random numbers."""
+    w = np.asarray(cfg.class_weights, float)
+    u_first, u_second, u_which = stratified_numbers(cfg, index)
+    first = _pick(w, u_first)
+    if first == NEGATIVE:
+        return [NEGATIVE]
+    chosen = [first]
+    if u_second < cfg.second_class_p:
+        chosen.append(_pick(_others(w, chosen), u_which))
+    has_third, which = rng.random(), rng.random()
+    if has_third < cfg.third_class_p:
+        chosen.append(_pick(_others(w, chosen), which))
+    return sorted(chosen)
+
+
+# SynthConfig.class_draw -> how a field's classes are drawn
+CLASS_DRAWS: dict[str, Callable[[np.random.Generator, SynthConfig, int], list[int]]] = {
+    "stratified": _stratified_classes,
+    "random": _random_classes,
+}
+
+
+def draw_field_classes(rng: np.random.Generator, cfg: SynthConfig, index: int = 0) -> list[int]:
+    """The field protein's classes: 1-3 distinct ids (Negative alone if drawn first), drawn the
+    way ``cfg.class_draw`` names (:data:`CLASS_DRAWS`)."""
+    return CLASS_DRAWS[cfg.class_draw](rng, cfg, index)
 
 
 def assign_cell_classes(rng: np.random.Generator, cfg: SynthConfig, field_classes: list[int], cells: list[CellGeom]) -> list[list[int]]:
