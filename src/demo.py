@@ -59,18 +59,23 @@ DEMO_DEFAULTS: dict[str, dict[str, int]] = {
 RECIPE_DESIGN: dict[str, int] = {"sirnas": 16, "size": 128, "image_size": 64}
 
 
+def task_defaults(key: str) -> str:
+    """One size's demo default per task, for the help texts: ``hpa-sc 8, rxrx1 12, hpa-2018 8``."""
+    return ", ".join(f"{task} {sizes[key]}" for task, sizes in DEMO_DEFAULTS.items() if key in sizes)
+
+
 @dataclass
 class DemoConfig:
     task: str = opt(DEFAULT_TASK, "task whose generated data to run", choices=TASKS.names())
     fields: int = opt(0, "training fields to generate (0: the task's demo size, see DEMO_DEFAULTS; rxrx1: set by --sirnas)")
     test_fields: int = opt(0, "held-out test fields to generate (0: the task's)")
-    size: int = opt(0, "field size in pixels (0: the task's; hpa-2018 256, rxrx1 128, hpa-sc 512)")
+    size: int = opt(0, f"field size in pixels (0: the task's; {task_defaults('size')})")
     crop_size: int = opt(64, "hpa-sc: cell crop size in pixels, also the network input (the paper recipe: 260)")
     image_size: int = opt(0, "image-level tasks: network input size in pixels (0: the task's; hpa-2018 128, rxrx1 64)")
-    epochs: int = opt(0, "training epochs per fold model (0: the task's; hpa-sc 6, hpa-2018 8, rxrx1 12)")
-    folds: int = opt(0, "hpa-2018: folds, every one trained, so thresholds fit on out-of-fold predictions (0: 3); "
-                     "rxrx1: folds of the training experiments, fold 0 trained (0: 4); hpa-sc: folds of the training "
-                     "fields, fold 0 validates and the others train (0: 5)")
+    epochs: int = opt(0, f"training epochs per fold model (0: the task's; {task_defaults('epochs')})")
+    folds: int = opt(0, f"folds (0: the task's; {task_defaults('folds')}); hpa-sc: of the training fields, fold 0 "
+                     "validates and the others train; rxrx1: of the training experiments, fold 0 trained; hpa-2018: "
+                     "every one trained, so thresholds fit on out-of-fold predictions")
     seed: int = opt(0, "hpa-sc and hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds "
                     "training with 42+S; rxrx1: seed of the generated design and of training")
     sirnas: int = opt(0, "rxrx1: treatment siRNAs of the generated design (4 plate groups; 0: 32, with --recipe full 16)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from test_evaluate_cli import load_script
@@ -53,3 +55,11 @@ def test_the_hpa_sc_demo_passes_the_given_views_and_balance_on(demo, monkeypatch
 def test_the_demo_refuses_views_predict_py_has_not(demo):
     with pytest.raises(SystemExit):
         demo.parse_config(demo.DemoConfig, ["--tta", "3"])
+
+
+def test_the_demo_help_names_each_task_default_it_takes(demo):
+    """--help says what a 0 takes, read from DEMO_DEFAULTS, so the two cannot drift apart."""
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(demo.DemoConfig)}
+    for key in ("size", "epochs", "folds"):
+        for task, sizes in demo.DEMO_DEFAULTS.items():
+            assert f"{task} {sizes[key]}" in helps[key], (key, task)
