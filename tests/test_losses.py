@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cellloc.errors import InputError
-from cellloc.losses import LOSSES, FocalLoss, create_loss, probabilities
+from cellloc.losses import LOSSES, Bootstrapped, FocalLoss, create_loss, probabilities
 
 Y = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # one-hot rows: valid for every loss
 
@@ -80,3 +80,34 @@ def test_sample_weights_average_per_sample_losses():
         assert float(fn(logits, Y, w)) == pytest.approx((3 * first + second) / 4, rel=1e-6), name
         assert float(fn(logits, Y, torch.tensor([0.0, 2.0]))) == pytest.approx(second, rel=1e-6), name  # weight 0 drops a sample
         assert float(fn(logits, Y, torch.ones(2))) == pytest.approx(float(fn(logits, Y)), rel=1e-6), name
+
+
+def test_bootstrapped_targets_mix_in_the_models_own_scores_after_the_warm_up():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    field = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # field labels: the second row's class 2 is noise
+    bce = create_loss("bce", "multilabel")
+    boot = Bootstrapped(bce, 0.5, start_batches=2)
+    plain = float(bce(logits, field))
+    assert [float(boot(logits, field)) for _ in range(2)] == pytest.approx([plain, plain])  # warm-up: field labels
+    mixed = field * (0.5 + 0.5 * torch.sigmoid(logits))
+    assert float(boot(logits, field)) == pytest.approx(float(bce(logits, mixed)), rel=1e-6)
+    assert boot.batches_done == 3
+    boot.eval()  # validation scores against the plain labels and does not count
+    assert float(boot(logits, field)) == pytest.approx(plain) and boot.batches_done == 3
+    w = torch.tensor([1.0, 3.0])
+    boot.train()
+    assert float(boot(logits, field, w)) == pytest.approx(float(bce(logits, mixed, w)), rel=1e-6)
+    assert float(Bootstrapped(bce, 0.0)(logits, field)) == pytest.approx(plain)  # weight 0: plain training
+    with pytest.raises(ValueError, match="bootstrap weight must be in"):
+        Bootstrapped(bce, 1.5)
+
+
+def test_bootstrapped_targets_keep_absent_classes_at_zero():
+    """Only a class the field has can be lowered: a class it lacks stays 0 whatever the model says."""
+    logits = torch.full((1, 3), 5.0, requires_grad=True)
+    field = torch.tensor([[1.0, 0.0, 0.0]])
+    loss = Bootstrapped(create_loss("bce", "multilabel"), 1.0)(logits, field)
+    loss.backward()
+    # target (1 * sigmoid(5), 0, 0), the model's score detached: gradient sigmoid(5) - target per class / 3
+    p = torch.sigmoid(torch.tensor(5.0))
+    torch.testing.assert_close(logits.grad, torch.stack([p - p, p, p]).reshape(1, 3) / 3)

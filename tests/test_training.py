@@ -83,6 +83,11 @@ class Snapshot(Callback):
         (["--monitor", "accuracy"], "monitor must be one of loss, last, macro_ap, macro_f1"),
         (["--soft-weight", "1.5"], "soft_weight must be in [0, 1]"),
         (["--soft-targets", "x", "--label-source", "true"], "soft_targets refine the weak labels"),
+        (["--bootstrap", "1.5"], "bootstrap must be in [0, 1]"),
+        (["--bootstrap", "0.5", "--bootstrap-start", "-1"], "bootstrap_start must be >= 0"),
+        (["--bootstrap", "0.5", "--label-source", "true"], "bootstrap refines weak labels of a multilabel task"),
+        (["--bootstrap", "0.5", "--level", "image"], "bootstrap refines weak labels of a multilabel task"),
+        (["--bootstrap", "0.5", "--image-head", "mean"], "bootstrap is for the cell head alone"),
         (["--level", "image", "--image-head", "max"], "image_head is for cell-level training"),
         (["--level", "image", "--cell-weights", "drop"], "cell_weights is for cell-level training"),
         (["--image-head", "mean", "--cells-per-field", "64"], "cells_per_field must be in 1..batch_size (32)"),
@@ -458,6 +463,25 @@ def test_soft_targets_from_out_of_fold_predictions(cells_csv, tmp_path):
     (tmp_path / "untrained").mkdir()
     with pytest.raises(InputError, match="no fold.*val_predictions.csv"):
         train_fold(tiny(cells_csv, tmp_path, epochs=1, run_name="p", soft_targets=str(tmp_path / "untrained")))
+
+
+def test_bootstrap_trains_on_field_labels_first_then_on_its_own_scores(cells_csv, tmp_path):
+    """--bootstrap: the warm-up epoch matches plain training; afterwards the targets (and loss) change.
+
+    A run cut after the first bootstrapped epoch resumes with the same targets as one that never stopped.
+    """
+    plain = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="plain"))
+    boot = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="boot", bootstrap=0.5, bootstrap_start=1))
+    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in (plain, boot))
+    assert a["train_loss"][0] == pytest.approx(b["train_loss"][0], rel=1e-5)
+    assert b["train_loss"][1] < a["train_loss"][1]  # targets of a class the cell seems not to show are lower
+    cut = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.5, bootstrap_start=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cut, callbacks=[Interrupt(epoch=1)])
+    train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.5, bootstrap_start=1, resume=True))
+    np.testing.assert_allclose(pd.read_csv(cut.run_dir / "metrics.csv")["train_loss"], b["train_loss"], rtol=1e-4)
+    with pytest.raises(InputError, match="--resume: bootstrap is 0.8 but the saved run used 0.5"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.8, bootstrap_start=1, resume=True))
 
 
 def test_cell_weights_drop_and_weight(cells_csv, tmp_path):

@@ -13,6 +13,11 @@ multiclass ones, so one Dataset serves both.
 * ``ce``: softmax cross-entropy for one class per sample (RxRx1), with optional label
   smoothing ``eps``: the target becomes ``(1 - eps) * onehot + eps / C``.
 
+:class:`Bootstrapped` wraps a multilabel loss for training on field labels: after a warm-up,
+each cell's target becomes its label times ``1 - w + w * p``, ``p`` the model's own current
+(detached) probability, so a class its field has but the cell does not show is pushed less hard
+towards 1; a class its field lacks stays 0.
+
 :func:`probabilities` turns logits into what a model predicts: sigmoid per class for
 multilabel tasks, softmax over classes for multiclass ones.
 """
@@ -82,6 +87,35 @@ class SoftmaxCrossEntropy(SampleLoss):
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
+
+
+class Bootstrapped(nn.Module):
+    """A multilabel ``base`` loss whose targets, in training, are ``targets * (1 - w + w * sigmoid(logits))``.
+
+    Label noise on field labels is one-sided: a class the field lacks is absent from all its
+    cells, but a class it has is missing from some. Mixing in the model's own detached score
+    (soft bootstrapping) lets the cells that look unlike their field's class keep a lower target
+    without a second model. It starts after ``start_batches`` training batches (the model's
+    early scores are noise); validation (eval mode) always sees the plain targets.
+    ``batches_done`` counts training calls; a resumed run sets it from its epoch.
+    """
+
+    def __init__(self, base: nn.Module, weight: float, start_batches: int = 0) -> None:
+        super().__init__()
+        if not 0 <= weight <= 1:
+            raise ValueError(f"bootstrap weight must be in [0, 1], got {weight}")
+        self.base = base
+        self.weight = float(weight)
+        self.start_batches = max(0, int(start_batches))
+        self.batches_done = 0
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            if self.batches_done >= self.start_batches and self.weight > 0:
+                own = torch.sigmoid(logits.detach()).to(targets.dtype)
+                targets = targets * ((1.0 - self.weight) + self.weight * own)
+            self.batches_done += 1
+        return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ from ..errors import InputError
 from ..field_cache import CachedFields, FieldCache
 from ..fieldio import dataset_root, multihot, write_csv, write_json
 from ..layouts import LAYOUTS
-from ..losses import LOSSES, create_loss
+from ..losses import LOSSES, Bootstrapped, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
 from ..models import PRETRAINED_CHOICES, create_model, model_names, recalibrate_batchnorm
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
@@ -157,6 +157,10 @@ class TrainConfig:
                             "its field's label times (1 - w + w * prediction), w = --soft-weight: never a class its "
                             "field lacks")
     soft_weight: float = opt(1.0, "--soft-targets: share of the target taken from the prediction (0: the field labels)")
+    bootstrap: float = opt(0.0, "cell models on weak labels: after --bootstrap-start epochs, a cell's training target "
+                           "becomes its field's label times (1 - w + w * the model's own current score), w = this; "
+                           "no second model (0: off)")
+    bootstrap_start: int = opt(2, "--bootstrap: epochs of plain field labels first (the early scores are noise)")
     cell_weights: str = opt("none", "cell models: none; weight (each cell's loss times min(1, area / its field's median), "
                             "halved for edge-cut cells, 0 without a nucleus); drop (leave out edge-cut cells, cells "
                             "under half their field's median area and cells without a nucleus)",
@@ -258,6 +262,11 @@ class TrainConfig:
             need(not used or self.level == "cell", f"{name} is for cell-level training")
         need(not self.soft_targets or self.label_source == "weak", "soft_targets refine the weak labels: use label_source weak")
         need(0 <= self.soft_weight <= 1, f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        need(0 <= self.bootstrap <= 1, f"bootstrap must be in [0, 1], got {self.bootstrap}")
+        need(self.bootstrap_start >= 0, f"bootstrap_start must be >= 0, got {self.bootstrap_start}")
+        need(not self.bootstrap or (self.level == "cell" and self.label_source == "weak" and task.kind == "multilabel"),
+             "bootstrap refines weak labels of a multilabel task: it needs cell-level training with label_source weak")
+        need(not self.bootstrap or self.image_head == "none", "bootstrap is for the cell head alone: use image_head none")
         need(self.image_head == "none" or self.balance_power == 0,
              "image_head batches whole fields' cells: it cannot be combined with balance_power")
         need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
@@ -820,6 +829,10 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch; batches are sharded over ranks
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / world) / cfg.grad_accum)
     loss_fn = create_loss(cfg.loss, task.kind, cfg.focal_gamma, cfg.label_smoothing)
+    if cfg.bootstrap:
+        batches_per_epoch = math.ceil(len(train_loader) / world)
+        loss_fn = Bootstrapped(loss_fn, cfg.bootstrap, cfg.bootstrap_start * batches_per_epoch)
+        loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
     factory = make_optimizer_factory(cfg, steps_per_epoch)
     if cfg.image_head != "none":
         module: TezModule = TwoHeadModule(net, loss_fn, factory, cfg.num_classes, cfg.image_head, cfg.image_loss_weight,
