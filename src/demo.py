@@ -78,6 +78,8 @@ class DemoConfig:
                      "every one trained, so thresholds fit on out-of-fold predictions")
     seed: int = opt(0, "hpa-sc and hpa-2018: seed S draws training data with seed 2S, test data with 2S+1, and seeds "
                     "training with 42+S; rxrx1: seed of the generated design and of training")
+    test_seed: int = opt(-1, "hpa-sc and hpa-2018: generator seed of the held-out test fields (-1: 2S+1, the test "
+                         "fields change with --seed; a fixed value scores every seed on the same fields)")
     sirnas: int = opt(0, "rxrx1: treatment siRNAs of the generated design (4 plate groups; 0: 32, with --recipe full 16)")
     normalise: str = opt("plate", "rxrx1: per-field normalisation the model is trained with (none, site, experiment, "
                          "plate, experiment-controls, plate-controls)")
@@ -99,6 +101,16 @@ class DemoConfig:
                 setattr(self, key, value)
         if min(getattr(self, key) for key in defaults) < 1:
             raise ValueError("sizes, epochs and folds must be >= 1")
+        if self.test_seed < -1:
+            raise ValueError(f"test_seed must be >= 0 (or -1: 2 x seed + 1), got {self.test_seed}")
+        if self.test_seed == 2 * self.seed and self.task != "rxrx1":
+            raise ValueError(f"test_seed {self.test_seed} draws the training fields (seed {self.seed} trains on 2 x seed): "
+                             "the test fields must differ")
+
+    @property
+    def test_data_seed(self) -> int:
+        """Generator seed of the test fields: --test-seed, else 2S + 1 (never a training seed, 2S)."""
+        return self.test_seed if self.test_seed >= 0 else 2 * self.seed + 1
 
 
 def run(title: str, args: list[str], capture: bool = False, log: str | Path | None = None) -> list[str]:
@@ -154,7 +166,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     # two drawing processes: a field is a pure function of the seed and its index, so the same fields, sooner
     run("data", ["src/make_data.py", "--seed", str(2 * a.seed), "--fields", str(a.fields), "--size", str(a.size),
                  "--workers", "2"])
-    run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(2 * a.seed + 1),
+    run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
                       "--fields", str(a.test_fields), "--size", str(a.size), "--workers", "2"])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
@@ -385,7 +397,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
     # every class has a positive to score; training keeps the real long-tailed shares
     run("test data (every class present)",
         ["src/make_data.py", "--task", task.name, "--name", task.test_data_name, "--split", "test",
-         "--seed", str(2 * a.seed + 1), "--fields", str(a.test_fields), *size, "--options", "cover_groups=1"])
+         "--seed", str(a.test_data_seed), "--fields", str(a.test_fields), *size, "--options", "cover_groups=1"])
     run("folds (each protein's images in one fold)",
         ["src/gen_folds.py", "--task", task.name, "--folds", str(a.folds), "--seed", "42",
          "--groups", f"{data}/truth/images.csv", "--group-col", "protein", "--overwrite"])
