@@ -39,6 +39,10 @@ from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
 
 T = TypeVar("T")
 
+# Processes drawing the generated fields (make_data.py --workers): a field is a pure function of the seed and its
+# index, so any count gives the same files; two matches the 2-core machine the demo's times are measured on.
+DATA_WORKERS = "2"
+
 
 # Each task's demo sizes (a 0 on the command line takes these): CPU-sized, a few minutes on 2 cores.
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
@@ -163,11 +167,10 @@ def last_value(lines: list[str], key: str) -> str:
 
 def hpa_single_cell(a: DemoConfig) -> list[str]:
     """Segment, crop and classify cells; the submission is scored per cell against the generated truth."""
-    # two drawing processes: a field is a pure function of the seed and its index, so the same fields, sooner
     run("data", ["src/make_data.py", "--seed", str(2 * a.seed), "--fields", str(a.fields), "--size", str(a.size),
-                 "--workers", "2"])
+                 "--workers", DATA_WORKERS])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
-                      "--fields", str(a.test_fields), "--size", str(a.size), "--workers", "2"])
+                      "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])
@@ -206,7 +209,7 @@ def rxrx1(a: DemoConfig) -> list[str]:
     run_name = f"{name}_{a.normalise}"
     data, models, out = f"input/{name}", f"models/{run_name}", f"output/{run_name}"
     design = ["--task", "rxrx1", "--name", name, "--size", str(a.size), "--seed", str(a.seed),
-              "--workers", "2", "--options", f"sirnas={a.sirnas}"]
+              "--workers", DATA_WORKERS, "--options", f"sirnas={a.sirnas}"]
     run("data: training experiments (2 per cell type)", ["src/make_data.py", *design])
     run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
     run("folds (whole experiments, every cell type in every fold)",
@@ -284,7 +287,7 @@ def rxrx1_recipe(a: DemoConfig) -> list[str]:
     out = f"output/{tag}"
     cfgs = "configs/rxrx1"
     design = ["--task", "rxrx1", "--name", name, "--size", str(a.size), "--seed", str(a.seed),
-              "--workers", "2", "--options", f"sirnas={a.sirnas}"]
+              "--workers", DATA_WORKERS, "--options", f"sirnas={a.sirnas}"]
     run("data: training experiments (2 per cell type)", ["src/make_data.py", *design])
     run("data: test experiments (1 per cell type, other batches)", ["src/make_data.py", *design, "--split", "test"])
     run("folds of every training well, controls included (whole experiments, every cell type in every fold)",
@@ -391,7 +394,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
     task = get_task("hpa-2018")
     data, test = f"input/{task.data_name}", f"input/{task.test_data_name}"
     models, out = f"models/{default_run_name(task, task.level)}", f"output/{task.test_data_name}"
-    size = ["--size", str(a.size), "--workers", "2"]
+    size = ["--size", str(a.size), "--workers", DATA_WORKERS]
     run("data", ["src/make_data.py", "--task", task.name, "--seed", str(2 * a.seed), "--fields", str(a.fields), *size])
     # cover_groups=1: the test split's first protein groups hold one class each (rarest first), so
     # every class has a positive to score; training keeps the real long-tailed shares

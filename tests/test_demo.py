@@ -38,7 +38,7 @@ def test_the_hpa_sc_demo_trains_resnet18_class_balanced_and_predicts_one_view(de
     stages = stages_of(demo, [], monkeypatch)
     defaults = demo.DEMO_DEFAULTS["hpa-sc"]
     assert value_of(stages["make_data"], "--fields") == str(defaults["fields"])
-    assert value_of(stages["make_data"], "--workers") == "2"
+    assert value_of(stages["make_data"], "--workers") == demo.DATA_WORKERS == "2"
     assert value_of(stages["train"], "--epochs") == str(defaults["epochs"])
     assert value_of(stages["train"], "--balance-power") == "0.5"
     assert value_of(stages["train"], "--model") == "resnet18"
