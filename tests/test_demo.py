@@ -68,24 +68,27 @@ def test_the_demo_help_names_each_task_default_it_takes(demo):
 
 
 def data_seeds(demo, argv: list[str], monkeypatch) -> tuple[str, str]:
-    """The generator seeds of the demo's training and test fields (its two make_data calls)."""
+    """The generator seeds of a demo's training and test fields (its two make_data calls)."""
     calls: list[list[str]] = []
 
     def record(title, args, capture=False, log=None):
         if args[0] == "src/make_data.py":
             calls.append(args[1:])
-        return ["mAP=0.5"] if capture else []
+        return ["mAP=0.5", "macro_F1_at_0.5=0.1", "macro_F1_global=0.1", "macro_F1=0.1"] if capture else []
 
     monkeypatch.setattr(demo, "run", record)
-    demo.hpa_single_cell(demo.parse_config(demo.DemoConfig, argv))
+    cfg = demo.parse_config(demo.DemoConfig, argv)
+    demo.DEMOS[cfg.task](cfg)
     train, test = calls
     assert "--split" not in train and value_of(test, "--split") == "test"
     return value_of(train, "--seed"), value_of(test, "--seed")
 
 
-def test_the_test_fields_follow_the_seed_unless_a_test_seed_fixes_them(demo, monkeypatch):
-    assert data_seeds(demo, ["--seed", "3"], monkeypatch) == ("6", "7")
-    assert data_seeds(demo, ["--seed", "3", "--test-seed", "1"], monkeypatch) == ("6", "1")
-    assert data_seeds(demo, ["--seed", "0", "--test-seed", "1"], monkeypatch) == ("0", "1")
+@pytest.mark.parametrize("task", ["hpa-sc", "hpa-2018"])
+def test_the_test_fields_follow_the_seed_unless_a_test_seed_fixes_them(demo, monkeypatch, task):
+    t = ["--task", task]
+    assert data_seeds(demo, [*t, "--seed", "3"], monkeypatch) == ("6", "7")
+    assert data_seeds(demo, [*t, "--seed", "3", "--test-seed", "1"], monkeypatch) == ("6", "1")
+    assert data_seeds(demo, [*t, "--seed", "0", "--test-seed", "1"], monkeypatch) == ("0", "1")
     with pytest.raises(InputError, match="test_seed 4 draws the training fields"):  # one line at the command line
-        demo.parse_config(demo.DemoConfig, ["--seed", "2", "--test-seed", "4"])
+        demo.parse_config(demo.DemoConfig, [*t, "--seed", "2", "--test-seed", "4"])
