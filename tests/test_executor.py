@@ -207,7 +207,10 @@ def test_dask_resources_hold_items_to_the_workers_that_have_them(by_value):
 
 
 @needs_dask
-def test_dask_unreachable_address_is_one_line():
+def test_dask_unreachable_address_is_one_line(monkeypatch):
+    from cellloc.runs.executor import DaskExecutor
+
+    monkeypatch.setattr(DaskExecutor, "connect_timeout_s", 2.0)  # Dask retries until then (30 s by default)
     with pytest.raises(InputError, match="cannot reach a Dask scheduler"):
         with open_executor("dask", address="tcp://127.0.0.1:9"):
             pass

@@ -285,6 +285,8 @@ class DaskExecutor(Executor):
     worker's nanny starts a fresh worker.
     """
 
+    connect_timeout_s: float = 30.0  # how long a joined scheduler may take to answer (Dask retries until then)
+
     def __init__(self, workers: int = 1, address: str | None = None) -> None:
         if workers < 1:
             raise InputError(f"--workers must be >= 1, got {workers}")
@@ -304,9 +306,9 @@ class DaskExecutor(Executor):
         if self.address:
             try:
                 if self.address.endswith(".json"):
-                    self.client = Client(scheduler_file=self.address, timeout=30)
+                    self.client = Client(scheduler_file=self.address, timeout=self.connect_timeout_s)
                 else:
-                    self.client = Client(self.address, timeout=30)
+                    self.client = Client(self.address, timeout=self.connect_timeout_s)
             except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"{self.address}: cannot reach a Dask scheduler ({failure_message(exc)})") from None
         else:
