@@ -53,6 +53,7 @@ from .cells import crop_reference, resize_square, split_crop_reference
 from .errors import InputError
 from .fieldio import format_label, multihot, parse_label, read_csv, row_lines, to_unit_float, write_csv, write_npy
 from .layouts import LAYOUTS
+from .losses import mix_field_labels
 from .plate_norm import FieldNormaliser
 from .registry import Registry
 
@@ -150,7 +151,7 @@ def soft_targets(labels: np.ndarray, predictions: np.ndarray, weight: float) -> 
     """
     if not 0 <= weight <= 1:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
-    return (labels * ((1.0 - weight) + weight * np.clip(predictions, 0.0, 1.0))).astype(np.float32)
+    return mix_field_labels(labels, np.asarray(predictions), weight).astype(np.float32)
 
 
 def table_cell_weights(cells: pd.DataFrame, edge_weight: float = 0.5) -> np.ndarray:

@@ -89,6 +89,17 @@ class SoftmaxCrossEntropy(SampleLoss):
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
 
 
+def mix_field_labels(labels, scores, weight: float):
+    """``labels * ((1 - weight) + weight * scores)``, numpy arrays or torch tensors alike.
+
+    The one target rule of training on field labels with a cell's scores (out-of-fold
+    predictions, :func:`cellloc.data.soft_targets`, or the model's own, :class:`Bootstrapped`):
+    a cell keeps ``1 - weight`` of its field's label and takes the rest from its score (clipped
+    to [0, 1]), so it never gets a class its field lacks.
+    """
+    return labels * ((1.0 - weight) + weight * scores.clip(0.0, 1.0))
+
+
 class Bootstrapped(nn.Module):
     """A multilabel ``base`` loss whose targets, in training, are ``targets * (1 - w + w * sigmoid(logits))``.
 
@@ -112,8 +123,7 @@ class Bootstrapped(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             if self.batches_done >= self.start_batches and self.weight > 0:
-                own = torch.sigmoid(logits.detach()).to(targets.dtype)
-                targets = targets * ((1.0 - self.weight) + self.weight * own)
+                targets = mix_field_labels(targets, torch.sigmoid(logits.detach()).to(targets.dtype), self.weight)
             self.batches_done += 1
         return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
 

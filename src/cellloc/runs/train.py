@@ -827,10 +827,10 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     valid_loader = DataLoader(valid_ds, batch_size=2 * cfg.batch_size, shuffle=False, **loader_kw)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch; batches are sharded over ranks
-    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / world) / cfg.grad_accum)
+    batches_per_epoch = math.ceil(len(train_loader) / world)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     loss_fn = create_loss(cfg.loss, task.kind, cfg.focal_gamma, cfg.label_smoothing)
     if cfg.bootstrap:
-        batches_per_epoch = math.ceil(len(train_loader) / world)
         loss_fn = Bootstrapped(loss_fn, cfg.bootstrap, cfg.bootstrap_start * batches_per_epoch)
         loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
     factory = make_optimizer_factory(cfg, steps_per_epoch)
