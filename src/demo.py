@@ -107,14 +107,19 @@ class DemoConfig:
             raise ValueError("sizes, epochs and folds must be >= 1")
         if self.test_seed < -1:
             raise ValueError(f"test_seed must be >= 0 (or -1: 2 x seed + 1), got {self.test_seed}")
-        if self.test_seed == 2 * self.seed and self.task != "rxrx1":
+        if self.test_seed == self.train_data_seed and self.task != "rxrx1":
             raise ValueError(f"test_seed {self.test_seed} draws the training fields (seed {self.seed} trains on 2 x seed): "
                              "the test fields must differ")
 
     @property
+    def train_data_seed(self) -> int:
+        """Generator seed of the training fields (hpa-sc, hpa-2018): 2S, even, so 2S + 1 never repeats one."""
+        return 2 * self.seed
+
+    @property
     def test_data_seed(self) -> int:
         """Generator seed of the test fields: --test-seed, else 2S + 1 (never a training seed, 2S)."""
-        return self.test_seed if self.test_seed >= 0 else 2 * self.seed + 1
+        return self.test_seed if self.test_seed >= 0 else self.train_data_seed + 1
 
 
 def run(title: str, args: list[str], capture: bool = False, log: str | Path | None = None) -> list[str]:
@@ -167,7 +172,7 @@ def last_value(lines: list[str], key: str) -> str:
 
 def hpa_single_cell(a: DemoConfig) -> list[str]:
     """Segment, crop and classify cells; the submission is scored per cell against the generated truth."""
-    run("data", ["src/make_data.py", "--seed", str(2 * a.seed), "--fields", str(a.fields), "--size", str(a.size),
+    run("data", ["src/make_data.py", "--seed", str(a.train_data_seed), "--fields", str(a.fields), "--size", str(a.size),
                  "--workers", DATA_WORKERS])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
                       "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS])
@@ -395,7 +400,7 @@ def hpa2018(a: DemoConfig) -> list[str]:
     data, test = f"input/{task.data_name}", f"input/{task.test_data_name}"
     models, out = f"models/{default_run_name(task, task.level)}", f"output/{task.test_data_name}"
     size = ["--size", str(a.size), "--workers", DATA_WORKERS]
-    run("data", ["src/make_data.py", "--task", task.name, "--seed", str(2 * a.seed), "--fields", str(a.fields), *size])
+    run("data", ["src/make_data.py", "--task", task.name, "--seed", str(a.train_data_seed), "--fields", str(a.fields), *size])
     # cover_groups=1: the test split's first protein groups hold one class each (rarest first), so
     # every class has a positive to score; training keeps the real long-tailed shares
     run("test data (every class present)",
