@@ -246,6 +246,31 @@ def test_best_weights_carry_batchnorm_statistics_of_themselves(cells_csv, tmp_pa
     assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(saved, again)) > 0.5
 
 
+def test_interim_validations_recalibrate_on_fewer_samples_and_the_saved_weights_are_the_same(cells_csv, tmp_path, monkeypatch):
+    """--monitor last: epochs before the last recompute BatchNorm statistics over --bn-recalibrate-interim samples
+    (the curves only); the last epoch, whose weights are saved, over all of them, so best.pt is the same as when every
+    epoch used them all."""
+    import cellloc.runs.train as train_run
+
+    seen: list[int] = []
+    real = train_run.recalibrate_batchnorm
+    monkeypatch.setattr(train_run, "recalibrate_batchnorm", lambda net, batches: seen.append(real(net, batches)) or seen[-1])
+    few = tiny(cells_csv, tmp_path, epochs=3, monitor="last", bn_recalibrate_interim=5, run_name="few")
+    train_fold(few)
+    n_train = len(read_cells(cells_csv, 19).query(f"fold != {few.fold}"))
+    assert n_train > 5 and seen == [5, 5, n_train]
+    seen.clear()
+    every = tiny(cells_csv, tmp_path, epochs=3, monitor="last", bn_recalibrate_interim=0, run_name="every")
+    train_fold(every)
+    assert seen == [n_train] * 3
+    a, b = (torch.load(c.run_dir / "best.pt", map_location="cpu") for c in (few, every))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    seen.clear()
+    train_fold(tiny(cells_csv, tmp_path, epochs=2, bn_recalibrate_interim=5, run_name="by_loss"))  # best.pt any epoch
+    assert seen == [n_train] * 2
+
+
 def test_saved_config_reruns_the_run(cells_csv, tmp_path):
     """``train.py --config <run>/config.json`` trains the same model again (a new run name aside)."""
     first = tiny(cells_csv, tmp_path, epochs=1)

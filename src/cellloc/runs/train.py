@@ -103,7 +103,8 @@ from .segment import SegmentRunConfig
 # Fields that may differ between a run and its --resume (everything else must match): how long and
 # where it runs, and where the run folder is (a copied or moved run folder resumes).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "threads", "device", "resume", "tta", "tiles", "amp",
-                               "channels_last", "cache_mb", "out_dir", "run_name", "weights_dir", "overwrite"})
+                               "channels_last", "cache_mb", "out_dir", "run_name", "weights_dir", "overwrite",
+                               "bn_recalibrate_interim"})
 # Everything training writes in a fold folder (what --overwrite moves aside).
 TRAIN_OUTPUTS = ("config.json", RECIPE_FILE, "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
                  "scores.csv", "summary.json")
@@ -195,6 +196,9 @@ class TrainConfig:
     bn_recalibrate: int = opt(2048, "before each validation, BatchNorm statistics are recomputed with the current weights "
                               "over this many training samples (unaugmented; 0: keep the running averages, which lag "
                               "the weights and make a short run answer every input alike)")
+    bn_recalibrate_interim: int = opt(512, "with --monitor last, the validations before the last epoch recompute "
+                                      "them over only this many of those samples: they only draw the curves, and the "
+                                      "saved weights still get the full count (0: the full count every epoch)")
     grad_accum: int = opt(1, "gradient accumulation steps")
     clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
     aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
@@ -294,7 +298,8 @@ class TrainConfig:
         need(self.monitor in monitors, f"monitor must be one of {', '.join(monitors)} for {task.kind} task {task.name}, "
                                        f"got {self.monitor!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        need(self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate}")
+        need(self.bn_recalibrate >= 0 and self.bn_recalibrate_interim >= 0,
+             f"bn_recalibrate and bn_recalibrate_interim must be >= 0, got {self.bn_recalibrate}, {self.bn_recalibrate_interim}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
         need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
@@ -695,18 +700,29 @@ class BatchNormRecalibration(Callback):
     local main process); under DDP the other ranks receive its buffers with the next forward.
     """
 
-    def __init__(self, dataset: SampleDataset, samples: int, batch_size: int, seed: int, num_workers: int = 0) -> None:
+    def __init__(self, dataset: SampleDataset, samples: int, batch_size: int, seed: int, num_workers: int = 0,
+                 interim: int = 0, last_epoch: int | None = None) -> None:
         n = len(dataset)
         pick = np.sort(np.random.default_rng([seed, 2]).choice(n, size=min(samples, n), replace=False))
         self.dataset, self.indices, self.batch_size = dataset, pick.tolist(), max(2, batch_size)
         self.num_workers = num_workers
+        # Before ``last_epoch`` (0-based; None: every epoch counts) a seeded part of the pick: those validations
+        # only draw the curves (--monitor last), while the recalibration is a sixth of a 64 px epoch's work.
+        few = last_epoch is not None and 0 < interim < len(pick)
+        self.interim = np.sort(np.random.default_rng([seed, 3]).choice(pick, size=interim, replace=False)).tolist() \
+            if few else self.indices
+        self.last_epoch = last_epoch
+
+    def indices_for(self, epoch: int) -> list[int]:
+        """The training samples the statistics are recomputed from before validating ``epoch`` (0-based)."""
+        return self.indices if self.last_epoch is None or epoch >= self.last_epoch else self.interim
 
     def on_valid_epoch_start(self, tez_trainer, **kwargs) -> None:
         module = tez_trainer.unwrapped()
         net = getattr(module, "net", module)
         device = next(net.parameters()).device
-        loader = DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.num_workers)
+        loader = DataLoader(Subset(self.dataset, self.indices_for(int(tez_trainer.current_epoch))),
+                            batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         batches = (b["image"].to(device) for b in loader if len(b["image"]) >= 2)  # batch norm needs 2 samples
         recalibrate_batchnorm(net, batches)
         net.eval()  # tez sets eval right after the callbacks; so does this, whatever the order
@@ -894,7 +910,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
             pin_memory=on_cuda,
         )
         recalibrate = [BatchNormRecalibration(SampleDataset(sets.train_reader, None, view), cfg.bn_recalibrate,
-                                              2 * cfg.batch_size, cfg.seed, cfg.num_workers)] if cfg.bn_recalibrate else []
+                                              2 * cfg.batch_size, cfg.seed, cfg.num_workers, cfg.bn_recalibrate_interim,
+                                              cfg.epochs - 1 if cfg.monitor == "last" else None)] if cfg.bn_recalibrate else []
         trainer.fit(
             train_ds,
             valid_ds,
