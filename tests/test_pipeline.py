@@ -62,6 +62,33 @@ def test_negative_rules():
         with_negative(p, 2, "min")
     with pytest.raises(ValueError, match="negative rule"):
         FieldOptions(negative="min")
+    # the rule can read other scores than the ones it writes into: here cell 0 confident of the first class
+    basis = np.array([[0.5, 0.0, 0.6], [0.0, 0.0, 0.6]], np.float32)
+    from_basis = with_negative(p, 2, basis=basis)
+    np.testing.assert_allclose(from_basis[:, 2], [0.5, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(from_basis[:, :2], p[:, :2])
+    with pytest.raises(ValueError, match="shape"):
+        with_negative(p, 2, basis=basis[:1])
+
+
+def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
+    """The product blend gives the field 0.75 of each class's score but 0.25 of what the Negative rule reads."""
+    assert FieldOptions().negative_share() == 0.25
+    assert FieldOptions(blend="mean").negative_share() == 0.3  # other blends: the classes' own share
+    assert FieldOptions(blend="mean", field_weight=0.4).negative_share() == 0.4
+    assert FieldOptions(negative_field_weight=0.6).negative_share() == 0.6
+    with pytest.raises(ValueError, match="negative field weight"):
+        FieldOptions(negative_field_weight=1.5)
+    image, cells = two_cell_field()
+    nuclei = np.zeros_like(cells)
+    default = field_scores(image, cells, nuclei, FixedScores("cell")).scores
+    same = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(negative_field_weight=0.75)).scores
+    # cell 1 is sure of class 0, cell 2 of nothing; the field's mean of class 0 is 0.5
+    np.testing.assert_allclose(default[0, 0], 0.5 ** 0.75, rtol=1e-5)
+    np.testing.assert_array_equal(default[:, :18], same[:, :18])  # the classes are blended alike ...
+    np.testing.assert_allclose(default[0, 18], 1 - 0.5 ** 0.25, rtol=1e-5)  # ... Negative reads cell^0.75 * field^0.25
+    np.testing.assert_allclose(same[0, 18], 1 - 0.5 ** 0.75, rtol=1e-5)
+    np.testing.assert_allclose(default[1, 18], 1.0)
 
 
 def test_cell_weights_downweight_small_and_edge_cells():

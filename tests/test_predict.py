@@ -90,8 +90,16 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
             np.testing.assert_array_equal(mask, cells == cid)
         probs = scores[[f"p{c}" for c in range(19)]].to_numpy()
         assert ((probs >= 0) & (probs <= 1)).all()
-        # Negative is the chance the cell shows none of the other classes (the default rule, "absent")
-        np.testing.assert_allclose(probs[:, 18], np.prod(1 - np.delete(probs, 18, 1), 1), atol=1e-4)
+    # Negative is the chance the cell shows none of the other classes (the default rule, "absent"), read from the
+    # cells blended with less of the field (0.25) than the classes (0.75); with the same share it is the product of
+    # the written scores, and only the Negative column differs
+    same = run_predict(predict_cfg(trained, tmp_path / "same", negative_field_weight=0.75), predictor)
+    assert same.done == N_TEST
+    for image_id in parsed:
+        probs = pd.read_csv(tmp_path / "cell_scores" / f"{image_id}.csv")[[f"p{c}" for c in range(19)]].to_numpy()
+        other = pd.read_csv(tmp_path / "same" / "cell_scores" / f"{image_id}.csv")[[f"p{c}" for c in range(19)]].to_numpy()
+        np.testing.assert_array_equal(probs[:, :18], other[:, :18])
+        np.testing.assert_allclose(other[:, 18], np.prod(1 - np.delete(other, 18, 1), 1), atol=1e-4)
     truth = read_truth(trained["truth"], 19)
     result = competition_map(truth, parsed, 19)
     assert 0.0 <= result["map"] <= 1.0
@@ -219,6 +227,7 @@ def test_no_trained_fold_and_no_segmentation_are_one_line_errors(trained, tmp_pa
 @pytest.mark.parametrize("argv, message", [
     (["--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--field-weight", "-1"], "--field-weight must be in [0, 1]"),
+    (["--negative-field-weight", "2"], "--negative-field-weight must be in [0, 1]"),
     (["--batch-size", "0"], "--batch-size >= 1"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys):
@@ -291,7 +300,8 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
     assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_weight: 0.75 -> "
-                          "0.3; blend.mode: \"product\" -> \"mean\"; negative: \"absent\" -> \"raise\"; tta: 1 -> 2); add "
+                          "0.3; blend.mode: \"product\" -> \"mean\"; negative: \"absent\" -> \"raise\"; negative_field_weight: 0.25 -> "
+                          "0.3; and 1 more); add "
                           "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
     assert json.loads((out / "predict_config.json").read_text())["tta"] == 1  # ... and the record is unchanged

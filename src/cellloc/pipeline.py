@@ -17,7 +17,10 @@ Blending: winning HPA single-cell solutions scored a cell as cell x image, or 0.
 of its cells' own scores (``product``, ``mean``) or a separate image-level model's prediction on
 the whole field, trained on the field labels, which are exact at that level (``image``,
 ``image_mean``). Then the Negative class gets its score by a rule (:data:`NEGATIVE_RULES`): by
-default ``prod(1 - p)`` over the other classes, the chance that the cell shows none of them.
+default ``prod(1 - p)`` over the other classes, the chance that the cell shows none of them. The
+rule reads the cells' scores blended with a field share of its own (``Blend.negative_weight``):
+whether a cell shows nothing is a question about the cell, which the field's score answers for
+every cell alike.
 """
 
 from __future__ import annotations
@@ -46,13 +49,20 @@ class Blend:
     field: str  # "" (none) | "cells": the cells' weighted mean | "image": an image-level model's score of the field
     weight: float  # w, the field's share, unless the caller gives one
     help: str
+    negative_weight: float | None = None  # the field's share in the scores the Negative rule reads (None: weight)
+
+    def negative_share(self, field_weight: float) -> float:
+        """The field's share in what the Negative rule reads, given the share ``field_weight`` of the classes."""
+        return field_weight if self.negative_weight is None else self.negative_weight
 
 
 BLENDS: dict[str, Blend] = {
     "none": Blend("none", "", 0.0, "each cell's own scores"),
     # w 0.75 rather than sqrt(cell * field) (0.5): on held-out generated fields +0.01-0.02 mAP, for models
     # trained on image labels and on true labels alike (docs/cellgap.md, "Round 3")
-    "product": Blend("product", "cells", 0.75, "cell^(1 - w) * (mean cell score of the field)^w"),
+    # the Negative rule reads cell^0.75 * field^0.25: a negative cell of a positive field is the gap image labels
+    # leave, and the field's mean raises its other classes like its neighbours' (docs/cellgap.md, "Round 6")
+    "product": Blend("product", "cells", 0.75, "cell^(1 - w) * (mean cell score of the field)^w", negative_weight=0.25),
     "mean": Blend("mean", "cells", 0.3, "(1 - w) * cell + w * mean cell score"),
     "image": Blend("product", "image", 0.5, "cell^(1 - w) * (image model's score of the field)^w: the winning "
                    "solutions' cell x image"),
@@ -71,6 +81,7 @@ class FieldOptions:
     batch_size: int = 64  # crops per forward pass
     cell_confidence: str = "none"  # none | weight: final scores times the cell's weight (small, edge-cut, no nucleus)
     negative: str = "absent"  # a name in NEGATIVE_RULES: how the Negative class is scored
+    negative_field_weight: float | None = None  # the field's share in what the rule reads (None: the blend's own)
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -79,8 +90,16 @@ class FieldOptions:
             raise ValueError(f"negative rule must be one of {NEGATIVE_MODES}, not {self.negative!r}")
         if self.cell_confidence not in CONFIDENCE_MODES:
             raise ValueError(f"cell confidence must be one of {CONFIDENCE_MODES}, not {self.cell_confidence!r}")
-        if self.field_weight is not None and not 0 <= self.field_weight <= 1:
-            raise ValueError(f"field weight must be in [0, 1], got {self.field_weight}")
+        for name, w in (("field weight", self.field_weight), ("negative field weight", self.negative_field_weight)):
+            if w is not None and not 0 <= w <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {w}")
+
+    def negative_share(self) -> float:
+        """The field's share in the scores the Negative rule reads."""
+        if self.negative_field_weight is not None:
+            return self.negative_field_weight
+        blend = BLENDS[self.blend]
+        return blend.negative_share(blend.weight if self.field_weight is None else self.field_weight)
 
 
 @dataclass
@@ -174,8 +193,10 @@ NEGATIVE_RULES: dict[str, NegativeRule] = {
 NEGATIVE_MODES = tuple(NEGATIVE_RULES)
 
 
-def with_negative(probs: np.ndarray, negative: int | None, rule: str = "absent") -> np.ndarray:
-    """``probs`` with the Negative column (id ``negative``; None: the task has none) scored by ``rule``.
+def with_negative(probs: np.ndarray, negative: int | None, rule: str = "absent", basis: np.ndarray | None = None) -> np.ndarray:
+    """``probs`` with the Negative column (id ``negative``; None: the task has none) scored by ``rule``
+    from ``basis`` (same shape; default ``probs`` itself): e.g. the cells' scores blended with less
+    of the field than ``probs`` were.
 
     Only the Negative column changes, and the competition ranks each class on its own, so a rule
     moves the Negative class's AP and nothing else.
@@ -184,9 +205,12 @@ def with_negative(probs: np.ndarray, negative: int | None, rule: str = "absent")
         raise ValueError(f"negative rule must be one of {NEGATIVE_MODES}, not {rule!r}")
     if negative is None or len(probs) == 0:
         return probs
+    basis = probs if basis is None else basis
+    if basis.shape != probs.shape:
+        raise ValueError(f"the Negative rule's scores have shape {basis.shape}, the cells' {probs.shape}")
     out = probs.copy()
-    others = np.delete(probs, negative, axis=1).astype(np.float64)
-    out[:, negative] = NEGATIVE_RULES[rule].fn(probs[:, negative].astype(np.float64), others)
+    others = np.delete(basis, negative, axis=1).astype(np.float64)
+    out[:, negative] = NEGATIVE_RULES[rule].fn(basis[:, negative].astype(np.float64), others)
     return out
 
 
@@ -245,7 +269,8 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
     blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score)
     field = mean_cell_score(probs, weights) if image_score is None else image_score
-    scores = with_negative(blended, task.label_set.negative, options.negative)
+    basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score)  # what Negative reads
+    scores = with_negative(blended, task.label_set.negative, options.negative, basis)
     if options.cell_confidence == "weight":
         trust = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy(), table["nucleus_area"].to_numpy())
         scores = (scores * trust[:, None]).astype(np.float32)

@@ -88,6 +88,10 @@ class PredictConfig(ExecutorOptions):
                                choices=list(CONFIDENCE_MODES))
     negative: str = opt("absent", "cell models of a task with a Negative class: how a cell's Negative score is made; "
                         + "; ".join(f"{n}: {r.help}" for n, r in NEGATIVE_RULES.items()), choices=list(NEGATIVE_RULES))
+    negative_field_weight: float | None = opt(None, "the field score's share in the blended scores --negative reads "
+                                              "(default: the blend's own: " + ", ".join(
+                                                  f"{n} {b.negative_share(b.weight)}" for n, b in BLENDS.items() if b.rule != "none")
+                                              + "): less than --field-weight keeps a negative cell of a positive field apart")
     tta: int = opt(1, "dihedral views averaged per sample (1, 2, 4 or 8 flips/transposes)", choices=[1, 2, 4, 8])
     plate_assignment: bool = opt(False, "rxrx1: within each plate choose its siRNA group and give each of its siRNAs "
                                  "to one well (linear assignment on the scores) instead of each well's own argmax")
@@ -107,8 +111,9 @@ class PredictConfig(ExecutorOptions):
     def __post_init__(self) -> None:
         if not 0 <= self.min_confidence <= 1:
             raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
-        if self.field_weight is not None and not 0 <= self.field_weight <= 1:
-            raise ValueError(f"--field-weight must be in [0, 1], got {self.field_weight}")
+        for flag, w in (("--field-weight", self.field_weight), ("--negative-field-weight", self.negative_field_weight)):
+            if w is not None and not 0 <= w <= 1:
+                raise ValueError(f"{flag} must be in [0, 1], got {w}")
         if self.top_k < 0 or self.limit < 0 or self.batch_size < 1 or self.num_workers < 0 or self.chunk < 1:
             raise ValueError("--top-k, --limit and --num-workers must be >= 0, --batch-size >= 1 and --chunk >= 1")
         if self.backend not in ("", "classical", "hpa"):
@@ -118,6 +123,8 @@ class PredictConfig(ExecutorOptions):
             self.blend = "image" if self.image_models else "product"
         if self.field_weight is None and self.blend in BLENDS:
             self.field_weight = BLENDS[self.blend].weight  # saved as a number: a saved config re-runs the same blend
+        if self.negative_field_weight is None and self.blend in BLENDS:
+            self.negative_field_weight = BLENDS[self.blend].negative_share(self.field_weight)
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -143,7 +150,8 @@ class PredictConfig(ExecutorOptions):
 
     def field_options(self) -> FieldOptions:
         return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size,
-                            cell_confidence=self.cell_confidence, negative=self.negative)
+                            cell_confidence=self.cell_confidence, negative=self.negative,
+                            negative_field_weight=self.negative_field_weight)
 
 
 @dataclass
@@ -274,7 +282,7 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
         # the blend as one record (mode and weight): before the product rule took a weight, this was two keys
         "blend": {"mode": cfg.blend, "field_weight": cfg.field_weight}, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
-        "negative": cfg.negative, "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
+        "negative": cfg.negative, "negative_field_weight": cfg.negative_field_weight, "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
     }
 
 
