@@ -12,7 +12,7 @@ import pytest
 from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
 from cellloc.generators import write_dataset
 from cellloc.synth import (CLASS_DRAWS, HPA_LIKE_CLASS_WEIGHTS, NEGATIVE, SPINDLE, SynthConfig, class_example,
-                           draw_field_classes, stratified_numbers, generate_field)
+                           draw_field_classes, stratified_numbers, slot_counts, generate_field)
 from conftest import REPO
 
 
@@ -146,6 +146,27 @@ def test_stratified_class_draw_holds_each_class_near_its_share():
     negatives = sum(draw_field_classes(np.random.default_rng(i), SynthConfig(seed=3), i) == [NEGATIVE]
                     for i in range(120))
     assert abs(negatives - 120 * w[NEGATIVE]) <= 2
+
+
+def test_balanced_class_draw_holds_every_class_near_its_share():
+    """The default draw: any first N fields hold every class, not only the first, within about one
+    of its share of their class slots, and the fields keep the configured number of classes."""
+    w = np.asarray(HPA_LIKE_CLASS_WEIGHTS, float)
+    share = w.copy()
+    share[NEGATIVE] = 0
+    share /= share.sum()
+    for seed in (0, 3):
+        cfg = SynthConfig(seed=seed)
+        assert cfg.class_draw == "balanced"
+        for n in (40, 120, 200):
+            drawn = [draw_field_classes(np.random.default_rng(i), cfg, i) for i in range(n)]
+            slots = slot_counts(cfg, n)
+            assert [len(d) if d != [NEGATIVE] else 0 for d in drawn] == slots.tolist()
+            counts = np.bincount([k for d in drawn for k in d], minlength=len(w))
+            assert np.all(np.abs(counts[:NEGATIVE] - slots.sum() * share[:NEGATIVE]) <= 2), (seed, n, counts)
+            assert abs(counts[NEGATIVE] - n * w[NEGATIVE] / w.sum()) <= 2
+            assert abs(slots.sum() - n * (1 - w[NEGATIVE] / w.sum()) * (1 + 0.45 + 0.12)) <= 3
+            assert all(len(set(d)) == len(d) for d in drawn)
 
 
 def test_class_draw_modes_and_purity():

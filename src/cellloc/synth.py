@@ -59,7 +59,7 @@ class SynthConfig:
     third_class_p: float = 0.12
     keep_class_p: tuple[float, float] = (0.55, 0.95)  # per field: chance a cell shows each class
     mitotic_p: float = 0.04
-    class_draw: str = "stratified"  # or "random": each field's classes drawn independently
+    class_draw: str = "balanced"  # or "stratified" (first class only, the default before), "random" (independent)
     noise: float = 1.0  # multiplies shot and read noise
     blur: float = 1.0  # multiplies optical blur
     illumination: float = 0.3  # amplitude of uneven illumination
@@ -359,8 +359,59 @@ def _stratified_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) 
     return sorted(chosen)
 
 
+# Steps of the "balanced" draw's sequences: per field, whether it is Negative, has a second class,
+# has a third; and one sequence over the class slots of all fields (the golden ratio's fraction,
+# the most even in one dimension). Chosen so that no step is a rational combination of another.
+_SLOT_FIELD_STEPS = (0.4142135623730951, 0.7320508075688772, 0.6457513110645907)
+_SLOT_CLASS_STEP = 0.6180339887498949
+
+
+def slot_counts(cfg: SynthConfig, fields: int) -> np.ndarray:
+    """How many class slots each of the first ``fields`` fields has in the "balanced" draw: 0 for
+    a Negative field, else 1 plus a second and a third with their probabilities, each decided by
+    the field's point of its own sequence (a pure function of the seed and the index)."""
+    offsets = np.random.default_rng([cfg.seed, 0x5107]).random(4)
+    i = np.arange(fields)
+    u_neg, u_second, u_third = (offsets[:3, None] + np.multiply.outer(np.asarray(_SLOT_FIELD_STEPS), i)) % 1.0
+    w = np.asarray(cfg.class_weights, float)
+    negative = u_neg < w[NEGATIVE] / w.sum()
+    return np.where(negative, 0, 1 + (u_second < cfg.second_class_p) + (u_third < cfg.third_class_p))
+
+
+def _balanced_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) -> list[int]:
+    """Every class slot of every field from one low-discrepancy sequence, numbered across fields.
+
+    The stratified draw spreads only the first class evenly: the second is picked among the
+    classes the first left, so how many fields hold a mid-frequency class still varied by a
+    third between seeds. Here slot ``j`` (counted over all fields before this one) takes the
+    ``j``-th point of one sequence, so any first N fields hold each class within about one of
+    its share of their slots. A slot that repeats a class of its field takes the same point among
+    the classes the field lacks, so a field keeps its number of classes.
+    Fields stay a pure function of (config, index): the slots before field ``index`` are counted,
+    not drawn (``rng`` is not used)."""
+    n = slot_counts(cfg, index + 1)
+    if n[index] == 0:
+        return [NEGATIVE]
+    w = np.asarray(cfg.class_weights, float).copy()
+    w[NEGATIVE] = 0
+    offset = np.random.default_rng([cfg.seed, 0x5107]).random(4)[3]
+    first = int(n[:index].sum())
+    chosen: list[int] = []
+    for j in range(first, first + int(n[index])):
+        u = (offset + j * _SLOT_CLASS_STEP) % 1.0
+        k = _pick(w, u)
+        if k in chosen:  # the same point among the classes the field lacks
+            others = _others(w, chosen)
+            if not others.any():
+                break
+            k = _pick(others, u)
+        chosen.append(k)
+    return sorted(chosen)
+
+
 # SynthConfig.class_draw -> how a field's classes are drawn
 CLASS_DRAWS: dict[str, Callable[[np.random.Generator, SynthConfig, int], list[int]]] = {
+    "balanced": _balanced_classes,
     "stratified": _stratified_classes,
     "random": _random_classes,
 }
