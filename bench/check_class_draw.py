@@ -1,4 +1,4 @@
-"""How evenly the generated HPA single-cell fields hold each class: stratified against random draws.
+"""How evenly the generated HPA single-cell fields hold each class, for each class draw (balanced, stratified, random).
 
     python bench/check_class_draw.py [--fields 120] [--seeds 200]
 

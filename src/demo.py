@@ -35,6 +35,7 @@ from cellloc.config import opt, parse_config  # noqa: E402
 from cellloc.errors import InputError, exit_on_input_error  # noqa: E402
 from cellloc.runs.train import default_run_name  # noqa: E402
 from cellloc.runtime import THREADS_ENV  # noqa: E402
+from cellloc.synth import CLASS_DRAWS  # noqa: E402
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
 
 T = TypeVar("T")
@@ -92,6 +93,9 @@ class DemoConfig:
                       choices=["", "full"])
     tta: int = opt(0, "hpa-sc: dihedral views of each cell averaged at prediction (predict.py --tta 1, 2, 4 or 8; "
                    "0: the task's, 1)", choices=[0, 1, 2, 4, 8])
+    class_draw: str = opt("stratified", "hpa-sc: how the generated fields' classes are drawn (make_data.py --options "
+                          "class_draw=...; balanced scored no narrower a spread between seeds, docs/cellgap.md Round 7)",
+                          choices=list(CLASS_DRAWS))
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
@@ -172,10 +176,11 @@ def last_value(lines: list[str], key: str) -> str:
 
 def hpa_single_cell(a: DemoConfig) -> list[str]:
     """Segment, crop and classify cells; the submission is scored per cell against the generated truth."""
+    draw = ["--options", f"class_draw={a.class_draw}"]
     run("data", ["src/make_data.py", "--seed", str(a.train_data_seed), "--fields", str(a.fields), "--size", str(a.size),
-                 "--workers", DATA_WORKERS])
+                 "--workers", DATA_WORKERS, *draw])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
-                      "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS])
+                      "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS, *draw])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])

@@ -54,6 +54,19 @@ def test_the_hpa_sc_demo_passes_the_given_views_and_balance_on(demo, monkeypatch
     assert value_of(stages["train"], "--epochs") == "3"
 
 
+def test_the_hpa_sc_demo_draws_training_and_test_classes_the_same_given_way(demo, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "run", lambda title, args, capture=False, log=None: (calls.append(args), ["mAP=0.5"])[1])
+    for draw in ("stratified", "balanced"):
+        calls.clear()
+        argv = [] if draw == "stratified" else ["--class-draw", draw]
+        demo.hpa_single_cell(demo.parse_config(demo.DemoConfig, argv))
+        data = [args for args in calls if args[0] == "src/make_data.py"]
+        assert len(data) == 2 and all(value_of(args, "--options") == f"class_draw={draw}" for args in data)
+    with pytest.raises(SystemExit):
+        demo.parse_config(demo.DemoConfig, ["--class-draw", "sobol"])
+
+
 def test_the_demo_refuses_views_predict_py_has_not(demo):
     with pytest.raises(SystemExit):
         demo.parse_config(demo.DemoConfig, ["--tta", "3"])

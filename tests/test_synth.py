@@ -149,15 +149,14 @@ def test_stratified_class_draw_holds_each_class_near_its_share():
 
 
 def test_balanced_class_draw_holds_every_class_near_its_share():
-    """The default draw: any first N fields hold every class, not only the first, within about one
-    of its share of their class slots, and the fields keep the configured number of classes."""
+    """class_draw=balanced: any first N fields hold every class, not only the first, within about
+    one of its share of their class slots, and the fields keep the configured number of classes."""
     w = np.asarray(HPA_LIKE_CLASS_WEIGHTS, float)
     share = w.copy()
     share[NEGATIVE] = 0
     share /= share.sum()
     for seed in (0, 3):
-        cfg = SynthConfig(seed=seed)
-        assert cfg.class_draw == "balanced"
+        cfg = SynthConfig(seed=seed, class_draw="balanced")
         for n in (40, 120, 200):
             drawn = [draw_field_classes(np.random.default_rng(i), cfg, i) for i in range(n)]
             slots = slot_counts(cfg, n)

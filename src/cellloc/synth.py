@@ -17,7 +17,7 @@ By default the classes are drawn stratified (``class_draw``): field ``i`` takes 
 point of a low-discrepancy sequence instead of an independent random number, so any first N
 fields hold each class about N times its share. With independent draws a rare class (2-4 of 120
 fields) is often missing or doubled, and the demo's score then moves with the class mix rather
-than with the method.
+than with the method. ``class_draw="balanced"`` stratifies every class, not only the first.
 
 Everything is a pure function of ``(config, field index)``: fields can be drawn in parallel
 and in any order and come out identical.
@@ -59,7 +59,7 @@ class SynthConfig:
     third_class_p: float = 0.12
     keep_class_p: tuple[float, float] = (0.55, 0.95)  # per field: chance a cell shows each class
     mitotic_p: float = 0.04
-    class_draw: str = "balanced"  # or "stratified" (first class only, the default before), "random" (independent)
+    class_draw: str = "stratified"  # or "balanced" (every class slot), "random" (independent draws)
     noise: float = 1.0  # multiplies shot and read noise
     blur: float = 1.0  # multiplies optical blur
     illumination: float = 0.3  # amplitude of uneven illumination
@@ -382,7 +382,7 @@ def _balanced_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) ->
     """Every class slot of every field from one low-discrepancy sequence, numbered across fields.
 
     The stratified draw spreads only the first class evenly: the second is picked among the
-    classes the first left, so how many fields hold a mid-frequency class still varied by a
+    classes the first left, so how many fields hold a mid-frequency class still varies by a
     third between seeds. Here slot ``j`` (counted over all fields before this one) takes the
     ``j``-th point of one sequence, so any first N fields hold each class within about one of
     its share of their slots. A slot that repeats a class of its field takes the same point among
