@@ -20,7 +20,7 @@ from cellloc.data import preprocess_crop, load_crop, read_cells, write_synthetic
 from cellloc.engine import Callback
 from cellloc.errors import InputError
 from cellloc.models import create_model
-from cellloc.runs.train import TrainConfig, train_fold
+from cellloc.runs.train import TrainConfig, mixed_precision, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,6 +178,44 @@ def test_thread_option_reaches_torch_for_training(cells_csv, tmp_path):
         assert seen.threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("on_cuda, amp, cpu_bf16, native, expected", [
+    (True, True, "auto", True, "fp16"), (True, False, "on", True, "no"),  # --cpu-bf16 is for CPUs only
+    (False, True, "auto", True, "bf16"), (False, True, "auto", False, "no"),  # auto: only where bf16 is native
+    (False, False, "on", False, "bf16"), (False, False, "off", True, "no"),
+])
+def test_the_precision_a_run_trains_in(on_cuda, amp, cpu_bf16, native, expected):
+    assert mixed_precision(on_cuda, amp, cpu_bf16, native) == expected
+
+
+class ActivationDtypes(Callback):
+    """Records the dtype of the backbone's first convolution output in training steps (not in the
+    BatchNorm recalibration, which runs in float32)."""
+
+    def on_train_start(self, tez_trainer, **kwargs):
+        self.seen: set[torch.dtype] = set()
+        self.stepping = False
+        first = next(m for m in tez_trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_forward_hook(lambda module, args, out: self.seen.add(out.dtype) if self.stepping else None)
+
+    def on_train_step_start(self, tez_trainer, **kwargs):
+        self.stepping = True
+
+    def on_train_step_end(self, tez_trainer, **kwargs):
+        self.stepping = False
+
+
+@pytest.mark.parametrize("cpu_bf16, dtype, precision", [("on", torch.bfloat16, "bf16"), ("off", torch.float32, "no")])
+def test_cpu_bf16_autocasts_training_and_keeps_float32_weights(cells_csv, tmp_path, cpu_bf16, dtype, precision):
+    seen = ActivationDtypes()
+    cfg = tiny(cells_csv, tmp_path, epochs=1, cpu_bf16=cpu_bf16)
+    result = train_fold(cfg, callbacks=[seen])
+    assert seen.seen == {dtype}
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["mixed_precision"] == precision
+    weights = torch.load(cfg.run_dir / "best.pt", weights_only=True)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+    assert 0 <= result.macro_ap_weak <= 1
 
 
 def test_run_folder_outputs_and_inference_api(cells_csv, tmp_path):

@@ -84,6 +84,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16). There, PyTorch's bf16
+    autocast trains faster than float32; elsewhere bf16 is emulated and slower, so callers that
+    choose precision automatically ask this first."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 THREADS_ENV = "CELLLOC_THREADS"
 
 
