@@ -9,7 +9,12 @@ each keeping its fastest of ``--repeats`` runs; read the ratio, not the seconds 
 The default, ``--cpu-bf16 auto``, takes bf16 only where the CPU computes it natively (AMX or AVX512-BF16):
 the bench says which this CPU is, and on one without native bf16 the ratio shows what ``on`` would cost.
 It also prints both runs' validation macro AP, to show the two train comparably (one small run each: not a
-quality claim; the demo's seeds are, see docs/cellgap.md).
+quality claim).
+
+Then two processes at once, each taking training steps (the same network and batch) with as many threads as
+the machine has CPUs, first both in float32, then both in bf16: two trainings on one machine, or one beside
+a busy neighbour. On this machine's AMX cores the bf16 pair collapsed (11-17x slower per step than alone)
+while the float32 pair only shared the cores, which is why ``--cpu-bf16`` is off by default.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import io
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,11 +50,51 @@ def run(csv: Path, out: Path, epochs: int, cpu_bf16: str) -> dict[str, float]:
     return {"run_s": wall, "train_s": float(m["train_seconds"].sum()), "macro_ap": float(result.macro_ap_weak)}
 
 
+def steps(mode: str, threads: int, n: int = 12) -> float:
+    """Milliseconds per training step (ResNet-18, batch 32 of 4 x 64 x 64) in ``mode`` (float32 or bf16)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from cellloc.models import create_model
+
+    net = create_model("resnet18", in_chans=4, num_classes=19, pretrained="none")
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    x, y = torch.randn(32, 4, 64, 64), (torch.rand(32, 19) < 0.2).float()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            out = net(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def pair(mode: str, threads: int, n: int) -> list[float]:
+    """ms per step of two processes stepping at once in ``mode``."""
+    cmd = [sys.executable, __file__, "--steps", mode, "--threads", str(threads), "--n", str(n)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": "src"})
+             for _ in range(2)]
+    return [float(p.communicate()[0].split()[-1]) for p in procs]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer cells and epochs")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", choices=["float32", "bf16"], help=argparse.SUPPRESS)  # one process of a pair
+    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=12, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.steps:
+        print(f"{steps(args.steps, args.threads, args.n):.1f}")
+        return 0
     fields, epochs = (30, 2) if args.quick else (110, 4)
     native = cpu_has_native_bf16()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads "
@@ -73,6 +119,16 @@ def main() -> int:
     for setting, t in best.items():
         print(f"| {setting} | {t['run_s']:.1f} | {t['train_s']:.1f} | {base['train_s'] / t['train_s']:.2f}x faster | "
               f"{t['macro_ap']:.4f} |")
+    threads, n = os.cpu_count() or 1, 3 if args.quick else 12
+    print(f"\n### Training steps, ms per step: one process alone, then two at once ({threads} threads each)\n")
+    print("| precision | alone | two at once (each) | two at once vs alone |")
+    print("|---|---|---|---|")
+    for mode in ("float32", "bf16"):
+        alone = float(subprocess.run([sys.executable, __file__, "--steps", mode, "--threads", str(threads),
+                                                   "--n", str(n)], capture_output=True, text=True,
+                                                  env={**os.environ, "PYTHONPATH": "src"}).stdout.split()[-1])
+        both = pair(mode, threads, n)
+        print(f"| {mode} | {alone:.0f} | {both[0]:.0f} / {both[1]:.0f} | {max(both) / alone:.1f}x |")
     print(f"\nbench wall time {time.perf_counter() - t_all:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 

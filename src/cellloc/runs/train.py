@@ -211,9 +211,10 @@ class TrainConfig:
                        "this process may use)")
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda")
     amp: bool = opt(True, "fp16 mixed precision on CUDA (ignored on CPU)")
-    cpu_bf16: str = opt("auto", "bfloat16 autocast of the forward passes when training on a CPU: auto (where the CPU "
-                        "computes bf16 natively, AMX or AVX512-BF16), on or off; weights, optimiser and saved files "
-                        "stay float32", choices=["auto", "on", "off"])
+    cpu_bf16: str = opt("off", "bfloat16 autocast of the forward passes when training on a CPU: off, on, or auto (on "
+                        "where the CPU computes bf16 natively, AMX or AVX512-BF16); weights, optimiser and saved files "
+                        "stay float32. Alone 1.28x faster here; two bf16 trainings at once ran 11-17x slower per "
+                        "step (bench/bench_cpu_bf16.py)", choices=["off", "on", "auto"])
     channels_last: bool = opt(True, "channels_last memory format on CUDA (ignored on CPU)")
     seed: int = opt(42, "seed for weights, data order and augmentation")
     limit: int = opt(0, "use at most this many training and this many validation samples (0 = all; smoke runs)")
@@ -599,8 +600,10 @@ def mixed_precision(on_cuda: bool, amp: bool, cpu_bf16: str, native_bf16: bool |
     """What the accelerator autocasts to: fp16 on CUDA with --amp; on a CPU bf16 when --cpu-bf16 is
     on, or auto and the CPU computes bf16 natively (``native_bf16``, probed when None); else no.
 
-    bf16 on the CPU trained the demo's ResNet-18 steps 1.4-1.5x faster on this machine's AMX cores
-    (``bench/bench_cpu_bf16.py``); without native bf16 it is emulated and slower, hence auto."""
+    bf16 on the CPU trained the demo's ResNet-18 1.28x faster on this machine's AMX cores, but two
+    such processes at once (more threads than cores) stepped 11-17x slower, where float32 pairs only
+    share the cores (``bench/bench_cpu_bf16.py``), so it is asked for, never the default. Without
+    native bf16 it is emulated and slower: ``auto`` turns it on only where it is native."""
     if on_cuda:
         return "fp16" if amp else "no"
     if cpu_bf16 == "on":
