@@ -22,15 +22,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
+from alternate import fastest_alternating
 from cellloc.data import write_synthetic_cells
 from cellloc.runs.train import TrainConfig, train_fold
 
 
-def run(csv: Path, out: Path, name: str, epochs: int, interim: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def run(csv: Path, out: Path, name: str, epochs: int, interim: int) -> dict[str, Any]:
+    """Seconds of one training run (run, training, validation) and its saved weights (``weights``)."""
     cfg = TrainConfig(folds_csv=str(csv), out_dir=str(out), run_name=name, fold=0, epochs=epochs, image_size=64,
                       model="resnet18", pretrained="none", batch_size=32, num_workers=0, device="cpu", monitor="last",
                       bn_recalibrate_interim=interim, overwrite=True)
@@ -39,9 +42,9 @@ def run(csv: Path, out: Path, name: str, epochs: int, interim: int) -> tuple[dic
         train_fold(cfg)
     wall = time.perf_counter() - t0
     m = pd.read_csv(cfg.run_dir / "metrics.csv")
-    times = {"run_s": wall, "train_s": float(m["train_seconds"].sum()),
-             "validate_s": float((m["epoch_seconds"] - m["train_seconds"]).sum())}
-    return times, torch.load(cfg.run_dir / "best.pt", map_location="cpu")
+    return {"run_s": wall, "train_s": float(m["train_seconds"].sum()),
+            "validate_s": float((m["epoch_seconds"] - m["train_seconds"]).sum()),
+            "weights": torch.load(cfg.run_dir / "best.pt", map_location="cpu")}
 
 
 def main() -> int:
@@ -57,14 +60,9 @@ def main() -> int:
         csv = write_synthetic_cells(Path(tmp) / "cells", n_fields=fields, cells_per_field=10, n_folds=10, seed=1)
         n_train = int((pd.read_csv(csv)["fold"] != 0).sum())
         settings = {"every validation over all (interim 0)": 0, "default (interim 512)": 512}
-        best: dict[str, dict[str, float]] = {}
-        weights: dict[str, dict[str, torch.Tensor]] = {}
-        for r in range(args.repeats):
-            for name, interim in settings.items():
-                times, weights[name] = run(csv, Path(tmp) / "runs", f"i{interim}", epochs, interim)
-                if name not in best or times["run_s"] < best[name]["run_s"]:
-                    best[name] = times
-    a, b = (weights[n] for n in settings)
+        best = fastest_alternating({name: (lambda i=interim: run(csv, Path(tmp) / "runs", f"i{i}", epochs, i))
+                                    for name, interim in settings.items()}, args.repeats)
+    a, b = (best[n]["weights"] for n in settings)
     same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base = best["every validation over all (interim 0)"]
     print(f"\n### One training run: {n_train} training cells, {epochs} epochs, ResNet-18 64 px, --monitor last "

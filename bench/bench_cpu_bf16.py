@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from alternate import fastest_alternating
 from cellloc.data import write_synthetic_cells
 from cellloc.runs.train import TrainConfig, mixed_precision, train_fold
 from cellloc.runtime import cpu_has_native_bf16
@@ -102,15 +103,11 @@ def main() -> int:
           f"--cpu-bf16 auto trains in {mixed_precision(False, False, 'auto')}; load average at start "
           f"{os.getloadavg()[0]:.2f}")
     t_all = time.perf_counter()
-    best: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         csv = write_synthetic_cells(Path(tmp) / "cells", n_fields=fields, cells_per_field=10, n_folds=10, seed=1)
         n_train = int((pd.read_csv(csv)["fold"] != 0).sum())
-        for _ in range(args.repeats):
-            for setting in ("off", "on"):
-                times = run(csv, Path(tmp) / "runs", epochs, setting)
-                if setting not in best or times["run_s"] < best[setting]["run_s"]:
-                    best[setting] = times
+        best = fastest_alternating({s: (lambda s=s: run(csv, Path(tmp) / "runs", epochs, s)) for s in ("off", "on")},
+                                   args.repeats)
     base = best["off"]
     print(f"\n### One training run: {n_train} training cells, {epochs} epochs, ResNet-18 64 px, batch 32 "
           f"(best of {args.repeats})\n")
