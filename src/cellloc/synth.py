@@ -366,11 +366,17 @@ _SLOT_FIELD_STEPS = (0.4142135623730951, 0.7320508075688772, 0.6457513110645907)
 _SLOT_CLASS_STEP = 0.6180339887498949
 
 
+def _slot_offsets(cfg: SynthConfig) -> np.ndarray:
+    """The four offsets of the "balanced" draw's sequences (the three per-field ones, then the slots'),
+    set by the seed only."""
+    return np.random.default_rng([cfg.seed, 0x5107]).random(4)
+
+
 def slot_counts(cfg: SynthConfig, fields: int) -> np.ndarray:
     """How many class slots each of the first ``fields`` fields has in the "balanced" draw: 0 for
     a Negative field, else 1 plus a second and a third with their probabilities, each decided by
     the field's point of its own sequence (a pure function of the seed and the index)."""
-    offsets = np.random.default_rng([cfg.seed, 0x5107]).random(4)
+    offsets = _slot_offsets(cfg)
     i = np.arange(fields)
     u_neg, u_second, u_third = (offsets[:3, None] + np.multiply.outer(np.asarray(_SLOT_FIELD_STEPS), i)) % 1.0
     w = np.asarray(cfg.class_weights, float)
@@ -394,7 +400,7 @@ def _balanced_classes(rng: np.random.Generator, cfg: SynthConfig, index: int) ->
         return [NEGATIVE]
     w = np.asarray(cfg.class_weights, float).copy()
     w[NEGATIVE] = 0
-    offset = np.random.default_rng([cfg.seed, 0x5107]).random(4)[3]
+    offset = _slot_offsets(cfg)[3]
     first = int(n[:index].sum())
     chosen: list[int] = []
     for j in range(first, first + int(n[index])):

@@ -970,7 +970,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     summary.update(
         task=task.name,
         device=str(device),
-        amp=bool(on_cuda and cfg.amp),
+        amp=precision == "fp16",  # fp16 autocast: CUDA with --amp
         mixed_precision=precision,
         channels_last=bool(on_cuda and cfg.channels_last),
         unmatched_valid_cells=int(sum(len(t) == 0 for t in sets.valid["true"])) if sets.y_valid_true is not None else None,
