@@ -96,6 +96,8 @@ class DemoConfig:
     class_draw: str = opt("stratified", "hpa-sc: how the generated fields' classes are drawn (make_data.py --options "
                           "class_draw=...; balanced scored no narrower a spread between seeds, docs/cellgap.md Round 7)",
                           choices=list(CLASS_DRAWS))
+    ema: float = opt(0.0, "hpa-sc: exponential moving average of the weights, decay per optimiser step (train.py "
+                     "--ema; 0: off)")
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
@@ -109,6 +111,8 @@ class DemoConfig:
                 setattr(self, key, value)
         if min(getattr(self, key) for key in defaults) < 1:
             raise ValueError("sizes, epochs and folds must be >= 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (a decay per optimiser step; 0: off), got {self.ema}")
         if self.test_seed < -1:
             raise ValueError(f"test_seed must be >= 0 (or -1: 2 x seed + 1), got {self.test_seed}")
         if self.test_seed == self.train_data_seed and self.task != "rxrx1":
@@ -193,7 +197,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("train fold 0 (CPU-sized: ResNet-18 on small crops, no ImageNet weights)",
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
          "--model", "resnet18", "--monitor", "last", "--balance-power", str(a.balance_power),
-         "--seed", str(42 + a.seed), "--overwrite"])
+         "--seed", str(42 + a.seed), "--ema", str(a.ema), "--overwrite"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--tta", str(a.tta),
                                              "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])

@@ -123,8 +123,9 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     trainer.save(tmp_path / "full.pt")
     trainer.save(tmp_path / "weights.pt", weights_only=True)
     full = torch.load(tmp_path / "full.pt", weights_only=True)
-    assert set(full) == {"model", "heads", "optimizer", "scheduler", "scaler"}
+    assert set(full) == {"model", "average", "heads", "optimizer", "scheduler", "scaler"}
     assert full["scheduler"]["last_epoch"] == 4 and full["heads"] is None  # no image head on this module
+    assert full["average"] is None  # no weight average asked for
     other = CellTez(toy_module(seed=1), device="cpu")
     other.load(tmp_path / "weights.pt", weights_only=True)
     torch.testing.assert_close(other.net_state_dict(), trainer.net_state_dict())
@@ -381,3 +382,23 @@ def test_tripwire_tez_progress_writes_bar_updates_into_a_pipe():
     )
     err = _raw_stderr_of(code)
     assert "\r" in err and "\x1b[A" in err  # tez's nested bars: carriage returns and cursor-up codes
+
+
+# --------------------------------------------------------------------------- weight average (not a tez defect)
+
+
+def test_the_weight_average_moves_once_per_optimizer_step_and_training_ends_on_the_live_weights():
+    seen: list[bool] = []
+
+    class Peek(Callback):
+        def on_valid_epoch_start(self, tez_trainer, **kwargs):
+            seen.append(tez_trainer.average.swapped)
+
+    trainer = fit(CellTez(toy_module(), device="cpu", average_decay=0.5), Toy(16), Toy(8, 1), epochs=2, accum=2,
+                  callbacks=[Peek()])
+    assert trainer.average.updates == 2 * 2  # 4 batches of 4 per epoch, 2 per optimizer step
+    assert seen == [True, True]  # validations see the average
+    assert not trainer.average.swapped
+    live = trainer.net_state_dict()
+    assert not torch.equal(live["1.weight"], trainer.average.shadow[0])
+    torch.testing.assert_close(trainer.training_state()["model"]["1.weight"], live["1.weight"])

@@ -84,6 +84,7 @@ class Snapshot(Callback):
         (["--soft-weight", "1.5"], "soft_weight must be in [0, 1]"),
         (["--soft-targets", "x", "--label-source", "true"], "soft_targets refine the weak labels"),
         (["--bootstrap", "1.5"], "bootstrap must be in [0, 1]"),
+        (["--ema", "1"], "ema must be in [0, 1)"),
         (["--bootstrap", "0.5", "--bootstrap-start", "-1"], "bootstrap_start must be >= 0"),
         (["--bootstrap", "0.5", "--label-source", "true"], "bootstrap refines weak labels of a multilabel task"),
         (["--bootstrap", "0.5", "--level", "image"], "bootstrap refines weak labels of a multilabel task"),
@@ -348,6 +349,37 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
         train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", resume=True, lr=0.1))
     with pytest.raises(InputError, match="nothing to resume"):
         train_fold(tiny(cells_csv, tmp_path, run_name="never", resume=True))
+
+
+def test_weight_average_is_validated_and_saved_and_a_cut_run_resumes_it(cells_csv, tmp_path):
+    """--ema: best.pt holds the average (BatchNorm recomputed for it), last.pt the live weights and the average;
+    a run cut after its first epoch ends where an uninterrupted one does, average included."""
+    kw = dict(epochs=3, monitor="last", ema=0.5)
+    cut = tiny(cells_csv, tmp_path, run_name="cut", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cut, callbacks=[Interrupt(epoch=0)])
+    train_fold(tiny(cells_csv, tmp_path, run_name="cut", resume=True, **kw))
+    whole = tiny(cells_csv, tmp_path, run_name="whole", **kw)
+    train_fold(whole)
+    plain = tiny(cells_csv, tmp_path, run_name="plain", epochs=3, monitor="last")
+    train_fold(plain)
+
+    last, resumed = (torch.load(c.run_dir / "last.pt", weights_only=True) for c in (whole, cut))
+    assert last["average"]["updates"] == 3 * 2  # 16 training cells in batches of 8, 3 epochs
+    for a, b in zip(resumed["average"]["shadow"], last["average"]["shadow"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for k in last["model"]:
+        torch.testing.assert_close(resumed["model"][k], last["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert torch.load(plain.run_dir / "last.pt", weights_only=True)["average"] is None
+
+    best = torch.load(whole.run_dir / "best.pt", weights_only=True)
+    for name, shadow in zip(last["average"]["names"], last["average"]["shadow"]):
+        torch.testing.assert_close(best[name], shadow, rtol=0, atol=0, msg=name)
+    moved = [k for k in last["average"]["names"] if not torch.equal(best[k], last["model"][k])]
+    assert moved, "the saved weights are the live ones, not their average"
+    plain_last = torch.load(plain.run_dir / "last.pt", weights_only=True)["model"]
+    for k in last["average"]["names"]:  # the average only watches: the live weights train as they would without it
+        torch.testing.assert_close(last["model"][k], plain_last[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_two_folds_in_one_process_do_not_share_metric_history(cells_csv, tmp_path):

@@ -89,6 +89,7 @@ from accelerate.utils import broadcast
 from .errors import InputError
 from .fieldio import atomic_path
 from .torchfile import load_checkpoint
+from .weight_average import WeightAverage
 
 __all__ = [
     "Callback",
@@ -349,7 +350,9 @@ class CellTez(tez.Tez):
     ``valid_<name>``), ``extra`` is kept in :attr:`valid_extra` (e.g. per-class APs).
     ``resume_state`` holds ``optimizer``/``scheduler``/``scaler`` state_dicts to restore
     once tez has built them. ``progress`` replaces tez's progress bars (defect 15; default:
-    :class:`EpochProgress` on stderr).
+    :class:`EpochProgress` on stderr). ``average_decay`` > 0 keeps an exponential moving average of
+    the backbone's weights (:class:`~cellloc.weight_average.WeightAverage`): every rank validates
+    and saves the average (``best.pt``), trains the live weights, and ``last.pt`` holds both.
     """
 
     def __init__(
@@ -360,8 +363,11 @@ class CellTez(tez.Tez):
         epoch_metrics: EpochMetricsFn | None = None,
         resume_state: Mapping[str, Any] | None = None,
         progress: Callback | None = None,
+        average_decay: float = 0.0,
     ) -> None:
         super().__init__(model=model)
+        self.average_decay = average_decay
+        self.average: WeightAverage | None = None
         self.metrics = {"train": {}, "valid": {}, "test": {}}  # defect 4: per instance
         self._callback_runner = None
         self.device_request = device
@@ -394,6 +400,10 @@ class CellTez(tez.Tez):
                 self.scheduler.load_state_dict(self._resume_state["scheduler"])
             if self._driver.scaler is not None and self._resume_state.get("scaler"):
                 self._driver.scaler.load_state_dict(self._resume_state["scaler"])
+        if self.average_decay > 0:
+            self.average = WeightAverage(self._net(), self.average_decay)
+            if self._resume_state and self._resume_state.get("average"):
+                self.average.load_state_dict(self._resume_state["average"])
         self.train_state = enums.TrainingState.TRAIN_START  # what tez's own _init_trainer ends with
 
     def is_main_process(self) -> bool:
@@ -407,11 +417,21 @@ class CellTez(tez.Tez):
     def unwrapped(self) -> nn.Module:
         return self._driver.unwrap_model(self.model) if self._driver is not None else self.model
 
-    def net_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone's state_dict (without the TezModule wrapper or DDP), on CPU."""
+    def _net(self) -> nn.Module:
         module = self.unwrapped()
-        net = getattr(module, "net", module)
-        return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        return getattr(module, "net", module)
+
+    def net_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's state_dict (without the TezModule wrapper or DDP), on CPU: during a validation
+        with a weight average, the average's (what ``best.pt`` keeps)."""
+        return {k: v.detach().cpu() for k, v in self._net().state_dict().items()}
+
+    def fit(self, train_dataset, valid_dataset=None, config: TezConfig | None = None, **kwargs):
+        try:
+            return super().fit(train_dataset, valid_dataset, config, **kwargs)
+        finally:
+            if self.average is not None:
+                self.average.restore(self._net())
 
     # -- callbacks and the multi-GPU stop flag (defect 9) -----------------------------------
 
@@ -449,6 +469,8 @@ class CellTez(tez.Tez):
 
     def _step(self) -> None:  # defect 12
         self.optimizer.step()  # accelerate skips it on accumulation micro-batches
+        if self.average is not None and self._driver.sync_gradients:
+            self.average.update(self._net())
         if self.scheduler is None or self.config.step_scheduler_after != "batch" or not self._driver.sync_gradients:
             return
         if self.config.step_scheduler_metric is None:
@@ -457,12 +479,16 @@ class CellTez(tez.Tez):
             self.scheduler.step(self.name_to_metric(self.config.step_scheduler_metric))
 
     def _set_training_epoch_start(self, data_loader) -> None:  # defect 13
+        if self.average is not None:
+            self.average.restore(self._net())  # train the live weights
         if hasattr(data_loader, "set_epoch"):
             data_loader.set_epoch(int(self.current_epoch))
         super()._set_training_epoch_start(data_loader)
 
     def _set_validation_epoch_start(self, data_loader) -> None:
         self._valid_buffer = []
+        if self.average is not None:
+            self.average.swap_in(self._net())  # before the callbacks: BatchNorm is recalibrated for the average
         super()._set_validation_epoch_start(data_loader)
 
     def predict_step(self, data):
@@ -491,10 +517,13 @@ class CellTez(tez.Tez):
     # -- checkpoints (defect 3) -------------------------------------------------------------
 
     def training_state(self) -> dict[str, Any]:
-        """Everything to continue training: net weights (and an image head's), optimizer, scheduler, AMP scaler."""
+        """Everything to continue training: the live net weights (and an image head's), optimizer, scheduler,
+        AMP scaler, and the weight average when there is one."""
         head = getattr(self.unwrapped(), "image_head", None)
+        live = self.average.live_state_dict(self._net()) if self.average is not None else self.net_state_dict()
         return {
-            "model": self.net_state_dict(),
+            "model": live,
+            "average": self.average.state_dict() if self.average is not None else None,
             "heads": {k: v.detach().cpu() for k, v in head.state_dict().items()} if head is not None else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,

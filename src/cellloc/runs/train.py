@@ -199,6 +199,9 @@ class TrainConfig:
     bn_recalibrate_interim: int = opt(512, "with --monitor last, the validations before the last epoch recompute "
                                       "them over only this many of those samples: they only draw the curves, and the "
                                       "saved weights still get the full count (0: the full count every epoch)")
+    ema: float = opt(0.0, "exponential moving average of the weights, decay per optimiser step (e.g. 0.99: a time "
+                     "constant of about 100 steps); the average is validated and saved, BatchNorm recalibrated for it "
+                     "(--bn-recalibrate), the live weights go on training (0: off)")
     grad_accum: int = opt(1, "gradient accumulation steps")
     clip_grad: float = opt(0.0, "gradient norm clip (0 = off)")
     aug_gain: float = opt(0.1, "per-channel intensity gain range +-; 0 disables the intensity augmentation")
@@ -304,6 +307,7 @@ class TrainConfig:
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         need(self.bn_recalibrate >= 0 and self.bn_recalibrate_interim >= 0,
              f"bn_recalibrate and bn_recalibrate_interim must be >= 0, got {self.bn_recalibrate}, {self.bn_recalibrate_interim}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1) (a decay per optimiser step; 0: off), got {self.ema}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.clip_grad >= 0, f"clip_grad must be >= 0, got {self.clip_grad}")
         need(0 <= self.aug_gain < 1, f"aug_gain must be in [0, 1), got {self.aug_gain}")
@@ -897,6 +901,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         mixed_precision=precision,
         epoch_metrics=epoch_metrics,
         resume_state=state,
+        average_decay=cfg.ema,
     )
     early = EarlyStopping(
         f"valid_{'loss' if cfg.monitor == 'last' else cfg.monitor}", run_dir / "best.pt", patience=cfg.patience,
