@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cellloc.weight_average import WeightAverage, average_decay
+from cellloc.weight_average import WeightAverage
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -25,37 +25,46 @@ def step(net: nn.Module, seed: int) -> None:
             p -= 0.05 * p.grad
 
 
-def test_the_decay_warms_up_so_the_initial_weights_fade_fast():
-    assert average_decay(0.99, 0) == pytest.approx(0.1)
-    assert average_decay(0.99, 10) == pytest.approx(11 / 20)
-    assert average_decay(0.99, 10_000) == 0.99
+def averaged(net: nn.Module, decay: float, steps: int) -> WeightAverage:
+    """``net`` trained ``steps`` steps, its average updated after each."""
+    avg = WeightAverage(net, decay=decay)
+    for k in range(steps):
+        step(net, k)
+        avg.update(net)
+    return avg
 
 
-def test_the_average_follows_the_weights_by_the_decayed_update():
+def test_the_average_weighs_each_step_decay_times_less_than_the_next_and_the_initial_weights_not_at_all():
     net = small_net()
     avg = WeightAverage(net, decay=0.9)
-    expected = [p.detach().clone() for p in net.parameters()]
+    seen = []
     for k in range(30):
         step(net, k)
-        d = average_decay(0.9, k)
-        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, net.parameters())]
         avg.update(net)
+        seen.append([p.detach().clone() for p in net.parameters()])
     assert avg.updates == 30
-    for e, s in zip(expected, avg.shadow):
-        torch.testing.assert_close(s, e)
-    assert any(not torch.allclose(s, p) for s, p in zip(avg.shadow, net.parameters()))  # it lags the live weights
+    weights = torch.tensor([0.9 ** (29 - k) for k in range(30)])
+    weights /= weights.sum()  # what 1 - 0.9 ** 30 corrects: they sum to one
+    for i, got in enumerate(avg.averaged()):
+        expected = sum(w * s[i] for w, s in zip(weights, seen))
+        torch.testing.assert_close(got, expected)
+    assert not all(torch.allclose(a, b) for a, b in zip(avg.averaged(), seen[-1]))  # it lags the live weights
+    first = WeightAverage(small_net(), decay=0.999)
+    with pytest.raises(RuntimeError, match="no update yet"):
+        first.averaged()
+    net = small_net()
+    first.update(net)  # one step: the average is those weights, however slow the decay
+    for got, p in zip(first.averaged(), net.parameters()):
+        torch.testing.assert_close(got, p.detach())
 
 
 def test_swap_in_and_restore_give_back_the_live_parameters_and_buffers_exactly():
     net = small_net()
-    avg = WeightAverage(net, decay=0.5)
-    for k in range(5):
-        step(net, k)
-        avg.update(net)
+    avg = averaged(net, 0.5, 5)
     live = {k: v.clone() for k, v in net.state_dict().items()}
     avg.swap_in(net)
     assert avg.swapped
-    for p, s in zip(net.parameters(), avg.shadow):
+    for p, s in zip(net.parameters(), avg.averaged()):
         torch.testing.assert_close(p.detach(), s, rtol=0, atol=0)
     net[1].running_mean.add_(1.0)  # what a BatchNorm recalibration of the average does
     assert all(torch.equal(live[k], v) for k, v in avg.live_state_dict(net).items())  # the live ones, kept aside
@@ -70,10 +79,7 @@ def test_swap_in_and_restore_give_back_the_live_parameters_and_buffers_exactly()
 
 def test_state_round_trip_and_another_network_is_refused():
     net = small_net()
-    avg = WeightAverage(net, decay=0.8)
-    for k in range(4):
-        step(net, k)
-        avg.update(net)
+    avg = averaged(net, 0.8, 4)
     again = WeightAverage(small_net(seed=1), decay=0.8)
     again.load_state_dict(avg.state_dict())
     assert again.updates == 4

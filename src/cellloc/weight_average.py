@@ -16,16 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["WeightAverage", "average_decay"]
-
-
-def average_decay(decay: float, updates: int) -> float:
-    """The decay of update number ``updates`` (0-based): ``decay``, but at most (1 + n) / (10 + n).
-
-    Early on the average would otherwise be dominated by the random initial weights for about
-    1 / (1 - decay) steps, which is most of a short run.
-    """
-    return min(decay, (1.0 + updates) / (10.0 + updates))
+__all__ = ["WeightAverage"]
 
 
 class WeightAverage:
@@ -33,6 +24,11 @@ class WeightAverage:
 
     ``update`` after every optimiser step; ``swap_in`` before a validation (the live weights are
     kept aside); ``restore`` before training goes on. ``state_dict`` holds what ``--resume`` needs.
+
+    The sum starts at zero and is divided by ``1 - decay ** updates`` (Adam's bias correction): the
+    weights after each step count ``decay`` times less per later step, from the first step on, and the
+    random initial weights not at all. A warm-up that caps the decay early on (``(1 + n) / (10 + n)``)
+    would instead hold it below 0.99 for the first 900 steps: the whole of a short run, whatever was asked.
     """
 
     def __init__(self, net: nn.Module, decay: float) -> None:
@@ -41,7 +37,7 @@ class WeightAverage:
         self.decay = decay
         self.updates = 0
         self.names = [name for name, p in net.named_parameters() if p.dtype.is_floating_point]
-        self.shadow = [p.detach().clone().float() for name, p in net.named_parameters() if name in set(self.names)]
+        self.shadow = [torch.zeros_like(p, dtype=torch.float32) for p in self._params(net)]
         self._live: dict[str, torch.Tensor] | None = None
 
     def _params(self, net: nn.Module) -> list[torch.Tensor]:
@@ -58,20 +54,28 @@ class WeightAverage:
         """Move the average towards the current weights (call after each optimiser step)."""
         if self.swapped:
             raise RuntimeError("update() while the average is swapped in: restore() first")
-        d = average_decay(self.decay, self.updates)
         params = [p.detach().float() for p in self._params(net)]
         if params and self.shadow[0].device != params[0].device:  # the trainer moved the network
             self.shadow = [s.to(p.device) for s, p in zip(self.shadow, params)]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - d)
+        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
         self.updates += 1
+
+    def averaged(self) -> list[torch.Tensor]:
+        """The average of the weights seen so far, one tensor per parameter (float32)."""
+        if self.updates == 0:
+            raise RuntimeError("no update yet: nothing to average")
+        scale = 1.0 / (1.0 - self.decay ** self.updates)
+        return [s * scale for s in self.shadow]
 
     @torch.no_grad()
     def swap_in(self, net: nn.Module) -> None:
-        """Put the average into ``net``, keeping its live parameters and buffers aside (no-op if already in)."""
-        if self.swapped:
+        """Put the average into ``net``, keeping its live parameters and buffers aside (no-op if already in, or
+        before the first update)."""
+        if self.swapped or self.updates == 0:  # nothing averaged yet: the live weights are all there is
             return
+        average = self.averaged()
         self._live = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        for p, s in zip(self._params(net), self.shadow):
+        for p, s in zip(self._params(net), average):
             p.copy_(s.to(device=p.device, dtype=p.dtype))
 
     @torch.no_grad()
