@@ -97,7 +97,7 @@ class DemoConfig:
                           "class_draw=...; balanced scored no narrower a spread between seeds, docs/cellgap.md Round 7)",
                           choices=list(CLASS_DRAWS))
     ema: float = opt(0.0, "hpa-sc: exponential moving average of the weights, decay per optimiser step (train.py "
-                     "--ema; 0: off)")
+                     "--ema; 0: off; 0.99 scored lower on the demo's fields, docs/cellgap.md Round 8)")
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
