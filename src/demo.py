@@ -185,9 +185,10 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
                  "--workers", DATA_WORKERS, *draw])
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
                       "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS, *draw])
-    run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth"])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
                                     "--overwrite"])
+    run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth", "--masks",
+                                                             "output/synth/masks"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
     run("folds", ["src/gen_folds.py", "--folds", str(a.folds), "--seed", "42", "--overwrite"])
     # ResNet-18 from scratch, keeping the last epoch, class-balanced draws, three times the fields of

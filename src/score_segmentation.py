@@ -5,6 +5,7 @@
     python src/score_segmentation.py ../shared/data/nuclei_gt --pattern 'gowt1*' --pixel-size-um 0.24
     python src/score_segmentation.py input/synth --rescale 0.25 --snap-to-width 0   # the estimate alone, at 1/4 size
     python src/score_segmentation.py DIR --backend hpa --weights-dir ~/hpa_weights
+    python src/score_segmentation.py input/synth --masks output/synth/masks   # score what segment.py wrote
 
 Before the table, one line says where each image's pixel size came from. The last line reads
 ``AP50=0.xxxx F1_50=0.xxxx`` (cells when cell truth exists, else nuclei).
@@ -21,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tqdm import tqdm
 
 from cellloc.config import opt, parse_config
-from cellloc.errors import exit_on_input_error
+from cellloc.errors import InputError, exit_on_input_error
 from cellloc.fieldio import write_csv
 from cellloc.runtime import AUTO, RUNTIME_HELP, runtime_choices, runtime_line
-from cellloc.runs.score_segmentation import describe_scales, find_items, score_items, summarise
+from cellloc.runs.score_segmentation import describe_scales, find_items, saved_masks, score_items, summarise
 from cellloc.segmentation import SegmentConfig
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
 
@@ -42,6 +43,8 @@ class ScoreConfig:
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
     device: str = opt("cpu", "torch device (hpa backend)")
     runtime: str = opt(AUTO, RUNTIME_HELP, choices=runtime_choices())
+    masks: str = opt("", "score the masks in this folder ({name}_cell_mask, {name}_nucleus_mask: what segment.py "
+                     "writes to output/<name>/masks, or another tool's PNG/NPZ/TIFF) instead of segmenting")
     out: str = opt("", "also write per-image scores to this CSV")
 
 
@@ -49,6 +52,8 @@ class ScoreConfig:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ScoreConfig, argv, __doc__, positional=("folder",))
     task = get_task(cfg.task)
+    if cfg.masks and cfg.rescale != 1:
+        raise InputError(f"--masks {cfg.masks}: saved masks are scored as they are; --rescale needs segmentation")
     items = find_items(Path(cfg.folder), task, cfg.pattern)
     if cfg.backend == "hpa":
         print(runtime_line(cfg.runtime, cfg.device), flush=True)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                             scale_from=cfg.scale_from, snap_to_width=cfg.snap_to_width,
                             weights_dir=cfg.weights_dir or None, device=cfg.device, runtime=cfg.runtime)
     with tqdm(total=len(items), desc="score", unit="image", disable=None) as bar:
-        per_image = score_items(items, seg_cfg, bar.update, cfg.rescale)
+        per_image = score_items(items, saved_masks(cfg.masks) if cfg.masks else seg_cfg, bar.update, cfg.rescale)
     if cfg.out:
         write_csv(cfg.out, per_image)
     print(describe_scales(per_image))

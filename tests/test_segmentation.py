@@ -411,6 +411,26 @@ def test_score_cli_on_generated_data(synth_dataset):
     assert last.startswith("AP50=") and ap > 0.8 and f1 > 0.85
 
 
+def test_score_cli_scores_saved_masks_as_segmenting_would(synth_dataset, tmp_path):
+    """--masks: segment.py's masks scored as they are give the scores of segmenting anew (same settings)."""
+    out = tmp_path / "seg"
+    assert run("src/segment.py", "--input", synth_dataset / "train", "--out", out, "--crop-size", "32").returncode == 0
+    fresh, saved = run("src/score_segmentation.py", synth_dataset), run("src/score_segmentation.py", synth_dataset,
+                                                                          "--masks", out / "masks")
+    assert saved.returncode == 0, saved.stderr
+    assert "masks: 4 images scored as saved" in saved.stdout
+    assert fresh.stdout.strip().splitlines()[-3:] == saved.stdout.strip().splitlines()[-3:]  # the table and AP50 line
+    gone = sorted((out / "masks").glob("*_nucleus_mask.*"))[0]
+    gone.unlink()
+    r = run("src/score_segmentation.py", synth_dataset, "--masks", out / "masks")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert f"{gone.with_suffix('.png')}: not found" in r.stderr
+    r = run("src/score_segmentation.py", synth_dataset, "--masks", out / "masks", "--rescale", "0.5")
+    assert r.returncode == 2 and "--rescale needs segmentation" in r.stderr
+    r = run("src/score_segmentation.py", synth_dataset, "--masks", tmp_path / "nowhere")
+    assert r.returncode == 2 and "not a folder of masks" in r.stderr
+
+
 @pytest.mark.skipif(not (SHARED / "data" / "nuclei_gt").is_dir(), reason="../shared/data/nuclei_gt not present")
 def test_score_cli_on_real_nuclei():
     r = run("src/score_segmentation.py", SHARED / "data" / "nuclei_gt", "--pattern", "gowt1_t01", "--pixel-size-um", "0.24")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..fieldio import read_channel, read_mask
+from ..fieldio import find_mask, read_channel, read_mask
 from ..imagemeta import pixel_size_of_file
 from ..layouts import LAYOUTS
 from ..metrics import segmentation_scores
@@ -85,20 +85,19 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     return out.reshape(size[1], size[0], *image.shape[2:])
 
 
-def score_items(items: list[ScoreItem], cfg: SegmentConfig, progress: Callable[[int], None] | None = None,
-                rescale: float = 1.0) -> pd.DataFrame:
-    """One row per image and target (cells, nuclei): AP per threshold, TP/FP/FN at 0.5, and the
-    pixel size used (``pixel_size_um``, with its ``scale`` source).
+# What is scored against an item's truth: its cell and nucleus labels, the pixel size (um) and where it came from.
+Predict = Callable[[ScoreItem], tuple[np.ndarray, np.ndarray, float, str]]
 
-    ``rescale``: segment each image resized by this factor (a given pixel size is divided by it).
-    """
+
+def segmenting(cfg: SegmentConfig, rescale: float = 1.0) -> Predict:
+    """Segment each item's image with ``cfg``, resized by ``rescale`` (a given pixel size is divided by it)."""
     if rescale <= 0:
         raise InputError(f"rescale must be positive, got {rescale}")
     if cfg.pixel_size_um and rescale != 1:
         cfg = replace(cfg, pixel_size_um=cfg.pixel_size_um / rescale)
     seg = create_segmenter(cfg)
-    rows = []
-    for it in items:
+
+    def predict(it: ScoreItem) -> tuple[np.ndarray, np.ndarray, float, str]:
         original = it.load_image()
         image = rescale_image(original, rescale)
         file_um = pixel_size_of_file(it.nucleus_file) if it.nucleus_file is not None else None
@@ -107,6 +106,44 @@ def score_items(items: list[ScoreItem], cfg: SegmentConfig, progress: Callable[[
             size = (original.shape[1], original.shape[0])
             cells = cv2.resize(cells, size, interpolation=cv2.INTER_NEAREST)
             nuclei = cv2.resize(nuclei, size, interpolation=cv2.INTER_NEAREST)
+        return cells, nuclei, px.um, px.source
+
+    return predict
+
+
+def saved_masks(folder: str | Path) -> Predict:
+    """Read each item's ``{name}_cell_mask`` and ``{name}_nucleus_mask`` from ``folder`` (any mask format
+    segment.py or another tool writes) instead of segmenting: a finished segmentation is scored as it is."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of masks")
+
+    def read(name: str) -> np.ndarray:
+        path = find_mask(folder, name)
+        if path is None:
+            raise InputError(f"{folder / (name + '.png')}: not found (segment the field first, or score without --masks)")
+        return read_mask(path)
+
+    def predict(it: ScoreItem) -> tuple[np.ndarray, np.ndarray, float, str]:
+        nuclei = read(f"{it.name}_nucleus_mask")
+        cells = read(f"{it.name}_cell_mask") if it.cell_truth is not None else np.zeros_like(nuclei)
+        return cells, nuclei, float("nan"), "masks"
+
+    return predict
+
+
+def score_items(items: list[ScoreItem], cfg: SegmentConfig | Predict, progress: Callable[[int], None] | None = None,
+                rescale: float = 1.0) -> pd.DataFrame:
+    """One row per image and target (cells, nuclei): AP per threshold, TP/FP/FN at 0.5, and the
+    pixel size used (``pixel_size_um``, with its ``scale`` source).
+
+    ``cfg``: a segmentation config (each image segmented, resized by ``rescale``; see :func:`segmenting`)
+    or what predicts an item's masks (e.g. :func:`saved_masks`).
+    """
+    predict = segmenting(cfg, rescale) if isinstance(cfg, SegmentConfig) else cfg
+    rows = []
+    for it in items:
+        cells, nuclei, um, source = predict(it)
         targets = [("nuclei", nuclei, it.nucleus_truth)]
         if it.cell_truth is not None:
             targets.insert(0, ("cells", cells, it.cell_truth))
@@ -117,7 +154,7 @@ def score_items(items: list[ScoreItem], cfg: SegmentConfig, progress: Callable[[
             s = segmentation_scores(truth, pred, THRESHOLDS)
             row = {"image": it.name, "target": target, "n_true": s["n_true"], "n_pred": s["n_pred"],
                    "tp50": int(s["tp"][0]), "fp50": int(s["fp"][0]), "fn50": int(s["fn"][0]),
-                   "pixel_size_um": round(px.um, 5), "scale": px.source}
+                   "pixel_size_um": round(um, 5), "scale": source}
             row.update({f"AP{int(t * 100)}": float(a) for t, a in zip(THRESHOLDS, s["ap"])})
             rows.append(row)
         if progress:
@@ -141,4 +178,6 @@ def describe_scales(per_image: pd.DataFrame) -> str:
     """One line: how many images took their pixel size from where, with the range, e.g.
     ``pixel size: estimated from the nuclei for 5 images (0.2015-0.6104 um/px)``."""
     first = per_image.drop_duplicates("image")
+    if (first["scale"] == "masks").all():
+        return f"masks: {len(first)} images scored as saved (no segmentation)"
     return describe_pixel_sizes(zip(first["scale"], first["pixel_size_um"]))
