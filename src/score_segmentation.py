@@ -25,7 +25,8 @@ from cellloc.config import opt, parse_config
 from cellloc.errors import InputError, exit_on_input_error
 from cellloc.fieldio import write_csv
 from cellloc.runtime import AUTO, RUNTIME_HELP, runtime_choices, runtime_line
-from cellloc.runs.score_segmentation import describe_scales, find_items, saved_masks, score_items, summarise
+from cellloc.runs.score_segmentation import (describe_scales, find_items, saved_masks, score_items, segmenting,
+                                             summarise)
 from cellloc.segmentation import SegmentConfig
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task
 
@@ -55,13 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.masks and cfg.rescale != 1:
         raise InputError(f"--masks {cfg.masks}: saved masks are scored as they are; --rescale needs segmentation")
     items = find_items(Path(cfg.folder), task, cfg.pattern)
-    if cfg.backend == "hpa":
-        print(runtime_line(cfg.runtime, cfg.device), flush=True)
-    seg_cfg = SegmentConfig(backend=cfg.backend, **task.segment_channels(), pixel_size_um=cfg.pixel_size_um or None,
-                            scale_from=cfg.scale_from, snap_to_width=cfg.snap_to_width,
-                            weights_dir=cfg.weights_dir or None, device=cfg.device, runtime=cfg.runtime)
+    if cfg.masks:  # nothing is segmented: no segmenter is built and no runtime chosen
+        predict = saved_masks(cfg.masks)
+    else:
+        if cfg.backend == "hpa":
+            print(runtime_line(cfg.runtime, cfg.device), flush=True)
+        predict = segmenting(SegmentConfig(backend=cfg.backend, **task.segment_channels(),
+                                           pixel_size_um=cfg.pixel_size_um or None, scale_from=cfg.scale_from,
+                                           snap_to_width=cfg.snap_to_width, weights_dir=cfg.weights_dir or None,
+                                           device=cfg.device, runtime=cfg.runtime), cfg.rescale)
     with tqdm(total=len(items), desc="score", unit="image", disable=None) as bar:
-        per_image = score_items(items, saved_masks(cfg.masks) if cfg.masks else seg_cfg, bar.update, cfg.rescale)
+        per_image = score_items(items, predict, bar.update)
     if cfg.out:
         write_csv(cfg.out, per_image)
     print(describe_scales(per_image))

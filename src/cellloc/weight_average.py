@@ -4,6 +4,8 @@ A short run from scratch ends wherever its last few hundred steps left it: anoth
 point near the same minimum, a score that moves by a few hundredths. The average of the weights over
 the last steps sits nearer the middle of that region (Polyak averaging; the EMA of timm's
 ``--model-ema``), at the cost of one copy of the parameters and one fused update per optimiser step.
+That holds for runs that end at a higher learning rate or last many thousands of steps; the demo's
+short cosine runs, which end at 1e-6, scored lower with it (docs/cellgap.md, "Round 8").
 
 Only parameters are averaged. BatchNorm statistics of an average are not the average of the
 statistics, so the trainer recomputes them for the averaged weights before each validation
