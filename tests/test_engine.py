@@ -123,9 +123,9 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     trainer.save(tmp_path / "full.pt")
     trainer.save(tmp_path / "weights.pt", weights_only=True)
     full = torch.load(tmp_path / "full.pt", weights_only=True)
-    assert set(full) == {"model", "average", "heads", "optimizer", "scheduler", "scaler"}
+    assert set(full) == {"model", "average", "heads", "loss", "optimizer", "scheduler", "scaler"}
     assert full["scheduler"]["last_epoch"] == 4 and full["heads"] is None  # no image head on this module
-    assert full["average"] is None  # no weight average asked for
+    assert full["average"] is None and full["loss"] is None  # no weight average, a loss without state
     other = CellTez(toy_module(seed=1), device="cpu")
     other.load(tmp_path / "weights.pt", weights_only=True)
     torch.testing.assert_close(other.net_state_dict(), trainer.net_state_dict())

@@ -89,6 +89,11 @@ class Snapshot(Callback):
         (["--bootstrap", "0.5", "--label-source", "true"], "bootstrap refines weak labels of a multilabel task"),
         (["--bootstrap", "0.5", "--level", "image"], "bootstrap refines weak labels of a multilabel task"),
         (["--bootstrap", "0.5", "--image-head", "mean"], "bootstrap is for the cell head alone"),
+        (["--field-top", "0"], "field_top must be in (0, 1]"),
+        (["--field-top", "0.7", "--field-top-start", "-1"], "field_top_start must be >= 0"),
+        (["--field-top", "0.7", "--label-source", "true"], "field_top refines weak labels of a multilabel task"),
+        (["--field-top", "0.7", "--bootstrap", "0.5"], "field_top and bootstrap both rewrite the targets"),
+        (["--field-top", "0.7", "--image-head", "mean"], "field_top is for the cell head alone"),
         (["--level", "image", "--image-head", "max"], "image_head is for cell-level training"),
         (["--level", "image", "--cell-weights", "drop"], "cell_weights is for cell-level training"),
         (["--image-head", "mean", "--cells-per-field", "64"], "cells_per_field must be in 1..batch_size (32)"),
@@ -578,6 +583,25 @@ def test_bootstrap_trains_on_field_labels_first_then_on_its_own_scores(cells_csv
     np.testing.assert_allclose(pd.read_csv(cut.run_dir / "metrics.csv")["train_loss"], b["train_loss"], rtol=1e-4)
     with pytest.raises(InputError, match="--resume: bootstrap is 0.8 but the saved run used 0.5"):
         train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.8, bootstrap_start=1, resume=True))
+
+
+def test_field_top_trains_on_field_labels_first_then_on_the_top_of_each_field(cells_csv, tmp_path):
+    """--field-top: the warm-up epoch matches plain training; afterwards the cells least like a class of their
+    field are not trained on it (a lower loss). A run cut after that epoch resumes with the scores it remembered."""
+    plain = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="plain"))
+    top = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="top", field_top=0.5, field_top_start=1))
+    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in (plain, top))
+    assert a["train_loss"][0] == pytest.approx(b["train_loss"][0], rel=1e-5)
+    assert b["train_loss"][1] < a["train_loss"][1]
+    memory = torch.load(top.run_dir / "last.pt", weights_only=True)["loss"]["_extra_state"]["memory"]
+    assert memory.shape == (16, 19) and not memory.isnan().any()  # every training cell remembered
+    cut = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.5, field_top_start=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cut, callbacks=[Interrupt(epoch=2)])
+    train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.5, field_top_start=1, resume=True))
+    np.testing.assert_allclose(pd.read_csv(cut.run_dir / "metrics.csv")["train_loss"], b["train_loss"], rtol=1e-4)
+    with pytest.raises(InputError, match="--resume: field_top is 0.7 but the saved run used 0.5"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.7, field_top_start=1, resume=True))
 
 
 def test_cell_weights_drop_and_weight(cells_csv, tmp_path):

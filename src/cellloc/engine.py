@@ -185,17 +185,24 @@ class TezModule(nn.Module):
             self.net.to(memory_format=torch.channels_last)
 
     def forward(self, image: torch.Tensor, targets: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                **_: Any):
+                index: torch.Tensor | None = None, **_: Any):
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         logits = self.net(image)
-        return logits, self.loss(logits, targets, weight), {}
+        return logits, self.loss(logits, targets, weight, index), {}
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor | None, weight: torch.Tensor | None = None):
-        """The loss of ``logits`` against ``targets`` (None without targets), weighted per sample when ``weight`` is given."""
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor | None, weight: torch.Tensor | None = None,
+             index: torch.Tensor | None = None):
+        """The loss of ``logits`` against ``targets`` (None without targets), weighted per sample when ``weight`` is given.
+
+        A loss with ``takes_index`` (:class:`cellloc.field_top.FieldTopTargets`) also gets the batch's sample ``index``.
+        """
         if targets is None:
             return None
-        return self.loss_fn(logits.float(), targets) if weight is None else self.loss_fn(logits.float(), targets, weight)
+        extra = {"index": index} if index is not None and getattr(self.loss_fn, "takes_index", False) else {}
+        if weight is not None:
+            extra["weight"] = weight
+        return self.loss_fn(logits.float(), targets, **extra)
 
     def optimizer_scheduler(self) -> tuple[torch.optim.Optimizer, Any]:
         return self.optimizer_factory(self.net)
@@ -518,13 +525,15 @@ class CellTez(tez.Tez):
 
     def training_state(self) -> dict[str, Any]:
         """Everything to continue training: the live net weights (and an image head's), optimizer, scheduler,
-        AMP scaler, and the weight average when there is one."""
+        AMP scaler, the weight average when there is one, and a loss's own state (its buffers) when it has one."""
         head = getattr(self.unwrapped(), "image_head", None)
+        loss_state = getattr(self.unwrapped(), "loss_fn", nn.Identity()).state_dict()
         live = self.average.live_state_dict(self._net()) if self.average is not None else self.net_state_dict()
         return {
             "model": live,
             "average": self.average.state_dict() if self.average is not None else None,
             "heads": {k: v.detach().cpu() for k, v in head.state_dict().items()} if head is not None else None,
+            "loss": dict(loss_state) or None,  # e.g. --field-top's remembered scores (already on the CPU)
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self._driver.scaler.state_dict() if self._driver.scaler is not None else None,

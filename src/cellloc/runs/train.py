@@ -81,6 +81,7 @@ from ..data import (
 from ..engine import Callback, CellTez, EarlyStopping, TezConfig, TezModule, load_plain, save_plain
 from ..errors import InputError
 from ..field_cache import CachedFields, FieldCache
+from ..field_top import FieldTopTargets
 from ..fieldio import dataset_root, multihot, write_csv, write_json
 from ..layouts import LAYOUTS
 from ..losses import LOSSES, Bootstrapped, create_loss
@@ -162,6 +163,10 @@ class TrainConfig:
                            "becomes its field's label times (1 - w + w * the model's own current score), w = this; "
                            "no second model (0: off)")
     bootstrap_start: int = opt(2, "--bootstrap: epochs of plain field labels first (the early scores are noise)")
+    field_top: float = opt(1.0, "cell models on weak labels: after --field-top-start epochs, each class a field names "
+                           "is trained only on this share of its cells, those the model scores highest for it (the "
+                           "others are not trained on that class); a class the field lacks stays 0 (1: off)")
+    field_top_start: int = opt(2, "--field-top: epochs of plain field labels first (the early scores are noise)")
     cell_weights: str = opt("none", "cell models: none; weight (each cell's loss times min(1, area / its field's median), "
                             "halved for edge-cut cells, 0 without a nucleus); drop (leave out edge-cut cells, cells "
                             "under half their field's median area and cells without a nucleus)",
@@ -278,6 +283,12 @@ class TrainConfig:
         need(not self.bootstrap or (self.level == "cell" and self.label_source == "weak" and task.kind == "multilabel"),
              "bootstrap refines weak labels of a multilabel task: it needs cell-level training with label_source weak")
         need(not self.bootstrap or self.image_head == "none", "bootstrap is for the cell head alone: use image_head none")
+        need(0 < self.field_top <= 1, f"field_top must be in (0, 1], got {self.field_top}")
+        need(self.field_top_start >= 0, f"field_top_start must be >= 0, got {self.field_top_start}")
+        need(self.field_top == 1 or (self.level == "cell" and self.label_source == "weak" and task.kind == "multilabel"),
+             "field_top refines weak labels of a multilabel task: it needs cell-level training with label_source weak")
+        need(self.field_top == 1 or not self.bootstrap, "field_top and bootstrap both rewrite the targets: use one")
+        need(self.field_top == 1 or self.image_head == "none", "field_top is for the cell head alone: use image_head none")
         need(self.image_head == "none" or self.balance_power == 0,
              "image_head batches whole fields' cells: it cannot be combined with balance_power")
         need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
@@ -460,8 +471,9 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
-    if cfg.image_head != "none":
+    if cfg.image_head != "none" or cfg.field_top < 1:
         extras["group"] = pd.factorize(train["ID"])[0].astype(np.int64)
+    if cfg.image_head != "none":
         extras["image_targets"] = label_matrix(train, "weak", cfg.num_classes)
     return SampleSets(
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
@@ -874,6 +886,12 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     if cfg.bootstrap:
         loss_fn = Bootstrapped(loss_fn, cfg.bootstrap, cfg.bootstrap_start * batches_per_epoch)
         loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
+    if cfg.field_top < 1:
+        loss_fn = FieldTopTargets(loss_fn, sets.train_extras["group"], cfg.num_classes, cfg.field_top,
+                                  cfg.field_top_start * batches_per_epoch)
+        loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
+        if state and state.get("loss"):
+            loss_fn.load_state_dict(state["loss"])
     factory = make_optimizer_factory(cfg, steps_per_epoch)
     if cfg.image_head != "none":
         module: TezModule = TwoHeadModule(net, loss_fn, factory, cfg.num_classes, cfg.image_head, cfg.image_loss_weight,
