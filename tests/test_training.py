@@ -566,42 +566,33 @@ def test_soft_targets_from_out_of_fold_predictions(cells_csv, tmp_path):
         train_fold(tiny(cells_csv, tmp_path, epochs=1, run_name="p", soft_targets=str(tmp_path / "untrained")))
 
 
-def test_bootstrap_trains_on_field_labels_first_then_on_its_own_scores(cells_csv, tmp_path):
-    """--bootstrap: the warm-up epoch matches plain training; afterwards the targets (and loss) change.
-
-    A run cut after the first bootstrapped epoch resumes with the same targets as one that never stopped.
-    """
-    plain = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="plain"))
-    boot = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="boot", bootstrap=0.5, bootstrap_start=1))
-    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in (plain, boot))
-    assert a["train_loss"][0] == pytest.approx(b["train_loss"][0], rel=1e-5)
-    assert b["train_loss"][1] < a["train_loss"][1]  # targets of a class the cell seems not to show are lower
-    cut = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.5, bootstrap_start=1)
-    with pytest.raises(KeyboardInterrupt):
-        train_fold(cut, callbacks=[Interrupt(epoch=1)])
-    train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.5, bootstrap_start=1, resume=True))
-    np.testing.assert_allclose(pd.read_csv(cut.run_dir / "metrics.csv")["train_loss"], b["train_loss"], rtol=1e-4)
-    with pytest.raises(InputError, match="--resume: bootstrap is 0.8 but the saved run used 0.5"):
-        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", bootstrap=0.8, bootstrap_start=1, resume=True))
-
-
-def test_field_top_trains_on_field_labels_first_then_on_the_top_of_each_field(cells_csv, tmp_path):
-    """--field-top: the warm-up epoch matches plain training; afterwards the cells least like a class of their
-    field are not trained on it (a lower loss). A run cut after that epoch resumes with the scores it remembered."""
-    plain = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="plain"))
-    top = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="top", field_top=0.5, field_top_start=1))
-    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in (plain, top))
+@pytest.mark.parametrize(("option", "other"), [("bootstrap", 0.8), ("field_top", 0.7)])
+def test_target_refiners_train_on_field_labels_first_then_on_refined_targets(cells_csv, tmp_path, option, other):
+    """--bootstrap (the model's own scores mixed in) and --field-top (each field class kept on the field's cells
+    scored highest for it): the warm-up epoch matches plain training; afterwards the targets of a class a cell seems
+    not to show are lower, and so is the loss. A run cut after its first refined epoch resumes as if it never stopped
+    (--field-top's remembered scores included), and only with the same setting."""
+    refine = {option: 0.5, f"{option}_start": 1, "batch_size": 4}  # 4 batches an epoch: a field's cells come apart
+    plain = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="plain", batch_size=4))
+    refined = train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="refined", **refine))
+    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in (plain, refined))
     assert a["train_loss"][0] == pytest.approx(b["train_loss"][0], rel=1e-5)
     assert b["train_loss"][1] < a["train_loss"][1]
-    memory = torch.load(top.run_dir / "last.pt", weights_only=True)["loss"]["_extra_state"]["memory"]
-    assert memory.shape == (16, 19) and not memory.isnan().any()  # every training cell remembered
-    cut = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.5, field_top_start=1)
+    cut = tiny(cells_csv, tmp_path, epochs=3, run_name="cut", **refine)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(cut, callbacks=[Interrupt(epoch=2)])
-    train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.5, field_top_start=1, resume=True))
+        train_fold(cut, callbacks=[Interrupt(epoch=1)])
+    train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", resume=True, **refine))
     np.testing.assert_allclose(pd.read_csv(cut.run_dir / "metrics.csv")["train_loss"], b["train_loss"], rtol=1e-4)
-    with pytest.raises(InputError, match="--resume: field_top is 0.7 but the saved run used 0.5"):
-        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", field_top=0.7, field_top_start=1, resume=True))
+    with pytest.raises(InputError, match=f"--resume: {option} is {other} but the saved run used 0.5"):
+        train_fold(tiny(cells_csv, tmp_path, epochs=3, run_name="cut", resume=True, **{**refine, option: other}))
+
+
+def test_field_top_remembers_every_training_cells_score_in_last_pt(cells_csv, tmp_path):
+    run = train_fold(tiny(cells_csv, tmp_path, epochs=2, run_name="top", field_top=0.5, field_top_start=1))
+    memory = torch.load(run.run_dir / "last.pt", weights_only=True)["loss"]["_extra_state"]["memory"]
+    assert memory.shape == (16, 19) and not memory.isnan().any()
+    plain = train_fold(tiny(cells_csv, tmp_path, epochs=1, run_name="plain"))
+    assert torch.load(plain.run_dir / "last.pt", weights_only=True)["loss"] is None  # a loss with nothing to keep
 
 
 def test_cell_weights_drop_and_weight(cells_csv, tmp_path):
