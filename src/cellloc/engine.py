@@ -525,7 +525,8 @@ class CellTez(tez.Tez):
 
     def training_state(self) -> dict[str, Any]:
         """Everything to continue training: the live net weights (and an image head's), optimizer, scheduler,
-        AMP scaler, the weight average when there is one, and a loss's own state (its buffers) when it has one."""
+        AMP scaler, the weight average when there is one, and a loss's own state (``--field-top``'s remembered
+        scores) when it has one."""
         head = getattr(self.unwrapped(), "image_head", None)
         loss_state = getattr(self.unwrapped(), "loss_fn", nn.Identity()).state_dict()
         live = self.average.live_state_dict(self._net()) if self.average is not None else self.net_state_dict()

@@ -89,4 +89,3 @@ class FieldTopTargets(nn.Module):
                 targets = torch.where(below, scores.to(targets.dtype), targets)
             self.batches_done += 1
         return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
-
