@@ -27,30 +27,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from .losses import RefinedTargets
 
-class FieldTopTargets(nn.Module):
+
+class FieldTopTargets(RefinedTargets):
     """A multilabel ``base`` loss trained only on the top ``fraction`` of a field's cells per class it names.
 
     ``groups`` (n,) is each training sample's field; the loss is called with ``index`` (the
-    samples of the batch, what :class:`cellloc.data.SampleDataset` passes). It starts after
-    ``start_batches`` training batches; validation (eval mode) always sees the plain targets.
-    The remembered scores (:attr:`memory`, NaN until a cell is first seen) are the module's extra
-    state, so a training state that saves its state_dict resumes them; under distributed training
-    each process remembers the cells it has seen.
+    samples of the batch, what :class:`cellloc.data.SampleDataset` passes; without it nothing is
+    remembered or cut). It starts after ``start_batches`` training batches (:class:`RefinedTargets`),
+    but remembers scores from the first. The remembered scores (:attr:`memory`, NaN until a cell
+    is first seen) are the module's extra state, so a training state that saves its state_dict
+    resumes them; under distributed training each process remembers the cells it has seen.
     """
 
     takes_index = True
 
     def __init__(self, base: nn.Module, groups: Sequence[int] | np.ndarray, num_classes: int, fraction: float,
-                 start_batches: int = 0) -> None:
-        super().__init__()
+                 start_batches: int = 0, batches_done: int = 0) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"field top fraction must be in (0, 1], got {fraction}")
+        super().__init__(base, start_batches, batches_done)
         codes = np.asarray(groups)
-        self.base = base
         self.fraction = float(fraction)
-        self.start_batches = max(0, int(start_batches))
-        self.batches_done = 0
         _, inverse = np.unique(codes, return_inverse=True)
         self.group = torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
         order = np.argsort(inverse, kind="stable")
@@ -77,15 +76,17 @@ class FieldTopTargets(nn.Module):
             out[rows] = cut
         return out
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-                index: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training and index is not None:
-            scores = torch.sigmoid(logits.detach()).float()
-            if self.memory.device != scores.device:
-                self.memory = self.memory.to(scores.device)
-            self.memory[index.to(scores.device)] = scores
-            if self.batches_done >= self.start_batches and self.fraction < 1:
-                below = (targets > 0) & (scores < self.cuts(index))
-                targets = torch.where(below, scores.to(targets.dtype), targets)
-            self.batches_done += 1
-        return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
+    def observe(self, logits: torch.Tensor, index: torch.Tensor | None) -> None:
+        if index is None:
+            return
+        scores = torch.sigmoid(logits.detach()).float()
+        if self.memory.device != scores.device:
+            self.memory = self.memory.to(scores.device)
+        self.memory[index.to(scores.device)] = scores
+
+    def refine(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None or self.fraction == 1:
+            return targets
+        scores = self.memory[index.to(self.memory.device)]  # this batch's, just remembered by observe
+        below = (targets > 0) & (scores < self.cuts(index))
+        return torch.where(below, scores.to(targets.dtype), targets)

@@ -16,7 +16,8 @@ multiclass ones, so one Dataset serves both.
 :class:`Bootstrapped` wraps a multilabel loss for training on field labels: after a warm-up,
 each cell's target becomes its label times ``1 - w + w * p``, ``p`` the model's own current
 (detached) probability, so a class its field has but the cell does not show is pushed less hard
-towards 1; a class its field lacks stays 0.
+towards 1; a class its field lacks stays 0. Its warm-up is :class:`RefinedTargets`', which
+:class:`cellloc.field_top.FieldTopTargets` shares.
 
 :func:`probabilities` turns logits into what a model predicts: sigmoid per class for
 multilabel tasks, softmax over classes for multiclass ones.
@@ -100,32 +101,57 @@ def mix_field_labels(labels, scores, weight: float):
     return labels * ((1.0 - weight) + weight * scores.clip(0.0, 1.0))
 
 
-class Bootstrapped(nn.Module):
+class RefinedTargets(nn.Module):
+    """A multilabel ``base`` loss whose training targets :meth:`refine` rewrites once ``start_batches`` have passed.
+
+    The one warm-up mechanism of the weak-label target rules (:class:`Bootstrapped`,
+    :class:`cellloc.field_top.FieldTopTargets`): the model's early scores are noise, so the first
+    batches train on the plain targets; validation (eval mode) always sees them and does not count.
+    :meth:`observe` sees every training batch, the warm-up's included. ``batches_done`` counts
+    training calls; a resumed run passes the count its saved epochs reached.
+    """
+
+    def __init__(self, base: nn.Module, start_batches: int = 0, batches_done: int = 0) -> None:
+        super().__init__()
+        self.base = base
+        self.start_batches = max(0, int(start_batches))
+        self.batches_done = int(batches_done)
+
+    def observe(self, logits: torch.Tensor, index: torch.Tensor | None) -> None:
+        """Called on every training batch before :meth:`refine` (nothing by default)."""
+
+    def refine(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            self.observe(logits, index)
+            if self.batches_done >= self.start_batches:
+                targets = self.refine(logits, targets, index)
+            self.batches_done += 1
+        return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
+
+
+class Bootstrapped(RefinedTargets):
     """A multilabel ``base`` loss whose targets, in training, are ``targets * (1 - w + w * sigmoid(logits))``.
 
     Label noise on field labels is one-sided: a class the field lacks is absent from all its
     cells, but a class it has is missing from some. Mixing in the model's own detached score
     (soft bootstrapping) lets the cells that look unlike their field's class keep a lower target
-    without a second model. It starts after ``start_batches`` training batches (the model's
-    early scores are noise); validation (eval mode) always sees the plain targets.
-    ``batches_done`` counts training calls; a resumed run sets it from its epoch.
+    without a second model. It starts after ``start_batches`` training batches (:class:`RefinedTargets`).
     """
 
-    def __init__(self, base: nn.Module, weight: float, start_batches: int = 0) -> None:
-        super().__init__()
+    def __init__(self, base: nn.Module, weight: float, start_batches: int = 0, batches_done: int = 0) -> None:
         if not 0 <= weight <= 1:
             raise ValueError(f"bootstrap weight must be in [0, 1], got {weight}")
-        self.base = base
+        super().__init__(base, start_batches, batches_done)
         self.weight = float(weight)
-        self.start_batches = max(0, int(start_batches))
-        self.batches_done = 0
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training:
-            if self.batches_done >= self.start_batches and self.weight > 0:
-                targets = mix_field_labels(targets, torch.sigmoid(logits.detach()).to(targets.dtype), self.weight)
-            self.batches_done += 1
-        return self.base(logits, targets) if weight is None else self.base(logits, targets, weight)
+    def refine(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        if self.weight == 0:
+            return targets
+        return mix_field_labels(targets, torch.sigmoid(logits.detach()).to(targets.dtype), self.weight)
 
 
 @dataclass(frozen=True)

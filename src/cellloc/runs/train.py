@@ -883,15 +883,14 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     batches_per_epoch = math.ceil(len(train_loader) / world)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     loss_fn = create_loss(cfg.loss, task.kind, cfg.focal_gamma, cfg.label_smoothing)
+    batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch  # a resumed run's warm-ups go on
     if cfg.bootstrap:
-        loss_fn = Bootstrapped(loss_fn, cfg.bootstrap, cfg.bootstrap_start * batches_per_epoch)
-        loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
+        loss_fn = Bootstrapped(loss_fn, cfg.bootstrap, cfg.bootstrap_start * batches_per_epoch, batches_done)
     if cfg.field_top < 1:
         loss_fn = FieldTopTargets(loss_fn, sets.train_extras["group"], cfg.num_classes, cfg.field_top,
-                                  cfg.field_top_start * batches_per_epoch)
-        loss_fn.batches_done = (int(state["epoch"]) if state else 0) * batches_per_epoch
-        if state and state.get("loss"):
-            loss_fn.load_state_dict(state["loss"])
+                                  cfg.field_top_start * batches_per_epoch, batches_done)
+    if state and state.get("loss"):  # what the training state keeps of a loss (--field-top's remembered scores)
+        loss_fn.load_state_dict(state["loss"])
     factory = make_optimizer_factory(cfg, steps_per_epoch)
     if cfg.image_head != "none":
         module: TezModule = TwoHeadModule(net, loss_fn, factory, cfg.num_classes, cfg.image_head, cfg.image_loss_weight,
