@@ -694,6 +694,7 @@ def write_synthetic_cells(
     dtype: str = "uint8",
     seed: int = 0,
     size_range: tuple[int, int] = (40, 90),
+    negative_share: float = 0.0,
 ) -> Path:
     """Write crops with class-dependent green patterns and a ``folds.csv`` with weak and true labels.
 
@@ -701,7 +702,9 @@ def write_synthetic_cells(
     its cells shows a non-empty subset of them; the field's ``Label`` is the union of its cells'
     labels (weak, as in HPA) and ``TrueLabel`` the cell's own. About 5% of cells get an empty
     ``TrueLabel`` (a segmented cell that matched no true cell). Crop sides are drawn from
-    ``size_range`` pixels (HPA cells at full resolution are ~100-300 px). For smoke runs, tests
+    ``size_range`` pixels (HPA cells at full resolution are ~100-300 px). With ``negative_share``,
+    each cell of a field with classes shows none of them (Negative, no green pattern) with that
+    chance, and the field's label then carries Negative beside them. For smoke runs, tests
     and benchmarks; the real data come from the synth/crop stages. Returns the CSV path.
     """
     folder = Path(folder)
@@ -716,10 +719,14 @@ def write_synthetic_cells(
             if field_classes:
                 k = int(rng.integers(1, len(field_classes) + 1))
                 cls = sorted(rng.choice(field_classes, size=k, replace=False).tolist())
+                if negative_share and rng.random() < negative_share:
+                    cls = []
             else:
                 cls = []
             cell_labels.append(cls)
         union = sorted(set().union(*map(set, cell_labels))) if field_classes else []
+        if union and not all(cell_labels):
+            union.append(18)
         weak = format_label(union) if union else "18"
         for c, cls in enumerate(cell_labels):
             crop = _synthetic_crop(rng, cls, np.dtype(dtype), size_range)

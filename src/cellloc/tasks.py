@@ -46,6 +46,7 @@ class Task:
     test_data: str = ""  # dataset folder of the test split (default <data_name>_test; rxrx1: the same design's folder)
     fold_group: str = ""  # labels-CSV column whose values stay in one fold by default (rxrx1: experiment)
     fold_stratify: str = ""  # labels-CSV column spread evenly over the folds by default (rxrx1: cell_type)
+    protein_channel: str = ""  # the stain whose localisation is classified (HPA: green); "" if none
     normalise: str = "none"  # image models' default per-field normalisation (cellloc.plate_norm; rxrx1: plate)
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class Task:
         missing = [c for c in (self.nucleus_channel, *self.cell_channels) if c not in self.channels]
         if missing:
             raise ValueError(f"task {self.name}: segmentation channel(s) {missing} are not among {self.channels}")
+        if self.protein_channel and self.protein_channel not in self.channels:
+            raise ValueError(f"task {self.name}: protein channel {self.protein_channel!r} is not among {self.channels}")
         if not self.metrics:
             raise ValueError(f"task {self.name}: needs at least one metric")
 
@@ -113,6 +116,7 @@ register_task(Task(
     metrics=("macro_ap", "macro_f1"),
     submission="hpa-sc-rle",
     data_name="synth",
+    protein_channel="green",
 ))
 
 register_task(Task(
@@ -129,6 +133,7 @@ register_task(Task(
     metrics=("macro_f1", "macro_ap"),
     submission="hpa-2018",
     data_name="hpa2018",
+    protein_channel="green",
 ))
 
 register_task(Task(

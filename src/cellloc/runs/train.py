@@ -87,6 +87,7 @@ from ..layouts import LAYOUTS
 from ..losses import LOSSES, Bootstrapped, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
 from ..models import PRETRAINED_CHOICES, create_model, model_names, recalibrate_batchnorm
+from ..negative_split import NEGATIVE_SPLITS, certain_fields, fit_shows_protein, protein_levels, split_negative, too_few_certain
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import NORMALISATIONS, field_normaliser
@@ -167,6 +168,11 @@ class TrainConfig:
                            "is trained only on this share of its cells, those the model scores highest for it (the "
                            "others are not trained on that class); a class the field lacks stays 0 (1: off)")
     field_top_start: int = opt(2, "--field-top: epochs of plain field labels first (the early scores are noise)")
+    negative_split: str = opt("auto", "cell models on weak labels of a task with a Negative class: intensity (a cell of "
+                              "a field labelled Negative and other classes is told Negative or the others by how likely "
+                              "its protein channel shows protein, a logistic model fit on the cells of fields labelled "
+                              "Negative alone and of fields without Negative; docs/cellgap.md round 10), none, or auto "
+                              "(intensity where it applies and the training cells hold at least 5 of each such kind)")
     cell_weights: str = opt("none", "cell models: none; weight (each cell's loss times min(1, area / its field's median), "
                             "halved for edge-cut cells, 0 without a nucleus); drop (leave out edge-cut cells, cells "
                             "under half their field's median area and cells without a nucleus)",
@@ -289,6 +295,14 @@ class TrainConfig:
              "field_top refines weak labels of a multilabel task: it needs cell-level training with label_source weak")
         need(self.field_top == 1 or not self.bootstrap, "field_top and bootstrap both rewrite the targets: use one")
         need(self.field_top == 1 or self.image_head == "none", "field_top is for the cell head alone: use image_head none")
+        splits = self.level == "cell" and self.label_source == "weak" and task.label_set.negative is not None \
+            and bool(task.protein_channel)
+        need(self.negative_split in NEGATIVE_SPLITS, f"negative_split must be one of {', '.join(NEGATIVE_SPLITS)}, "
+             f"got {self.negative_split!r}")
+        self.negative_split = "none" if self.negative_split == "auto" and not splits else self.negative_split
+        need(self.negative_split in ("none", "auto") or splits,
+             "negative_split splits weak labels of a task with a Negative class and a protein channel: it needs "
+             "cell-level training with label_source weak")
         need(self.image_head == "none" or self.balance_power == 0,
              "image_head batches whole fields' cells: it cannot be combined with balance_power")
         need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
@@ -385,6 +399,7 @@ class TrainResult:
     seconds: float
     scores: pd.DataFrame
     replaced: Path | None = None  # where --overwrite moved the folder's previous run
+    negative_split: dict[str, Any] | None = None  # --negative-split intensity: what it fit and split
 
 
 # --------------------------------------------------------------------------- helpers
@@ -428,6 +443,7 @@ class SampleSets:
     key: list[str]  # the columns naming a validation row in val_predictions.csv
     cached: int = 0  # fields held in memory (--cache-mb)
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
+    negative_split: dict[str, Any] | None = None  # --negative-split intensity: what it fit and split
 
     def fingerprint(self) -> str:
         """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
@@ -468,6 +484,9 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     y_train = label_matrix(train, cfg.label_source, cfg.num_classes)
     if cfg.soft_targets:
         y_train = soft_targets(y_train, _predictions_of(train, cfg), cfg.soft_weight)
+    split = None
+    if cfg.negative_split != "none":
+        y_train, split = _split_negative(cfg, train, y_train, recipe_input)
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
@@ -479,8 +498,33 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
         y_train, label_matrix(valid, cfg.label_source, cfg.num_classes),
         label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
-        recipe_input, ["ID", "cell_id"], train_extras=extras,
+        recipe_input, ["ID", "cell_id"], train_extras=extras, negative_split=split,
     )
+
+
+def _split_negative(cfg: TrainConfig, train: pd.DataFrame, y_train: np.ndarray,
+                    recipe_input: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """``--negative-split intensity``: the training targets with mixed fields' cells split, and a record of the
+    split (the fitted model, what it was fit on, what it split) for the run folder; no record without mixed fields."""
+    task = cfg.task_record
+    negative = int(task.label_set.negative)  # type: ignore[arg-type]  # checked by the config
+    weak = label_matrix(train, "weak", cfg.num_classes)
+    mixed = certain_fields(weak, negative)[2]
+    if not mixed.any():
+        return y_train, None
+    unfit = too_few_certain(weak, negative)
+    if unfit and cfg.negative_split == "auto":
+        return y_train, {"split": False, "why": unfit, "mixed_cells": int(mixed.sum())}
+    if recipe_input.get("crop_mask") not in (None, "cell"):
+        raise InputError(f"{cfg.folds_csv}: --negative-split intensity reads the protein inside each cell, but these "
+                         f"crops were cut with --crop-mask {recipe_input['crop_mask']} (neighbours' pixels kept); "
+                         "segment with --crop-mask cell, or use --negative-split none")
+    levels = protein_levels(CropFiles(train["crop_path"], cfg.in_chans), task.channels.index(task.protein_channel))
+    model = fit_shows_protein(levels, weak, negative)
+    shows = model(levels)
+    record = {"split": True, **dataclasses.asdict(model), "mixed_cells": int(mixed.sum()),
+              "mixed_fields": int(train.loc[mixed, "ID"].nunique()), "mean_shows_protein": round(float(shows[mixed].mean()), 4)}
+    return split_negative(y_train, weak, shows, negative), record
 
 
 def _predictions_of(cells: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
@@ -860,6 +904,8 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
         write_json(run_dir / RECIPE_FILE, recipe.to_dict())
+        if sets.negative_split is not None:
+            write_json(run_dir / "negative_split.json", sets.negative_split)
     view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     device = _resolve_device(cfg.device)
@@ -988,6 +1034,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         **scored,
     )
     result.replaced = replaced
+    result.negative_split = sets.negative_split
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items() if k != "scores"}
     summary.update(
         task=task.name,
@@ -1097,6 +1144,15 @@ def format_summary(result: TrainResult) -> str:
     else:
         lines += [f"validation: {METRICS[name].label} {value:.4f} (label-frequency baseline {result.baselines[name]:.4f})"
                   for name, value in result.metrics.items()]
+    n = result.negative_split
+    if n is not None and not n["split"]:
+        lines.append(f"negative split: not made, {n['why']}; the {n['mixed_cells']} cells of fields labelled Negative "
+                     "and other classes trained on their field's label")
+    elif n is not None:
+        lines.append(f"negative split: {n['mixed_cells']} cells of {n['mixed_fields']} fields labelled Negative and other "
+                     f"classes told apart by their protein channel (fit on {n['cells_negative']} cells of fields labelled "
+                     f"Negative alone and {n['cells_showing']} of fields without it; mean P(shows protein) "
+                     f"{n['mean_shows_protein']:.2f})")
     if result.replaced is not None:
         lines.append(f"the folder's previous run was moved to {result.replaced} (delete it when not needed)")
     return "\n".join(lines)
