@@ -87,7 +87,8 @@ from ..layouts import LAYOUTS
 from ..losses import LOSSES, Bootstrapped, create_loss
 from ..metrics import METRICS, compute_metrics, metrics_for, multiclass_table, nanmean, per_class_ap, score_table, to_probabilities
 from ..models import PRETRAINED_CHOICES, create_model, model_names, recalibrate_batchnorm
-from ..negative_split import NEGATIVE_SPLITS, certain_fields, fit_shows_protein, protein_levels, split_negative, too_few_certain
+from ..negative_split import (NEGATIVE_SPLITS, certain_fields, fit_shows_protein, protein_levels, split_negative,
+                              too_few_certain)
 from ..optim import OPTIMIZERS, SCHEDULES, ScheduleParams, make_optimizer, make_schedule
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import NORMALISATIONS, field_normaliser
@@ -399,7 +400,7 @@ class TrainResult:
     seconds: float
     scores: pd.DataFrame
     replaced: Path | None = None  # where --overwrite moved the folder's previous run
-    negative_split: dict[str, Any] | None = None  # --negative-split intensity: what it fit and split
+    negative_split: dict[str, Any] | None = None  # --negative-split: what it fit and split (or why not)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -443,7 +444,7 @@ class SampleSets:
     key: list[str]  # the columns naming a validation row in val_predictions.csv
     cached: int = 0  # fields held in memory (--cache-mb)
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
-    negative_split: dict[str, Any] | None = None  # --negative-split intensity: what it fit and split
+    negative_split: dict[str, Any] | None = None  # --negative-split: what it fit and split (or why not)
 
     def fingerprint(self) -> str:
         """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
@@ -504,8 +505,9 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
 
 def _split_negative(cfg: TrainConfig, train: pd.DataFrame, y_train: np.ndarray,
                     recipe_input: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """``--negative-split intensity``: the training targets with mixed fields' cells split, and a record of the
-    split (the fitted model, what it was fit on, what it split) for the run folder; no record without mixed fields."""
+    """``--negative-split``: the training targets with mixed fields' cells split, and a record of the split (the
+    fitted model, what it was fit on, what it split; or why ``auto`` did not split) for the run folder. Without
+    mixed fields there is nothing to split and no record."""
     task = cfg.task_record
     negative = int(task.label_set.negative)  # type: ignore[arg-type]  # checked by the config
     weak = label_matrix(train, "weak", cfg.num_classes)
@@ -523,7 +525,8 @@ def _split_negative(cfg: TrainConfig, train: pd.DataFrame, y_train: np.ndarray,
     model = fit_shows_protein(levels, weak, negative)
     shows = model(levels)
     record = {"split": True, **dataclasses.asdict(model), "mixed_cells": int(mixed.sum()),
-              "mixed_fields": int(train.loc[mixed, "ID"].nunique()), "mean_shows_protein": round(float(shows[mixed].mean()), 4)}
+              "mixed_fields": int(train.loc[mixed, "ID"].nunique()),
+              "mean_shows_protein": round(float(shows[mixed].mean()), 4)}
     return split_negative(y_train, weak, shows, negative), record
 
 
