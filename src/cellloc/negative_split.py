@@ -42,7 +42,7 @@ NEGATIVE_SPLITS = {
 
 
 def protein_level(crop: np.ndarray, channel: int) -> np.ndarray:
-    """(3,) ``log1p`` of the protein channel's :data:`PERCENTILES` inside the cell of an HxWxC crop.
+    """(len(PERCENTILES),) ``log1p`` of the protein channel's :data:`PERCENTILES` inside the cell of an HxWxC crop.
 
     The cell is the crop's nonzero pixels (crops are cut with the pixels of other cells zeroed);
     an empty crop reads as 0.
@@ -55,7 +55,7 @@ def protein_level(crop: np.ndarray, channel: int) -> np.ndarray:
 
 
 def protein_levels(crops: Sequence[np.ndarray], channel: int) -> np.ndarray:
-    """(N, 3) :func:`protein_level` of each crop."""
+    """(N, len(PERCENTILES)) :func:`protein_level` of each crop."""
     return np.stack([protein_level(c, channel) for c in crops]) if len(crops) else np.zeros((0, len(PERCENTILES)))
 
 
@@ -69,7 +69,7 @@ class ShowsProtein:
     cells_showing: int  # cells of fields whose label lacks Negative
 
     def __call__(self, levels: np.ndarray) -> np.ndarray:
-        """(N,) probability that each cell of ``levels`` (N, 3) shows protein."""
+        """(N,) probability that each cell of ``levels`` (N, len(PERCENTILES)) shows protein."""
         z = np.asarray(levels, np.float64) @ np.asarray(self.coef) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 

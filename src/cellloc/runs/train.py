@@ -482,12 +482,13 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         if seg.task != cfg.task:
             raise InputError(f"{seg_path}: crops of task {seg.task}, but this run is for task {cfg.task}")
         recipe_input = seg.recipe_input()
-    y_train = label_matrix(train, cfg.label_source, cfg.num_classes)
+    labels = label_matrix(train, cfg.label_source, cfg.num_classes)
+    y_train = labels
     if cfg.soft_targets:
         y_train = soft_targets(y_train, _predictions_of(train, cfg), cfg.soft_weight)
     split = None
-    if cfg.negative_split != "none":
-        y_train, split = _split_negative(cfg, train, y_train, recipe_input)
+    if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
+        y_train, split = _split_negative(cfg, train, labels, y_train, recipe_input)
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
@@ -503,14 +504,14 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     )
 
 
-def _split_negative(cfg: TrainConfig, train: pd.DataFrame, y_train: np.ndarray,
+def _split_negative(cfg: TrainConfig, train: pd.DataFrame, weak: np.ndarray, y_train: np.ndarray,
                     recipe_input: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """``--negative-split``: the training targets with mixed fields' cells split, and a record of the split (the
-    fitted model, what it was fit on, what it split; or why ``auto`` did not split) for the run folder. Without
-    mixed fields there is nothing to split and no record."""
+    """``--negative-split``: the training targets ``y_train`` with mixed fields' cells split, and a record of the
+    split (the fitted model, what it was fit on, what it split; or why ``auto`` did not split) for the run folder.
+    ``weak`` are the cells' field labels, which say which fields are mixed. Without mixed fields there is nothing
+    to split and no record."""
     task = cfg.task_record
     negative = int(task.label_set.negative)  # type: ignore[arg-type]  # checked by the config
-    weak = label_matrix(train, "weak", cfg.num_classes)
     mixed = certain_fields(weak, negative)[2]
     if not mixed.any():
         return y_train, None
