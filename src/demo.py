@@ -98,6 +98,9 @@ class DemoConfig:
                           choices=list(CLASS_DRAWS))
     ema: float = opt(0.0, "hpa-sc: exponential moving average of the weights, decay per optimiser step (train.py "
                      "--ema; 0: off; 0.99 scored lower on the demo's fields, docs/cellgap.md Round 8)")
+    teacher: str = opt("auto", "hpa-sc: train.py --teacher: auto or certain (first a teacher on the fields naming at "
+                       "most one class, for half the epochs; its predictions soften the targets of the cells of fields "
+                       "naming several; docs/cellgap.md Round 11) or none", choices=["auto", "certain", "none"])
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
@@ -198,7 +201,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("train fold 0 (CPU-sized: ResNet-18 on small crops, no ImageNet weights)",
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
          "--model", "resnet18", "--monitor", "last", "--balance-power", str(a.balance_power),
-         "--seed", str(42 + a.seed), "--ema", str(a.ema), "--overwrite"])
+         "--seed", str(42 + a.seed), "--ema", str(a.ema), "--teacher", a.teacher, "--overwrite"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--tta", str(a.tta),
                                              "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])

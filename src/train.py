@@ -5,6 +5,7 @@
     python src/train.py --fold 0 --resume              # continue from models/effb2/fold0/last.pt
     python src/train.py --config models/effb2/fold0/config.json --fold 1       # fold 0's settings, fold 1
     python src/train.py --fold 0 --level image --image-size 256                 # HPA image model -> models/effb2_image
+    python src/train.py --fold 0 --teacher none        # no teacher run (models/effb2-teacher/fold0) first
     python src/train.py --task rxrx1 --fold 0 --loss ce --label-smoothing 0.1 --schedule onecycle
     accelerate launch --multi_gpu --num_processes 2 src/train.py --fold 0       # several GPUs
 

@@ -84,7 +84,8 @@ def mixed_csv(tmp_path_factory):
 
 def _cfg(csv, out, **kw) -> TrainConfig:
     base = dict(folds_csv=str(csv), out_dir=str(out), model="resnet18", pretrained="none", image_size=32,
-                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8, negative_split="intensity")
+                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8, negative_split="intensity",
+                teacher="none")
     return TrainConfig(**{**base, **kw})
 
 

@@ -141,6 +141,14 @@ def read_soft_targets(path: str | Path, num_classes: int) -> pd.DataFrame:
     return table.groupby(["ID", "cell_id"], as_index=False, sort=False)[cols].mean()
 
 
+def predictions_for(cells: pd.DataFrame, table: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """(N, C) the row of ``table`` (:func:`read_soft_targets`'s ``ID, cell_id, p0..``) of each cell of ``cells``, in
+    their order; NaN rows for cells the table lacks."""
+    key = cells[["ID", "cell_id"]].astype({"ID": str}).assign(cell_id=cells["cell_id"].astype(int))
+    joined = key.merge(table.astype({"ID": str}), on=["ID", "cell_id"], how="left", validate="many_to_one")
+    return joined[[f"p{k}" for k in range(num_classes)]].to_numpy(np.float64)
+
+
 def soft_targets(labels: np.ndarray, predictions: np.ndarray, weight: float) -> np.ndarray:
     """(N, C) targets ``labels * ((1 - weight) + weight * predictions)``.
 

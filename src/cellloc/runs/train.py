@@ -27,7 +27,10 @@ default resolved: ``python src/train.py --config .../config.json`` runs it again
 :mod:`cellloc.classifier`), ``metrics.csv`` + ``curves.png`` (per epoch), ``best.pt`` (plain
 state_dict of the best epoch), ``last.pt`` (weights, optimizer, scheduler, epoch, early-stopping
 state and history: what ``--resume`` needs), ``val_predictions.csv``, ``scores.csv`` and
-``summary.json``.
+``summary.json``; cell models on field labels add ``negative_split.json`` and ``teacher.json``
+(what ``--negative-split`` fit and ``--teacher`` taught, or why not). ``--teacher certain`` (``auto``
+by default where it applies) first trains a teacher run of the same recipe on the certain fields
+into ``<run_name>-teacher/fold<K>/`` (:mod:`cellloc.runs.teacher`).
 
 A trained model is never lost: a run without ``--resume`` on a folder that holds a run stops
 with one line; ``--resume`` continues it (with the same settings; the folder's location may
@@ -72,6 +75,7 @@ from ..data import (
     expand_to_fields,
     label_matrix,
     make_input,
+    predictions_for,
     read_cells,
     read_samples,
     read_soft_targets,
@@ -98,6 +102,7 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
+from ..teacher import TEACHER_PREDICTIONS, TEACHER_SUFFIX, TEACHERS, certain_cells, teacher_epochs
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -110,7 +115,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "threads", "
                                "bn_recalibrate_interim"})
 # Everything training writes in a fold folder (what --overwrite moves aside).
 TRAIN_OUTPUTS = ("config.json", RECIPE_FILE, "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
-                 "scores.csv", "summary.json")
+                 "scores.csv", "summary.json", "negative_split.json", "teacher.json", TEACHER_PREDICTIONS)
 
 
 def default_run_name(task: Task, level: str) -> str:
@@ -174,6 +179,18 @@ class TrainConfig:
                               "its protein channel shows protein, a logistic model fit on the cells of fields labelled "
                               "Negative alone and of fields without Negative; docs/cellgap.md round 10), none, or auto "
                               "(intensity where it applies and the training cells hold at least 5 of each such kind)")
+    teacher: str = opt("auto", "cell models on weak labels of a multilabel task: certain (first train a teacher, the "
+                       "same recipe on the training cells of fields naming at most one class besides Negative, into "
+                       "<run_name>-teacher/fold<K>; then each cell of a field naming several trains on its field's "
+                       "label times (1 - w + w * the teacher's prediction), w = --teacher-weight; docs/cellgap.md round "
+                       "11), none, or auto (certain where it applies and the training cells hold fields naming several "
+                       "classes and at least 64 cells of fields naming at most one)", choices=list(TEACHERS))
+    teacher_weight: float = opt(0.5, "--teacher: share of a taught cell's target taken from the teacher's prediction")
+    teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
+                              "them on the demo's fields)")
+    train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
+                            "naming at most one class besides Negative: what --teacher trains on)",
+                            choices=["all", "certain"])
     cell_weights: str = opt("none", "cell models: none; weight (each cell's loss times min(1, area / its field's median), "
                             "halved for edge-cut cells, 0 without a nucleus); drop (leave out edge-cut cells, cells "
                             "under half their field's median area and cells without a nucleus)",
@@ -304,6 +321,20 @@ class TrainConfig:
         need(self.negative_split in ("none", "auto") or splits,
              "negative_split splits weak labels of a task with a Negative class and a protein channel: it needs "
              "cell-level training with label_source weak")
+        need(self.teacher in TEACHERS, f"teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        need(self.train_fields in ("all", "certain"), f"train_fields must be all or certain, got {self.train_fields!r}")
+        teaches = self.level == "cell" and self.label_source == "weak" and task.kind == "multilabel"
+        # auto: not beside --soft-targets, which already soften the targets by another model's predictions
+        self.teacher = "none" if self.teacher == "auto" and (not teaches or self.soft_targets) else self.teacher
+        need(self.teacher in ("none", "auto") or teaches,
+             "teacher teaches the cells of fields naming several classes of a multilabel task: it needs cell-level "
+             "training with label_source weak")
+        need(self.teacher == "none" or not self.soft_targets, "teacher and soft_targets both soften the targets by "
+             "another model's predictions: use one (or --teacher none)")
+        need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
+        need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: --epochs), got {self.teacher_epochs}")
+        need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
+             "cell-level training")
         need(self.image_head == "none" or self.balance_power == 0,
              "image_head batches whole fields' cells: it cannot be combined with balance_power")
         need(self.image_loss_weight >= 0, f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
@@ -321,6 +352,9 @@ class TrainConfig:
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.schedule in SCHEDULES.names(), f"schedule must be one of {', '.join(SCHEDULES.names())}, got {self.schedule!r}")
         need(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        need(self.warmup_epochs < teacher_epochs(self.epochs, self.teacher_epochs) or self.teacher == "none",
+             f"warmup_epochs must be below the teacher's epochs ({teacher_epochs(self.epochs, self.teacher_epochs)}), "
+             f"got {self.warmup_epochs}")
         need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}")
         need(0 <= self.start_lr <= self.lr, f"start_lr must be in [0, lr], got {self.start_lr}")
         need(0 < self.warmup_share < 1, f"warmup_share must be in (0, 1), got {self.warmup_share}")
@@ -401,6 +435,7 @@ class TrainResult:
     scores: pd.DataFrame
     replaced: Path | None = None  # where --overwrite moved the folder's previous run
     negative_split: dict[str, Any] | None = None  # --negative-split: what it fit and split (or why not)
+    teacher: dict[str, Any] | None = None  # --teacher: the teacher run and what it taught (or why not)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -445,6 +480,7 @@ class SampleSets:
     cached: int = 0  # fields held in memory (--cache-mb)
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
     negative_split: dict[str, Any] | None = None  # --negative-split: what it fit and split (or why not)
+    teacher: dict[str, Any] | None = None  # --teacher: the teacher run and what it taught (or why not)
 
     def fingerprint(self) -> str:
         """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
@@ -468,6 +504,12 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         if "true" not in cells.columns:
             raise InputError(f"{cfg.folds_csv}: --label-source true needs a TrueLabel column")
         train = train[[len(t) > 0 for t in train["true"]]].reset_index(drop=True)
+    if cfg.train_fields == "certain":
+        train = train[certain_cells(label_matrix(train, "weak", cfg.num_classes), cfg.task_record.label_set.negative)]
+        if len(train) < 2:
+            raise InputError(f"{cfg.folds_csv}: --train-fields certain leaves {len(train)} training cells of fold "
+                             f"{cfg.fold} (fields naming at most one class besides Negative)")
+        train = train.reset_index(drop=True)
     weights = table_cell_weights(train) if cfg.cell_weights == "weight" else None
     if cfg.cell_weights == "drop":
         keep = table_cell_weights(train, edge_weight=0.0) >= 0.5
@@ -486,6 +528,11 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     y_train = labels
     if cfg.soft_targets:
         y_train = soft_targets(y_train, _predictions_of(train, cfg), cfg.soft_weight)
+    taught = None
+    if cfg.teacher != "none":  # the config allows it with label_source weak only: labels are the field's
+        from .teacher import teach  # it trains a run of this module's own train_fold
+
+        y_train, taught = teach(cfg, train, labels)
     split = None
     if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
         y_train, split = _split_negative(cfg, train, labels, y_train, recipe_input)
@@ -500,7 +547,7 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
         y_train, label_matrix(valid, cfg.label_source, cfg.num_classes),
         label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
-        recipe_input, ["ID", "cell_id"], train_extras=extras, negative_split=split,
+        recipe_input, ["ID", "cell_id"], train_extras=extras, negative_split=split, teacher=taught,
     )
 
 
@@ -533,16 +580,13 @@ def _split_negative(cfg: TrainConfig, train: pd.DataFrame, weak: np.ndarray, y_t
 
 def _predictions_of(cells: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
     """(N, C) the ``--soft-targets`` prediction of each cell of ``cells`` (one-line error for a cell without one)."""
-    preds = read_soft_targets(cfg.soft_targets, cfg.num_classes)
-    key = cells[["ID", "cell_id"]].astype({"ID": str}).assign(cell_id=cells["cell_id"].astype(int))
-    joined = key.merge(preds.astype({"ID": str}), on=["ID", "cell_id"], how="left", validate="many_to_one")
-    cols = [f"p{k}" for k in range(cfg.num_classes)]
-    missing = joined[cols[0]].isna()
+    preds = predictions_for(cells, read_soft_targets(cfg.soft_targets, cfg.num_classes), cfg.num_classes)
+    missing = np.isnan(preds[:, 0])
     if missing.any():
-        first = joined[missing].iloc[0]
+        first = cells[missing].iloc[0]
         raise InputError(f"{cfg.soft_targets}: no prediction of {int(missing.sum())} of {len(cells)} training cells "
                          f"(first: {first['ID']} cell {first['cell_id']}); train every fold first")
-    return joined[cols].to_numpy(np.float64)
+    return preds
 
 
 def select_subset(samples: pd.DataFrame, rules: Sequence[str], where: str) -> pd.DataFrame:
@@ -833,11 +877,16 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
     """
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume continues the run in the folder, --overwrite starts over: give one of them")
-    if cfg.resume and not (cfg.run_dir / "config.json").exists():
+    if cfg.resume and not (cfg.run_dir / "config.json").exists() and not _teacher_started(cfg):
         raise InputError(f"{cfg.run_dir / 'config.json'}: not found; nothing to resume")
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 locks and moves
     with contextlib.ExitStack() as held:  # the folder's lock, taken just before the first write
         return _train_fold(cfg, callbacks, command, rank0, held)
+
+
+def _teacher_started(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s teacher run (``--teacher``) has begun: a ``--resume`` then has something to continue."""
+    return cfg.teacher != "none" and (Path(cfg.out_dir) / f"{cfg.run_name}{TEACHER_SUFFIX}" / f"fold{cfg.fold}" / "config.json").exists()
 
 
 def _start_afresh(cfg: TrainConfig, move: bool) -> Path | None:
@@ -863,7 +912,9 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     state: dict[str, Any] | None = None
     recipe: Recipe | None = None
     replaced = None
-    if cfg.resume:
+    # --resume of a run stopped while its teacher trained: the teacher resumes, this run starts
+    resuming = cfg.resume and (run_dir / "config.json").exists()
+    if resuming:
         cfg = _check_resume_config(cfg, run_dir / "config.json")
         state = load_plain(run_dir / "last.pt")
         recipe = Recipe.read(run_dir / RECIPE_FILE)
@@ -903,13 +954,15 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     # alone writes (the other ranks would otherwise write the files rank 0 is about to look for).
     if rank0:
         held.enter_context(folder_lock(run_dir))
-        if not cfg.resume:
+        if not resuming:
             replaced = _start_afresh(cfg, move=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
         write_json(run_dir / RECIPE_FILE, recipe.to_dict())
         if sets.negative_split is not None:
             write_json(run_dir / "negative_split.json", sets.negative_split)
+        if sets.teacher is not None:
+            write_json(run_dir / "teacher.json", sets.teacher)
     view: InputKind = make_input(recipe.input, recipe.image_size, recipe.mean, recipe.std)
 
     device = _resolve_device(cfg.device)
@@ -1039,6 +1092,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     )
     result.replaced = replaced
     result.negative_split = sets.negative_split
+    result.teacher = sets.teacher
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items() if k != "scores"}
     summary.update(
         task=task.name,
@@ -1157,6 +1211,14 @@ def format_summary(result: TrainResult) -> str:
                      f"classes told apart by their protein channel (fit on {n['cells_negative']} cells of fields labelled "
                      f"Negative alone and {n['cells_showing']} of fields without it; mean P(shows protein) "
                      f"{n['mean_shows_protein']:.2f})")
+    t = result.teacher
+    if t is not None and not t["taught"]:
+        lines.append(f"teacher: none, {t['why']}; every cell trained on its field's label")
+    elif t is not None:
+        lines.append(f"teacher: {t['run_dir']} ({t['certain_cells']} cells of fields naming at most one class besides "
+                     f"Negative, {t['epochs']} epochs) taught {t['taught_cells']} cells of {t['taught_fields']} fields "
+                     f"naming several (weight {t['weight']}; mean prediction of their field's classes "
+                     f"{t['mean_prediction']:.2f})")
     if result.replaced is not None:
         lines.append(f"the folder's previous run was moved to {result.replaced} (delete it when not needed)")
     return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""--teacher certain: a teacher trained on the fields whose label is certain (at most one class besides Negative)
+softens the targets of the cells of fields naming several classes, which it never saw."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellloc.data import label_matrix, write_synthetic_cells
+from cellloc.errors import InputError
+from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
+from cellloc.teacher import (TEACHER_PREDICTIONS, certain_cells, classes_named, taught_targets, teacher_epochs,
+                             why_no_teacher)
+
+NEG = 18
+
+
+def _labels(*rows: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros((len(rows), 19), np.float32)
+    for i, row in enumerate(rows):
+        out[i, list(row)] = 1
+    return out
+
+
+def test_certain_cells_are_of_fields_naming_at_most_one_class_besides_negative():
+    labels = _labels((NEG,), (3,), (3, NEG), (3, 7), (3, 7, NEG), (0, 1, 2))
+    assert classes_named(labels, NEG).tolist() == [0, 1, 1, 2, 2, 3]
+    assert certain_cells(labels, NEG).tolist() == [True, True, True, False, False, False]
+    assert certain_cells(_labels((NEG,), (3, NEG)), None).tolist() == [True, False]  # a task without Negative
+
+
+def test_taught_cells_keep_their_fields_classes_scaled_by_the_prediction_and_nothing_else():
+    labels = _labels((3, 7), (3,))
+    preds = np.full((2, 19), 0.9)
+    preds[0, 3], preds[0, 7] = 0.2, 1.0
+    out = taught_targets(labels, preds, np.array([True, False]), weight=0.5)
+    np.testing.assert_allclose(out[0, [3, 7]], [0.6, 1.0])
+    assert out[0].sum() == pytest.approx(1.6)  # never a class the field lacks, whatever the teacher says
+    assert np.array_equal(out[1], labels[1])  # an untaught cell keeps its field's label
+
+
+def test_the_teacher_trains_half_the_epochs_unless_told():
+    assert [teacher_epochs(e) for e in (1, 2, 9, 10)] == [1, 1, 5, 5]
+    assert teacher_epochs(10, asked=7) == 7
+
+
+def test_why_no_teacher_names_what_is_missing():
+    assert "nothing to teach" in why_no_teacher(_labels(*[(3,)] * 100), NEG)
+    assert "only 10 training cells" in why_no_teacher(_labels(*[(3,)] * 10, *[(3, 7)] * 90), NEG)
+    assert why_no_teacher(_labels(*[(3,)] * 64, (3, 7)), NEG) == ""
+
+
+@pytest.fixture(scope="module")
+def cells_csv(tmp_path_factory):
+    return write_synthetic_cells(tmp_path_factory.mktemp("cells"), n_fields=40, cells_per_field=6, n_folds=3, seed=2,
+                                 negative_share=0.15)
+
+
+def _cfg(csv, out, **kw) -> TrainConfig:
+    base = dict(folds_csv=str(csv), out_dir=str(out), model="resnet18", pretrained="none", image_size=32,
+                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8, teacher="certain",
+                negative_split="none", bn_recalibrate=16)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_fields_certain_trains_on_the_certain_fields_only(cells_csv, tmp_path):
+    sets = cell_samples(_cfg(cells_csv, tmp_path, teacher="none", train_fields="certain"))
+    named = classes_named(label_matrix(sets.train, "weak", 19), NEG)
+    everything = cell_samples(_cfg(cells_csv, tmp_path, teacher="none"))
+    assert named.max() <= 1 and 0 < len(sets.train) < len(everything.train)
+    assert len(sets.valid) == len(everything.valid)  # validation keeps every field of the fold
+
+
+def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv, tmp_path):
+    run = train_fold(_cfg(cells_csv, tmp_path, run_name="student"))
+    teacher_dir = tmp_path / "student-teacher" / "fold0"
+    saved = json.loads((teacher_dir / "config.json").read_text())
+    assert (saved["train_fields"], saved["teacher"]) == ("certain", "none")  # its config re-runs it
+    record = json.loads((run.run_dir / "teacher.json").read_text())
+    assert record["taught"] and record["run_dir"] == str(teacher_dir) and record["weight"] == 0.5
+
+    sets = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True))
+    weak = label_matrix(sets.train, "weak", 19)
+    taught = ~certain_cells(weak, NEG)
+    preds = pd.read_csv(teacher_dir / TEACHER_PREDICTIONS)
+    assert len(preds) == taught.sum() == record["taught_cells"]  # exactly the cells of fields naming several
+    assert set(preds["ID"]) == set(sets.train.loc[taught, "ID"])
+    assert record["certain_cells"] == (~taught).sum()
+    p = sets.train[taught].astype({"cell_id": int}).merge(preds, on=["ID", "cell_id"])[[f"p{k}" for k in range(19)]].to_numpy()
+    np.testing.assert_allclose(sets.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
+    assert np.array_equal(sets.y_train[~taught], weak[~taught])
+    assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)
+
+
+def test_resume_reuses_a_finished_teacher_and_overwrite_trains_it_again(cells_csv, tmp_path):
+    cfg = _cfg(cells_csv, tmp_path, run_name="r")
+    train_fold(cfg)
+    teacher_dir = tmp_path / "r-teacher" / "fold0"
+    made = (teacher_dir / "best.pt").stat().st_mtime_ns, (teacher_dir / TEACHER_PREDICTIONS).stat().st_mtime_ns
+    # stopped after its teacher finished, before the run itself began: --resume goes on from there
+    for f in (tmp_path / "r" / "fold0").iterdir():
+        f.unlink()
+    with pytest.raises(InputError, match="holds a training run"):
+        train_fold(cfg)  # a fresh run never trains over a teacher
+    train_fold(_cfg(cells_csv, tmp_path, run_name="r", resume=True))
+    assert ((teacher_dir / "best.pt").stat().st_mtime_ns, (teacher_dir / TEACHER_PREDICTIONS).stat().st_mtime_ns) == made
+    assert (tmp_path / "r" / "fold0" / "best.pt").exists()
+    with pytest.raises(InputError, match="teacher_weight is 0.8 but the saved run used 0.5"):
+        train_fold(_cfg(cells_csv, tmp_path, run_name="r", resume=True, teacher_weight=0.8))
+    train_fold(_cfg(cells_csv, tmp_path, run_name="r", overwrite=True))
+    assert [p.name for p in (tmp_path / "r-teacher").glob("fold0.replaced-*")]  # the old teacher kept aside
+    assert (teacher_dir / "best.pt").stat().st_mtime_ns != made[0]
+
+
+def test_resume_of_a_run_stopped_while_its_teacher_trained_continues_the_teacher(cells_csv, tmp_path):
+    from cellloc.runs.teacher import teacher_config
+
+    cfg = _cfg(cells_csv, tmp_path, run_name="k", teacher_epochs=2)
+    train_fold(dataclasses.replace(teacher_config(cfg), epochs=1))  # stopped after one of its two epochs
+    run = train_fold(_cfg(cells_csv, tmp_path, run_name="k", teacher_epochs=2, resume=True))
+    history = pd.read_csv(tmp_path / "k-teacher" / "fold0" / "metrics.csv")
+    assert history["epoch"].tolist() == [0, 1] and run.epochs_run == 1
+    assert os.path.exists(tmp_path / "k-teacher" / "fold0" / TEACHER_PREDICTIONS)
+
+
+def test_auto_trains_on_the_field_labels_where_no_teacher_can_be_trained_and_certain_stops(tmp_path):
+    csv = write_synthetic_cells(tmp_path / "few", n_fields=8, cells_per_field=4, n_folds=2, seed=1)
+    with pytest.raises(InputError, match="--teacher certain: only .* training cells of fields naming at most one"):
+        cell_samples(_cfg(csv, tmp_path))
+    sets = cell_samples(_cfg(csv, tmp_path, teacher="auto"))
+    assert sets.teacher is not None and sets.teacher["taught"] is False
+    assert np.array_equal(sets.y_train, label_matrix(sets.train, "weak", 19))
+    assert not (tmp_path / "effb2-teacher").exists()
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"soft_targets": "x.csv"}, "teacher and soft_targets both soften"),
+    ({"label_source": "true"}, "teacher teaches the cells of fields naming several classes"),
+    ({"teacher_weight": 1.5}, "teacher_weight must be in"),
+    ({"teacher_epochs": 2, "warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (2)"),
+    ({"warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (3)"),
+    ({"teacher": "best"}, "teacher must be one of auto, certain, none"),
+])
+def test_bad_teacher_settings_are_one_line_errors(kw, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(**{"teacher": "certain", **kw})
+
+
+@pytest.mark.parametrize(("task", "level", "expected"), [("hpa-sc", "cell", "auto"), ("rxrx1", "", "none"),
+                                                         ("hpa-2018", "", "none")])
+def test_the_default_teaches_where_it_applies(task, level, expected):
+    assert TrainConfig(task=task, level=level).teacher == expected
