@@ -332,7 +332,7 @@ class TrainConfig:
         need(self.teacher == "none" or not self.soft_targets, "teacher and soft_targets both soften the targets by "
              "another model's predictions: use one (or --teacher none)")
         need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
-        need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: --epochs), got {self.teacher_epochs}")
+        need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
         need(self.image_head == "none" or self.balance_power == 0,
