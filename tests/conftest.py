@@ -44,6 +44,16 @@ def synth_dataset(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_cell_config(csv: Path, out: Path, **kw):
+    """A train.py config of a cell model on a small cells table (``write_synthetic_cells``) that trains in seconds:
+    ResNet-18 from scratch at 32 px, one epoch, batches of 8, no loader workers; ``kw`` overrides any field."""
+    from cellloc.runs.train import TrainConfig
+
+    base = dict(folds_csv=str(csv), out_dir=str(out), model="resnet18", pretrained="none", image_size=32,
+                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8)
+    return TrainConfig(**{**base, **kw})
+
+
 def zlib_bomb_bytes(mib: int, byte: bytes = b"0") -> bytes:
     """A valid zlib stream of ``mib`` MiB of ``byte``, about 1 KiB per MiB, built in milliseconds.
 

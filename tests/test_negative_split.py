@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_cell_config
 
 from cellloc.data import label_matrix, read_cells, write_synthetic_cells
 from cellloc.errors import InputError
@@ -83,10 +84,7 @@ def mixed_csv(tmp_path_factory):
 
 
 def _cfg(csv, out, **kw) -> TrainConfig:
-    base = dict(folds_csv=str(csv), out_dir=str(out), model="resnet18", pretrained="none", image_size=32,
-                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8, negative_split="intensity",
-                teacher="none")
-    return TrainConfig(**{**base, **kw})
+    return tiny_cell_config(csv, out, **{"negative_split": "intensity", "teacher": "none", **kw})
 
 
 def test_training_targets_of_mixed_fields_follow_what_each_cell_shows(mixed_csv, tmp_path):

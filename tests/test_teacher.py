@@ -8,9 +8,11 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_cell_config
 
 from cellloc.data import label_matrix, write_synthetic_cells
 from cellloc.errors import InputError
+from cellloc.fieldio import multihot
 from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
 from cellloc.teacher import (TEACHER_PREDICTIONS, certain_cells, classes_named, taught_targets, teacher_epochs,
                              why_no_teacher)
@@ -19,10 +21,8 @@ NEG = 18
 
 
 def _labels(*rows: tuple[int, ...]) -> np.ndarray:
-    out = np.zeros((len(rows), 19), np.float32)
-    for i, row in enumerate(rows):
-        out[i, list(row)] = 1
-    return out
+    """Field labels, one row per cell, each row the classes its field names."""
+    return multihot([list(r) for r in rows], 19).astype(np.float32)
 
 
 def test_certain_cells_are_of_fields_naming_at_most_one_class_besides_negative():
@@ -60,10 +60,7 @@ def cells_csv(tmp_path_factory):
 
 
 def _cfg(csv, out, **kw) -> TrainConfig:
-    base = dict(folds_csv=str(csv), out_dir=str(out), model="resnet18", pretrained="none", image_size=32,
-                batch_size=8, epochs=1, num_workers=0, device="cpu", stats_samples=8, teacher="certain",
-                negative_split="none", bn_recalibrate=16)
-    return TrainConfig(**{**base, **kw})
+    return tiny_cell_config(csv, out, **{"teacher": "certain", "negative_split": "none", "bn_recalibrate": 16, **kw})
 
 
 def test_train_fields_certain_trains_on_the_certain_fields_only(cells_csv, tmp_path):
@@ -93,6 +90,11 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     np.testing.assert_allclose(sets.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
     assert np.array_equal(sets.y_train[~taught], weak[~taught])
     assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)
+
+    (teacher_dir / TEACHER_PREDICTIONS).write_text("ID,cell_id\nx,1\n")  # damaged by hand: one line naming it
+    with pytest.raises(InputError, match=f"{TEACHER_PREDICTIONS}: .*missing") as exc:
+        cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True))
+    assert "\n" not in str(exc.value)
 
 
 def test_resume_reuses_a_finished_teacher_and_overwrite_trains_it_again(cells_csv, tmp_path):
