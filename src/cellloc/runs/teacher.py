@@ -81,8 +81,8 @@ def _run_teacher(cfg: TrainConfig) -> TrainConfig:
 def _taught_predictions(cfg: TrainConfig, tcfg: TrainConfig, cells: pd.DataFrame) -> pd.DataFrame:
     """The teacher's predictions of ``cells`` (``ID, cell_id, p0..``), made once and kept in its run folder.
 
-    Rank 0 writes them; under ``accelerate launch`` the other ranks wait for the file and read it, so
-    every rank (and a later ``--resume``) trains on the same numbers."""
+    Rank 0 writes them; under ``accelerate launch`` the other ranks wait for it at a barrier and read the
+    file, so every rank (and a later ``--resume``) trains on the same numbers."""
     path = tcfg.run_dir / TEACHER_PREDICTIONS
     if int(os.environ.get("RANK", "0")) == 0 and not path.exists():
         model = load_classifier(tcfg.run_dir, device=_resolve_device(cfg.device), threads=cfg.threads)
