@@ -37,6 +37,7 @@ from cellloc.runs.train import default_run_name  # noqa: E402
 from cellloc.runtime import THREADS_ENV  # noqa: E402
 from cellloc.synth import CLASS_DRAWS  # noqa: E402
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
+from cellloc.teacher import TEACHERS  # noqa: E402
 
 T = TypeVar("T")
 
@@ -100,7 +101,7 @@ class DemoConfig:
                      "--ema; 0: off; 0.99 scored lower on the demo's fields, docs/cellgap.md Round 8)")
     teacher: str = opt("auto", "hpa-sc: train.py --teacher: auto or certain (first a teacher on the fields naming at "
                        "most one class, for half the epochs; its predictions soften the targets of the cells of fields "
-                       "naming several; docs/cellgap.md Round 11) or none", choices=["auto", "certain", "none"])
+                       "naming several; docs/cellgap.md Round 11) or none", choices=list(TEACHERS))
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")

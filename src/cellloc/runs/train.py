@@ -102,7 +102,7 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
-from ..teacher import TEACHER_PREDICTIONS, TEACHER_SUFFIX, TEACHERS, certain_cells, teacher_epochs
+from ..teacher import TEACHER_PREDICTIONS, TEACHERS, certain_cells, teacher_epochs
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -886,7 +886,9 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
 
 def _teacher_started(cfg: TrainConfig) -> bool:
     """Whether ``cfg``'s teacher run (``--teacher``) has begun: a ``--resume`` then has something to continue."""
-    return cfg.teacher != "none" and (Path(cfg.out_dir) / f"{cfg.run_name}{TEACHER_SUFFIX}" / f"fold{cfg.fold}" / "config.json").exists()
+    from .teacher import teacher_config  # it derives the teacher's run from this module's TrainConfig
+
+    return cfg.teacher != "none" and (teacher_config(cfg).run_dir / "config.json").exists()
 
 
 def _start_afresh(cfg: TrainConfig, move: bool) -> Path | None:
