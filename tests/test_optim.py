@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cellloc.errors import InputError
-from cellloc.optim import OPTIMIZERS, ScheduleParams, make_optimizer, make_schedule, warmup_cosine
+from cellloc.optim import FUSED, OPTIMIZERS, ScheduleParams, can_fuse, make_optimizer, make_schedule, warmup_cosine
 
 
 def net() -> nn.Module:
@@ -72,6 +72,38 @@ def test_optimizers_by_name_and_no_decay_on_1d_parameters():
     assert make_optimizer("sgd", net(), 0.1, momentum=0.9).param_groups[0]["nesterov"] is True
     with pytest.raises(InputError, match="unknown optimizer 'lamb'"):
         make_optimizer("lamb", net(), 0.1)
+
+
+def trained(name: str, fused: bool | None, steps: int = 5) -> torch.Tensor:
+    """The first layer's weights after ``steps`` steps of optimizer ``name`` on a fixed regression."""
+    model = net()
+    opt = make_optimizer(name, model, 0.05, weight_decay=0.01, momentum=0.9, fused=fused)
+    model.train()
+    for i in range(steps):
+        x = torch.randn(8, 3, generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    return model[0].weight.detach()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_the_fused_step_is_the_default_where_torch_has_one_and_makes_the_same_update(name):
+    opt = make_optimizer(name, net(), 0.1)
+    assert bool(opt.defaults.get("fused")) == (name in FUSED)
+    if name in FUSED:
+        assert torch.allclose(trained(name, True), trained(name, False), atol=1e-6)
+        assert not torch.equal(trained(name, True), net()[0].weight.detach())  # it did train
+    else:
+        with pytest.raises(ValueError, match=f"optimizer {name} has no fused step"):
+            make_optimizer(name, net(), 0.1, fused=True)
+
+
+def test_no_fused_step_for_integer_or_missing_parameters():
+    assert can_fuse("adamw", [torch.zeros(2)])
+    assert not can_fuse("adamw", [torch.zeros(2, dtype=torch.int64)])
+    assert not can_fuse("adamw", [])
+    assert not can_fuse("nadam", [torch.zeros(2)])
 
 
 def test_a_schedule_resumes_from_its_state():
