@@ -12,7 +12,8 @@ import pytest
 from cellloc.fieldio import list_fields, read_field, read_labels, read_mask
 from cellloc.generators import write_dataset
 from cellloc.synth import (CLASS_DRAWS, HPA_LIKE_CLASS_WEIGHTS, NEGATIVE, SPINDLE, SynthConfig, class_example,
-                           draw_field_classes, stratified_numbers, slot_counts, generate_field)
+                           draw_field_classes, generate_field, outline_distance, radial_profile, shape_radius,
+                           slot_counts, stratified_numbers)
 from conftest import REPO
 
 
@@ -186,3 +187,18 @@ def test_zero_weight_class_is_never_drawn():
     cfg = SynthConfig(class_weights=tuple(w), second_class_p=1.0, third_class_p=0.0)
     for i in range(50):
         assert draw_field_classes(np.random.default_rng(i), cfg, i) == [2, 5]
+
+
+def test_outline_distance_skips_only_pixels_no_outline_reaches():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        base, elong, angle = rng.uniform(8, 30), rng.uniform(1.0, 2.4), rng.uniform(0, np.pi)
+        amp, phase = radial_profile(rng, rng.uniform(0, 0.6))
+        half = int(base * elong * 1.6 + 2)  # the square rasterise looks in
+        yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
+        full = np.sqrt(yy**2 + xx**2) / shape_radius(np.arctan2(yy, xx), base, elong, angle, amp, phase)
+        d = outline_distance(yy, xx, base, elong, angle, amp, phase)
+        skipped = np.isinf(d)
+        assert skipped.mean() > 0.3  # most of the square is out of reach
+        assert (full[skipped] >= 1).all()  # none of it inside the outline
+        assert np.array_equal(d[~skipped], full[~skipped])  # the rest to the bit
