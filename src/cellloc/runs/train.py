@@ -225,7 +225,7 @@ class TrainConfig:
     bn_recalibrate: int = opt(2048, "before each validation, BatchNorm statistics are recomputed with the current weights "
                               "over this many training samples (unaugmented; 0: keep the running averages, which lag "
                               "the weights and make a short run answer every input alike)")
-    bn_recalibrate_interim: int = opt(512, "with --monitor last, the validations before the last epoch recompute "
+    bn_recalibrate_interim: int = opt(128, "with --monitor last, the validations before the last epoch recompute "
                                       "them over only this many of those samples: they only draw the curves, and the "
                                       "saved weights still get the full count (0: the full count every epoch)")
     ema: float = opt(0.0, "exponential moving average of the weights, decay per optimiser step (e.g. 0.99: a time "
