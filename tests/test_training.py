@@ -634,3 +634,12 @@ def test_image_head_run_resumes_like_an_uninterrupted_one(cells_csv, tmp_path):
     for part in ("model", "heads"):
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-5, msg=f"{part} {k}")
+
+
+def test_a_finished_run_leaves_no_loader_workers_behind(cells_csv, tmp_path):
+    """Loader workers end with each epoch: idle ones kept alive for the next epoch were reaped whenever the garbage
+    collector met their loader, and their shutdown then stalled that moment (a teacher's stalled its student's start)."""
+    import multiprocessing
+
+    train_fold(tiny(cells_csv, tmp_path, epochs=2, num_workers=2, bn_recalibrate=0))
+    assert multiprocessing.active_children() == []

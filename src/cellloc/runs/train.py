@@ -974,7 +974,9 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     batch_size = min(cfg.batch_size, len(sets.train))
     train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain), sets.train_extras)
     valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
-    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": on_cuda, "persistent_workers": cfg.num_workers > 0}
+    # Workers end with each epoch: kept alive idle, they were only reaped when the garbage collector met their
+    # loader, and that shutdown stalled whatever ran then for seconds (a teacher's, its student's start by ~20 s).
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": on_cuda, "persistent_workers": False}
     if cfg.image_head != "none":  # whole fields' cells per batch
         fields_per_batch = max(1, batch_size // cfg.cells_per_field)
         batches = FieldBatchSampler(sets.train_extras["group"], cfg.cells_per_field, fields_per_batch, cfg.seed)
