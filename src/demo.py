@@ -44,6 +44,9 @@ T = TypeVar("T")
 # Processes drawing the generated fields (make_data.py --workers): a field is a pure function of the seed and its
 # index, so any count gives the same files; two matches the 2-core machine the demo's times are measured on.
 DATA_WORKERS = "2"
+# Processes segmenting and predicting the hpa-sc fields (segment.py / predict.py --workers): the same files as one
+# (checked on the demo's fields), in 10 s instead of 16 and 27 instead of 35 on that machine (BENCHMARKS.md).
+FIELD_WORKERS = "2"
 
 
 # Each task's demo sizes (a 0 on the command line takes these): CPU-sized, a few minutes on 2 cores.
@@ -190,7 +193,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("test data", ["src/make_data.py", "--name", "synth_test", "--split", "test", "--seed", str(a.test_data_seed),
                       "--fields", str(a.test_fields), "--size", str(a.size), "--workers", DATA_WORKERS, *draw])
     run("segment training fields", ["src/segment.py", "--input", "input/synth/train", "--crop-size", str(a.crop_size),
-                                    "--overwrite"])
+                                    "--workers", FIELD_WORKERS, "--overwrite"])
     run("segmentation score (generated fields with truth)", ["src/score_segmentation.py", "input/synth", "--masks",
                                                              "output/synth/masks"])
     run("segment the real sample field", ["src/segment.py", "--input", "input/sample", "--overlay"])
@@ -204,7 +207,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
          "--model", "resnet18", "--monitor", "last", "--balance-power", str(a.balance_power),
          "--seed", str(42 + a.seed), "--ema", str(a.ema), "--teacher", a.teacher, "--overwrite"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--tta", str(a.tta),
-                                             "--overwrite"])
+                                             "--workers", FIELD_WORKERS, "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])
     run("check the submission", ["src/check_submission.py", "output/synth_test/submission.csv"])
     scored = run("score the submission (competition metric, per-cell truth)",

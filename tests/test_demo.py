@@ -39,6 +39,7 @@ def test_the_hpa_sc_demo_trains_resnet18_class_balanced_and_predicts_one_view(de
     defaults = demo.DEMO_DEFAULTS["hpa-sc"]
     assert value_of(stages["make_data"], "--fields") == str(defaults["fields"])
     assert value_of(stages["make_data"], "--workers") == demo.DATA_WORKERS == "2"
+    assert value_of(stages["segment"], "--workers") == value_of(stages["predict"], "--workers") == demo.FIELD_WORKERS == "2"
     assert value_of(stages["train"], "--epochs") == str(defaults["epochs"])
     assert value_of(stages["train"], "--balance-power") == "0.5"
     assert value_of(stages["train"], "--model") == "resnet18"
