@@ -1,19 +1,20 @@
 """BatchNorm recalibration: a training run with every validation recomputing the statistics over all the
-training samples, against the default (``--bn-recalibrate-interim 512`` before the last epoch).
+training samples, against 512 samples before the last epoch (the default before d5259a2) and the default (128).
 
     PYTHONPATH=src python bench/bench_bn_recalibrate.py            # ~3-4 min on 2 CPU cores
     PYTHONPATH=src python bench/bench_bn_recalibrate.py --quick    # a smoke check
 
 The demo's cell recipe (ResNet-18 from scratch, 64 px crops, batch 32, ``--monitor last``) on generated
-crops (``write_synthetic_cells``), fold 0 of 10 validating. Both settings run in this one process, alternated,
+crops (``write_synthetic_cells``), fold 0 of 10 validating. The settings run in this one process, alternated,
 each keeping its fastest of ``--repeats`` runs; read the ratio, not the seconds (the load average is printed).
-The saved weights of the two must be identical (the last epoch recalibrates over every sample either way):
+The saved weights of all must be identical (the last epoch recalibrates over every sample either way):
 the bench checks that too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import io
 import os
@@ -30,6 +31,8 @@ import torch
 from alternate import fastest_alternating
 from cellloc.data import write_synthetic_cells
 from cellloc.runs.train import TrainConfig, train_fold
+
+DEFAULT_INTERIM = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["bn_recalibrate_interim"]
 
 
 def run(csv: Path, out: Path, name: str, epochs: int, interim: int) -> dict[str, Any]:
@@ -59,11 +62,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         csv = write_synthetic_cells(Path(tmp) / "cells", n_fields=fields, cells_per_field=10, n_folds=10, seed=1)
         n_train = int((pd.read_csv(csv)["fold"] != 0).sum())
-        settings = {"every validation over all (interim 0)": 0, "default (interim 512)": 512}
+        settings = {"every validation over all (interim 0)": 0, "interim 512 (the default before)": 512,
+                    f"default (interim {DEFAULT_INTERIM})": DEFAULT_INTERIM}
         best = fastest_alternating({name: (lambda i=interim: run(csv, Path(tmp) / "runs", f"i{i}", epochs, i))
                                     for name, interim in settings.items()}, args.repeats)
-    a, b = (best[n]["weights"] for n in settings)
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, *others = (best[n]["weights"] for n in settings)
+    same = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for b in others)
     base = best["every validation over all (interim 0)"]
     print(f"\n### One training run: {n_train} training cells, {epochs} epochs, ResNet-18 64 px, --monitor last "
           f"(best of {args.repeats})\n")

@@ -4,7 +4,7 @@
     PYTHONPATH=src python bench/bench_optimizer.py --quick    # a smoke check
 
 The demo's cell network (ResNet-18 from scratch, 4 channels, 19 classes) and batch (32 crops of 64 px), in the
-precision ``train.py`` picks on this machine (``--cpu-bf16 auto``). For each optimizer with a fused kernel
+precision ``train.py`` trains in by default on a CPU (``--cpu-bf16 off``: float32; ``--cpu-bf16 on`` to time bf16). For each optimizer with a fused kernel
 (adamw is the default, sgd) it times, alternated in this one process, each keeping its fastest of
 ``--repeats``: the optimizer step alone, then a whole training step (forward, backward, step), with the loop
 and with the fused kernel. Read the ratios, not the milliseconds (the load average is printed). It also
@@ -15,6 +15,7 @@ differently; over many steps Adam's normalised steps let such roundings grow to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -25,7 +26,9 @@ import torch
 from alternate import fastest_alternating
 from cellloc.models import create_model
 from cellloc.optim import make_optimizer
-from cellloc.runs.train import mixed_precision
+from cellloc.runs.train import TrainConfig, mixed_precision
+
+TRAIN_DEFAULT_BF16 = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["cpu_bf16"]
 
 
 def setup(name: str, fused: bool, precision: str):
@@ -59,9 +62,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu-bf16", default=TRAIN_DEFAULT_BF16, choices=["off", "on", "auto"],
+                    help="train.py's --cpu-bf16 (default: its default)")
     args = ap.parse_args()
     n_opt, n_train = (5, 2) if args.quick else (40, 10)
-    precision = mixed_precision(False, False, "auto")
+    precision = mixed_precision(False, False, args.cpu_bf16)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, training precision {precision}; load average at start {os.getloadavg()[0]:.2f}")
     t_all = time.perf_counter()
