@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from alternate import fastest_alternating
+from cell_step import demo_batch, training_step
 from cellloc.data import write_synthetic_cells
 from cellloc.runs.train import TrainConfig, mixed_precision, train_fold
 from cellloc.runtime import cpu_has_native_bf16
@@ -59,15 +60,8 @@ def steps(mode: str, threads: int, n: int = 12) -> float:
 
     net = create_model("resnet18", in_chans=4, num_classes=19, pretrained="none")
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
-    x, y = torch.randn(32, 4, 64, 64), (torch.rand(32, 19) < 0.2).float()
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
-            out = net(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    x, y = demo_batch()
+    step = training_step(net, opt, x, y, mode == "bf16")
 
     for _ in range(2):
         step()

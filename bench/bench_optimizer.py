@@ -24,6 +24,7 @@ import time
 import torch
 
 from alternate import fastest_alternating
+from cell_step import demo_batch, training_step
 from cellloc.models import create_model
 from cellloc.optim import make_optimizer
 from cellloc.runs.train import TrainConfig, mixed_precision
@@ -36,17 +37,8 @@ def setup(name: str, fused: bool, precision: str):
     torch.manual_seed(0)
     net = create_model("resnet18", in_chans=4, num_classes=19, pretrained="none")
     opt = make_optimizer(name, net, 1e-3, weight_decay=1e-4, momentum=0.9, fused=fused)
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 4, 64, 64, generator=gen), (torch.rand(32, 19, generator=gen) < 0.2).float()
-
-    def train_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = net(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
+    x, y = demo_batch(seed=1)
+    train_step = training_step(net, opt, x, y, precision == "bf16")
     return train_step, opt.step, net
 
 
