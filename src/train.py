@@ -24,6 +24,7 @@ from cellloc.errors import exit_on_input_error
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cellloc.runs.teacher import latest_checkpoint
     from cellloc.runs.train import TrainConfig, format_summary, train_fold
 
     cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n\n")[0])
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train_fold(cfg, command=command)
     except KeyboardInterrupt:
-        print(f"interrupted: finished epochs are in {cfg.run_dir}/last.pt; add --resume to continue", file=sys.stderr)
+        kept = latest_checkpoint(cfg)
+        print(f"interrupted: finished epochs are in {kept}; add --resume to continue" if kept else
+              "interrupted before an epoch finished: nothing to resume", file=sys.stderr)
         raise SystemExit(130) from None
     if result is not None:  # None on the non-zero ranks of accelerate launch
         print(format_summary(result))

@@ -155,3 +155,32 @@ def test_bad_teacher_settings_are_one_line_errors(kw, message):
                                                          ("hpa-2018", "", "none")])
 def test_the_default_teaches_where_it_applies(task, level, expected):
     assert TrainConfig(task=task, level=level).teacher == expected
+
+
+def test_ctrl_c_names_the_last_pt_that_resume_continues_from(cells_csv, tmp_path, monkeypatch, capsys):
+    """Stopped while the teacher trained, the epochs to resume are the teacher's; once the run trained, the run's."""
+    import cellloc.runs.train as train_run
+    from cellloc.runs.teacher import teacher_config
+    from test_evaluate_cli import load_script
+
+    argv = ["--folds-csv", str(cells_csv), "--out-dir", str(tmp_path), "--run-name", "c", "--fold", "0"]
+    cfg = _cfg(cells_csv, tmp_path, run_name="c")
+    teacher_last, run_last = teacher_config(cfg).run_dir / "last.pt", cfg.run_dir / "last.pt"
+
+    def stopped_after(written):
+        def train_fold(cfg, command=None):
+            for i, path in enumerate(written):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"epochs")
+                os.utime(path, ns=(10**18 + i, 10**18 + i))  # written in this order
+            raise KeyboardInterrupt
+        return train_fold
+
+    for written, named in (([], None), ([teacher_last], teacher_last), ([teacher_last, run_last], run_last)):
+        monkeypatch.setattr(train_run, "train_fold", stopped_after(written))
+        with pytest.raises(SystemExit) as stop:
+            load_script("train").main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 130
+        assert (f"interrupted: finished epochs are in {named}; add --resume" in err if named
+                else "interrupted before an epoch finished" in err)

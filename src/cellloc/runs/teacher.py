@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,13 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The teacher run of student ``cfg``: its recipe on the certain fields' cells, in ``<run_name>-teacher``."""
     return dataclasses.replace(cfg, run_name=f"{cfg.run_name}{TEACHER_SUFFIX}", teacher="none", train_fields="certain",
                                epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False)
+
+
+def latest_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The ``last.pt`` that ``--resume`` continues from after an interruption: the student's, or its teacher's
+    when the teacher wrote one later (the teacher was training); None when no epoch finished."""
+    saved = [p for p in (cfg.run_dir / "last.pt", teacher_config(cfg).run_dir / "last.pt") if p.is_file()]
+    return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
 
 
 def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
