@@ -45,7 +45,7 @@ T = TypeVar("T")
 # index, so any count gives the same files; two matches the 2-core machine the demo's times are measured on.
 DATA_WORKERS = "2"
 # Processes segmenting and predicting the hpa-sc fields (segment.py / predict.py --workers): the same files as one
-# (checked on the demo's fields), in 10 s instead of 16 and 27 instead of 35 on that machine (BENCHMARKS.md).
+# (checked on the demo's fields), in 10 s instead of 16 and 26 instead of 30 on that machine (bench/bench_field_workers.py).
 FIELD_WORKERS = "2"
 
 
