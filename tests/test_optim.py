@@ -121,3 +121,16 @@ def test_a_schedule_resumes_from_its_state():
     for _ in range(3):
         opt.step(), sched.step(), opt2.step(), sched2.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(opt2.param_groups[0]["lr"])
+
+
+def test_a_state_saved_by_the_loop_step_resumes_with_the_loop_step():
+    """A last.pt written before the fused default carries fused=None: --resume goes on exactly as it began."""
+    model = net()
+    old = make_optimizer("adamw", model, 0.05, fused=False)
+    model(torch.randn(8, 3)).pow(2).mean().backward()
+    old.step()
+    resumed = make_optimizer("adamw", model, 0.05)  # the default now: fused
+    assert resumed.defaults["fused"]
+    resumed.load_state_dict(old.state_dict())
+    assert all(not g["fused"] for g in resumed.param_groups)
+    resumed.step()  # and steps
