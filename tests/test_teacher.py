@@ -184,3 +184,8 @@ def test_ctrl_c_names_the_last_pt_that_resume_continues_from(cells_csv, tmp_path
         assert stop.value.code == 130
         assert (f"interrupted: finished epochs are in {named}; add --resume" in err if named
                 else "interrupted before an epoch finished" in err)
+    # without a teacher, a teacher folder left by an earlier run is not where --resume goes on
+    monkeypatch.setattr(train_run, "train_fold", stopped_after([run_last, teacher_last]))
+    with pytest.raises(SystemExit):
+        load_script("train").main([*argv, "--teacher", "none"])
+    assert f"interrupted: finished epochs are in {run_last}; add --resume" in capsys.readouterr().err

@@ -34,10 +34,16 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
                                epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False)
 
 
+def teacher_run_dir(cfg: TrainConfig) -> Path | None:
+    """The run folder of student ``cfg``'s teacher; None with ``--teacher none``."""
+    return None if cfg.teacher == "none" else teacher_config(cfg).run_dir
+
+
 def latest_checkpoint(cfg: TrainConfig) -> Path | None:
     """The ``last.pt`` that ``--resume`` continues from after an interruption: the student's, or its teacher's
     when the teacher wrote one later (the teacher was training); None when no epoch finished."""
-    saved = [p for p in (cfg.run_dir / "last.pt", teacher_config(cfg).run_dir / "last.pt") if p.is_file()]
+    runs = [cfg.run_dir, teacher_run_dir(cfg)]
+    saved = [run / "last.pt" for run in runs if run is not None and (run / "last.pt").is_file()]
     return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
 
 

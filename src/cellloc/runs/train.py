@@ -886,9 +886,10 @@ def train_fold(cfg: TrainConfig, callbacks: Sequence[Callback] = (), command: st
 
 def _teacher_started(cfg: TrainConfig) -> bool:
     """Whether ``cfg``'s teacher run (``--teacher``) has begun: a ``--resume`` then has something to continue."""
-    from .teacher import teacher_config  # it derives the teacher's run from this module's TrainConfig
+    from .teacher import teacher_run_dir  # it derives the teacher's run from this module's TrainConfig
 
-    return cfg.teacher != "none" and (teacher_config(cfg).run_dir / "config.json").exists()
+    run = teacher_run_dir(cfg)
+    return run is not None and (run / "config.json").exists()
 
 
 def _start_afresh(cfg: TrainConfig, move: bool) -> Path | None:
