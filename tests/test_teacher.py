@@ -14,8 +14,8 @@ from cellloc.data import label_matrix, write_synthetic_cells
 from cellloc.errors import InputError
 from cellloc.fieldio import multihot
 from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
-from cellloc.teacher import (TEACHER_PREDICTIONS, certain_cells, classes_named, taught_targets, teacher_epochs,
-                             why_no_teacher)
+from cellloc.teacher import (TEACHER_PREDICTIONS, at_least_one_posterior, certain_cells, classes_named, known_classes,
+                             shown_share, taught_targets, teacher_epochs, why_no_teacher)
 
 NEG = 18
 
@@ -40,6 +40,40 @@ def test_taught_cells_keep_their_fields_classes_scaled_by_the_prediction_and_not
     np.testing.assert_allclose(out[0, [3, 7]], [0.6, 1.0])
     assert out[0].sum() == pytest.approx(1.6)  # never a class the field lacks, whatever the teacher says
     assert np.array_equal(out[1], labels[1])  # an untaught cell keeps its field's label
+
+
+def test_the_posterior_tells_a_cell_the_classes_its_teacher_sees_none_of_the_others_in():
+    labels = _labels((3, 7), (3, 7), (3, 1, NEG), (3,))
+    preds = np.full((4, 19), 0.05)
+    preds[0, 3], preds[0, 7] = 0.9, 0.1  # sees 3, not 7
+    preds[1, 3], preds[1, 7] = 0.1, 0.1  # sees neither: shows one of them all the same, each alike
+    preds[2, 3], preds[2, 1] = 0.0, 0.3  # 1 unjudged: told 1 where 3 is absent, whatever it predicted of 1
+    known = np.zeros(19, bool)
+    known[[3, 7]] = True
+    out = at_least_one_posterior(labels, preds, known, prior=0.6, negative=NEG)
+    np.testing.assert_allclose(out[0, [3, 7]], [0.9 / (1 - 0.1 * 0.9), 0.1 / (1 - 0.1 * 0.9)])
+    np.testing.assert_allclose(out[1, [3, 7]], [0.1 / 0.19, 0.1 / 0.19])
+    np.testing.assert_allclose(out[2, [3, 1]], [0.0, 1.0])
+    assert out[3, 3] == pytest.approx(1.0)  # a one-class field: a cell that shows one of its classes shows that one
+    changed = np.zeros((4, 19), bool)
+    changed[:, [1, 3, 7]] = _labels((3, 7), (3, 7), (3, 1), (3,))[:, [1, 3, 7]] > 0
+    assert np.array_equal(out[~changed], preds[~changed])  # Negative and the classes the field lacks are kept
+    two_unjudged = at_least_one_posterior(_labels((1, 6)), np.zeros((1, 19)), known, prior=0.6, negative=NEG)
+    np.testing.assert_allclose(two_unjudged[0, [1, 6]], 0.6 / (1 - 0.4**2))  # given one shows: 0.6 / 0.84 each
+
+
+def test_known_classes_are_the_classes_of_enough_certain_cells():
+    labels = _labels(*[(3,)] * 10, *[(7, NEG)] * 9, *[(1, 3)] * 50)
+    certain = certain_cells(labels, NEG)
+    assert np.flatnonzero(known_classes(labels, certain)).tolist() == [3]  # 7: 9 certain cells; 1: none
+    assert np.flatnonzero(known_classes(labels, certain, min_cells=9)).tolist() == [3, 7, NEG]
+
+
+def test_shown_share_counts_the_single_class_fields_cells_that_show_it():
+    labels = _labels((3,), (3,), (7, NEG), (7, NEG), (NEG,), (3, 7))
+    shows = np.array([0.1, 0.2, 0.9, 0.3, 0.0, 0.5])  # a field lacking Negative: every cell shows, whatever q says
+    assert shown_share(labels, shows, NEG) == pytest.approx((1 + 1 + 0.9 + 0.3) / 4)
+    assert np.isnan(shown_share(_labels((NEG,), (3, 7)), np.ones(2), NEG))
 
 
 def test_the_teacher_trains_half_the_epochs_unless_told():
@@ -87,8 +121,14 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     assert set(preds["ID"]) == set(sets.train.loc[taught, "ID"])
     assert record["certain_cells"] == (~taught).sum()
     p = sets.train[taught].astype({"cell_id": int}).merge(preds, on=["ID", "cell_id"])[[f"p{k}" for k in range(19)]].to_numpy()
-    np.testing.assert_allclose(sets.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
+    # by default the predictions as the chance of each class given that the cell shows one of its field's
+    assert record["targets"] == "posterior" and record["shown_share_from"] == "fallback"  # no negative split here
+    known = known_classes(weak, ~taught)
+    posterior = at_least_one_posterior(weak[taught], p, known, record["shown_share"], NEG)
+    np.testing.assert_allclose(sets.y_train[taught], weak[taught] * (0.5 + 0.5 * posterior), atol=1e-6)
     assert np.array_equal(sets.y_train[~taught], weak[~taught])
+    as_predicted = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="prediction"))
+    np.testing.assert_allclose(as_predicted.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
     assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)
 
     (teacher_dir / TEACHER_PREDICTIONS).write_text("ID,cell_id\nx,1\n")  # damaged by hand: one line naming it
@@ -115,6 +155,24 @@ def test_resume_reuses_a_finished_teacher_and_overwrite_trains_it_again(cells_cs
     train_fold(_cfg(cells_csv, tmp_path, run_name="r", overwrite=True))
     assert [p.name for p in (tmp_path / "r-teacher").glob("fold0.replaced-*")]  # the old teacher kept aside
     assert (teacher_dir / "best.pt").stat().st_mtime_ns != made[0]
+
+
+def test_a_run_saved_before_teacher_targets_existed_resumes_only_with_what_it_used(cells_csv, tmp_path):
+    from cellloc.config import config_dict
+    from cellloc.runs.train import _check_resume_config
+
+    saved = tmp_path / "config.json"
+    for teacher, resumed in (("certain", "prediction"), ("none", "posterior")):
+        old = {k: v for k, v in config_dict(_cfg(cells_csv, tmp_path, teacher=teacher)).items() if k != "teacher_targets"}
+        saved.write_text(json.dumps(old))
+        now = _cfg(cells_csv, tmp_path, teacher=teacher, resume=True)
+        if teacher == "none":  # nothing to tell apart without a teacher: today's default resumes it
+            assert _check_resume_config(now, saved).teacher == "none"
+            continue
+        with pytest.raises(InputError, match="teacher_targets is 'posterior' but the saved run used 'prediction'"):
+            _check_resume_config(now, saved)
+        asked = dataclasses.replace(now, teacher_targets=resumed)
+        assert _check_resume_config(asked, saved).teacher_targets == "prediction"
 
 
 def test_resume_of_a_run_stopped_while_its_teacher_trained_continues_the_teacher(cells_csv, tmp_path):

@@ -24,14 +24,16 @@ from ..classifier import load_classifier
 from ..data import CropFiles, predictions_for, read_soft_targets
 from ..errors import InputError
 from ..fieldio import write_csv
-from ..teacher import TEACHER_PREDICTIONS, TEACHER_SUFFIX, certain_cells, taught_targets, teacher_epochs, why_no_teacher
+from ..teacher import (FALLBACK_SHOWN_SHARE, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior, certain_cells,
+                       known_classes, shown_share, taught_targets, teacher_epochs, why_no_teacher)
 from .train import TrainConfig, _check_resume_config, _resolve_device, format_summary, seed_everything, train_fold
 
 
 def teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The teacher run of student ``cfg``: its recipe on the certain fields' cells, in ``<run_name>-teacher``."""
     return dataclasses.replace(cfg, run_name=f"{cfg.run_name}{TEACHER_SUFFIX}", teacher="none", train_fields="certain",
-                               epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False)
+                               epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False,
+                               teacher_targets=TrainConfig.teacher_targets)
 
 
 def teacher_run_dir(cfg: TrainConfig) -> Path | None:
@@ -47,11 +49,14 @@ def latest_checkpoint(cfg: TrainConfig) -> Path | None:
     return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
 
 
-def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
+          shows: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(targets, record) for the training cells ``train`` with field ``labels`` (N, C) of student ``cfg``.
 
     Trains (or reuses) the teacher run and softens the cells of the fields naming several classes by its
-    predictions; ``auto`` keeps the field labels where no teacher can be trained and records why.
+    predictions (``--teacher-targets``); ``auto`` keeps the field labels where no teacher can be trained and
+    records why. ``shows`` (N,), the negative split's P(the cell shows protein), measures the share of a field's
+    cells showing its class that the posterior gives the classes the teacher did not train on.
     """
     negative = cfg.task_record.label_set.negative
     why = why_no_teacher(labels, negative)
@@ -72,8 +77,27 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> tuple[np
     record = {"taught": True, "run_dir": str(tcfg.run_dir), "epochs": tcfg.epochs, "weight": cfg.teacher_weight,
               "certain_cells": int((~taught).sum()), "taught_cells": int(taught.sum()),
               "taught_fields": int(train.loc[taught, "ID"].nunique()),
-              "mean_prediction": round(float(p[taught][named].mean()), 4)}
+              "mean_prediction": round(float(p[taught][named].mean()), 4), "targets": cfg.teacher_targets}
+    if cfg.teacher_targets == "posterior":
+        p, posterior = _posterior(cfg, labels, p, ~taught, shows)
+        record.update(posterior, mean_target=round(float(p[taught][named].mean()), 4))
     return taught_targets(labels, p, taught, cfg.teacher_weight), record
+
+
+def _posterior(cfg: TrainConfig, labels: np.ndarray, p: np.ndarray, certain: np.ndarray,
+               shows: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``--teacher-targets posterior``: the teacher's predictions ``p`` as :func:`at_least_one_posterior`, and a
+    record of the classes it could not judge and the share of cells those were given (measured or the fallback)."""
+    label_set = cfg.task_record.label_set
+    negative = label_set.negative
+    known = known_classes(labels, certain)
+    share = shown_share(labels, shows, negative) if shows is not None and negative is not None else float("nan")
+    measured = bool(np.isfinite(share))
+    prior = share if measured else FALLBACK_SHOWN_SHARE
+    unknown = [label_set.names[k] for k in np.flatnonzero(~known) if k != negative and labels[~certain, k].any()]
+    return at_least_one_posterior(labels, p, known, prior, negative), {
+        "shown_share": round(prior, 4), "shown_share_from": "negative split" if measured else "fallback",
+        "unjudged_classes": unknown}
 
 
 def _run_teacher(cfg: TrainConfig) -> TrainConfig:

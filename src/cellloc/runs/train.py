@@ -102,7 +102,7 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
-from ..teacher import TEACHER_PREDICTIONS, TEACHERS, certain_cells, teacher_epochs
+from ..teacher import TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHERS, certain_cells, teacher_epochs
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -186,6 +186,11 @@ class TrainConfig:
                        "11), none, or auto (certain where it applies and the training cells hold fields naming several "
                        "classes and at least 64 cells of fields naming at most one)", choices=list(TEACHERS))
     teacher_weight: float = opt(0.5, "--teacher: share of a taught cell's target taken from the teacher's prediction")
+    teacher_targets: str = opt("posterior", "--teacher: what that share takes from the teacher: posterior (the chance the "
+                               "cell shows each of its field's classes given that it shows one, from the teacher's "
+                               "predictions of the classes it trained on and the certain fields' share of cells "
+                               "showing their class for the others; docs/cellgap.md round 13) or prediction (as they "
+                               "are, round 11)", choices=list(TEACHER_TARGETS))
     teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
                               "them on the demo's fields)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
@@ -332,6 +337,8 @@ class TrainConfig:
         need(self.teacher == "none" or not self.soft_targets, "teacher and soft_targets both soften the targets by "
              "another model's predictions: use one (or --teacher none)")
         need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
+        need(self.teacher_targets in TEACHER_TARGETS,
+             f"teacher_targets must be one of {', '.join(TEACHER_TARGETS)}, got {self.teacher_targets!r}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
@@ -528,14 +535,16 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     y_train = labels
     if cfg.soft_targets:
         y_train = soft_targets(y_train, _predictions_of(train, cfg), cfg.soft_weight)
+    shows, split = None, None
+    if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
+        shows, split = _fit_negative_split(cfg, train, labels, recipe_input)
     taught = None
     if cfg.teacher != "none":  # the config allows it with label_source weak only: labels are the field's
         from .teacher import teach  # it trains a run of this module's own train_fold
 
-        y_train, taught = teach(cfg, train, labels)
-    split = None
-    if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
-        y_train, split = _split_negative(cfg, train, labels, y_train, recipe_input)
+        y_train, taught = teach(cfg, train, labels, shows)
+    if shows is not None:  # both are products: the split scales the taught targets as it scales field labels
+        y_train = split_negative(y_train, labels, shows, int(cfg.task_record.label_set.negative))  # type: ignore[arg-type]
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
@@ -551,20 +560,20 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     )
 
 
-def _split_negative(cfg: TrainConfig, train: pd.DataFrame, weak: np.ndarray, y_train: np.ndarray,
-                    recipe_input: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """``--negative-split``: the training targets ``y_train`` with mixed fields' cells split, and a record of the
-    split (the fitted model, what it was fit on, what it split; or why ``auto`` did not split) for the run folder.
-    ``weak`` are the cells' field labels, which say which fields are mixed. Without mixed fields there is nothing
-    to split and no record."""
+def _fit_negative_split(cfg: TrainConfig, train: pd.DataFrame, weak: np.ndarray,
+                        recipe_input: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """``--negative-split``: each training cell's P(it shows protein) (None where nothing is split), and a record of
+    the split (the fitted model, what it was fit on, what it splits; or why ``auto`` does not split) for the run
+    folder. ``weak`` are the cells' field labels, which say which fields are mixed. Without mixed fields there is
+    nothing to split and no record."""
     task = cfg.task_record
     negative = int(task.label_set.negative)  # type: ignore[arg-type]  # checked by the config
     mixed = certain_fields(weak, negative)[2]
     if not mixed.any():
-        return y_train, None
+        return None, None
     unfit = too_few_certain(weak, negative)
     if unfit and cfg.negative_split == "auto":
-        return y_train, {"split": False, "why": unfit, "mixed_cells": int(mixed.sum())}
+        return None, {"split": False, "why": unfit, "mixed_cells": int(mixed.sum())}
     if recipe_input.get("crop_mask") not in (None, "cell"):
         raise InputError(f"{cfg.folds_csv}: --negative-split intensity reads the protein inside each cell, but these "
                          f"crops were cut with --crop-mask {recipe_input['crop_mask']} (neighbours' pixels kept); "
@@ -575,7 +584,7 @@ def _split_negative(cfg: TrainConfig, train: pd.DataFrame, weak: np.ndarray, y_t
     record = {"split": True, **dataclasses.asdict(model), "mixed_cells": int(mixed.sum()),
               "mixed_fields": int(train.loc[mixed, "ID"].nunique()),
               "mean_shows_protein": round(float(shows[mixed].mean()), 4)}
-    return split_negative(y_train, weak, shows, negative), record
+    return shows, record
 
 
 def _predictions_of(cells: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
@@ -727,15 +736,22 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
+# settings added after runs were saved without them: the value those runs trained with, so that resuming one
+# keeps it (or says that the run used another) instead of continuing with today's default
+SAVED_BEFORE = {"teacher_targets": "prediction"}
+
+
 def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
     """The saved config, with the fields allowed to change taken from ``cfg``; one-line error otherwise."""
     if not saved_path.exists():
         raise InputError(f"{saved_path}: not found; nothing to resume")
-    saved = json.loads(saved_path.read_text())
+    saved = {**SAVED_BEFORE, **json.loads(saved_path.read_text())}
     saved.pop("_config", None)
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES or f.name not in saved:
             continue
+        if f.name == "teacher_targets" and "none" in (saved.get("teacher"), cfg.teacher):
+            continue  # without a teacher it changes nothing
         mine = getattr(cfg, f.name)
         if f.name in ("mean", "std") and not mine:
             continue
@@ -1223,10 +1239,19 @@ def format_summary(result: TrainResult) -> str:
         lines.append(f"teacher: {t['run_dir']} ({t['certain_cells']} cells of fields naming at most one class besides "
                      f"Negative, {t['epochs']} epochs) taught {t['taught_cells']} cells of {t['taught_fields']} fields "
                      f"naming several (weight {t['weight']}; mean prediction of their field's classes "
-                     f"{t['mean_prediction']:.2f})")
+                     f"{t['mean_prediction']:.2f}{_posterior_note(t)})")
     if result.replaced is not None:
         lines.append(f"the folder's previous run was moved to {result.replaced} (delete it when not needed)")
     return "\n".join(lines)
+
+
+def _posterior_note(t: dict[str, Any]) -> str:
+    """The summary's words on ``--teacher-targets posterior`` of teacher record ``t`` ('' for plain predictions)."""
+    if t.get("targets") != "posterior":
+        return ""
+    unjudged = ", ".join(t["unjudged_classes"]) or "none"
+    return (f", {t['mean_target']:.2f} as the chance given one shows; classes it could not judge: {unjudged}, "
+            f"given {t['shown_share']:.2f} ({t['shown_share_from']})")
 
 
 __all__ = [
