@@ -129,7 +129,7 @@ def at_least_one_posterior(labels: np.ndarray, predictions: np.ndarray, known: n
     judges all absent is told them at the chance it gives them relative to each other. Negative, classes the field
     lacks and rows naming no class keep ``predictions``.
     """
-    p = np.array(predictions, dtype=np.float64, copy=True)
+    p = np.asarray(predictions, np.float64)  # read only: the result is a new array
     named = np.asarray(labels) > 0
     if negative is not None:
         named[:, negative] = False
