@@ -15,7 +15,7 @@ from cellloc.errors import InputError
 from cellloc.fieldio import multihot
 from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
 from cellloc.teacher import (TEACHER_PREDICTIONS, at_least_one_posterior, certain_cells, classes_named, known_classes,
-                             shown_share, taught_targets, teacher_epochs, why_no_teacher)
+                             level_to_share, shown_share, taught_targets, teacher_epochs, why_no_teacher)
 
 NEG = 18
 
@@ -60,6 +60,22 @@ def test_the_posterior_tells_a_cell_the_classes_its_teacher_sees_none_of_the_oth
     assert np.array_equal(out[~changed], preds[~changed])  # Negative and the classes the field lacks are kept
     two_unjudged = at_least_one_posterior(_labels((1, 6)), np.zeros((1, 19)), known, prior=0.6, negative=NEG)
     np.testing.assert_allclose(two_unjudged[0, [1, 6]], 0.6 / (1 - 0.4**2))  # given one shows: 0.6 / 0.84 each
+
+
+def test_levelling_sets_each_fields_mean_of_its_classes_to_the_share_and_keeps_their_ranking():
+    rng = np.random.default_rng(0)
+    chances = rng.uniform(0.01, 0.4, (12, 19))
+    chances[0, 0], chances[1, 0] = 0.0, 1.0  # a teacher sure either way still moves with its field
+    fields = np.repeat(["a", "b", "c"], 4)
+    named = np.zeros((12, 19), bool)
+    named[:4, [0, 6]] = True  # field a names two classes, b one, c none
+    named[4:8, 2] = True
+    out = level_to_share(chances, fields, named, share=0.7)
+    for rows, k in ((slice(0, 4), 0), (slice(0, 4), 6), (slice(4, 8), 2)):
+        assert out[rows, k].mean() == pytest.approx(0.7, abs=1e-6)
+        assert np.array_equal(np.argsort(out[rows, k]), np.argsort(chances[rows, k]))  # the ranking within the field
+    np.testing.assert_array_equal(out[~named], chances[~named])  # nothing else moves
+    assert np.all((out >= 0) & (out <= 1))
 
 
 def test_known_classes_are_the_classes_of_enough_certain_cells():
@@ -129,6 +145,13 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     assert np.array_equal(sets.y_train[~taught], weak[~taught])
     as_predicted = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="prediction"))
     np.testing.assert_allclose(as_predicted.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
+    levelled = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="levelled"))
+    fields_classes = weak[taught] > 0
+    fields_classes[:, NEG] = False
+    level = level_to_share(posterior, sets.train.loc[taught, "ID"].to_numpy(), fields_classes, record["shown_share"])
+    np.testing.assert_allclose(levelled.y_train[taught], weak[taught] * (0.5 + 0.5 * level), atol=1e-6)
+    assert levelled.teacher["targets"] == "levelled" and "levelled" in format_summary(
+        dataclasses.replace(run, teacher=levelled.teacher))
     assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)
 
     (teacher_dir / TEACHER_PREDICTIONS).write_text("ID,cell_id\nx,1\n")  # damaged by hand: one line naming it

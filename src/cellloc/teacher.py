@@ -44,6 +44,9 @@ TEACHER_TARGETS = {
     "posterior": "the chance that the cell shows each of its field's classes given that it shows at least one of "
                  "them, from the teacher's predictions of the classes it trained on and the certain fields' share of "
                  "cells showing their class for the others (at_least_one_posterior)",
+    "levelled": "the posterior, with each field's level of each of its classes set to the certain fields' share of "
+                "cells showing their class (one logit shift per field and class keeps the teacher's ranking of the "
+                "field's cells; level_to_share); measured with --teacher-weight 1",
     "prediction": "the teacher's predictions as they are (round 11)",
 }
 KNOWN_MIN_CELLS = 10  # training cells of certain fields naming a class before the teacher's prediction of it counts
@@ -137,3 +140,34 @@ def at_least_one_posterior(labels: np.ndarray, predictions: np.ndarray, known: n
     at_least_one = 1.0 - np.prod(np.where(named, 1.0 - guess, 1.0), axis=1, keepdims=True)
     post = np.clip(guess / np.maximum(at_least_one, 1e-12), 0.0, 1.0)
     return np.where(named & (at_least_one > 0), post, p)
+
+
+def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, share: float) -> np.ndarray:
+    """(N, C) ``chances`` with each field's mean chance of each class it names set to ``share``, the ranking kept.
+
+    ``fields`` (N,) says which field each row belongs to, ``named`` (N, C) which classes each row's field names (the
+    ones to level). The teacher ranks a field's cells better than it sets their level: it learned each class on fields
+    where every cell that shows protein shows it, and on a field naming several it scores them too low (docs/cellgap.md,
+    round 14). The certain fields measure what that level is (:func:`shown_share`), so
+    one shift of the logits per field and class (found by bisection) moves the level there and keeps which of the
+    field's cells are likelier to show the class. Entries not named keep ``chances``.
+    """
+    out = np.array(chances, dtype=np.float64, copy=True)
+    named = np.asarray(named, bool)
+    target = float(np.clip(share, 1e-3, 1 - 1e-3))
+    codes = np.unique(np.asarray(fields), return_inverse=True)[1].reshape(-1)
+    for f in np.unique(codes[named.any(axis=1)]):
+        rows = np.flatnonzero(codes == f)
+        for k in np.flatnonzero(named[rows].any(axis=0)):
+            q = np.clip(out[rows, k], 1e-4, 1 - 1e-4)
+            logits = np.log(q / (1 - q))
+            lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < target else (lo, mid)
+            out[rows, k] = _sigmoid(logits + (lo + hi) / 2)
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

@@ -25,7 +25,7 @@ from ..data import CropFiles, predictions_for, read_soft_targets
 from ..errors import InputError
 from ..fieldio import write_csv
 from ..teacher import (FALLBACK_SHOWN_SHARE, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior, certain_cells,
-                       known_classes, shown_share, taught_targets, teacher_epochs, why_no_teacher)
+                       known_classes, level_to_share, shown_share, taught_targets, teacher_epochs, why_no_teacher)
 from .train import TrainConfig, _check_resume_config, _resolve_device, format_summary, seed_everything, train_fold
 
 
@@ -78,9 +78,16 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
               "certain_cells": int((~taught).sum()), "taught_cells": int(taught.sum()),
               "taught_fields": int(train.loc[taught, "ID"].nunique()),
               "mean_prediction": round(float(p[taught][named].mean()), 4), "targets": cfg.teacher_targets}
-    if cfg.teacher_targets == "posterior":
+    if cfg.teacher_targets in ("posterior", "levelled"):
         p, posterior = _posterior(cfg, labels, p, ~taught, shows)
         record.update(posterior, mean_target=round(float(p[taught][named].mean()), 4))
+    if cfg.teacher_targets == "levelled":  # each taught field's level of each of its classes, at the share
+        negative = cfg.task_record.label_set.negative
+        level = (labels > 0) & taught[:, None]
+        if negative is not None:
+            level[:, negative] = False
+        p = level_to_share(p, pd.factorize(train["ID"])[0], level, posterior["shown_share"])
+        record.update(levelled_target=round(float(p[taught][named].mean()), 4))
     return taught_targets(labels, p, taught, cfg.teacher_weight), record
 
 

@@ -189,8 +189,10 @@ class TrainConfig:
     teacher_targets: str = opt("posterior", "--teacher: what that share takes from the teacher: posterior (the chance the "
                                "cell shows each of its field's classes given that it shows one, from the teacher's "
                                "predictions of the classes it trained on and the certain fields' share of cells "
-                               "showing their class for the others; docs/cellgap.md round 13) or prediction (as they "
-                               "are, round 11)", choices=list(TEACHER_TARGETS))
+                               "showing their class for the others; docs/cellgap.md round 13), levelled (that chance "
+                               "with each field's mean of each of its classes set to that share, the ranking of its "
+                               "cells kept; round 14, with --teacher-weight 1) or prediction (as they are, round 11)",
+                               choices=list(TEACHER_TARGETS))
     teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
                               "them on the demo's fields)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
@@ -1247,11 +1249,12 @@ def format_summary(result: TrainResult) -> str:
 
 def _posterior_note(t: dict[str, Any]) -> str:
     """The summary's words on ``--teacher-targets posterior`` of teacher record ``t`` ('' for plain predictions)."""
-    if t.get("targets") != "posterior":
+    if t.get("targets") not in ("posterior", "levelled"):
         return ""
     unjudged = ", ".join(t["unjudged_classes"]) or "none"
-    return (f", {t['mean_target']:.2f} as the chance given one shows; classes it could not judge: {unjudged}, "
-            f"given {t['shown_share']:.2f} ({t['shown_share_from']})")
+    levelled = f", {t['levelled_target']:.2f} levelled" if "levelled_target" in t else ""
+    return (f", {t['mean_target']:.2f} as the chance given one shows{levelled}; classes it could not judge: "
+            f"{unjudged}, given {t['shown_share']:.2f} ({t['shown_share_from']})")
 
 
 __all__ = [
