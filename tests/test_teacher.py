@@ -75,6 +75,9 @@ def test_levelling_sets_each_fields_mean_of_its_classes_to_the_share_and_keeps_t
         assert out[rows, k].mean() == pytest.approx(0.7, abs=1e-6)
         assert np.array_equal(np.argsort(out[rows, k]), np.argsort(chances[rows, k]))  # the ranking within the field
     np.testing.assert_array_equal(out[~named], chances[~named])  # nothing else moves
+    named[3, 0] = False  # a row its field's class is not named for keeps its chance, and the others level alone
+    partly = level_to_share(chances, fields, named, share=0.7)
+    assert partly[3, 0] == chances[3, 0] and partly[:3, 0].mean() == pytest.approx(0.7, abs=1e-6)
     assert np.all((out >= 0) & (out <= 1))
 
 

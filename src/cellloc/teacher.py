@@ -148,9 +148,9 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
     ``fields`` (N,) says which field each row belongs to, ``named`` (N, C) which classes each row's field names (the
     ones to level). The teacher ranks a field's cells better than it sets their level: it learned each class on fields
     where every cell that shows protein shows it, and on a field naming several it scores them too low (docs/cellgap.md,
-    round 14). The certain fields measure what that level is (:func:`shown_share`), so
-    one shift of the logits per field and class (found by bisection) moves the level there and keeps which of the
-    field's cells are likelier to show the class. Entries not named keep ``chances``.
+    round 14). The certain fields measure what that level is (:func:`shown_share`), so one shift of the logits per field
+    and class (found by bisection) moves the level there and keeps which of the field's cells are likelier to show the
+    class. Entries not named keep ``chances``.
     """
     out = np.array(chances, dtype=np.float64, copy=True)
     named = np.asarray(named, bool)
@@ -159,13 +159,14 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
     for f in np.unique(codes[named.any(axis=1)]):
         rows = np.flatnonzero(codes == f)
         for k in np.flatnonzero(named[rows].any(axis=0)):
-            q = np.clip(out[rows, k], 1e-4, 1 - 1e-4)
+            sel = np.flatnonzero((codes == f) & named[:, k])  # the field's rows naming k (all of them, for a field)
+            q = np.clip(out[sel, k], 1e-4, 1 - 1e-4)
             logits = np.log(q / (1 - q))
             lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
             for _ in range(60):
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < target else (lo, mid)
-            out[rows, k] = _sigmoid(logits + (lo + hi) / 2)
+            out[sel, k] = _sigmoid(logits + (lo + hi) / 2)
     return out
 
 
