@@ -64,12 +64,17 @@ def teacher_epochs(epochs: int, asked: int = 0) -> int:
     return asked or max(1, -(-epochs // 2))
 
 
-def classes_named(labels: np.ndarray, negative: int | None) -> np.ndarray:
-    """(N,) how many classes other than Negative each row of ``labels`` (N, C, multi-hot field labels) names."""
+def named_besides_negative(labels: np.ndarray, negative: int | None) -> np.ndarray:
+    """(N, C) bool: the classes other than Negative each row of ``labels`` (N, C, multi-hot field labels) names."""
     named = np.asarray(labels) > 0
     if negative is not None:
-        named = np.delete(named, negative, axis=1)
-    return named.sum(axis=1)
+        named[:, negative] = False
+    return named
+
+
+def classes_named(labels: np.ndarray, negative: int | None) -> np.ndarray:
+    """(N,) how many classes other than Negative each row of ``labels`` (N, C, multi-hot field labels) names."""
+    return named_besides_negative(labels, negative).sum(axis=1)
 
 
 def certain_cells(labels: np.ndarray, negative: int | None) -> np.ndarray:
@@ -133,9 +138,7 @@ def at_least_one_posterior(labels: np.ndarray, predictions: np.ndarray, known: n
     lacks and rows naming no class keep ``predictions``.
     """
     p = np.asarray(predictions, np.float64)  # read only: the result is a new array
-    named = np.asarray(labels) > 0
-    if negative is not None:
-        named[:, negative] = False
+    named = named_besides_negative(labels, negative)
     guess = np.clip(np.where(np.asarray(known, bool)[None, :], p, prior), 0.0, 1.0)
     at_least_one = 1.0 - np.prod(np.where(named, 1.0 - guess, 1.0), axis=1, keepdims=True)
     post = np.clip(guess / np.maximum(at_least_one, 1e-12), 0.0, 1.0)
@@ -156,17 +159,16 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
     named = np.asarray(named, bool)
     target = float(np.clip(share, 1e-3, 1 - 1e-3))
     codes = np.unique(np.asarray(fields), return_inverse=True)[1].reshape(-1)
-    for f in np.unique(codes[named.any(axis=1)]):
-        rows = np.flatnonzero(codes == f)
-        for k in np.flatnonzero(named[rows].any(axis=0)):
-            sel = np.flatnonzero((codes == f) & named[:, k])  # the field's rows naming k (all of them, for a field)
-            q = np.clip(out[sel, k], 1e-4, 1 - 1e-4)
-            logits = np.log(q / (1 - q))
-            lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
-            for _ in range(60):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < target else (lo, mid)
-            out[sel, k] = _sigmoid(logits + (lo + hi) / 2)
+    rows, cols = np.nonzero(named)
+    for f, k in sorted(set(zip(codes[rows].tolist(), cols.tolist()))):  # each field and class it names
+        sel = rows[(codes[rows] == f) & (cols == k)]
+        q = np.clip(out[sel, k], 1e-4, 1 - 1e-4)
+        logits = np.log(q / (1 - q))
+        lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < target else (lo, mid)
+        out[sel, k] = _sigmoid(logits + (lo + hi) / 2)
     return out
 
 

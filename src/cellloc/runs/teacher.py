@@ -25,7 +25,8 @@ from ..data import CropFiles, predictions_for, read_soft_targets
 from ..errors import InputError
 from ..fieldio import write_csv
 from ..teacher import (FALLBACK_SHOWN_SHARE, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior, certain_cells,
-                       known_classes, level_to_share, shown_share, taught_targets, teacher_epochs, why_no_teacher)
+                       known_classes, level_to_share, named_besides_negative, shown_share, taught_targets,
+                       teacher_epochs, why_no_teacher)
 from .train import TrainConfig, _check_resume_config, _resolve_device, format_summary, seed_everything, train_fold
 
 
@@ -82,10 +83,7 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
         p, posterior = _posterior(cfg, labels, p, ~taught, shows)
         record.update(posterior, mean_target=round(float(p[taught][named].mean()), 4))
     if cfg.teacher_targets == "levelled":  # each taught field's level of each of its classes, at the share
-        negative = cfg.task_record.label_set.negative
-        level = (labels > 0) & taught[:, None]
-        if negative is not None:
-            level[:, negative] = False
+        level = named_besides_negative(labels, cfg.task_record.label_set.negative) & taught[:, None]
         p = level_to_share(p, pd.factorize(train["ID"])[0], level, posterior["shown_share"])
         record.update(levelled_target=round(float(p[taught][named].mean()), 4))
     return taught_targets(labels, p, taught, cfg.teacher_weight), record
