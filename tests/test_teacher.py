@@ -130,7 +130,7 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     saved = json.loads((teacher_dir / "config.json").read_text())
     assert (saved["train_fields"], saved["teacher"]) == ("certain", "none")  # its config re-runs it
     record = json.loads((run.run_dir / "teacher.json").read_text())
-    assert record["taught"] and record["run_dir"] == str(teacher_dir) and record["weight"] == 0.5
+    assert record["taught"] and record["run_dir"] == str(teacher_dir) and record["weight"] == 1.0
 
     sets = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True))
     weak = label_matrix(sets.train, "weak", 19)
@@ -140,21 +140,25 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     assert set(preds["ID"]) == set(sets.train.loc[taught, "ID"])
     assert record["certain_cells"] == (~taught).sum()
     p = sets.train[taught].astype({"cell_id": int}).merge(preds, on=["ID", "cell_id"])[[f"p{k}" for k in range(19)]].to_numpy()
-    # by default the predictions as the chance of each class given that the cell shows one of its field's
-    assert record["targets"] == "posterior" and record["shown_share_from"] == "fallback"  # no negative split here
+    # by default the chance of each class given that the cell shows one of its field's, each field's level of each
+    # class set to the shown share, the whole target taken from it (the weight levelled was measured with)
+    assert record["targets"] == "levelled" and record["shown_share_from"] == "fallback"  # no negative split here
     known = known_classes(weak, ~taught)
     posterior = at_least_one_posterior(weak[taught], p, known, record["shown_share"], NEG)
-    np.testing.assert_allclose(sets.y_train[taught], weak[taught] * (0.5 + 0.5 * posterior), atol=1e-6)
-    assert np.array_equal(sets.y_train[~taught], weak[~taught])
-    as_predicted = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="prediction"))
-    np.testing.assert_allclose(as_predicted.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
-    levelled = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="levelled"))
     fields_classes = weak[taught] > 0
     fields_classes[:, NEG] = False
     level = level_to_share(posterior, sets.train.loc[taught, "ID"].to_numpy(), fields_classes, record["shown_share"])
-    np.testing.assert_allclose(levelled.y_train[taught], weak[taught] * (0.5 + 0.5 * level), atol=1e-6)
-    assert levelled.teacher["targets"] == "levelled" and "levelled" in format_summary(
-        dataclasses.replace(run, teacher=levelled.teacher))
+    np.testing.assert_allclose(sets.y_train[taught], weak[taught] * level, atol=1e-6)
+    assert np.array_equal(sets.y_train[~taught], weak[~taught])
+    assert "levelled" in format_summary(run)
+    # the other targets take half the target from the teacher, the weight they were measured with
+    as_posterior = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="posterior"))
+    np.testing.assert_allclose(as_posterior.y_train[taught], weak[taught] * (0.5 + 0.5 * posterior), atol=1e-6)
+    assert as_posterior.teacher["targets"] == "posterior" and as_posterior.teacher["weight"] == 0.5
+    as_predicted = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="prediction"))
+    np.testing.assert_allclose(as_predicted.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
+    halfway = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_weight=0.5))
+    np.testing.assert_allclose(halfway.y_train[taught], weak[taught] * (0.5 + 0.5 * level), atol=1e-6)
     assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)
 
     (teacher_dir / TEACHER_PREDICTIONS).write_text("ID,cell_id\nx,1\n")  # damaged by hand: one line naming it
@@ -176,7 +180,7 @@ def test_resume_reuses_a_finished_teacher_and_overwrite_trains_it_again(cells_cs
     train_fold(_cfg(cells_csv, tmp_path, run_name="r", resume=True))
     assert ((teacher_dir / "best.pt").stat().st_mtime_ns, (teacher_dir / TEACHER_PREDICTIONS).stat().st_mtime_ns) == made
     assert (tmp_path / "r" / "fold0" / "best.pt").exists()
-    with pytest.raises(InputError, match="teacher_weight is 0.8 but the saved run used 0.5"):
+    with pytest.raises(InputError, match="teacher_weight is 0.8 but the saved run used 1.0"):
         train_fold(_cfg(cells_csv, tmp_path, run_name="r", resume=True, teacher_weight=0.8))
     train_fold(_cfg(cells_csv, tmp_path, run_name="r", overwrite=True))
     assert [p.name for p in (tmp_path / "r-teacher").glob("fold0.replaced-*")]  # the old teacher kept aside
@@ -188,17 +192,39 @@ def test_a_run_saved_before_teacher_targets_existed_resumes_only_with_what_it_us
     from cellloc.runs.train import _check_resume_config
 
     saved = tmp_path / "config.json"
-    for teacher, resumed in (("certain", "prediction"), ("none", "posterior")):
-        old = {k: v for k, v in config_dict(_cfg(cells_csv, tmp_path, teacher=teacher)).items() if k != "teacher_targets"}
-        saved.write_text(json.dumps(old))
+    for teacher in ("certain", "none"):
+        old = config_dict(_cfg(cells_csv, tmp_path, teacher=teacher, teacher_weight=0.5))  # that time's default weight
+        saved.write_text(json.dumps({k: v for k, v in old.items() if k != "teacher_targets"}))
         now = _cfg(cells_csv, tmp_path, teacher=teacher, resume=True)
-        if teacher == "none":  # nothing to tell apart without a teacher: today's default resumes it
+        if teacher == "none":  # nothing to tell apart without a teacher: today's defaults resume it
             assert _check_resume_config(now, saved).teacher == "none"
             continue
-        with pytest.raises(InputError, match="teacher_targets is 'posterior' but the saved run used 'prediction'"):
+        with pytest.raises(InputError, match="teacher_targets is 'levelled' but the saved run used 'prediction'"):
             _check_resume_config(now, saved)
-        asked = dataclasses.replace(now, teacher_targets=resumed)
-        assert _check_resume_config(asked, saved).teacher_targets == "prediction"
+        asked = _cfg(cells_csv, tmp_path, teacher=teacher, resume=True, teacher_targets="prediction")
+        resumed = _check_resume_config(asked, saved)  # naming the targets brings the weight they were measured with
+        assert (resumed.teacher_targets, resumed.teacher_weight) == ("prediction", 0.5)
+
+
+def test_a_run_saved_with_the_earlier_default_targets_resumes_by_naming_them(cells_csv, tmp_path):
+    from cellloc.config import config_dict
+    from cellloc.runs.train import _check_resume_config
+
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(config_dict(_cfg(cells_csv, tmp_path, teacher_targets="posterior"))))
+    assert json.loads(saved.read_text())["teacher_weight"] == 0.5  # saved as resolved: the config says what it used
+    with pytest.raises(InputError, match="teacher_targets is 'levelled' but the saved run used 'posterior'"):
+        _check_resume_config(_cfg(cells_csv, tmp_path, resume=True), saved)
+    resumed = _check_resume_config(_cfg(cells_csv, tmp_path, resume=True, teacher_targets="posterior"), saved)
+    assert (resumed.teacher_targets, resumed.teacher_weight) == ("posterior", 0.5)
+
+
+def test_a_teacher_is_the_same_run_whatever_its_students_targets_and_weight(cells_csv, tmp_path):
+    from cellloc.runs.teacher import teacher_config
+
+    plain = teacher_config(_cfg(cells_csv, tmp_path))
+    other = teacher_config(_cfg(cells_csv, tmp_path, teacher_targets="posterior", teacher_weight=0.3))
+    assert plain == other and (plain.teacher, plain.teacher_targets, plain.teacher_weight) == ("none", "levelled", 1.0)
 
 
 def test_resume_of_a_run_stopped_while_its_teacher_trained_continues_the_teacher(cells_csv, tmp_path):
@@ -226,6 +252,7 @@ def test_auto_trains_on_the_field_labels_where_no_teacher_can_be_trained_and_cer
     ({"soft_targets": "x.csv"}, "teacher and soft_targets both soften"),
     ({"label_source": "true"}, "teacher teaches the cells of fields naming several classes"),
     ({"teacher_weight": 1.5}, "teacher_weight must be in"),
+    ({"teacher_weight": -0.5}, "teacher_weight must be in"),
     ({"teacher_epochs": 2, "warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (2)"),
     ({"warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (3)"),
     ({"teacher": "best"}, "teacher must be one of auto, certain, none"),

@@ -49,6 +49,10 @@ TEACHER_TARGETS = {
                 "field's cells; level_to_share); measured with --teacher-weight 1",
     "prediction": "the teacher's predictions as they are (round 11)",
 }
+# Each target's share taken from the teacher when --teacher-weight is not given: the weight each was measured with
+# (posterior and prediction at 0.5, rounds 11-13; levelled at 1, round 14: its level already is the share, so
+# mixing in the field label again would only raise every taught cell back towards it).
+TEACHER_WEIGHTS = {"posterior": 0.5, "levelled": 1.0, "prediction": 0.5}
 KNOWN_MIN_CELLS = 10  # training cells of certain fields naming a class before the teacher's prediction of it counts
 FALLBACK_SHOWN_SHARE = 0.75  # a field's cells showing its class where the split cannot measure it (demo: 0.71 measured)
 TEACHER_SUFFIX = "-teacher"  # the teacher's run folder is <run_name>-teacher/fold<K>, beside the student's

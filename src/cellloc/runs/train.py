@@ -102,7 +102,7 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
-from ..teacher import TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHERS, certain_cells, teacher_epochs
+from ..teacher import TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHER_WEIGHTS, TEACHERS, certain_cells, teacher_epochs
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -185,14 +185,15 @@ class TrainConfig:
                        "label times (1 - w + w * the teacher's prediction), w = --teacher-weight; docs/cellgap.md round "
                        "11), none, or auto (certain where it applies and the training cells hold fields naming several "
                        "classes and at least 64 cells of fields naming at most one)", choices=list(TEACHERS))
-    teacher_weight: float = opt(0.5, "--teacher: share of a taught cell's target taken from the teacher's prediction")
-    teacher_targets: str = opt("posterior", "--teacher: what that share takes from the teacher: posterior (the chance the "
-                               "cell shows each of its field's classes given that it shows one, from the teacher's "
-                               "predictions of the classes it trained on and the certain fields' share of cells "
-                               "showing their class for the others; docs/cellgap.md round 13), levelled (that chance "
-                               "with each field's mean of each of its classes set to that share, the ranking of its "
-                               "cells kept; round 14, with --teacher-weight 1) or prediction (as they are, round 11)",
+    teacher_targets: str = opt("levelled", "--teacher: what a taught cell learns from the teacher: posterior (the "
+                               "chance the cell shows each of its field's classes given that it shows one, from the "
+                               "teacher's predictions of the classes it trained on and the certain fields' share of "
+                               "cells showing their class for the others; docs/cellgap.md round 13), levelled (that "
+                               "chance with each field's mean of each of its classes set to that share, the ranking of "
+                               "its cells kept; round 14, the default) or prediction (as they are, round 11)",
                                choices=list(TEACHER_TARGETS))
+    teacher_weight: float = opt(-1.0, "--teacher: share of a taught cell's target taken from those targets (-1: the one "
+                                "each was measured with, 1 for levelled, 0.5 for the others)")
     teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
                               "them on the demo's fields)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
@@ -338,9 +339,12 @@ class TrainConfig:
              "training with label_source weak")
         need(self.teacher == "none" or not self.soft_targets, "teacher and soft_targets both soften the targets by "
              "another model's predictions: use one (or --teacher none)")
-        need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1], got {self.teacher_weight}")
         need(self.teacher_targets in TEACHER_TARGETS,
              f"teacher_targets must be one of {', '.join(TEACHER_TARGETS)}, got {self.teacher_targets!r}")
+        if self.teacher_weight == -1:  # saved resolved, so a run's config says the weight it trained with
+            self.teacher_weight = TEACHER_WEIGHTS[self.teacher_targets]
+        need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1] (or -1: the targets' own), got "
+             f"{self.teacher_weight}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
@@ -752,8 +756,8 @@ def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES or f.name not in saved:
             continue
-        if f.name == "teacher_targets" and "none" in (saved.get("teacher"), cfg.teacher):
-            continue  # without a teacher it changes nothing
+        if f.name in ("teacher_targets", "teacher_weight") and "none" in (saved.get("teacher"), cfg.teacher):
+            continue  # without a teacher they change nothing
         mine = getattr(cfg, f.name)
         if f.name in ("mean", "std") and not mine:
             continue
