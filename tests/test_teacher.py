@@ -15,7 +15,8 @@ from cellloc.errors import InputError
 from cellloc.fieldio import multihot
 from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
 from cellloc.teacher import (TEACHER_PREDICTIONS, at_least_one_posterior, certain_cells, classes_named, known_classes,
-                             level_to_share, shown_share, taught_targets, teacher_epochs, why_no_teacher)
+                             level_to_share, named_besides_negative, shown_share, taught_targets, teacher_epochs,
+                             why_no_teacher)
 
 NEG = 18
 
@@ -145,8 +146,7 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     assert record["targets"] == "levelled" and record["shown_share_from"] == "fallback"  # no negative split here
     known = known_classes(weak, ~taught)
     posterior = at_least_one_posterior(weak[taught], p, known, record["shown_share"], NEG)
-    fields_classes = weak[taught] > 0
-    fields_classes[:, NEG] = False
+    fields_classes = named_besides_negative(weak[taught], NEG)
     level = level_to_share(posterior, sets.train.loc[taught, "ID"].to_numpy(), fields_classes, record["shown_share"])
     np.testing.assert_allclose(sets.y_train[taught], weak[taught] * level, atol=1e-6)
     assert np.array_equal(sets.y_train[~taught], weak[~taught])

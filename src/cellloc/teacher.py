@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import soft_targets
+from .thresholds import sigmoid
 
 # train.py --teacher: where the several-class fields' cells get their targets from
 TEACHERS = {
@@ -171,10 +172,6 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
         lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
         for _ in range(60):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < target else (lo, mid)
-        out[sel, k] = _sigmoid(logits + (lo + hi) / 2)
+            lo, hi = (mid, hi) if sigmoid(logits + mid).mean() < target else (lo, mid)
+        out[sel, k] = sigmoid(logits + (lo + hi) / 2)
     return out
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))

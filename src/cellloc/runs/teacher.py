@@ -83,8 +83,8 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
         p, posterior = _posterior(cfg, labels, p, ~taught, shows)
         record.update(posterior, mean_target=round(float(p[taught][named].mean()), 4))
     if cfg.teacher_targets == "levelled":  # each taught field's level of each of its classes, at the share
-        level = named_besides_negative(labels, cfg.task_record.label_set.negative) & taught[:, None]
-        p = level_to_share(p, pd.factorize(train["ID"])[0], level, posterior["shown_share"])
+        level = named_besides_negative(labels, negative) & taught[:, None]
+        p = level_to_share(p, train["ID"].to_numpy(), level, posterior["shown_share"])
         record.update(levelled_target=round(float(p[taught][named].mean()), 4))
     return taught_targets(labels, p, taught, cfg.teacher_weight), record
 
