@@ -219,12 +219,62 @@ def test_a_run_saved_with_the_earlier_default_targets_resumes_by_naming_them(cel
     assert (resumed.teacher_targets, resumed.teacher_weight) == ("posterior", 0.5)
 
 
-def test_a_teacher_is_the_same_run_whatever_its_students_targets_and_weight(cells_csv, tmp_path):
+def test_a_teacher_is_the_same_run_whatever_its_students_targets_weight_and_start(cells_csv, tmp_path):
     from cellloc.runs.teacher import teacher_config
 
     plain = teacher_config(_cfg(cells_csv, tmp_path))
-    other = teacher_config(_cfg(cells_csv, tmp_path, teacher_targets="posterior", teacher_weight=0.3))
+    other = teacher_config(_cfg(cells_csv, tmp_path, teacher_targets="posterior", teacher_weight=0.3,
+                                student_init="scratch"))
     assert plain == other and (plain.teacher, plain.teacher_targets, plain.teacher_weight) == ("none", "levelled", 1.0)
+
+
+def test_a_student_starts_from_its_teachers_weights_unless_told_to_start_from_scratch(cells_csv, tmp_path, monkeypatch):
+    import torch
+
+    import cellloc.runs.train as train_run
+    from cellloc.torchfile import load_checkpoint
+
+    started = {}
+
+    def recording(cfg, net, teacher=None):
+        line = init_weights(cfg, net, teacher)
+        started[cfg.run_name] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        return line
+
+    init_weights = train_run.init_weights
+    monkeypatch.setattr(train_run, "init_weights", recording)
+    run = train_fold(_cfg(cells_csv, tmp_path, run_name="w"))  # the default
+    teacher_dir = tmp_path / "w-teacher" / "fold0"
+    taught = load_checkpoint(teacher_dir / "best.pt")
+    assert set(started) == {"w"} and started["w"].keys() == taught.keys()
+    assert all(torch.equal(started["w"][k], taught[k]) for k in taught)  # every weight and statistic of the teacher
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["init_from"].startswith(f"--student-init teacher {teacher_dir}: ")
+    assert json.loads((run.run_dir / "config.json").read_text())["student_init"] == "teacher"
+
+    scratch = train_fold(_cfg(cells_csv, tmp_path, run_name="s", student_init="scratch"))
+    assert "s" not in started and json.loads((scratch.run_dir / "summary.json").read_text())["init_from"] is None
+    # without a teacher there is nothing to start from: the run starts as --pretrained says
+    alone = train_fold(_cfg(cells_csv, tmp_path, run_name="n", teacher="none"))
+    assert "n" not in started and json.loads((alone.run_dir / "summary.json").read_text())["init_from"] is None
+
+
+def test_a_run_saved_before_student_init_existed_started_from_scratch(cells_csv, tmp_path):
+    from cellloc.config import config_dict
+    from cellloc.runs.train import _check_resume_config
+
+    saved = tmp_path / "config.json"
+    for teacher in ("certain", "none"):
+        old = config_dict(_cfg(cells_csv, tmp_path, teacher=teacher))
+        saved.write_text(json.dumps({k: v for k, v in old.items() if k != "student_init"}))
+        now = _cfg(cells_csv, tmp_path, teacher=teacher, resume=True)
+        if teacher == "none":  # without a teacher the student's start is --pretrained's either way
+            assert _check_resume_config(now, saved).teacher == "none"
+            continue
+        with pytest.raises(InputError, match="student_init is 'teacher' but the saved run used 'scratch'"):
+            _check_resume_config(now, saved)
+        asked = _cfg(cells_csv, tmp_path, teacher=teacher, resume=True, student_init="scratch")
+        assert _check_resume_config(asked, saved).student_init == "scratch"
 
 
 def test_resume_of_a_run_stopped_while_its_teacher_trained_continues_the_teacher(cells_csv, tmp_path):
@@ -256,6 +306,7 @@ def test_auto_trains_on_the_field_labels_where_no_teacher_can_be_trained_and_cer
     ({"teacher_epochs": 2, "warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (2)"),
     ({"warmup_epochs": 3, "epochs": 5}, "warmup_epochs must be below the teacher's epochs (3)"),
     ({"teacher": "best"}, "teacher must be one of auto, certain, none"),
+    ({"student_init": "imagenet"}, "student_init must be one of teacher, scratch"),
 ])
 def test_bad_teacher_settings_are_one_line_errors(kw, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):

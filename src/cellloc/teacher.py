@@ -50,6 +50,12 @@ TEACHER_TARGETS = {
                 "field's cells; level_to_share); measured with --teacher-weight 1",
     "prediction": "the teacher's predictions as they are (round 11)",
 }
+# train.py --student-init: where the student's weights start when a teacher taught it
+STUDENT_INITS = {
+    "teacher": "the teacher's trained weights: the student continues from what the certain fields taught and learns the "
+               "several-class fields' cells on top (docs/cellgap.md round 16)",
+    "scratch": "the weights --pretrained or --init-from give, as the teacher started (rounds 11-15)",
+}
 # Each target's share taken from the teacher when --teacher-weight is not given: the weight each was measured with
 # (posterior and prediction at 0.5, rounds 11-13; levelled at 1, round 14: its level already is the share, so
 # mixing in the field label again would only raise every taught cell back towards it).

@@ -34,6 +34,7 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The teacher run of student ``cfg``: its recipe on the certain fields' cells, in ``<run_name>-teacher``."""
     return dataclasses.replace(cfg, run_name=f"{cfg.run_name}{TEACHER_SUFFIX}", teacher="none", train_fields="certain",
                                epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False,
+                               student_init=TrainConfig.student_init,
                                teacher_targets=TrainConfig.teacher_targets, teacher_weight=TrainConfig.teacher_weight)
 
 

@@ -102,7 +102,8 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
-from ..teacher import TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHER_WEIGHTS, TEACHERS, certain_cells, teacher_epochs
+from ..teacher import (STUDENT_INITS, TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHER_WEIGHTS, TEACHERS, certain_cells,
+                       teacher_epochs)
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -196,6 +197,9 @@ class TrainConfig:
                                 "each was measured with, 1 for levelled, 0.5 for the others)")
     teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
                               "them on the demo's fields)")
+    student_init: str = opt("teacher", "--teacher: where the student's weights start once a teacher taught it: teacher "
+                            "(its trained weights; docs/cellgap.md round 16) or scratch (--pretrained or --init-from, "
+                            "as the teacher started)", choices=list(STUDENT_INITS))
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
                             "naming at most one class besides Negative: what --teacher trains on)",
                             choices=["all", "certain"])
@@ -345,6 +349,8 @@ class TrainConfig:
             self.teacher_weight = TEACHER_WEIGHTS[self.teacher_targets]
         need(0 <= self.teacher_weight <= 1, f"teacher_weight must be in [0, 1] (or -1: the targets' own), got "
              f"{self.teacher_weight}")
+        need(self.student_init in STUDENT_INITS,
+             f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
@@ -744,7 +750,7 @@ def _resolve_device(device: str) -> torch.device:
 
 # settings added after runs were saved without them: the value those runs trained with, so that resuming one
 # keeps it (or says that the run used another) instead of continuing with today's default
-SAVED_BEFORE = {"teacher_targets": "prediction"}
+SAVED_BEFORE = {"teacher_targets": "prediction", "student_init": "scratch"}
 
 
 def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
@@ -756,7 +762,7 @@ def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES or f.name not in saved:
             continue
-        if f.name in ("teacher_targets", "teacher_weight") and "none" in (saved.get("teacher"), cfg.teacher):
+        if f.name in ("teacher_targets", "teacher_weight", "student_init") and "none" in (saved.get("teacher"), cfg.teacher):
             continue  # without a teacher they change nothing
         mine = getattr(cfg, f.name)
         if f.name in ("mean", "std") and not mine:
@@ -962,10 +968,14 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         raise InputError(f"fold {cfg.fold} has no positive labels: monitor {cfg.monitor} is undefined (use --monitor loss)")
 
     # the backbone first: a missing ImageNet file fails before anything is written
-    net = _build_net(cfg, pretrained="none" if state or cfg.init_from else cfg.pretrained)
+    taught = sets.teacher is not None and bool(sets.teacher.get("taught"))
+    from_teacher = cfg.student_init == "teacher" and taught
+    net = _build_net(cfg, pretrained="none" if state or cfg.init_from or from_teacher else cfg.pretrained)
     init = None
     if state:
         net.load_state_dict(state["model"])
+    elif from_teacher:
+        init = init_weights(cfg, net, Path(sets.teacher["run_dir"]))
     elif cfg.init_from:
         init = init_weights(cfg, net)
 
@@ -1192,17 +1202,19 @@ def init_source(cfg: TrainConfig) -> Path:
                      f"(best.pt and {RECIPE_FILE})")
 
 
-def init_weights(cfg: TrainConfig, net: torch.nn.Module) -> str:
-    """Load ``--init-from``'s weights into ``net`` (:func:`cellloc.transfer.transfer_state`); returns what was done."""
-    source = init_source(cfg)
+def init_weights(cfg: TrainConfig, net: torch.nn.Module, teacher: Path | None = None) -> str:
+    """Load ``--init-from``'s weights, or the ``teacher`` fold folder's (``--student-init teacher``), into ``net``
+    (:func:`cellloc.transfer.transfer_state`); returns what was done."""
+    source = init_source(cfg) if teacher is None else teacher
+    what = "--init-from" if teacher is None else "--student-init teacher"
     recipe = Recipe.read(source / RECIPE_FILE)
     if recipe.model != cfg.model:
-        raise InputError(f"--init-from {source}: a {recipe.model} model, but this run trains {cfg.model} "
+        raise InputError(f"{what} {source}: a {recipe.model} model, but this run trains {cfg.model} "
                          f"(pass --model {recipe.model})")
     state, report = transfer_state(load_checkpoint(source / "best.pt"), net.state_dict(), recipe.channels,
-                                   cfg.channel_names, recipe.num_classes, cfg.num_classes, f"--init-from {source}")
+                                   cfg.channel_names, recipe.num_classes, cfg.num_classes, f"{what} {source}")
     net.load_state_dict(state)
-    return f"{source}: {report.line()}"
+    return f"{source}: {report.line()}" if teacher is None else f"{what} {source}: {report.line()}"
 
 
 def _build_net(cfg: TrainConfig, pretrained: str) -> torch.nn.Module:
