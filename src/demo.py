@@ -37,7 +37,7 @@ from cellloc.runs.train import default_run_name  # noqa: E402
 from cellloc.runtime import THREADS_ENV  # noqa: E402
 from cellloc.synth import CLASS_DRAWS  # noqa: E402
 from cellloc.tasks import DEFAULT_TASK, TASKS, get_task  # noqa: E402
-from cellloc.teacher import TEACHERS  # noqa: E402
+from cellloc.teacher import STUDENT_INITS, TEACHERS  # noqa: E402
 
 T = TypeVar("T")
 
@@ -105,6 +105,9 @@ class DemoConfig:
     teacher: str = opt("auto", "hpa-sc: train.py --teacher: auto or certain (first a teacher on the fields naming at "
                        "most one class, for half the epochs; its predictions soften the targets of the cells of fields "
                        "naming several; docs/cellgap.md Round 11) or none", choices=list(TEACHERS))
+    student_init: str = opt("teacher", "hpa-sc: train.py --student-init: with a teacher, start the run from its "
+                            "trained weights (teacher; docs/cellgap.md Round 16) or as the teacher started (scratch)",
+                            choices=list(STUDENT_INITS))
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
@@ -205,7 +208,8 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
     run("train fold 0 (CPU-sized: ResNet-18 on small crops, no ImageNet weights)",
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
          "--model", "resnet18", "--monitor", "last", "--balance-power", str(a.balance_power),
-         "--seed", str(42 + a.seed), "--ema", str(a.ema), "--teacher", a.teacher, "--overwrite"])
+         "--seed", str(42 + a.seed), "--ema", str(a.ema), "--teacher", a.teacher,
+         "--student-init", a.student_init, "--overwrite"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--tta", str(a.tta),
                                              "--workers", FIELD_WORKERS, "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])

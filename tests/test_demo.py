@@ -43,13 +43,16 @@ def test_the_hpa_sc_demo_trains_resnet18_class_balanced_and_predicts_one_view(de
     assert value_of(stages["train"], "--epochs") == str(defaults["epochs"])
     assert value_of(stages["train"], "--balance-power") == "0.5"
     assert value_of(stages["train"], "--model") == "resnet18"
+    assert value_of(stages["train"], "--student-init") == "teacher"
     assert value_of(stages["predict"], "--tta") == "1" == str(defaults["tta"])
     assert value_of(stages["gen_folds"], "--folds") == str(defaults["folds"])
 
 
-def test_the_hpa_sc_demo_passes_the_given_views_and_balance_on(demo, monkeypatch):
-    stages = stages_of(demo, ["--tta", "8", "--balance-power", "0", "--epochs", "3", "--folds", "10"], monkeypatch)
+def test_the_hpa_sc_demo_passes_the_given_views_balance_and_student_start_on(demo, monkeypatch):
+    stages = stages_of(demo, ["--tta", "8", "--balance-power", "0", "--epochs", "3", "--folds", "10",
+                              "--student-init", "scratch"], monkeypatch)
     assert value_of(stages["gen_folds"], "--folds") == "10"
+    assert value_of(stages["train"], "--student-init") == "scratch"
     assert value_of(stages["predict"], "--tta") == "8"
     assert value_of(stages["train"], "--balance-power") == "0.0"
     assert value_of(stages["train"], "--epochs") == "3"

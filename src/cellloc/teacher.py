@@ -25,6 +25,10 @@ On the demo's fields it raised the test mAP from 0.457 (the negative split alone
 one of five training seeds: 0.93 of the true-label ceiling (docs/cellgap.md, round 11; 0.91 after round
 12's optimizer step). The posterior then took it from 0.472 to 0.481 over five training seeds, 0.93 of
 the ceiling again, and the demo from 0.487 to 0.495 over its five seeds (round 13).
+
+The student then starts from the teacher's trained weights (``--student-init teacher``, round 16): the
+certain fields' lessons are already in them, so its epochs go to the several-class fields' cells instead
+of learning the classes again from nothing, at no extra training.
 """
 
 from __future__ import annotations
