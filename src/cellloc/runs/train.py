@@ -1205,8 +1205,7 @@ def init_source(cfg: TrainConfig) -> Path:
 def init_weights(cfg: TrainConfig, net: torch.nn.Module, teacher: Path | None = None) -> str:
     """Load ``--init-from``'s weights, or the ``teacher`` fold folder's (``--student-init teacher``), into ``net``
     (:func:`cellloc.transfer.transfer_state`); returns what was done."""
-    source = init_source(cfg) if teacher is None else teacher
-    what = "--init-from" if teacher is None else "--student-init teacher"
+    source, what = (init_source(cfg), "--init-from") if teacher is None else (teacher, "--student-init teacher")
     recipe = Recipe.read(source / RECIPE_FILE)
     if recipe.model != cfg.model:
         raise InputError(f"{what} {source}: a {recipe.model} model, but this run trains {cfg.model} "
@@ -1214,7 +1213,8 @@ def init_weights(cfg: TrainConfig, net: torch.nn.Module, teacher: Path | None = 
     state, report = transfer_state(load_checkpoint(source / "best.pt"), net.state_dict(), recipe.channels,
                                    cfg.channel_names, recipe.num_classes, cfg.num_classes, f"{what} {source}")
     net.load_state_dict(state)
-    return f"{source}: {report.line()}" if teacher is None else f"{what} {source}: {report.line()}"
+    line = f"{source}: {report.line()}"  # --init-from's summary line as it always read; the teacher's says what it is
+    return line if teacher is None else f"{what} {line}"
 
 
 def _build_net(cfg: TrainConfig, pretrained: str) -> torch.nn.Module:
