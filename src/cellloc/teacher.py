@@ -185,3 +185,24 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
             lo, hi = (mid, hi) if sigmoid(logits + mid).mean() < target else (lo, mid)
         out[sel, k] = sigmoid(logits + (lo + hi) / 2)
     return out
+
+
+def judged_targets(rule: str, labels: np.ndarray, predictions: np.ndarray, taught: np.ndarray, fields: np.ndarray,
+                   known: np.ndarray, share: float, negative: int | None, weight: float) -> np.ndarray:
+    """(N, C) training targets of cells with field ``labels`` (N, C) from a judge's ``predictions`` (N, C).
+
+    ``rule`` is a ``--teacher-targets`` name: ``prediction`` takes the predictions as they are, ``posterior`` their
+    :func:`at_least_one_posterior` (``known`` classes judged, the others at ``share``), ``levelled`` that posterior with
+    each ``taught`` field's level of each of its classes set to ``share`` (:func:`level_to_share`; ``fields`` (N,) names
+    each row's field). The ``taught`` rows then train on their field's label times ``1 - weight + weight * that``, the
+    others on their field's label (:func:`taught_targets`). The teacher's targets and the student's own relabelling
+    (``--relabel-after``, which judges every class) are both this function.
+    """
+    p = np.asarray(predictions, np.float64)
+    if rule in ("posterior", "levelled"):
+        p = at_least_one_posterior(labels, p, known, share, negative)
+    if rule == "levelled":
+        level = named_besides_negative(labels, negative) & np.asarray(taught, bool)[:, None]
+        p = level_to_share(p, fields, level, share)
+    return taught_targets(labels, p, taught, weight)
+

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,7 @@ from ..data import CropFiles, predictions_for, read_soft_targets
 from ..errors import InputError
 from ..fieldio import write_csv
 from ..teacher import (FALLBACK_SHOWN_SHARE, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior, certain_cells,
-                       known_classes, level_to_share, named_besides_negative, shown_share, taught_targets,
-                       teacher_epochs, why_no_teacher)
+                       judged_targets, known_classes, shown_share, teacher_epochs, why_no_teacher)
 from .train import TrainConfig, _check_resume_config, _resolve_device, format_summary, seed_everything, train_fold
 
 
@@ -34,7 +34,7 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The teacher run of student ``cfg``: its recipe on the certain fields' cells, in ``<run_name>-teacher``."""
     return dataclasses.replace(cfg, run_name=f"{cfg.run_name}{TEACHER_SUFFIX}", teacher="none", train_fields="certain",
                                epochs=teacher_epochs(cfg.epochs, cfg.teacher_epochs), teacher_epochs=0, resume=False,
-                               student_init=TrainConfig.student_init,
+                               student_init=TrainConfig.student_init, relabel_after=0,
                                teacher_targets=TrainConfig.teacher_targets, teacher_weight=TrainConfig.teacher_weight)
 
 
@@ -52,18 +52,20 @@ def latest_checkpoint(cfg: TrainConfig) -> Path | None:
 
 
 def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
-          shows: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """(targets, record) for the training cells ``train`` with field ``labels`` (N, C) of student ``cfg``.
+          shows: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray] | None]:
+    """(targets, record, rejudge) for the training cells ``train`` with field ``labels`` (N, C) of student ``cfg``.
 
     Trains (or reuses) the teacher run and softens the cells of the fields naming several classes by its
     predictions (``--teacher-targets``); ``auto`` keeps the field labels where no teacher can be trained and
     records why. ``shows`` (N,), the negative split's P(the cell shows protein), measures the share of a field's
-    cells showing its class that the posterior gives the classes the teacher did not train on.
+    cells showing its class that the posterior gives the classes the teacher did not train on. ``rejudge`` maps
+    another judge's predictions (N, C) to targets by the same rule with every class judged: what the student's
+    own relabelling (``--relabel-after``) trains on; None where nothing was taught.
     """
     negative = cfg.task_record.label_set.negative
     why = why_no_teacher(labels, negative)
     if why and cfg.teacher == "auto":
-        return labels, {"taught": False, "why": why}
+        return labels, {"taught": False, "why": why}, None
     if why:
         raise InputError(f"{cfg.folds_csv}: --teacher certain: {why}; use --teacher none")
     taught = ~certain_cells(labels, negative)
@@ -80,20 +82,24 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
               "certain_cells": int((~taught).sum()), "taught_cells": int(taught.sum()),
               "taught_fields": int(train.loc[taught, "ID"].nunique()),
               "mean_prediction": round(float(p[taught][named].mean()), 4), "targets": cfg.teacher_targets}
-    if cfg.teacher_targets in ("posterior", "levelled"):
-        p, posterior = _posterior(cfg, labels, p, ~taught, shows)
-        record.update(posterior, mean_target=round(float(p[taught][named].mean()), 4))
-    if cfg.teacher_targets == "levelled":  # each taught field's level of each of its classes, at the share
-        level = named_besides_negative(labels, negative) & taught[:, None]
-        p = level_to_share(p, train["ID"].to_numpy(), level, posterior["shown_share"])
-        record.update(levelled_target=round(float(p[taught][named].mean()), 4))
-    return taught_targets(labels, p, taught, cfg.teacher_weight), record
+    known, share, judged = _judged(cfg, labels, ~taught, shows)
+    rule, fields, w = cfg.teacher_targets, train["ID"].to_numpy(), cfg.teacher_weight
+    targets = judged_targets(rule, labels, p, taught, fields, known, share, negative, w)
+    if rule in ("posterior", "levelled"):
+        chance = at_least_one_posterior(labels, p, known, share, negative)
+        record.update(judged, mean_target=round(float(chance[taught][named].mean()), 4))
+    if rule == "levelled":  # each taught field's mean of each of its classes, set to the share
+        record.update(levelled_target=round(share, 4))
+    everything = np.ones(cfg.num_classes, bool)
+    return targets, record, partial(judged_targets, rule, labels, taught=taught, fields=fields, known=everything,
+                                    share=share, negative=negative, weight=w)
 
 
-def _posterior(cfg: TrainConfig, labels: np.ndarray, p: np.ndarray, certain: np.ndarray,
-               shows: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``--teacher-targets posterior``: the teacher's predictions ``p`` as :func:`at_least_one_posterior`, and a
-    record of the classes it could not judge and the share of cells those were given (measured or the fallback)."""
+def _judged(cfg: TrainConfig, labels: np.ndarray, certain: np.ndarray,
+            shows: np.ndarray | None) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """(known, share, record) of ``--teacher-targets posterior``: the classes the teacher trained on enough certain
+    cells of, the share of a certain field's cells that show its class (measured from ``shows``, else the fallback)
+    that the others are given, and a record of both."""
     label_set = cfg.task_record.label_set
     negative = label_set.negative
     known = known_classes(labels, certain)
@@ -101,9 +107,8 @@ def _posterior(cfg: TrainConfig, labels: np.ndarray, p: np.ndarray, certain: np.
     measured = bool(np.isfinite(share))
     prior = share if measured else FALLBACK_SHOWN_SHARE
     unknown = [label_set.names[k] for k in np.flatnonzero(~known) if k != negative and labels[~certain, k].any()]
-    return at_least_one_posterior(labels, p, known, prior, negative), {
-        "shown_share": round(prior, 4), "shown_share_from": "negative split" if measured else "fallback",
-        "unjudged_classes": unknown}
+    return known, prior, {"shown_share": round(prior, 4), "shown_share_from": "negative split" if measured else "fallback",
+                          "unjudged_classes": unknown}
 
 
 def _run_teacher(cfg: TrainConfig) -> TrainConfig:

@@ -107,6 +107,7 @@ from ..teacher import (STUDENT_INITS, TEACHER_PREDICTIONS, TEACHER_TARGETS, TEAC
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
+from .relabel import RELABEL_PREDICTIONS, Relabel, StudentRelabel, restore
 from .segment import SegmentRunConfig
 
 # Fields that may differ between a run and its --resume (everything else must match): how long and
@@ -116,7 +117,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "threads", "
                                "bn_recalibrate_interim"})
 # Everything training writes in a fold folder (what --overwrite moves aside).
 TRAIN_OUTPUTS = ("config.json", RECIPE_FILE, "metrics.csv", "curves.png", "best.pt", "last.pt", "val_predictions.csv",
-                 "scores.csv", "summary.json", "negative_split.json", "teacher.json", TEACHER_PREDICTIONS)
+                 "scores.csv", "summary.json", "negative_split.json", "teacher.json", TEACHER_PREDICTIONS,
+                 RELABEL_PREDICTIONS)
 
 
 def default_run_name(task: Task, level: str) -> str:
@@ -200,6 +202,9 @@ class TrainConfig:
     student_init: str = opt("teacher", "--teacher: where the student's weights start once a teacher taught it: teacher "
                             "(its trained weights; docs/cellgap.md round 16) or scratch (--pretrained or --init-from, "
                             "as the teacher started)", choices=list(STUDENT_INITS))
+    relabel_after: int = opt(0, "--teacher: after this many of its epochs the student predicts its taught cells (those "
+                             "of fields naming several classes) and they train on its judgement from then on, every "
+                             "class judged by the --teacher-targets rule (0: never; docs/cellgap.md round 19)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
                             "naming at most one class besides Negative: what --teacher trains on)",
                             choices=["all", "certain"])
@@ -352,6 +357,11 @@ class TrainConfig:
         need(self.student_init in STUDENT_INITS,
              f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
+        need(0 <= self.relabel_after < self.epochs or self.relabel_after == 0,
+             f"relabel_after must be in 0..epochs - 1 ({self.epochs - 1}): the epochs after it train on the student's "
+             f"judgement; got {self.relabel_after}")
+        need(self.relabel_after == 0 or (self.teacher != "none" and self.image_head == "none"),
+             "relabel_after rejudges the cells a teacher taught: it needs --teacher (and no --image-head)")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
         need(self.image_head == "none" or self.balance_power == 0,
@@ -500,6 +510,7 @@ class SampleSets:
     train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per training sample: weight, group, ...
     negative_split: dict[str, Any] | None = None  # --negative-split: what it fit and split (or why not)
     teacher: dict[str, Any] | None = None  # --teacher: the teacher run and what it taught (or why not)
+    relabel: Relabel | None = None  # --relabel-after: the taught cells the student judges, and their targets then
 
     def fingerprint(self) -> str:
         """SHA-256 of which samples train and validate, and their targets: what a --resume must find unchanged
@@ -550,13 +561,22 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     shows, split = None, None
     if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
         shows, split = _fit_negative_split(cfg, train, labels, recipe_input)
-    taught = None
+    taught, rejudge = None, None
     if cfg.teacher != "none":  # the config allows it with label_source weak only: labels are the field's
         from .teacher import teach  # it trains a run of this module's own train_fold
 
-        y_train, taught = teach(cfg, train, labels, shows)
+        y_train, taught, rejudge = teach(cfg, train, labels, shows)
     if shows is not None:  # both are products: the split scales the taught targets as it scales field labels
         y_train = split_negative(y_train, labels, shows, int(cfg.task_record.label_set.negative))  # type: ignore[arg-type]
+    relabel = None
+    if cfg.relabel_after and rejudge is not None:  # the student's judgement, through the same split as the teacher's
+        negative = cfg.task_record.label_set.negative
+        def retarget(p: np.ndarray) -> np.ndarray:
+            y = rejudge(p)
+            return y if shows is None else split_negative(y, labels, shows, int(negative))  # type: ignore[arg-type]
+
+        relabel = Relabel(train[["ID", "cell_id"]].reset_index(drop=True),
+                          np.flatnonzero(~certain_cells(labels, negative)), retarget, cfg.num_classes)
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
@@ -568,7 +588,7 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
         train, valid, CropFiles(train["crop_path"], cfg.in_chans), CropFiles(valid["crop_path"], cfg.in_chans),
         y_train, label_matrix(valid, cfg.label_source, cfg.num_classes),
         label_matrix(valid, "true", cfg.num_classes) if "true" in valid.columns else None,
-        recipe_input, ["ID", "cell_id"], train_extras=extras, negative_split=split, teacher=taught,
+        recipe_input, ["ID", "cell_id"], train_extras=extras, negative_split=split, teacher=taught, relabel=relabel,
     )
 
 
@@ -750,7 +770,7 @@ def _resolve_device(device: str) -> torch.device:
 
 # settings added after runs were saved without them: the value those runs trained with, so that resuming one
 # keeps it (or says that the run used another) instead of continuing with today's default
-SAVED_BEFORE = {"teacher_targets": "prediction", "student_init": "scratch"}
+SAVED_BEFORE = {"teacher_targets": "prediction", "student_init": "scratch", "relabel_after": 0}
 
 
 def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
@@ -762,7 +782,7 @@ def _check_resume_config(cfg: TrainConfig, saved_path: Path) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES or f.name not in saved:
             continue
-        if f.name in ("teacher_targets", "teacher_weight", "student_init") and "none" in (saved.get("teacher"), cfg.teacher):
+        if f.name in ("teacher_targets", "teacher_weight", "student_init", "relabel_after") and "none" in (saved.get("teacher"), cfg.teacher):
             continue  # without a teacher they change nothing
         mine = getattr(cfg, f.name)
         if f.name in ("mean", "std") and not mine:
@@ -1007,6 +1027,11 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     batch_size = min(cfg.batch_size, len(sets.train))
     train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain), sets.train_extras)
     valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
+    if sets.relabel is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("--relabel-after changes the training targets on one process: it cannot run under "
+                         "accelerate launch yet; use --relabel-after 0 there")
+    if sets.relabel is not None and state and int(state["epoch"]) >= cfg.relabel_after:
+        restore(sets.relabel, train_ds, run_dir)  # stopped after its relabelling epoch: the same targets again
     # Workers end with each epoch: kept alive idle, they were only reaped when the garbage collector met their
     # loader, and that shutdown stalled whatever ran then for seconds (a teacher's, its student's start by ~20 s).
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": on_cuda, "persistent_workers": False}
@@ -1096,13 +1121,16 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         recalibrate = [BatchNormRecalibration(SampleDataset(sets.train_reader, None, view), cfg.bn_recalibrate,
                                               2 * cfg.batch_size, cfg.seed, cfg.num_workers, cfg.bn_recalibrate_interim,
                                               cfg.epochs - 1 if cfg.monitor == "last" else None)] if cfg.bn_recalibrate else []
+        relabelling = [StudentRelabel(sets.relabel, train_ds, SampleDataset(sets.train_reader, None, view),
+                                      cfg.relabel_after, run_dir, 2 * cfg.batch_size, cfg.num_workers)] \
+            if sets.relabel is not None else []
         trainer.fit(
             train_ds,
             valid_ds,
             config=tez_config,
             train_loader=train_loader,
             valid_loader=valid_loader,
-            callbacks=[*recalibrate, early, recorder, *callbacks],
+            callbacks=[*recalibrate, *relabelling, early, recorder, *callbacks],
         )
         stopped = trainer.model_state.value == "end"
     trainer.wait_for_everyone()
@@ -1140,6 +1168,7 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
         unmatched_valid_cells=int(sum(len(t) == 0 for t in sets.valid["true"])) if sets.y_valid_true is not None else None,
         cached_fields=sets.cached,
         init_from=init,
+        relabelled_after=cfg.relabel_after if sets.relabel is not None else 0,
         command=command,
         versions={"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                   "tez": __import__("tez").__version__},
