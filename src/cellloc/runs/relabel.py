@@ -3,12 +3,13 @@
 The teacher learned each class from the certain fields only, so it cannot judge the classes those
 fields do not show (on the demo's fields Endoplasmic reticulum and Mitotic spindle) and ranks the
 others from few fields. The student by then has learned every class from every field naming it, and
-ranks a field's cells much better than its teacher did (within-field ROC AUC 0.66-0.99 against
-0.30-0.92, docs/cellgap.md round 14). After its N-th epoch it predicts the training cells of the
+ranks a field's cells better than its teacher did (15 of 18 classes after 3 of its 6 epochs on the demo's
+fields; docs/cellgap.md rounds 14 and 19). After its N-th epoch it predicts the training cells of the
 fields naming several classes, and those cells train from then on on the targets the teacher's rule
 (``--teacher-targets``) makes of the student's predictions, every class judged; every other cell
 keeps its target. The predictions are kept in the run folder (``student_predictions.csv``), so a
-run resumed after that epoch trains on the same targets.
+run resumed after that epoch trains on the same targets. Measured: +0.003 on every one of five training
+seeds (0.918 of the true-label ceiling against 0.912), so it is an option, off by default.
 """
 
 from __future__ import annotations
