@@ -561,22 +561,23 @@ def cell_samples(cfg: TrainConfig) -> SampleSets:
     shows, split = None, None
     if cfg.negative_split != "none":  # the config allows it with label_source weak only: labels are the field's
         shows, split = _fit_negative_split(cfg, train, labels, recipe_input)
+    negative = cfg.task_record.label_set.negative
+
+    def split_shown(y: np.ndarray) -> np.ndarray:
+        """Both are products: the split scales taught targets (the teacher's or the student's) as it scales field labels."""
+        return y if shows is None else split_negative(y, labels, shows, int(negative))  # type: ignore[arg-type]
+
     taught, rejudge = None, None
     if cfg.teacher != "none":  # the config allows it with label_source weak only: labels are the field's
         from .teacher import teach  # it trains a run of this module's own train_fold
 
         y_train, taught, rejudge = teach(cfg, train, labels, shows)
-    if shows is not None:  # both are products: the split scales the taught targets as it scales field labels
-        y_train = split_negative(y_train, labels, shows, int(cfg.task_record.label_set.negative))  # type: ignore[arg-type]
+    y_train = split_shown(y_train)
     relabel = None
     if cfg.relabel_after and rejudge is not None:  # the student's judgement, through the same split as the teacher's
-        negative = cfg.task_record.label_set.negative
-        def retarget(p: np.ndarray) -> np.ndarray:
-            y = rejudge(p)
-            return y if shows is None else split_negative(y, labels, shows, int(negative))  # type: ignore[arg-type]
-
         relabel = Relabel(train[["ID", "cell_id"]].reset_index(drop=True),
-                          np.flatnonzero(~certain_cells(labels, negative)), retarget, cfg.num_classes)
+                          np.flatnonzero(~certain_cells(labels, negative)), lambda p: split_shown(rejudge(p)),
+                          cfg.num_classes)
     extras: dict[str, np.ndarray] = {}
     if weights is not None:
         extras["weight"] = weights.astype(np.float32)
