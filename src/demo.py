@@ -109,6 +109,8 @@ class DemoConfig:
     student_init: str = opt("teacher", "hpa-sc: train.py --student-init: with a teacher, start the run from its "
                             "trained weights (teacher; docs/cellgap.md Round 16) or as the teacher started (scratch)",
                             choices=list(STUDENT_INITS))
+    relabel_after: int = opt(-1, "hpa-sc: train.py --relabel-after: with a teacher, the student judges its taught cells "
+                             "after this many epochs (-1: half of them; 0: never; docs/cellgap.md Round 20)")
     balance_power: float = opt(0.5, "hpa-sc and hpa-2018: class-balanced sampling of training (train.py "
                                "--balance-power: 0 the real shares, 0.5 square-root balancing, 1 every class equally "
                                "often)")
@@ -124,6 +126,8 @@ class DemoConfig:
             raise ValueError("sizes, epochs and folds must be >= 1")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (a decay per optimiser step; 0: off), got {self.ema}")
+        if self.relabel_after < -1:
+            raise ValueError(f"relabel_after must be >= 0 (or -1: half the epochs), got {self.relabel_after}")
         if self.test_seed < -1:
             raise ValueError(f"test_seed must be >= 0 (or -1: 2 x seed + 1), got {self.test_seed}")
         if self.test_seed == self.train_data_seed and self.task != "rxrx1":
@@ -210,7 +214,7 @@ def hpa_single_cell(a: DemoConfig) -> list[str]:
         ["src/train.py", "--fold", "0", "--epochs", str(a.epochs), "--image-size", str(a.crop_size), "--pretrained", "none",
          "--model", "resnet18", "--monitor", "last", "--balance-power", str(a.balance_power),
          "--seed", str(42 + a.seed), "--ema", str(a.ema), "--teacher", a.teacher,
-         "--student-init", a.student_init, "--overwrite"])
+         "--student-init", a.student_init, "--relabel-after", str(a.relabel_after), "--overwrite"])
     run("predict the held-out test fields", ["src/predict.py", "--input", "input/synth_test/test", "--tta", str(a.tta),
                                              "--workers", FIELD_WORKERS, "--overwrite"])
     run("run report", ["src/report.py", "models/effb2"])

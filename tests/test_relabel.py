@@ -100,10 +100,21 @@ def test_a_run_stopped_after_its_relabelling_resumes_on_the_same_judgement(cells
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"relabel_after": 3}, "relabel_after must be in 0..epochs - 1 (2)"),
-    ({"relabel_after": -1}, "relabel_after must be in 0..epochs - 1 (2)"),
+    ({"relabel_after": 3}, "relabel_after must be in 0..epochs - 1 (2; or -1: half the epochs)"),
+    ({"relabel_after": -2}, "relabel_after must be in 0..epochs - 1 (2; or -1: half the epochs)"),
     ({"teacher": "none"}, "relabel_after rejudges the cells a teacher taught"),
 ])
 def test_bad_relabel_settings_are_one_line_errors(kw, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         TrainConfig(**{"teacher": "certain", "epochs": 3, "relabel_after": 1, **kw})
+
+
+def test_by_default_the_student_judges_after_half_its_epochs_where_a_teacher_teaches_on_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert TrainConfig(teacher="certain", epochs=6).relabel_after == 3  # the demo's 6 epochs
+    assert TrainConfig(teacher="certain", epochs=5).relabel_after == 2
+    assert TrainConfig(teacher="certain", epochs=1).relabel_after == 0  # no epoch left to train on its judgement
+    assert TrainConfig(teacher="none", epochs=6).relabel_after == 0
+    assert TrainConfig(teacher="certain", epochs=6, relabel_after=0).relabel_after == 0  # off when asked
+    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: callbacks run on rank 0 only
+    assert TrainConfig(teacher="certain", epochs=6).relabel_after == 0

@@ -30,7 +30,9 @@ state and history: what ``--resume`` needs), ``val_predictions.csv``, ``scores.c
 ``summary.json``; cell models on field labels add ``negative_split.json`` and ``teacher.json``
 (what ``--negative-split`` fit and ``--teacher`` taught, or why not). ``--teacher certain`` (``auto``
 by default where it applies) first trains a teacher run of the same recipe on the certain fields
-into ``<run_name>-teacher/fold<K>/`` (:mod:`cellloc.runs.teacher`).
+into ``<run_name>-teacher/fold<K>/`` (:mod:`cellloc.runs.teacher`); after half its epochs the student
+judges the cells its teacher taught itself and adds ``student_predictions.csv`` (``--relabel-after``,
+:mod:`cellloc.runs.relabel`).
 
 A trained model is never lost: a run without ``--resume`` on a folder that holds a run stops
 with one line; ``--resume`` continues it (with the same settings; the folder's location may
@@ -107,7 +109,7 @@ from ..teacher import (STUDENT_INITS, TEACHER_PREDICTIONS, TEACHER_TARGETS, TEAC
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
-from .relabel import RELABEL_PREDICTIONS, Relabel, StudentRelabel, restore
+from .relabel import RELABEL_PREDICTIONS, Relabel, StudentRelabel, default_relabel_after, restore
 from .segment import SegmentRunConfig
 
 # Fields that may differ between a run and its --resume (everything else must match): how long and
@@ -202,9 +204,10 @@ class TrainConfig:
     student_init: str = opt("teacher", "--teacher: where the student's weights start once a teacher taught it: teacher "
                             "(its trained weights; docs/cellgap.md round 16) or scratch (--pretrained or --init-from, "
                             "as the teacher started)", choices=list(STUDENT_INITS))
-    relabel_after: int = opt(0, "--teacher: after this many of its epochs the student predicts its taught cells (those "
+    relabel_after: int = opt(-1, "--teacher: after this many of its epochs the student predicts its taught cells (those "
                              "of fields naming several classes) and they train on its judgement from then on, every "
-                             "class judged by the --teacher-targets rule (0: never; docs/cellgap.md round 19)")
+                             "class judged by the --teacher-targets rule (-1: half of --epochs, rounded down, where a "
+                             "teacher teaches on one process; 0: never; docs/cellgap.md rounds 19 and 20)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
                             "naming at most one class besides Negative: what --teacher trains on)",
                             choices=["all", "certain"])
@@ -357,9 +360,11 @@ class TrainConfig:
         need(self.student_init in STUDENT_INITS,
              f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
+        if self.relabel_after == -1:  # saved resolved, so a run's config says after which epoch its student judged
+            self.relabel_after = default_relabel_after(self.epochs, self.teacher != "none" and self.image_head == "none")
         need(0 <= self.relabel_after < self.epochs or self.relabel_after == 0,
-             f"relabel_after must be in 0..epochs - 1 ({self.epochs - 1}): the epochs after it train on the student's "
-             f"judgement; got {self.relabel_after}")
+             f"relabel_after must be in 0..epochs - 1 ({self.epochs - 1}; or -1: half the epochs): the epochs after "
+             f"it train on the student's judgement; got {self.relabel_after}")
         need(self.relabel_after == 0 or (self.teacher != "none" and self.image_head == "none"),
              "relabel_after rejudges the cells a teacher taught: it needs --teacher (and no --image-head)")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
