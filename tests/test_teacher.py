@@ -14,8 +14,8 @@ from cellloc.data import label_matrix, write_synthetic_cells
 from cellloc.errors import InputError
 from cellloc.fieldio import multihot
 from cellloc.runs.train import TrainConfig, cell_samples, format_summary, train_fold
-from cellloc.teacher import (TEACHER_PREDICTIONS, at_least_one_posterior, certain_cells, classes_named, known_classes,
-                             level_to_share, named_besides_negative, shown_share, taught_targets, teacher_epochs,
+from cellloc.teacher import (TEACHER_PREDICTIONS, at_least_one_posterior, certain_cells, classes_named, field_levels,
+                             known_classes, level_to_share, named_besides_negative, shown_share, taught_targets, teacher_epochs,
                              why_no_teacher)
 
 NEG = 18
@@ -80,6 +80,38 @@ def test_levelling_sets_each_fields_mean_of_its_classes_to_the_share_and_keeps_t
     partly = level_to_share(chances, fields, named, share=0.7)
     assert partly[3, 0] == chances[3, 0] and partly[:3, 0].mean() == pytest.approx(0.7, abs=1e-6)
     assert np.all((out >= 0) & (out <= 1))
+
+
+def test_levelling_takes_each_fields_own_level_where_it_is_given_per_row():
+    rng = np.random.default_rng(1)
+    chances = rng.uniform(0.05, 0.6, (8, 19))
+    fields = np.repeat(["a", "b"], 4)
+    named = np.zeros((8, 19), bool)
+    named[:, [3, 7]] = True
+    out = level_to_share(chances, fields, named, share=np.repeat([0.6, 0.9], 4))
+    for rows, level in ((slice(0, 4), 0.6), (slice(4, 8), 0.9)):
+        for k in (3, 7):
+            assert out[rows, k].mean() == pytest.approx(level, abs=1e-6)
+            assert np.array_equal(np.argsort(out[rows, k]), np.argsort(chances[rows, k]))
+
+
+def test_a_fields_own_level_follows_how_many_of_its_cells_show_protein_and_how_many_classes_it_names():
+    def level(classes: tuple[int, ...], shows: list[float]) -> float:
+        labels = _labels(*[classes] * len(shows))
+        return float(field_levels(labels, np.array(shows), np.array(["f"] * len(shows)), NEG)[0])
+
+    # a cell showing one class of two with chance q shows protein with 1 - (1 - q)^2 and a given class given that
+    # with q / (1 - (1 - q)^2): 60 of 100 cells showing protein say q = 0.37, so 0.37 / 0.6 = 0.61
+    assert level((2, 5, NEG), [1.0] * 60 + [0.0] * 40) == pytest.approx(0.368 / 0.6, abs=0.01)
+    assert level((2, 5, NEG), [1.0] * 95 + [0.0] * 5) == pytest.approx(0.776 / 0.95, abs=0.01)
+    # three classes: fewer cells need each of them for as many to show protein
+    assert level((2, 5, 9, NEG), [1.0] * 60 + [0.0] * 40) < level((2, 5, NEG), [1.0] * 60 + [0.0] * 40)
+    # no Negative named: every cell shows protein (their shows are not read); the more cells, the surer of a high q
+    few, many = level((2, 5), [0.0] * 4), level((2, 5), [0.0] * 40)
+    assert 0.75 < few < many < 1
+    labels = np.concatenate([_labels(*[(2, 5)] * 3), _labels(*[(4,)] * 2), _labels(*[(4, NEG)] * 2)])
+    out = field_levels(labels, None, np.array(list("aaabbcc")), NEG)
+    assert np.isnan(out[3:]).all() and np.ptp(out[:3]) == 0  # only fields naming several, one level each
 
 
 def test_known_classes_are_the_classes_of_enough_certain_cells():
@@ -157,6 +189,13 @@ def test_a_run_trains_its_teacher_first_and_trains_on_its_predictions(cells_csv,
     assert as_posterior.teacher["targets"] == "posterior" and as_posterior.teacher["weight"] == 0.5
     as_predicted = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="prediction"))
     np.testing.assert_allclose(as_predicted.y_train[taught], weak[taught] * (0.5 + 0.5 * p), atol=1e-6)
+    own = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_targets="field-levelled"))
+    ids = sets.train.loc[taught, "ID"].to_numpy()
+    levels = field_levels(weak, None, sets.train["ID"].to_numpy(), NEG)[taught]
+    np.testing.assert_allclose(own.y_train[taught], weak[taught] * level_to_share(posterior, ids, fields_classes, levels),
+                               atol=1e-6)
+    assert own.teacher["targets"] == "field-levelled" and own.teacher["weight"] == 1.0
+    assert own.teacher["field_levels"][0] <= own.teacher["levelled_target"] <= own.teacher["field_levels"][1]
     halfway = cell_samples(_cfg(cells_csv, tmp_path, run_name="student", resume=True, teacher_weight=0.5))
     np.testing.assert_allclose(halfway.y_train[taught], weak[taught] * (0.5 + 0.5 * level), atol=1e-6)
     assert f"taught {record['taught_cells']} cells of {record['taught_fields']} fields" in format_summary(run)

@@ -52,6 +52,9 @@ TEACHER_TARGETS = {
     "levelled": "the posterior, with each field's level of each of its classes set to the certain fields' share of "
                 "cells showing their class (one logit shift per field and class keeps the teacher's ranking of the "
                 "field's cells; level_to_share); measured with --teacher-weight 1",
+    "field-levelled": "levelled, with each field's level its own: the chance a cell of the field shows one of its "
+                      "classes given that it shows protein, from how many classes it names and how many of its cells "
+                      "show protein (the negative split; field_levels); measured with --teacher-weight 1",
     "prediction": "the teacher's predictions as they are (round 11)",
 }
 # train.py --student-init: where the student's weights start when a teacher taught it
@@ -63,7 +66,9 @@ STUDENT_INITS = {
 # Each target's share taken from the teacher when --teacher-weight is not given: the weight each was measured with
 # (posterior and prediction at 0.5, rounds 11-13; levelled at 1, round 14: its level already is the share, so
 # mixing in the field label again would only raise every taught cell back towards it).
-TEACHER_WEIGHTS = {"posterior": 0.5, "levelled": 1.0, "prediction": 0.5}
+TEACHER_WEIGHTS = {"posterior": 0.5, "levelled": 1.0, "field-levelled": 1.0, "prediction": 0.5}
+LEVELLED = ("levelled", "field-levelled")  # the rules that set each taught field's level of each of its classes
+KEEP_GRID = np.linspace(0.01, 0.99, 99)  # field_levels: the chances a cell shows each class that it weighs
 KNOWN_MIN_CELLS = 10  # training cells of certain fields naming a class before the teacher's prediction of it counts
 FALLBACK_SHOWN_SHARE = 0.75  # a field's cells showing its class where the split cannot measure it (demo: 0.71 measured)
 TEACHER_SUFFIX = "-teacher"  # the teacher's run folder is <run_name>-teacher/fold<K>, beside the student's
@@ -160,7 +165,7 @@ def at_least_one_posterior(labels: np.ndarray, predictions: np.ndarray, known: n
     return np.where(named & (at_least_one > 0), post, p)
 
 
-def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, share: float) -> np.ndarray:
+def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, share: float | np.ndarray) -> np.ndarray:
     """(N, C) ``chances`` with each field's mean chance of each class it names set to ``share``, the ranking kept.
 
     ``fields`` (N,) says which field each row belongs to, ``named`` (N, C) which classes each row's field names (the
@@ -168,15 +173,16 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
     where every cell that shows protein shows it, and on a field naming several it scores them too low (docs/cellgap.md,
     round 14). The certain fields measure what that level is (:func:`shown_share`), so one shift of the logits per field
     and class (found by bisection) moves the level there and keeps which of the field's cells are likelier to show the
-    class. Entries not named keep ``chances``.
+    class. Entries not named keep ``chances``. ``share`` may instead be (N,), each row's field's own level.
     """
     out = np.array(chances, dtype=np.float64, copy=True)
     named = np.asarray(named, bool)
-    target = float(np.clip(share, 1e-3, 1 - 1e-3))
+    per_row = np.broadcast_to(np.clip(np.asarray(share, np.float64), 1e-3, 1 - 1e-3), (len(out),))
     codes = np.unique(np.asarray(fields), return_inverse=True)[1].reshape(-1)
     rows, cols = np.nonzero(named)
     for f, k in sorted(set(zip(codes[rows].tolist(), cols.tolist()))):  # each field and class it names
         sel = rows[(codes[rows] == f) & (cols == k)]
+        target = float(per_row[sel].mean())
         q = np.clip(out[sel, k], 1e-4, 1 - 1e-4)
         logits = np.log(q / (1 - q))
         lo, hi = -30.0, 30.0  # the mean chance rises with the shift: halve the bracket until it is exact
@@ -187,22 +193,55 @@ def level_to_share(chances: np.ndarray, fields: np.ndarray, named: np.ndarray, s
     return out
 
 
+def field_levels(labels: np.ndarray, shows: np.ndarray | None, fields: np.ndarray, negative: int | None) -> np.ndarray:
+    """(N,) each row's field level for ``--teacher-targets field-levelled``: the expected share of the field's cells
+    showing protein that show one given class of the field.
+
+    Take each cell to show each of the field's k classes (Negative aside) with one chance q of the field, alone of the
+    others (the model :func:`at_least_one_posterior` already reads). A cell then shows protein with chance
+    f = 1 - (1 - q)^k, and one given class given that with q / f: near q for fields whose cells mostly show one class,
+    near 1 for fields whose cells show them all. Each field's cells say how likely each q is: ``shows`` (N,), the
+    negative split's P(the cell shows protein), where the field names Negative, and 1 where it does not (every cell
+    shows some class). The level is q / f averaged over :data:`KEEP_GRID` with those likelihoods (a flat prior), so a
+    field of few cells, all showing protein, is not taken to show every class in every cell. One global share (what
+    ``levelled`` uses) is too low for fields without Negative cells and misses how fields differ. NaN for rows of
+    fields naming fewer than two classes."""
+    labels = np.asarray(labels) > 0
+    k = named_besides_negative(labels, negative).sum(axis=1)
+    s = np.ones(len(labels)) if shows is None else np.clip(np.asarray(shows, np.float64), 1e-4, 1 - 1e-4)
+    if negative is not None:
+        s = np.where(labels[:, negative], s, 1.0)
+    out = np.full(len(labels), np.nan)
+    codes = np.unique(np.asarray(fields), return_inverse=True)[1].reshape(-1)
+    for f in np.unique(codes[k >= 2]):
+        sel = codes == f
+        kk = int(k[sel][0])
+        shown = 1.0 - (1.0 - KEEP_GRID) ** kk  # (G,) f(q)
+        log_l = s[sel].sum() * np.log(shown) + (1.0 - s[sel]).sum() * np.log1p(-np.minimum(shown, 1 - 1e-12))
+        w = np.exp(log_l - log_l.max())
+        out[sel] = float((w * KEEP_GRID / shown).sum() / w.sum())
+    return out
+
+
 def judged_targets(rule: str, labels: np.ndarray, predictions: np.ndarray, taught: np.ndarray, fields: np.ndarray,
-                   known: np.ndarray, share: float, negative: int | None, weight: float) -> np.ndarray:
+                   known: np.ndarray, share: float, negative: int | None, weight: float,
+                   levels: np.ndarray | None = None) -> np.ndarray:
     """(N, C) training targets of cells with field ``labels`` (N, C) from a judge's ``predictions`` (N, C).
 
     ``rule`` is a ``--teacher-targets`` name: ``prediction`` takes the predictions as they are, ``posterior`` their
     :func:`at_least_one_posterior` (``known`` classes judged, the others at ``share``), ``levelled`` that posterior with
     each ``taught`` field's level of each of its classes set to ``share`` (:func:`level_to_share`; ``fields`` (N,) names
-    each row's field). The ``taught`` rows then train on their field's label times ``1 - weight + weight * that``, the
+    each row's field), ``field-levelled`` set to each row's ``levels`` (N,) instead (:func:`field_levels`). The ``taught`` rows then train on their field's label times ``1 - weight + weight * that``, the
     others on their field's label (:func:`taught_targets`). The teacher's targets and the student's own relabelling
     (``--relabel-after``, which judges every class) are both this function.
     """
     p = np.asarray(predictions, np.float64)
-    if rule in ("posterior", "levelled"):
+    if rule in ("posterior", *LEVELLED):
         p = at_least_one_posterior(labels, p, known, share, negative)
-    if rule == "levelled":
+    if rule in LEVELLED:
         level = named_besides_negative(labels, negative) & np.asarray(taught, bool)[:, None]
-        p = level_to_share(p, fields, level, share)
+        if rule == "field-levelled" and levels is None:
+            raise ValueError("field-levelled targets need each row's field level (field_levels)")
+        p = level_to_share(p, fields, level, share if rule == "levelled" else levels)
     return taught_targets(labels, p, taught, weight)
 

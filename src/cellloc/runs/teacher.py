@@ -25,8 +25,9 @@ from ..classifier import load_classifier
 from ..data import CropFiles, predictions_for, read_soft_targets
 from ..errors import InputError
 from ..fieldio import write_csv
-from ..teacher import (FALLBACK_SHOWN_SHARE, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior, certain_cells,
-                       judged_targets, known_classes, shown_share, teacher_epochs, why_no_teacher)
+from ..teacher import (FALLBACK_SHOWN_SHARE, LEVELLED, TEACHER_PREDICTIONS, TEACHER_SUFFIX, at_least_one_posterior,
+                       certain_cells, field_levels, judged_targets, known_classes, shown_share, teacher_epochs,
+                       why_no_teacher)
 from .train import TrainConfig, _check_resume_config, _resolve_device, format_summary, seed_everything, train_fold
 
 
@@ -84,15 +85,20 @@ def teach(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
               "mean_prediction": round(float(p[taught][named].mean()), 4), "targets": cfg.teacher_targets}
     known, share, judged = _judged(cfg, labels, ~taught, shows)
     rule, fields, w = cfg.teacher_targets, train["ID"].to_numpy(), cfg.teacher_weight
-    targets = judged_targets(rule, labels, p, taught, fields, known, share, negative, w)
-    if rule in ("posterior", "levelled"):
+    levels = field_levels(labels, shows, fields, negative) if rule == "field-levelled" else None
+    targets = judged_targets(rule, labels, p, taught, fields, known, share, negative, w, levels)
+    if rule in ("posterior", *LEVELLED):
         chance = at_least_one_posterior(labels, p, known, share, negative)
         record.update(judged, mean_target=round(float(chance[taught][named].mean()), 4))
     if rule == "levelled":  # each taught field's mean of each of its classes, set to the share
         record.update(levelled_target=round(share, 4))
+    if levels is not None:  # each taught field's own level: its mean over the taught fields
+        by_field = pd.Series(levels[taught]).groupby(fields[taught]).first()
+        record.update(levelled_target=round(float(by_field.mean()), 4),
+                      field_levels=[round(float(by_field.min()), 4), round(float(by_field.max()), 4)])
     everything = np.ones(cfg.num_classes, bool)
     return targets, record, partial(judged_targets, rule, labels, taught=taught, fields=fields, known=everything,
-                                    share=share, negative=negative, weight=w)
+                                    share=share, negative=negative, weight=w, levels=levels)
 
 
 def _judged(cfg: TrainConfig, labels: np.ndarray, certain: np.ndarray,

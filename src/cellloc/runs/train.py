@@ -195,10 +195,12 @@ class TrainConfig:
                                "teacher's predictions of the classes it trained on and the certain fields' share of "
                                "cells showing their class for the others; docs/cellgap.md round 13), levelled (that "
                                "chance with each field's mean of each of its classes set to that share, the ranking of "
-                               "its cells kept; round 14, the default) or prediction (as they are, round 11)",
+                               "its cells kept; round 14, the default), field-levelled (each field levelled to its "
+                               "own share, from how many classes it names and how many of its cells show protein; "
+                               "round 21) or prediction (as they are, round 11)",
                                choices=list(TEACHER_TARGETS))
     teacher_weight: float = opt(-1.0, "--teacher: share of a taught cell's target taken from those targets (-1: the one "
-                                "each was measured with, 1 for levelled, 0.5 for the others)")
+                                "each was measured with, 1 for the levelled ones, 0.5 for the others)")
     teacher_epochs: int = opt(0, "--teacher: the teacher's epochs (0: half of --epochs, rounded up; as good as all of "
                               "them on the demo's fields)")
     student_init: str = opt("teacher", "--teacher: where the student's weights start once a teacher taught it: teacher "
@@ -1300,7 +1302,7 @@ def format_summary(result: TrainResult) -> str:
 
 def _posterior_note(t: dict[str, Any]) -> str:
     """The summary's words on ``--teacher-targets posterior`` of teacher record ``t`` ('' for plain predictions)."""
-    if t.get("targets") not in ("posterior", "levelled"):
+    if t.get("targets") not in ("posterior", "levelled", "field-levelled"):
         return ""
     unjudged = ", ".join(t["unjudged_classes"]) or "none"
     levelled = f", {t['levelled_target']:.2f} levelled" if "levelled_target" in t else ""
