@@ -232,8 +232,9 @@ def judged_targets(rule: str, labels: np.ndarray, predictions: np.ndarray, taugh
     ``rule`` is a ``--teacher-targets`` name: ``prediction`` takes the predictions as they are, ``posterior`` their
     :func:`at_least_one_posterior` (``known`` classes judged, the others at ``share``), ``levelled`` that posterior with
     each ``taught`` field's level of each of its classes set to ``share`` (:func:`level_to_share`; ``fields`` (N,) names
-    each row's field), ``field-levelled`` set to each row's ``levels`` (N,) instead (:func:`field_levels`). The ``taught`` rows then train on their field's label times ``1 - weight + weight * that``, the
-    others on their field's label (:func:`taught_targets`). The teacher's targets and the student's own relabelling
+    each row's field), ``field-levelled`` set to each row's ``levels`` (N,) instead (:func:`field_levels`). The
+    ``taught`` rows then train on their field's label times ``1 - weight + weight * that``, the others on their field's
+    label (:func:`taught_targets`). The teacher's targets and the student's own relabelling
     (``--relabel-after``, which judges every class) are both this function.
     """
     p = np.asarray(predictions, np.float64)

@@ -104,8 +104,8 @@ from ..run_state import existing_outputs, folder_lock, move_aside
 from ..runtime import cpu_has_native_bf16, set_torch_threads
 from ..sampling import BalancedEpochSampler, class_balanced_weights
 from ..tasks import DEFAULT_TASK, LEVELS, TASKS, Task, get_task
-from ..teacher import (STUDENT_INITS, TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHER_WEIGHTS, TEACHERS, certain_cells,
-                       teacher_epochs)
+from ..teacher import (LEVELLED, STUDENT_INITS, TEACHER_PREDICTIONS, TEACHER_TARGETS, TEACHER_WEIGHTS, TEACHERS,
+                       certain_cells, teacher_epochs)
 from ..torchfile import load_checkpoint
 from ..transfer import transfer_state
 from ..two_head import TwoHeadModule
@@ -362,12 +362,13 @@ class TrainConfig:
         need(self.student_init in STUDENT_INITS,
              f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
         need(self.teacher_epochs >= 0, f"teacher_epochs must be >= 0 (0: half of --epochs), got {self.teacher_epochs}")
+        rejudges = self.teacher != "none" and self.image_head == "none"  # a teacher's taught cells, one target each
         if self.relabel_after == -1:  # saved resolved, so a run's config says after which epoch its student judged
-            self.relabel_after = default_relabel_after(self.epochs, self.teacher != "none" and self.image_head == "none")
+            self.relabel_after = default_relabel_after(self.epochs, rejudges)
         need(0 <= self.relabel_after < self.epochs or self.relabel_after == 0,
              f"relabel_after must be in 0..epochs - 1 ({self.epochs - 1}; or -1: half the epochs): the epochs after "
              f"it train on the student's judgement; got {self.relabel_after}")
-        need(self.relabel_after == 0 or (self.teacher != "none" and self.image_head == "none"),
+        need(self.relabel_after == 0 or rejudges,
              "relabel_after rejudges the cells a teacher taught: it needs --teacher (and no --image-head)")
         need(self.train_fields == "all" or self.level == "cell", "train_fields certain selects cells: it needs "
              "cell-level training")
@@ -1302,7 +1303,7 @@ def format_summary(result: TrainResult) -> str:
 
 def _posterior_note(t: dict[str, Any]) -> str:
     """The summary's words on ``--teacher-targets posterior`` of teacher record ``t`` ('' for plain predictions)."""
-    if t.get("targets") not in ("posterior", "levelled", "field-levelled"):
+    if t.get("targets") not in ("posterior", *LEVELLED):
         return ""
     unjudged = ", ".join(t["unjudged_classes"]) or "none"
     levelled = f", {t['levelled_target']:.2f} levelled" if "levelled_target" in t else ""
