@@ -2,6 +2,10 @@
 cells train on its judgement from then on; a run resumed after that epoch trains on the same targets."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,12 +113,33 @@ def test_bad_relabel_settings_are_one_line_errors(kw, message):
         TrainConfig(**{"teacher": "certain", "epochs": 3, "relabel_after": 1, **kw})
 
 
-def test_by_default_the_student_judges_after_half_its_epochs_where_a_teacher_teaches_on_one_process(monkeypatch):
+def test_by_default_the_student_judges_after_half_its_epochs_where_a_teacher_teaches(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert TrainConfig(teacher="certain", epochs=6).relabel_after == 3  # the demo's 6 epochs
     assert TrainConfig(teacher="certain", epochs=5).relabel_after == 2
     assert TrainConfig(teacher="certain", epochs=1).relabel_after == 0  # no epoch left to train on its judgement
     assert TrainConfig(teacher="none", epochs=6).relabel_after == 0
     assert TrainConfig(teacher="certain", epochs=6, relabel_after=0).relabel_after == 0  # off when asked
-    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: callbacks run on rank 0 only
-    assert TrainConfig(teacher="certain", epochs=6).relabel_after == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: rank 0 judges and the other ranks take its targets
+    assert TrainConfig(teacher="certain", epochs=6).relabel_after == 3
+
+
+def test_under_two_processes_rank0_judges_and_every_rank_trains_on_its_judgement(cells_csv, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): callbacks run on rank 0 alone, so the other rank would keep its teacher's
+    targets; rank 0 hands them over and checks every rank holds the same (the sums of their targets gathered)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=resnet18", "--image-size=32", "--epochs=2",
+            "--batch-size=4", "--pretrained=none", "--num-workers=0", "--device=cpu", "--teacher=certain",
+            "--negative-split=none", "--bn-recalibrate=16", "--stats-samples=8"]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(root / "src" / "train.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "after epoch 1 the student judged its" in proc.stdout  # the default: half of 2 epochs
+    assert proc.stdout.count("relabel: the 2 processes train on the student's judgement") == 1
+    run = tmp_path / "effb2" / "fold0"
+    assert json.loads((run / "config.json").read_text())["relabel_after"] == 1
+    assert (run / RELABEL_PREDICTIONS).is_file() and len(pd.read_csv(run / "metrics.csv")) == 2

@@ -34,7 +34,10 @@ defect is fixed upstream, so the workaround can be dropped):
    the micro-batches where gradients are synchronised.
 9. Callbacks run on the local main process only, so an early stop never reaches the other
    ranks of a multi-GPU run (they would wait forever): the stop flag is broadcast after each
-   epoch.
+   epoch. A callback that changes what every rank trains on (``--relabel-after``'s new
+   targets) has a ``sync_ranks(trainer)`` method, run on every rank after each epoch's
+   callbacks, in the callbacks' order, where it takes rank 0's result
+   (:meth:`CellTez.from_main`).
 10. Batches must be dicts (tez calls ``model(**batch)``): :meth:`CellTez.model_fn` says so in
     one line instead of ``argument after ** must be a mapping``.
 11. tez's validation loss averages batch means weighted by the nominal batch size, and batch
@@ -84,7 +87,7 @@ with warnings.catch_warnings():  # defect 1: tez's import-time filterwarnings is
 from accelerate import Accelerator
 from tqdm import tqdm
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import broadcast
+from accelerate.utils import broadcast, gather
 
 from .errors import InputError
 from .fieldio import atomic_path
@@ -452,9 +455,32 @@ class CellTez(tez.Tez):
         if self._callback_runner is not None and not self._initialising and self._driver.is_local_main_process:
             self._callback_runner(value)
         if value == enums.TrainingState.EPOCH_END and self._driver is not None and self._driver.num_processes > 1:
+            for callback in self.callbacks:  # every rank, the same order: each may call a collective
+                sync = getattr(callback, "sync_ranks", None)
+                if callable(sync):
+                    sync(self)
             stop = torch.tensor([int(self._model_state == enums.ModelState.END)], device=self._driver.device)
             if int(broadcast(stop, from_process=0).item()):
                 self._model_state = enums.ModelState.END
+
+    @property
+    def num_processes(self) -> int:
+        """How many ranks train (1 outside ``accelerate launch``)."""
+        return 1 if self._driver is None else int(self._driver.num_processes)
+
+    def from_main(self, array: np.ndarray) -> np.ndarray:
+        """Rank 0's ``array`` on every rank (each passes one of the same shape and dtype); as it is on one process."""
+        if self.num_processes == 1:
+            return array
+        return broadcast(torch.from_numpy(np.ascontiguousarray(array)).to(self._driver.device),
+                         from_process=0).cpu().numpy()
+
+    def gathered(self, value: float) -> list[float]:
+        """Each rank's ``value``, in rank order, on every rank (``[value]`` on one process)."""
+        if self.num_processes == 1:
+            return [float(value)]
+        mine = torch.tensor([float(value)], dtype=torch.float64, device=self._driver.device)
+        return [float(v) for v in gather(mine).cpu().tolist()]
 
     # -- steps ------------------------------------------------------------------------------
 

@@ -11,12 +11,12 @@ keeps its target. The predictions are kept in the run folder (``student_predicti
 run resumed after that epoch trains on the same targets. Measured after 3 of 6 epochs: +0.003 on every one
 of five training seeds of the demo's fields (0.918 of the true-label ceiling against 0.912) and +0.002 over
 the demo's five seeds (higher on four), for one prediction pass; so by default (-1) it judges after half the
-student's epochs (docs/cellgap.md rounds 19 and 20).
+student's epochs (docs/cellgap.md rounds 19 and 20). Under ``accelerate launch`` rank 0 judges (callbacks run
+there) and every other rank takes its new targets before the next epoch (:meth:`StudentRelabel.sync_ranks`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -86,14 +86,16 @@ def restore(relabel: Relabel, dataset: SampleDataset, run_dir: Path) -> None:
 
 def default_relabel_after(epochs: int, teaches: bool) -> int:
     """``--relabel-after -1``: half the student's ``epochs``, rounded down (3 of the demo's 6), where a teacher
-    ``teaches`` and the run is one process; else 0 (never). Under ``accelerate launch`` callbacks run on rank 0 only, so
-    the other ranks would keep the teacher's targets: there it stays off unless asked for, and asking says why not."""
-    return epochs // 2 if teaches and int(os.environ.get("WORLD_SIZE", "1")) == 1 else 0
+    ``teaches``; else 0 (never)."""
+    return epochs // 2 if teaches else 0
 
 
 class StudentRelabel(Callback):
     """At the end of epoch ``after`` (1-based), after validation (BatchNorm recalibrated, the weights a checkpoint
-    would hold): predict the judged rows, save them, and set the training dataset's targets from them."""
+    would hold): predict the judged rows, save them, and set the training dataset's targets from them.
+
+    Under ``accelerate launch`` tez runs callbacks on rank 0 alone, which judges and writes; :meth:`sync_ranks`
+    then hands its targets to the other ranks, whose training datasets hold the same rows in the same order."""
 
     def __init__(self, relabel: Relabel, train_ds: SampleDataset, view_ds: SampleDataset, after: int, run_dir: Path,
                  batch_size: int, num_workers: int = 0) -> None:
@@ -113,6 +115,19 @@ class StudentRelabel(Callback):
         self.train_ds.targets = self.relabel.new_targets(table, path)
         print(f"relabel: after epoch {self.after} the student judged its {len(self.relabel.rows)} taught cells; "
               f"they train on its judgement from now on ({path.name})", flush=True)
+
+    def sync_ranks(self, tez_trainer) -> None:
+        """Every rank, after the epoch's callbacks: at epoch ``after`` rank 0's new targets replace each rank's
+        (the others still hold the teacher's), and rank 0 checks every rank now holds the same."""
+        if int(tez_trainer.current_epoch) + 1 != self.after:
+            return
+        self.train_ds.targets = tez_trainer.from_main(np.asarray(self.train_ds.targets, np.float32))
+        sums = tez_trainer.gathered(float(np.asarray(self.train_ds.targets, np.float64).sum()))
+        if tez_trainer.is_main_process():
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"relabel: the {len(sums)} ranks hold different targets after the broadcast "
+                                   f"(sums {sums})")
+            print(f"relabel: the {len(sums)} processes train on the student's judgement", flush=True)
 
 
 __all__ = ["RELABEL_PREDICTIONS", "Relabel", "StudentRelabel", "default_relabel_after", "predict_rows", "restore"]

@@ -209,7 +209,7 @@ class TrainConfig:
     relabel_after: int = opt(-1, "--teacher: after this many of its epochs the student predicts its taught cells (those "
                              "of fields naming several classes) and they train on its judgement from then on, every "
                              "class judged by the --teacher-targets rule (-1: half of --epochs, rounded down, where a "
-                             "teacher teaches on one process; 0: never; docs/cellgap.md rounds 19 and 20)")
+                             "teacher teaches; 0: never; docs/cellgap.md rounds 19 and 20)")
     train_fields: str = opt("all", "cell models: train on the cells of all fields, or only of the certain ones (fields "
                             "naming at most one class besides Negative: what --teacher trains on)",
                             choices=["all", "certain"])
@@ -1036,9 +1036,6 @@ def _train_fold(cfg: TrainConfig, callbacks: Sequence[Callback], command: str | 
     batch_size = min(cfg.batch_size, len(sets.train))
     train_ds = SampleDataset(sets.train_reader, sets.y_train, view, build_augment(cfg.aug_gain), sets.train_extras)
     valid_ds = SampleDataset(sets.valid_reader, sets.y_valid, view, None)
-    if sets.relabel is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("--relabel-after changes the training targets on one process: it cannot run under "
-                         "accelerate launch yet; use --relabel-after 0 there")
     if sets.relabel is not None and state and int(state["epoch"]) >= cfg.relabel_after:
         restore(sets.relabel, train_ds, run_dir)  # stopped after its relabelling epoch: the same targets again
     # Workers end with each epoch: kept alive idle, they were only reaped when the garbage collector met their
