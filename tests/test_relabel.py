@@ -125,15 +125,16 @@ def test_by_default_the_student_judges_after_half_its_epochs_where_a_teacher_tea
 
 
 def test_under_two_processes_rank0_judges_and_every_rank_trains_on_its_judgement(cells_csv, tmp_path):
-    """torchrun with 2 CPU ranks (gloo): callbacks run on rank 0 alone, so the other rank would keep its teacher's
-    targets; rank 0 hands them over and checks every rank holds the same (the sums of their targets gathered)."""
+    """torchrun with 2 CPU ranks (gloo) and the default --device (auto: the CPU here): callbacks run on rank 0 alone,
+    so the other rank would keep its teacher's targets; rank 0 hands them over and checks every rank holds the same
+    (the sums of their targets gathered)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this python")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=resnet18", "--image-size=32", "--epochs=2",
-            "--batch-size=4", "--pretrained=none", "--num-workers=0", "--device=cpu", "--teacher=certain",
+            "--batch-size=4", "--pretrained=none", "--num-workers=0", "--teacher=certain",
             "--negative-split=none", "--bn-recalibrate=16", "--stats-samples=8"]
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(root / "src" / "train.py"), *args],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

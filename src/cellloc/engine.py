@@ -28,7 +28,9 @@ defect is fixed upstream, so the workaround can be dropped):
    single (non-distributed) process :func:`make_accelerator` resets the state when the
    request differs; under ``accelerate launch`` it refuses with a one-line error instead.
 7. ``TezConfig.device`` is ignored (accelerate picks CUDA whenever it exists): ``device="cpu"``
-   is passed on as ``Accelerator(cpu=True)``.
+   is passed on as ``Accelerator(cpu=True)``, and so is ``auto`` where torch sees no CUDA:
+   without ``cpu=True`` accelerate does not set up several CPU processes, so each rank of an
+   ``accelerate launch`` or ``torchrun`` trained the whole fold alone (as process 0 of 1).
 8. ``Tez._clip_grad_norm`` clips with ``torch.nn.utils.clip_grad_norm_`` on every micro-batch,
    i.e. on fp16-*scaled* gradients: we use ``accelerator.clip_grad_norm_`` (unscales first) on
    the micro-batches where gradients are synchronised.
@@ -139,7 +141,9 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", gradient
         raise InputError("device cuda requested but torch sees no CUDA device (use --device cpu)")
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise InputError(f"mixed precision must be no, fp16 or bf16, got {mixed_precision!r}")
-    cpu = device == "cpu"
+    # "auto" without CUDA is the CPU too, said so: accelerate sets up several processes (gloo) only when told cpu=True,
+    # and otherwise leaves each rank of a launch to train the whole fold alone
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if PartialState._shared_state:
         state = PartialState()
         on_cpu = state.device.type == "cpu"
