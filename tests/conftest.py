@@ -54,6 +54,18 @@ def tiny_cell_config(csv: Path, out: Path, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def torchrun_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node=2 src/train.py ARGS`` in ``cwd``: two CPU ranks (gloo), one thread each;
+    skips the test where torchrun is not installed beside this python."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(root / "src" / "train.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
 def zlib_bomb_bytes(mib: int, byte: bytes = b"0") -> bytes:
     """A valid zlib stream of ``mib`` MiB of ``byte``, about 1 KiB per MiB, built in milliseconds.
 

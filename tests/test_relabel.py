@@ -2,15 +2,11 @@
 cells train on its judgement from then on; a run resumed after that epoch trains on the same targets."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_cell_config
+from conftest import tiny_cell_config, torchrun_train
 
 from cellloc.data import label_matrix
 from cellloc.engine import Callback
@@ -128,16 +124,10 @@ def test_under_two_processes_rank0_judges_and_every_rank_trains_on_its_judgement
     """torchrun with 2 CPU ranks (gloo) and the default --device (auto: the CPU here): callbacks run on rank 0 alone,
     so the other rank would keep its teacher's targets; rank 0 hands them over and checks every rank holds the same
     (the sums of their targets gathered)."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside this python")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=resnet18", "--image-size=32", "--epochs=2",
             "--batch-size=4", "--pretrained=none", "--num-workers=0", "--teacher=certain",
             "--negative-split=none", "--bn-recalibrate=16", "--stats-samples=8"]
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(root / "src" / "train.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = torchrun_train(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "after epoch 1 the student judged its" in proc.stdout  # the default: half of 2 epochs
     assert proc.stdout.count("relabel: the 2 processes train on the student's judgement") == 1

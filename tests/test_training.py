@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import torchrun_train
 
 from cellloc.classifier import load_classifier
 from cellloc.config import parse_config
@@ -414,15 +415,10 @@ def test_true_label_training_drops_unmatched_cells(cells_csv, tmp_path):
 def test_two_processes_stop_early_together_and_rank0_scores(cells_csv, tmp_path):
     """torchrun with 2 CPU ranks (gloo): sharded batches, gathered validation, the early-stop
     flag broadcast from rank 0 (without it rank 1 waits forever), one writer."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside this python")
     args = [f"--folds-csv={cells_csv}", f"--out-dir={tmp_path}", "--model=efficientnet-b0", "--image-size=32",
             "--epochs=5", "--batch-size=4", "--pretrained=none", "--num-workers=0", "--patience=1", "--lr=1e-9", "--min-lr=0",
             "--device=cpu"]
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node=2", str(ROOT / "src" / "train.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    proc = torchrun_train(args, tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("run: ") == 1 and "stopped early" in proc.stdout  # only rank 0 reports
     hist = pd.read_csv(tmp_path / "effb2" / "fold0" / "metrics.csv")

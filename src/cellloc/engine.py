@@ -458,7 +458,7 @@ class CellTez(tez.Tez):
         self._train_state = value
         if self._callback_runner is not None and not self._initialising and self._driver.is_local_main_process:
             self._callback_runner(value)
-        if value == enums.TrainingState.EPOCH_END and self._driver is not None and self._driver.num_processes > 1:
+        if value == enums.TrainingState.EPOCH_END and self.num_processes > 1:
             for callback in self.callbacks:  # every rank, the same order: each may call a collective
                 sync = getattr(callback, "sync_ranks", None)
                 if callable(sync):
