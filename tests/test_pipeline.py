@@ -11,9 +11,11 @@ from cellloc.pipeline import (
     FieldOptions,
     blend_with_field,
     cell_weights,
+    centre_on_field,
     crop_field,
     encode_prediction,
     field_scores,
+    default_blend,
     mean_cell_score,
     with_negative,
 )
@@ -46,6 +48,33 @@ def test_blend_product_and_mean():
         blend_with_field(p, "image")
     with pytest.raises(ValueError, match="not a given field score"):
         blend_with_field(p, "product", field_score=image)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
+def test_centred_blend_takes_the_fields_level_out_of_the_cells_part():
+    # two fields naming the first class: the model scores every cell of the second lower (a field naming
+    # several classes), though in each field the same cells show it; centred, their parts are alike
+    one = np.array([[0.95, 0.2], [0.9, 0.2], [0.3, 0.2]])
+    lowered = 1 / (1 + np.exp(-(logit(one) - np.array([2.0, 0.0]))))  # every cell 2 logits lower in class 0
+    np.testing.assert_allclose(centre_on_field(one), centre_on_field(lowered), rtol=1e-9)
+    # 0.5 is the field's average cell; a class every cell shows alike is 0.5 in each
+    np.testing.assert_allclose(centre_on_field(one)[:, 1], 0.5)
+    assert centre_on_field(one)[0, 0] > 0.5 > centre_on_field(one)[2, 0]
+    np.testing.assert_allclose(logit(centre_on_field(one)).mean(0), 0.0, atol=1e-9)
+    # weighted as the field's mean: a zero-weight cell does not move the centre
+    w = np.array([1.0, 1.0, 0.0])
+    np.testing.assert_allclose(logit(centre_on_field(one, w))[:2].sum(0), 0.0, atol=1e-9)
+    # certain scores stay finite
+    assert np.isfinite(centre_on_field(np.array([[0.0, 1.0], [1.0, 0.0]]))).all()
+    # the blend: the centred cell's part times the field's mean cell score, each with its share
+    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.25 * one.mean(0) ** 0.75, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "centred", centre=False), blend_with_field(one, "product"), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "product", centre=True), blend_with_field(one, "centred"), rtol=1e-6)
+    # the default of a cell model: centred without an image model, the image model's score with one
+    assert (default_blend(False), default_blend(True), FieldOptions().blend) == ("centred", "image", "centred")
 
 
 def test_negative_rules():
@@ -151,6 +180,14 @@ def test_field_scores_blend_and_negative():
     np.testing.assert_array_equal(with_image.cell_probs, mean.cell_probs)
     product = field_scores(image, cells, nuclei, FixedScores("cell"), FixedScores("image"), FieldOptions(blend="image"))
     np.testing.assert_allclose(product.scores[:, 0], [1.0, 0.0])  # sqrt(cell x image)
+    # the default: the classes centred on the field, Negative read from the cells uncentred (product, w 0.25)
+    default = field_scores(image, cells, nuclei, FixedScores("cell"))
+    w = cell_weights(default.table["area"].to_numpy(), default.table["edge"].to_numpy())
+    probs = default.cell_probs
+    np.testing.assert_allclose(default.scores[:, :18], blend_with_field(probs, "centred", 0.75, w)[:, :18], rtol=1e-5)
+    np.testing.assert_allclose(default.scores[:, 18], with_negative(probs, 18, basis=blend_with_field(probs, "product", 0.25, w))[:, 18],
+                               rtol=1e-5)
+    assert default.scores[0, 0] > default.scores[1, 0]  # the cell that shows class 0 above the one that does not
 
 
 @pytest.mark.parametrize("blend, image_model, message", [

@@ -91,14 +91,16 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
         probs = scores[[f"p{c}" for c in range(19)]].to_numpy()
         assert ((probs >= 0) & (probs <= 1)).all()
     # Negative is the chance the cell shows none of the other classes (the default rule, "absent"), read from the
-    # cells blended with less of the field (0.25) than the classes (0.75); with the same share it is the product of
-    # the written scores, and only the Negative column differs
-    same = run_predict(predict_cfg(trained, tmp_path / "same", negative_field_weight=0.75), predictor)
-    assert same.done == N_TEST
+    # cells blended with less of the field (0.25) than the classes (0.75) and not centred on the field: the same as
+    # the product blend's; with the product blend and the same share it is the product of the written scores
+    product = run_predict(predict_cfg(trained, tmp_path / "product", blend="product"), predictor)
+    same = run_predict(predict_cfg(trained, tmp_path / "same", blend="product", negative_field_weight=0.75), predictor)
+    assert product.done == same.done == N_TEST
     for image_id in parsed:
-        probs = pd.read_csv(tmp_path / "cell_scores" / f"{image_id}.csv")[[f"p{c}" for c in range(19)]].to_numpy()
-        other = pd.read_csv(tmp_path / "same" / "cell_scores" / f"{image_id}.csv")[[f"p{c}" for c in range(19)]].to_numpy()
-        np.testing.assert_array_equal(probs[:, :18], other[:, :18])
+        probs, prod, other = (pd.read_csv(folder / "cell_scores" / f"{image_id}.csv")[[f"p{c}" for c in range(19)]].to_numpy()
+                              for folder in (tmp_path, tmp_path / "product", tmp_path / "same"))
+        np.testing.assert_array_equal(probs[:, 18], prod[:, 18])
+        np.testing.assert_array_equal(prod[:, :18], other[:, :18])
         np.testing.assert_allclose(other[:, 18], np.prod(1 - np.delete(other, 18, 1), 1), atol=1e-4)
     truth = read_truth(trained["truth"], 19)
     result = competition_map(truth, parsed, 19)
@@ -253,7 +255,7 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
     assert summary["n_train"] == 3 and summary["n_valid"] == 3  # the 6 fields, one sample each, on the cells' folds
     assert "validation: macro AP " in capsys.readouterr().out
 
-    runs = {"none": ["--blend", "none"], "product": [], "image": ["--blend", "image", "--image-models", str(image_run)],
+    runs = {"none": ["--blend", "none"], "centred": [], "image": ["--blend", "image", "--image-models", str(image_run)],
             "image_mean": ["--blend", "image_mean", "--field-weight", "0.5", "--image-models", str(image_run)]}
     for name, extra in runs.items():
         assert load_script("predict").main(["--models", str(trained["models"]), "--input", str(trained["test"]),
@@ -268,10 +270,11 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
         # the image model's score of the field is what each cell is blended with: cell x image, or halfway to it
         np.testing.assert_allclose(scores["image"] ** 2, cells * field, atol=2e-5)  # squared: the files hold 5 decimals
         np.testing.assert_allclose(scores["image_mean"], 0.5 * cells + 0.5 * field, atol=2e-5)
-        changed += int(np.abs(scores["image"] - scores["product"]).max() > 1e-3)  # not the mean-cell blend
+        changed += int(np.abs(scores["image"] - scores["centred"]).max() > 1e-3)  # not the mean-cell blend
     assert changed == N_TEST
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
-    assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "product" / "submission.csv").read_bytes()
+    assert json.loads((tmp_path / "centred" / "predict_config.json").read_text())["blend"] == "centred"  # the default
+    assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "centred" / "submission.csv").read_bytes()
     # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
     assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
                                         "--out", str(tmp_path / "again")]) == 0
@@ -300,7 +303,7 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
     assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_weight: 0.75 -> "
-                          "0.3; blend.mode: \"product\" -> \"mean\"; negative: \"absent\" -> \"raise\"; negative_field_weight: 0.25 -> "
+                          "0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> \"raise\"; negative_field_weight: 0.25 -> "
                           "0.3; and 1 more); add "
                           "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...

@@ -135,7 +135,7 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
     runs the classifier and the hpa networks.
     """
     from .classifier import load_ensemble, load_image_partner
-    from .pipeline import FieldOptions, check_image_blend
+    from .pipeline import FieldOptions, check_image_blend, default_blend
     from .segmentation import SegmentConfig, create_segmenter
 
     spec = get_task(task)
@@ -147,7 +147,7 @@ def load_service_model(models: str | Path | None = None, task: str = "hpa-sc", d
     model = load_ensemble(models, device=device, runtime=runtime)
     if model.task.name != spec.name:
         raise InputError(f"{models}: trained for task {model.task.name}, not {spec.name}; pass --task {model.task.name}")
-    blend = blend or ("image" if image_models else "product")
+    blend = blend or default_blend(bool(image_models))
     image_model = None
     if model.recipe.level == "cell":
         check_image_blend(blend, bool(image_models))

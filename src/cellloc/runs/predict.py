@@ -42,7 +42,8 @@ from ..data import FieldFiles
 from ..errors import InputError
 from ..fieldio import atomic_path, dataset_root, find_mask, read_mask, sha256_file, write_csv
 from ..layouts import LAYOUTS
-from ..pipeline import BLENDS, CONFIDENCE_MODES, NEGATIVE_RULES, FieldOptions, check_image_blend, encode_prediction, field_scores
+from ..pipeline import (BLENDS, CONFIDENCE_MODES, NEGATIVE_RULES, FieldOptions, check_image_blend, default_blend,
+                        encode_prediction, field_scores)
 from ..plate_assignment import sample_probabilities
 from ..plate_norm import FieldNormaliser, field_normaliser
 from ..registry import Registry
@@ -80,7 +81,7 @@ class PredictConfig(ExecutorOptions):
     backend: str = opt("", "segmentation backend (default: the one that made the training crops)")
     weights_dir: str = opt("", "HPA weight files (hpa backend)")
     blend: str = opt("", "mix cell scores with the field score: " + "; ".join(f"{n}: {b.help}" for n, b in BLENDS.items())
-                     + " (default: image with --image-models, else product)", choices=["", *BLENDS])
+                     + " (default: image with --image-models, else centred)", choices=["", *BLENDS])
     field_weight: float | None = opt(None, "w, the field score's share in --blend (default: the blend's own: "
                                      + ", ".join(f"{n} {b.weight}" for n, b in BLENDS.items() if b.rule != "none") + ")")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
@@ -120,7 +121,7 @@ class PredictConfig(ExecutorOptions):
             raise ValueError(f"--backend must be classical or hpa, got {self.backend!r}")
         self.check_executor()
         if not self.blend:
-            self.blend = "image" if self.image_models else "product"
+            self.blend = default_blend(bool(self.image_models))
         if self.field_weight is None and self.blend in BLENDS:
             self.field_weight = BLENDS[self.blend].weight  # saved as a number: a saved config re-runs the same blend
         if self.negative_field_weight is None and self.blend in BLENDS:
