@@ -68,10 +68,10 @@ BLENDS: dict[str, Blend] = {
     # the Negative rule reads cell^0.75 * field^0.25: a negative cell of a positive field is the gap image labels
     # leave, and the field's mean raises its other classes like its neighbours' (docs/cellgap.md, "Round 6")
     "product": Blend("product", "cells", 0.75, "cell^(1 - w) * (mean cell score of the field)^w", negative_weight=0.25),
-    # the cell's part centred on its field's mean logit: +0.007 for image labels and +0.009 for true labels on
-    # seed 0's 200 test fields, the same w (docs/cellgap.md, "Round 23"); the Negative rule reads the cells
-    # uncentred (centred, Negative's AP fell by 0.08-0.13 there: a cell shows nothing on its own, not relative to
-    # its neighbours)
+    # the cell's part centred on its field's mean logit, the same w: +0.011 +- 0.003 on the demo's five seeds and
+    # +0.007 to +0.011 for each model of seed 0's fields, true labels too (docs/cellgap.md, "Round 23"); the
+    # Negative rule reads the cells uncentred (centred, its AP fell by 0.08-0.13 there: whether a cell shows
+    # nothing is a question about the cell, not about it against its neighbours)
     "centred": Blend("product", "cells", 0.75, "sigmoid(logit(cell) - the field's mean logit)^(1 - w) * (mean cell "
                      "score of the field)^w", negative_weight=0.25, centre=True),
     "mean": Blend("mean", "cells", 0.3, "(1 - w) * cell + w * mean cell score"),
