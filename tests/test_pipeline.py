@@ -69,10 +69,31 @@ def test_centred_blend_takes_the_fields_level_out_of_the_cells_part():
     np.testing.assert_allclose(logit(centre_on_field(one, w))[:2].sum(0), 0.0, atol=1e-9)
     # certain scores stay finite
     assert np.isfinite(centre_on_field(np.array([[0.0, 1.0], [1.0, 0.0]]))).all()
-    # the blend: the centred cell's part times the field's mean cell score, each with its share
-    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.25 * one.mean(0) ** 0.75, rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "centred", centre=False), blend_with_field(one, "product"), rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "product", centre=True), blend_with_field(one, "centred"), rtol=1e-6)
+    # the blend: the centred cell's part times the cubic mean of the field's cells, each with its share
+    cubic = ((one ** 3).mean(0)) ** (1 / 3)
+    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.25 * cubic ** 0.75, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "centred", centre=False, field_power=1), blend_with_field(one, "product"),
+                               rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "product", centre=True, field_power=3), blend_with_field(one, "centred"),
+                               rtol=1e-6)
+
+
+def test_the_fields_score_is_a_power_mean_of_its_cells():
+    # one cell of three shows the class: the mean gives the field a third of it, the cubic mean more
+    p = np.array([[0.9], [0.0], [0.0]])
+    np.testing.assert_allclose(mean_cell_score(p), [0.3])
+    np.testing.assert_allclose(mean_cell_score(p, power=3), [0.9 / 3 ** (1 / 3)])
+    np.testing.assert_allclose(mean_cell_score(p, np.array([1.0, 0.0, 0.0]), power=3), [0.9])  # weighted as the mean
+    assert mean_cell_score(p, power=64)[0] == pytest.approx(0.9, abs=0.02)  # towards the max
+    alike = np.full((4, 2), 0.4)
+    for r in (1, 2, 3):  # cells alike: every power mean is their score
+        np.testing.assert_allclose(mean_cell_score(alike, power=r), [0.4, 0.4])
+    with pytest.raises(ValueError, match="field power must be > 0"):
+        mean_cell_score(p, power=0)
+    with pytest.raises(ValueError, match="field power must be in"):
+        FieldOptions(field_power=-1)
+    assert FieldOptions().power() == 3.0 and FieldOptions(blend="product").power() == 1.0
+    assert FieldOptions(blend="product", field_power=2).power() == 2.0
     # the default of a cell model: centred without an image model, the image model's score with one
     assert (default_blend(False), default_blend(True), FieldOptions().blend) == ("centred", "image", "centred")
 
@@ -101,7 +122,7 @@ def test_negative_rules():
 
 
 def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
-    """The product blend gives the field 0.75 of each class's score but 0.25 of what the Negative rule reads."""
+    """The default blend gives the field 0.75 of each class's score but 0.25 of what the Negative rule reads."""
     assert FieldOptions().negative_share() == 0.25
     assert FieldOptions(blend="mean").negative_share() == 0.3  # other blends: the classes' own share
     assert FieldOptions(blend="mean", field_weight=0.4).negative_share() == 0.4
@@ -112,8 +133,9 @@ def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
     nuclei = np.zeros_like(cells)
     default = field_scores(image, cells, nuclei, FixedScores("cell")).scores
     same = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(negative_field_weight=0.75)).scores
-    # cell 1 is sure of class 0, cell 2 of nothing; the field's mean of class 0 is 0.5
-    np.testing.assert_allclose(default[0, 0], 0.5 ** 0.75, rtol=1e-5)
+    # cell 1 is sure of class 0, cell 2 of nothing: the field's mean of class 0 is 0.5, its cubic mean (what the
+    # default blend reads) 0.5^(1/3); the cell's part, centred, is 1
+    np.testing.assert_allclose(default[0, 0], 0.5 ** 0.25, rtol=1e-5)
     np.testing.assert_array_equal(default[:, :18], same[:, :18])  # the classes are blended alike ...
     np.testing.assert_allclose(default[0, 18], 1 - 0.5 ** 0.25, rtol=1e-5)  # ... Negative reads cell^0.75 * field^0.25
     np.testing.assert_allclose(same[0, 18], 1 - 0.5 ** 0.75, rtol=1e-5)
@@ -180,7 +202,8 @@ def test_field_scores_blend_and_negative():
     np.testing.assert_array_equal(with_image.cell_probs, mean.cell_probs)
     product = field_scores(image, cells, nuclei, FixedScores("cell"), FixedScores("image"), FieldOptions(blend="image"))
     np.testing.assert_allclose(product.scores[:, 0], [1.0, 0.0])  # sqrt(cell x image)
-    # the default: the classes centred on the field, Negative read from the cells uncentred (product, w 0.25)
+    # the default: the classes centred on the field and blended with its cubic mean, Negative read as the product
+    # blend reads it (the cells uncentred, w 0.25, the field's plain mean)
     default = field_scores(image, cells, nuclei, FixedScores("cell"))
     w = cell_weights(default.table["area"].to_numpy(), default.table["edge"].to_numpy())
     probs = default.cell_probs

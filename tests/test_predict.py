@@ -230,6 +230,7 @@ def test_no_trained_fold_and_no_segmentation_are_one_line_errors(trained, tmp_pa
     (["--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--field-weight", "-1"], "--field-weight must be in [0, 1]"),
     (["--negative-field-weight", "2"], "--negative-field-weight must be in [0, 1]"),
+    (["--field-power", "0"], "--field-power must be in (0, 64]"),
     (["--batch-size", "0"], "--batch-size >= 1"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys):
@@ -273,7 +274,8 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
         changed += int(np.abs(scores["image"] - scores["centred"]).max() > 1e-3)  # not the mean-cell blend
     assert changed == N_TEST
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
-    assert json.loads((tmp_path / "centred" / "predict_config.json").read_text())["blend"] == "centred"  # the default
+    saved = json.loads((tmp_path / "centred" / "predict_config.json").read_text())
+    assert (saved["blend"], saved["field_weight"], saved["field_power"]) == ("centred", 0.75, 3.0)  # the default, as numbers
     assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "centred" / "submission.csv").read_bytes()
     # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
     assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
@@ -302,9 +304,9 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
     with pytest.raises(InputError) as err:
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
-    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_weight: 0.75 -> "
-                          "0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> \"raise\"; negative_field_weight: 0.25 -> "
-                          "0.3; and 1 more); add "
+    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_power: 3.0 -> "
+                          "1.0; blend.field_weight: 0.75 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
+                          "\"raise\"; and 2 more); add "
                           "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
     assert json.loads((out / "predict_config.json").read_text())["tta"] == 1  # ... and the record is unchanged

@@ -19,7 +19,9 @@ the whole field, trained on the field labels, which are exact at that level (``i
 ``image_mean``). ``centred`` (the default without an image model) first moves each cell's logits
 by its field's mean logit, so that the cell's part says how much more than its neighbours it shows
 a class and the field's part how much the field does: a model trained on image labels scores every
-cell of a field naming several classes lower in each, whether the cell shows it or not. Then the
+cell of a field naming several classes lower in each, whether the cell shows it or not; and its
+field's score is the cubic mean of the cells' (``Blend.field_power``), which a class that only some
+cells show lifts more than the plain mean does. Then the
 Negative class gets its score by a rule (:data:`NEGATIVE_RULES`): by default ``prod(1 - p)`` over
 the other classes, the chance that the cell shows none of them. The rule reads the cells' own
 scores (not centred) blended with a field share of its own (``Blend.negative_weight``): whether a
@@ -55,6 +57,7 @@ class Blend:
     help: str
     negative_weight: float | None = None  # the field's share in the scores the Negative rule reads (None: weight)
     centre: bool = False  # the cell's part is its logits less the field's mean logits (centre_on_field)
+    field_power: float = 1.0  # r of the cells' power mean that is the field's score ("cells" fields; 1: the mean)
 
     def negative_share(self, field_weight: float) -> float:
         """The field's share in what the Negative rule reads, given the share ``field_weight`` of the classes."""
@@ -69,11 +72,13 @@ BLENDS: dict[str, Blend] = {
     # leave, and the field's mean raises its other classes like its neighbours' (docs/cellgap.md, "Round 6")
     "product": Blend("product", "cells", 0.75, "cell^(1 - w) * (mean cell score of the field)^w", negative_weight=0.25),
     # the cell's part centred on its field's mean logit, the same w: +0.011 +- 0.003 on the demo's five seeds and
-    # +0.007 to +0.011 for each model of seed 0's fields, true labels too (docs/cellgap.md, "Round 23"); the
-    # Negative rule reads the cells uncentred (centred, its AP fell by 0.08-0.13 there: whether a cell shows
-    # nothing is a question about the cell, not about it against its neighbours)
-    "centred": Blend("product", "cells", 0.75, "sigmoid(logit(cell) - the field's mean logit)^(1 - w) * (mean cell "
-                     "score of the field)^w", negative_weight=0.25, centre=True),
+    # +0.007 to +0.011 for each model of seed 0's fields, true labels too; the field's score the cubic mean of its
+    # cells' (a class some cells show weighs more than the plain mean gives it): +0.025 more on the demo's five
+    # seeds (docs/cellgap.md, "Round 23"). The Negative rule reads the cells as the product blend does (centred,
+    # its AP fell by 0.08-0.13: whether a cell shows nothing is a question about the cell, not about it against
+    # its neighbours)
+    "centred": Blend("product", "cells", 0.75, "sigmoid(logit(cell) - the field's mean logit)^(1 - w) * (the cubic "
+                     "mean of the field's cell scores)^w", negative_weight=0.25, centre=True, field_power=3.0),
     "mean": Blend("mean", "cells", 0.3, "(1 - w) * cell + w * mean cell score"),
     "image": Blend("product", "image", 0.5, "cell^(1 - w) * (image model's score of the field)^w: the winning "
                    "solutions' cell x image"),
@@ -99,6 +104,7 @@ class FieldOptions:
     cell_confidence: str = "none"  # none | weight: final scores times the cell's weight (small, edge-cut, no nucleus)
     negative: str = "absent"  # a name in NEGATIVE_RULES: how the Negative class is scored
     negative_field_weight: float | None = None  # the field's share in what the rule reads (None: the blend's own)
+    field_power: float | None = None  # r of the cells' power mean, the field's score (None: the blend's own)
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -110,6 +116,12 @@ class FieldOptions:
         for name, w in (("field weight", self.field_weight), ("negative field weight", self.negative_field_weight)):
             if w is not None and not 0 <= w <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {w}")
+        if self.field_power is not None and not 0 < self.field_power <= 64:
+            raise ValueError(f"field power must be in (0, 64], got {self.field_power}")
+
+    def power(self) -> float:
+        """r of the power mean of the cells' scores that is the field's score."""
+        return BLENDS[self.blend].field_power if self.field_power is None else self.field_power
 
     def negative_share(self) -> float:
         """The field's share in the scores the Negative rule reads."""
@@ -150,10 +162,16 @@ def cell_weights(area: np.ndarray, edge: np.ndarray, nucleus_area: np.ndarray | 
     return w
 
 
-def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """(C,) the weighted mean of a field's cell scores (equal weights by default)."""
+def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None, power: float = 1.0) -> np.ndarray:
+    """(C,) the weighted power mean of a field's cell scores, ``(sum w p^r / sum w)^(1/r)`` with r ``power``
+    (1: the mean; larger r leans towards the field's highest scores; equal weights by default)."""
+    if power <= 0:
+        raise ValueError(f"field power must be > 0, got {power}")
     w = np.ones(len(probs)) if weights is None else np.asarray(weights, float)
-    return (probs * w[:, None]).sum(0) / max(w.sum(), 1e-9)
+    p = np.asarray(probs, np.float64)
+    if power == 1:
+        return (p * w[:, None]).sum(0) / max(w.sum(), 1e-9)
+    return ((p ** power * w[:, None]).sum(0) / max(w.sum(), 1e-9)) ** (1.0 / power)
 
 
 def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -168,7 +186,7 @@ def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.
 
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float | None = None,
                      cell_weights: np.ndarray | None = None, field_score: np.ndarray | None = None,
-                     centre: bool | None = None) -> np.ndarray:
+                     centre: bool | None = None, field_power: float | None = None) -> np.ndarray:
     """Mix each cell's scores ``probs`` (n_cells, C) with its field's score (a mode of :data:`BLENDS`).
 
     ``field_score`` (C,) is an image-level model's score of the field, which the ``image`` modes
@@ -178,7 +196,9 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     geometric mean ``cell^(1 - w) * field^w`` (w 0.5: ``sqrt(cell * field)``), which ranks cells as
     the plain product does at w 0.5 and keeps scores on the probability scale; ``mean`` is
     ``(1 - w) * cell + w * field``. ``centre`` (None: the mode's own ``Blend.centre``) replaces the
-    cell's part by :func:`centre_on_field` of the cells (weighted by ``cell_weights``).
+    cell's part by :func:`centre_on_field` of the cells (weighted by ``cell_weights``); ``field_power``
+    (None: the mode's own ``Blend.field_power``) is r of the cells' power mean that the ``cells`` modes
+    take as the field's score.
     """
     if mode not in BLENDS:
         raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {mode!r}")
@@ -191,7 +211,8 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     w = blend.weight if field_weight is None else float(field_weight)
     if not 0 <= w <= 1:
         raise ValueError(f"field weight must be in [0, 1], got {w}")
-    field = mean_cell_score(probs, cell_weights) if field_score is None else np.asarray(field_score, float)
+    r = blend.field_power if field_power is None else float(field_power)
+    field = mean_cell_score(probs, cell_weights, r) if field_score is None else np.asarray(field_score, float)
     centred = blend.centre if centre is None else centre
     cell = centre_on_field(probs, cell_weights) if centred else np.asarray(probs, np.float64)
     if blend.rule == "product":
@@ -297,10 +318,12 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     probs = classifier.predict(crops, tta=options.tta, batch_size=options.batch_size)
     weights = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
-    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score)
-    field = mean_cell_score(probs, weights) if image_score is None else image_score
-    # what Negative reads: less of the field, and the cells' own scores (not centred on the field)
-    basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score, centre=False)
+    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score,
+                               field_power=options.power())
+    field = mean_cell_score(probs, weights, options.power()) if image_score is None else image_score
+    # what Negative reads: less of the field, the cells' own scores and the field's mean (as the product blend)
+    basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score, centre=False,
+                             field_power=1.0)
     scores = with_negative(blended, task.label_set.negative, options.negative, basis)
     if options.cell_confidence == "weight":
         trust = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy(), table["nucleus_area"].to_numpy())

@@ -84,6 +84,10 @@ class PredictConfig(ExecutorOptions):
                      + " (default: image with --image-models, else centred)", choices=["", *BLENDS])
     field_weight: float | None = opt(None, "w, the field score's share in --blend (default: the blend's own: "
                                      + ", ".join(f"{n} {b.weight}" for n, b in BLENDS.items() if b.rule != "none") + ")")
+    field_power: float | None = opt(None, "r of the power mean of the field's cell scores that the cells blends take as "
+                                    "the field's score (1: the mean; larger leans towards its highest cells; default: the "
+                                    "blend's own: " + ", ".join(f"{n} {b.field_power:g}" for n, b in BLENDS.items()
+                                                                if b.field == "cells") + ")")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
                                "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
                                choices=list(CONFIDENCE_MODES))
@@ -126,6 +130,10 @@ class PredictConfig(ExecutorOptions):
             self.field_weight = BLENDS[self.blend].weight  # saved as a number: a saved config re-runs the same blend
         if self.negative_field_weight is None and self.blend in BLENDS:
             self.negative_field_weight = BLENDS[self.blend].negative_share(self.field_weight)
+        if self.field_power is not None and not 0 < self.field_power <= 64:
+            raise ValueError(f"--field-power must be in (0, 64], got {self.field_power}")
+        if self.field_power is None and self.blend in BLENDS:
+            self.field_power = BLENDS[self.blend].field_power  # saved as a number, as the field weight
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -150,8 +158,8 @@ class PredictConfig(ExecutorOptions):
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
 
     def field_options(self) -> FieldOptions:
-        return FieldOptions(blend=self.blend, field_weight=self.field_weight, tta=self.tta, batch_size=self.batch_size,
-                            cell_confidence=self.cell_confidence, negative=self.negative,
+        return FieldOptions(blend=self.blend, field_weight=self.field_weight, field_power=self.field_power, tta=self.tta,
+                            batch_size=self.batch_size, cell_confidence=self.cell_confidence, negative=self.negative,
                             negative_field_weight=self.negative_field_weight)
 
 
@@ -282,7 +290,7 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         "models": _members(predictor.model), "image_models": _members(predictor.image_model),
         "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
         # the blend as one record (mode and weight): before the product rule took a weight, this was two keys
-        "blend": {"mode": cfg.blend, "field_weight": cfg.field_weight}, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
+        "blend": {"mode": cfg.blend, "field_weight": cfg.field_weight, "field_power": cfg.field_power}, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
         "negative": cfg.negative, "negative_field_weight": cfg.negative_field_weight, "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
     }
 
