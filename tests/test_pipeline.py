@@ -71,11 +71,11 @@ def test_centred_blend_takes_the_fields_level_out_of_the_cells_part():
     assert np.isfinite(centre_on_field(np.array([[0.0, 1.0], [1.0, 0.0]]))).all()
     # the blend: the centred cell's part times the cubic mean of the field's cells, each with its share
     cubic = ((one ** 3).mean(0)) ** (1 / 3)
-    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.25 * cubic ** 0.75, rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "centred", centre=False, field_power=1), blend_with_field(one, "product"),
-                               rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "product", centre=True, field_power=3), blend_with_field(one, "centred"),
-                               rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.15 * cubic ** 0.85, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "centred", 0.75, centre=False, field_power=1),
+                               blend_with_field(one, "product"), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "product", 0.85, centre=True, field_power=3),
+                               blend_with_field(one, "centred"), rtol=1e-6)
 
 
 def test_the_fields_score_is_a_power_mean_of_its_cells():
@@ -122,7 +122,7 @@ def test_negative_rules():
 
 
 def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
-    """The default blend gives the field 0.75 of each class's score but 0.25 of what the Negative rule reads."""
+    """The default blend gives the field 0.85 of each class's score but 0.25 of what the Negative rule reads."""
     assert FieldOptions().negative_share() == 0.25
     assert FieldOptions(blend="mean").negative_share() == 0.3  # other blends: the classes' own share
     assert FieldOptions(blend="mean", field_weight=0.4).negative_share() == 0.4
@@ -135,7 +135,7 @@ def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
     same = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(negative_field_weight=0.75)).scores
     # cell 1 is sure of class 0, cell 2 of nothing: the field's mean of class 0 is 0.5, its cubic mean (what the
     # default blend reads) 0.5^(1/3); the cell's part, centred, is 1
-    np.testing.assert_allclose(default[0, 0], 0.5 ** 0.25, rtol=1e-5)
+    np.testing.assert_allclose(default[0, 0], 0.5 ** (0.85 / 3), rtol=1e-5)
     np.testing.assert_array_equal(default[:, :18], same[:, :18])  # the classes are blended alike ...
     np.testing.assert_allclose(default[0, 18], 1 - 0.5 ** 0.25, rtol=1e-5)  # ... Negative reads cell^0.75 * field^0.25
     np.testing.assert_allclose(same[0, 18], 1 - 0.5 ** 0.75, rtol=1e-5)
@@ -207,7 +207,7 @@ def test_field_scores_blend_and_negative():
     default = field_scores(image, cells, nuclei, FixedScores("cell"))
     w = cell_weights(default.table["area"].to_numpy(), default.table["edge"].to_numpy())
     probs = default.cell_probs
-    np.testing.assert_allclose(default.scores[:, :18], blend_with_field(probs, "centred", 0.75, w)[:, :18], rtol=1e-5)
+    np.testing.assert_allclose(default.scores[:, :18], blend_with_field(probs, "centred", 0.85, w)[:, :18], rtol=1e-5)
     np.testing.assert_allclose(default.scores[:, 18], with_negative(probs, 18, basis=blend_with_field(probs, "product", 0.25, w))[:, 18],
                                rtol=1e-5)
     assert default.scores[0, 0] > default.scores[1, 0]  # the cell that shows class 0 above the one that does not

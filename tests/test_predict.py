@@ -91,7 +91,7 @@ def test_submission_is_valid_and_masks_are_the_segmentation(trained, tmp_path):
         probs = scores[[f"p{c}" for c in range(19)]].to_numpy()
         assert ((probs >= 0) & (probs <= 1)).all()
     # Negative is the chance the cell shows none of the other classes (the default rule, "absent"), read from the
-    # cells blended with less of the field (0.25) than the classes (0.75) and not centred on the field: the same as
+    # cells blended with less of the field (0.25) than the classes (0.85) and not centred on the field: the same as
     # the product blend's; with the product blend and the same share it is the product of the written scores
     product = run_predict(predict_cfg(trained, tmp_path / "product", blend="product"), predictor)
     same = run_predict(predict_cfg(trained, tmp_path / "same", blend="product", negative_field_weight=0.75), predictor)
@@ -275,7 +275,7 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
     assert changed == N_TEST
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
     saved = json.loads((tmp_path / "centred" / "predict_config.json").read_text())
-    assert (saved["blend"], saved["field_weight"], saved["field_power"]) == ("centred", 0.75, 3.0)  # the default, as numbers
+    assert (saved["blend"], saved["field_weight"], saved["field_power"]) == ("centred", 0.85, 3.0)  # the default, as numbers
     assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "centred" / "submission.csv").read_bytes()
     # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
     assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
@@ -305,7 +305,7 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
     assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_power: 3.0 -> "
-                          "1.0; blend.field_weight: 0.75 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
+                          "1.0; blend.field_weight: 0.85 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
                           "\"raise\"; and 2 more); add "
                           "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
