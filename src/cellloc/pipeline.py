@@ -74,9 +74,9 @@ BLENDS: dict[str, Blend] = {
     # the cell's part centred on its field's mean logit: +0.011 +- 0.003 on the demo's five seeds and +0.007 to
     # +0.011 for each model of seed 0's fields, true labels too; the field's score the cubic mean of its cells'
     # (a class some cells show weighs more than the plain mean gives it): +0.024 more; the field's share 0.85
-    # rather than 0.75: +0.006 more, every seed higher (docs/cellgap.md, "Round 23"). The Negative rule reads the cells as the product blend does (centred,
-    # its AP fell by 0.08-0.13: whether a cell shows nothing is a question about the cell, not about it against
-    # its neighbours)
+    # rather than 0.75: +0.006 more, every seed higher (docs/cellgap.md, "Round 23"). The Negative rule reads the
+    # cells as the product blend does (centred, its AP fell by 0.08-0.13: whether a cell shows nothing is a
+    # question about the cell, not about it against its neighbours)
     "centred": Blend("product", "cells", 0.85, "sigmoid(logit(cell) - the field's mean logit)^(1 - w) * (the cubic "
                      "mean of the field's cell scores)^w", negative_weight=0.25, centre=True, field_power=3.0),
     "mean": Blend("mean", "cells", 0.3, "(1 - w) * cell + w * mean cell score"),
@@ -89,7 +89,7 @@ BLEND_MODES = tuple(BLENDS)
 
 def default_blend(has_image_model: bool) -> str:
     """The blend a cell model's prediction uses unless told: with its image partner's score of the field
-    when there is one, else centred on the mean of the field's cells."""
+    when there is one, else ``centred`` (the cells centred on their field, the field's cubic mean)."""
     return "image" if has_image_model else "centred"
 
 
