@@ -305,7 +305,7 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
     assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_power: 3.0 -> "
-                          "1.0; blend.field_weight: 0.85 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
+                          "(absent); blend.field_weight: 0.85 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
                           "\"raise\"; and 2 more); add "
                           "--overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
@@ -333,6 +333,18 @@ def test_other_model_weights_are_other_settings(trained, tmp_path):
     torch.save(state, copy / "fold0" / "best.pt")
     with pytest.raises(InputError, match=r'other settings \(models: \[\{"fold": "fold0", "best_sha256": "[0-9a-f]{10}\.\.\. ->'):
         run_predict(cfg, load_predictor(cfg))
+
+
+def test_a_product_blend_folder_of_before_field_power_resumes(trained, tmp_path):
+    """Records made before --field-power had no r: the plain mean's r is left out, so they still match."""
+    out = tmp_path / "out"
+    predictor = load_predictor(predict_cfg(trained, out))
+    run_predict(predict_cfg(trained, out, limit=1, blend="product"), predictor)
+    settings = json.loads((out / "predict_manifest.json").read_text())["settings"]
+    assert settings["blend"] == {"mode": "product", "field_weight": 0.75}  # as before the option
+    assert run_predict(predict_cfg(trained, out, limit=2, blend="product"), predictor).start.resuming
+    with pytest.raises(InputError, match=r"blend.field_power: \(absent\) -> 2.0"):
+        run_predict(predict_cfg(trained, out, limit=2, blend="product", field_power=2.0), predictor)
 
 
 def test_two_predict_runs_on_one_output(trained, tmp_path):

@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -285,12 +286,17 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         seg = dataclasses.asdict(predictor.segment)
         for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
             seg.pop(key)
+    # the blend as one record (mode and weight): before the product rule took a weight, this was two keys; r of
+    # the field's power mean only when it is not the plain mean, which every record made before it meant (an older
+    # folder of the product blend resumes)
+    blend: dict[str, Any] = {"mode": cfg.blend, "field_weight": cfg.field_weight}
+    if cfg.field_power not in (None, 1.0):
+        blend["field_power"] = cfg.field_power
     return {
         "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
         "models": _members(predictor.model), "image_models": _members(predictor.image_model),
         "masks": os.path.normpath(cfg.masks) if cfg.masks else "", "segment": seg,
-        # the blend as one record (mode and weight): before the product rule took a weight, this was two keys
-        "blend": {"mode": cfg.blend, "field_weight": cfg.field_weight, "field_power": cfg.field_power}, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
+        "blend": blend, "tta": cfg.tta, "cell_confidence": cfg.cell_confidence,
         "negative": cfg.negative, "negative_field_weight": cfg.negative_field_weight, "min_confidence": cfg.min_confidence, "top_k": cfg.top_k,
     }
 
