@@ -169,8 +169,6 @@ def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None, power:
         raise ValueError(f"field power must be > 0, got {power}")
     w = np.ones(len(probs)) if weights is None else np.asarray(weights, float)
     p = np.asarray(probs, np.float64)
-    if power == 1:
-        return (p * w[:, None]).sum(0) / max(w.sum(), 1e-9)
     return ((p ** power * w[:, None]).sum(0) / max(w.sum(), 1e-9)) ** (1.0 / power)
 
 
@@ -179,9 +177,7 @@ def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.
     scores relative to its field's (0.5: as the field's average cell), the field's level taken out."""
     p = np.clip(np.asarray(probs, np.float64), 1e-6, 1 - 1e-6)
     logit = np.log(p) - np.log1p(-p)
-    w = np.ones(len(p)) if weights is None else np.asarray(weights, float)
-    m = (logit * w[:, None]).sum(0) / max(w.sum(), 1e-9)
-    return 1.0 / (1.0 + np.exp(m[None, :] - logit))
+    return 1.0 / (1.0 + np.exp(mean_cell_score(logit, weights)[None, :] - logit))
 
 
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float | None = None,
@@ -318,9 +314,9 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     probs = classifier.predict(crops, tta=options.tta, batch_size=options.batch_size)
     weights = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
-    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score,
-                               field_power=options.power())
-    field = mean_cell_score(probs, weights, options.power()) if image_score is None else image_score
+    power = options.power()
+    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score, field_power=power)
+    field = mean_cell_score(probs, weights, power) if image_score is None else image_score
     # what Negative reads: less of the field, the cells' own scores and the field's mean (as the product blend)
     basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score, centre=False,
                              field_power=1.0)

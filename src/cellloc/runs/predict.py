@@ -28,10 +28,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
