@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -11,7 +12,8 @@ import sys
 import textwrap
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,20 @@ def openvino_installed(request, monkeypatch) -> bool:
     else:
         monkeypatch.setitem(sys.modules, "openvino", None)
     return request.param
+
+
+@contextmanager
+def module_folder(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A folder for a module-scoped fixture, removed when the fixture is torn down (the module ends).
+
+    pytest keeps ``mktemp`` folders to the end of the session, and this suite's module fixtures hold
+    HPA-sized weights and trained runs (2.5 GB in all); removed as each module ends, the suite's disk
+    use stays near its largest module's, which a CI machine short of disk can hold."""
+    folder = tmp_path_factory.mktemp(name)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from cellloc.classifier import RECIPE_FILE, Recipe
 from cellloc.hpa2018 import encode_rows
 
+from conftest import module_folder
 from test_evaluate_cli import load_script
 
 TINY = ["--model", "efficientnet-b0", "--pretrained", "none", "--image-size", "32", "--epochs", "1",
@@ -21,16 +22,16 @@ TINY = ["--model", "efficientnet-b0", "--pretrained", "none", "--image-size", "3
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hpa2018run")
-    make = load_script("make_data").main
-    make(["--task", "hpa-2018", "--root", str(root / "input"), "--size", "128", "--fields", "14"])
-    make(["--task", "hpa-2018", "--root", str(root / "input"), "--name", "hpa2018_test", "--split", "test",
-          "--seed", "1", "--size", "128", "--fields", "5"])
-    train = root / "input" / "hpa2018"
-    assert load_script("gen_folds").main(["--task", "hpa-2018", "--labels", str(train / "train.csv"),
-                                          "--groups", str(train / "truth" / "images.csv"), "--group-col", "protein",
-                                          "--out", str(root / "folds.csv"), "--folds", "2"]) is None
-    return root
+    with module_folder(tmp_path_factory, "hpa2018run") as root:
+        make = load_script("make_data").main
+        make(["--task", "hpa-2018", "--root", str(root / "input"), "--size", "128", "--fields", "14"])
+        make(["--task", "hpa-2018", "--root", str(root / "input"), "--name", "hpa2018_test", "--split", "test",
+              "--seed", "1", "--size", "128", "--fields", "5"])
+        train = root / "input" / "hpa2018"
+        assert load_script("gen_folds").main(["--task", "hpa-2018", "--labels", str(train / "train.csv"),
+                                              "--groups", str(train / "truth" / "images.csv"), "--group-col", "protein",
+                                              "--out", str(root / "folds.csv"), "--folds", "2"]) is None
+        yield root
 
 
 def train(root: Path, fold: int, run: str, *extra: str) -> Path:

@@ -32,6 +32,8 @@ from cellloc.segmentation.hpa import (
 from cellloc.segmentation.postprocess import REFERENCE_CUTOFFS
 from cellloc.segmentation.weights import CELL_MODELS, NUCLEI_MODEL
 
+from conftest import module_folder
+
 CENTRES = [(60, 60), (70, 200), (190, 120), (180, 270)]
 
 
@@ -47,11 +49,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hpa_weights")
-    torch.save(shortcut_state_dict(), folder / NUCLEI_MODEL)
-    for name in CELL_MODELS.values():  # one file serves every role
-        (folder / name).symlink_to(NUCLEI_MODEL)
-    return folder
+    with module_folder(tmp_path_factory, "hpa_weights") as folder:
+        torch.save(shortcut_state_dict(), folder / NUCLEI_MODEL)
+        for name in CELL_MODELS.values():  # one file serves every role
+            (folder / name).symlink_to(NUCLEI_MODEL)
+        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from cellloc.submission import check_submission, decode_mask, parse_submission
 from cellloc.submission_formats import read_truth
 from cellloc.synth import SynthConfig
 
+from conftest import module_folder
 from test_evaluate_cli import load_script
 from test_run_state import hold_lock
 
@@ -41,22 +42,22 @@ N_TEST = 3
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A segmented 6-field training set, a fold-0 model trained on it, and 3 test fields with truth."""
-    root = tmp_path_factory.mktemp("predict")
-    write_dataset(SynthConfig(size=256, seed=5), root / "train_data", 6)
-    seg_out = root / "seg"
-    seg = SegmentRunConfig(input=str(root / "train_data" / "train"), out=str(seg_out), crop_size=32)
-    run_segmentation(seg)
-    cells = pd.read_csv(seg_out / "cells.csv", dtype={"ID": str, "Label": str, "TrueLabel": str}, keep_default_na=False)
-    ids = sorted(cells["ID"].unique())
-    cells["fold"] = cells["ID"].map({i: k % 2 for k, i in enumerate(ids)})
-    cells.to_csv(seg_out / "folds.csv", index=False)
-    cfg = TrainConfig(folds_csv=str(seg_out / "folds.csv"), out_dir=str(root / "models"), run_name="tiny",
-                      model="efficientnet-b0", pretrained="none", image_size=32, batch_size=8, epochs=1,
-                      num_workers=0, device="cpu", stats_samples=8)
-    train_fold(cfg)
-    write_dataset(SynthConfig(size=256, seed=9), root / "test_data", N_TEST, split="test")
-    return {"root": root, "seg": seg_out, "models": root / "models" / "tiny", "test": root / "test_data" / "test",
-            "truth": root / "test_data" / "truth"}
+    with module_folder(tmp_path_factory, "predict") as root:
+        write_dataset(SynthConfig(size=256, seed=5), root / "train_data", 6)
+        seg_out = root / "seg"
+        seg = SegmentRunConfig(input=str(root / "train_data" / "train"), out=str(seg_out), crop_size=32)
+        run_segmentation(seg)
+        cells = pd.read_csv(seg_out / "cells.csv", dtype={"ID": str, "Label": str, "TrueLabel": str}, keep_default_na=False)
+        ids = sorted(cells["ID"].unique())
+        cells["fold"] = cells["ID"].map({i: k % 2 for k, i in enumerate(ids)})
+        cells.to_csv(seg_out / "folds.csv", index=False)
+        cfg = TrainConfig(folds_csv=str(seg_out / "folds.csv"), out_dir=str(root / "models"), run_name="tiny",
+                          model="efficientnet-b0", pretrained="none", image_size=32, batch_size=8, epochs=1,
+                          num_workers=0, device="cpu", stats_samples=8)
+        train_fold(cfg)
+        write_dataset(SynthConfig(size=256, seed=9), root / "test_data", N_TEST, split="test")
+        yield {"root": root, "seg": seg_out, "models": root / "models" / "tiny", "test": root / "test_data" / "test",
+                "truth": root / "test_data" / "truth"}
 
 
 def predict_cfg(trained, out: Path, **kw) -> PredictConfig:

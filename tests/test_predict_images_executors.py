@@ -20,7 +20,7 @@ from cellloc import rxrx1
 from cellloc.layouts import LAYOUTS
 from cellloc.tasks import get_task
 
-from conftest import run_then_kill
+from conftest import module_folder, run_then_kill
 from test_evaluate_cli import load_script
 from test_predict import assert_same_but_float_noise
 from test_task_runs import TINY, make_hpa2018, make_rxrx1
@@ -42,24 +42,24 @@ def image_run(request, tmp_path_factory) -> dict:
     """A trained tiny run of the task and a copy of its test split with one broken field."""
     task_name = request.param
     task = get_task(task_name)
-    root = tmp_path_factory.mktemp(task_name)
-    train_data, test_data = MAKERS[task_name](root / "input")
-    folds = root / "folds.csv"
-    group = ["--group-col", "experiment"] if task_name == "rxrx1" else []
-    load_script("gen_folds").main(["--task", task_name, "--labels", str(train_data / "train.csv"), "--out", str(folds),
-                                   "--folds", "2", *group])
-    assert load_script("train").main(["--task", task_name, "--folds-csv", str(folds), "--input", str(train_data / "train"),
-                                      "--out-dir", str(root / "models"), "--run-name", "tiny", *TINY]) == 0
-    test = root / "test_split" / "test"
-    shutil.copytree(test_data / "test", test)
-    for table in test_data.glob("*.csv"):  # sample submission; RxRx1's pixel_stats.csv for its plate normalisation
-        shutil.copy(table, test.parent / table.name)
-    expected = set(pd.read_csv(test.parent / "sample_submission.csv", dtype=str).iloc[:, 0])
-    layout = LAYOUTS[task.layout]
-    ids = [i for i in layout.list_fields(test, task.channels).ids if layout.sample_of(i) in expected]
-    bad = ids[1]
-    channel_file(task_name, test, bad).write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    return {"task": task_name, "models": root / "models" / "tiny", "test": test, "bad": bad, "fields": len(ids)}
+    with module_folder(tmp_path_factory, task_name) as root:
+        train_data, test_data = MAKERS[task_name](root / "input")
+        folds = root / "folds.csv"
+        group = ["--group-col", "experiment"] if task_name == "rxrx1" else []
+        load_script("gen_folds").main(["--task", task_name, "--labels", str(train_data / "train.csv"), "--out", str(folds),
+                                       "--folds", "2", *group])
+        assert load_script("train").main(["--task", task_name, "--folds-csv", str(folds), "--input", str(train_data / "train"),
+                                          "--out-dir", str(root / "models"), "--run-name", "tiny", *TINY]) == 0
+        test = root / "test_split" / "test"
+        shutil.copytree(test_data / "test", test)
+        for table in test_data.glob("*.csv"):  # sample submission; RxRx1's pixel_stats.csv for its plate normalisation
+            shutil.copy(table, test.parent / table.name)
+        expected = set(pd.read_csv(test.parent / "sample_submission.csv", dtype=str).iloc[:, 0])
+        layout = LAYOUTS[task.layout]
+        ids = [i for i in layout.list_fields(test, task.channels).ids if layout.sample_of(i) in expected]
+        bad = ids[1]
+        channel_file(task_name, test, bad).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        yield {"task": task_name, "models": root / "models" / "tiny", "test": test, "bad": bad, "fields": len(ids)}
 
 
 def same_as(got: dict[str, bytes], serial: dict[str, bytes]) -> bool:

@@ -31,6 +31,7 @@ from cellloc.runs.segment import SegmentRunConfig, run_segmentation
 from cellloc.runs.train import TrainConfig, train_fold
 from cellloc.synth import SynthConfig
 
+from conftest import module_folder
 from test_evaluate_cli import load_script, run_script
 
 SECTIONS = ("summary", "overlays", "folds", "training", "scores", "examples", "submission")
@@ -39,22 +40,22 @@ SECTIONS = ("summary", "overlays", "folds", "training", "scores", "examples", "s
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict[str, Path]:
     """6 segmented fields in 2 folds, both folds trained, and a scored submission for 2 test fields."""
-    root = tmp_path_factory.mktemp("report")
-    write_dataset(SynthConfig(size=256, seed=5), root / "train_data", 6)
-    seg = root / "seg"
-    run_segmentation(SegmentRunConfig(input=str(root / "train_data" / "train"), out=str(seg), crop_size=32, overlay=True))
-    make_folds(FoldsConfig(cells=str(seg / "cells.csv"), out=str(seg / "folds.csv"), folds=2, seed=0))
-    for fold in (0, 1):
-        train_fold(TrainConfig(folds_csv=str(seg / "folds.csv"), fold=fold, out_dir=str(root / "models"), run_name="tiny",
-                               model="efficientnet-b0", pretrained="none", image_size=32, batch_size=8, epochs=1,
-                               num_workers=0, device="cpu", stats_samples=8),
-                   command=f"python src/train.py --fold {fold} --epochs 1 --image-size 32 --run-name tiny")
-    write_dataset(SynthConfig(size=256, seed=9), root / "test_data", 2, split="test")
-    pred = root / "pred"
-    cfg = PredictConfig(input=str(root / "test_data" / "test"), models=str(root / "models" / "tiny"), out=str(pred))
-    run_predict(cfg, load_predictor(cfg))
-    save_config(cfg, pred / "predict_config.json")  # as src/predict.py does
-    return {"root": root, "seg": seg, "models": root / "models" / "tiny", "pred": pred}
+    with module_folder(tmp_path_factory, "report") as root:
+        write_dataset(SynthConfig(size=256, seed=5), root / "train_data", 6)
+        seg = root / "seg"
+        run_segmentation(SegmentRunConfig(input=str(root / "train_data" / "train"), out=str(seg), crop_size=32, overlay=True))
+        make_folds(FoldsConfig(cells=str(seg / "cells.csv"), out=str(seg / "folds.csv"), folds=2, seed=0))
+        for fold in (0, 1):
+            train_fold(TrainConfig(folds_csv=str(seg / "folds.csv"), fold=fold, out_dir=str(root / "models"), run_name="tiny",
+                                   model="efficientnet-b0", pretrained="none", image_size=32, batch_size=8, epochs=1,
+                                   num_workers=0, device="cpu", stats_samples=8),
+                       command=f"python src/train.py --fold {fold} --epochs 1 --image-size 32 --run-name tiny")
+        write_dataset(SynthConfig(size=256, seed=9), root / "test_data", 2, split="test")
+        pred = root / "pred"
+        cfg = PredictConfig(input=str(root / "test_data" / "test"), models=str(root / "models" / "tiny"), out=str(pred))
+        run_predict(cfg, load_predictor(cfg))
+        save_config(cfg, pred / "predict_config.json")  # as src/predict.py does
+        yield {"root": root, "seg": seg, "models": root / "models" / "tiny", "pred": pred}
 
 
 def report_cfg(run: dict[str, Path], out: Path, **kw) -> ReportConfig:

@@ -19,6 +19,7 @@ from cellloc.runs.predict import per_sample, read_field_scores
 from cellloc.runs.train import TrainConfig
 from cellloc.tasks import get_task
 
+from conftest import module_folder
 from test_evaluate_cli import load_script
 from test_task_runs import TINY
 
@@ -54,15 +55,16 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("recipes"))
-    for split in ("train", "test"):
-        load_script("make_data").main([*DATA, "--root", str(lab.root / "input"), "--split", split])
-    load_script("gen_folds").main(["--task", "rxrx1", "--labels", str(lab.data / "train.csv"), "--more-labels",
-                                   str(lab.data / "train_controls.csv"), "--out", str(lab.folds), "--folds", "2"])
-    lab.stage1 = lab.train("stage1", "--subset", CONTROLS)
-    lab.stage2 = lab.train("stage2", "--init-from", str(lab.models / "stage1"))
-    lab.pred2 = lab.predict("stage2", "--plate-assignment")
-    return lab
+    with module_folder(tmp_path_factory, "recipes") as root:
+        lab = Lab(root)
+        for split in ("train", "test"):
+            load_script("make_data").main([*DATA, "--root", str(lab.root / "input"), "--split", split])
+        load_script("gen_folds").main(["--task", "rxrx1", "--labels", str(lab.data / "train.csv"), "--more-labels",
+                                       str(lab.data / "train_controls.csv"), "--out", str(lab.folds), "--folds", "2"])
+        lab.stage1 = lab.train("stage1", "--subset", CONTROLS)
+        lab.stage2 = lab.train("stage2", "--init-from", str(lab.models / "stage1"))
+        lab.pred2 = lab.predict("stage2", "--plate-assignment")
+        yield lab
 
 
 def test_folds_hold_controls_with_their_experiments(lab):

@@ -17,6 +17,7 @@ from cellloc.pipeline import score_image
 from cellloc.plate_norm import field_normaliser, to_reference
 from cellloc.runs.predict import PredictConfig, encode_options
 
+from conftest import module_folder
 from test_evaluate_cli import load_script
 from test_task_runs import TINY
 
@@ -27,18 +28,18 @@ DATA = ["--task", "rxrx1", "--size", "64", "--options", "sirnas=8", "train_exper
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rx")
-    make = load_script("make_data").main
-    for split in ("train", "test"):
-        make([*DATA, "--root", str(root / "input"), "--split", split])
-    data = root / "input" / "rxrx1"
-    folds = root / "folds.csv"
-    load_script("gen_folds").main(["--task", "rxrx1", "--labels", str(data / "train.csv"), "--out", str(folds), "--folds", "2"])
-    models = root / "models"
-    assert load_script("train").main(["--task", "rxrx1", "--folds-csv", str(folds), "--input", str(data / "train"),
-                                      "--out-dir", str(models), "--run-name", "rx", "--label-smoothing", "0.1",
-                                      "--monitor", "accuracy", *TINY]) == 0
-    return data, models / "rx"
+    with module_folder(tmp_path_factory, "rx") as root:
+        make = load_script("make_data").main
+        for split in ("train", "test"):
+            make([*DATA, "--root", str(root / "input"), "--split", split])
+        data = root / "input" / "rxrx1"
+        folds = root / "folds.csv"
+        load_script("gen_folds").main(["--task", "rxrx1", "--labels", str(data / "train.csv"), "--out", str(folds), "--folds", "2"])
+        models = root / "models"
+        assert load_script("train").main(["--task", "rxrx1", "--folds-csv", str(folds), "--input", str(data / "train"),
+                                          "--out-dir", str(models), "--run-name", "rx", "--label-smoothing", "0.1",
+                                          "--monitor", "accuracy", *TINY]) == 0
+        yield data, models / "rx"
 
 
 def test_the_recipe_records_the_normalisation_and_training_used_it(trained):
