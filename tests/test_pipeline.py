@@ -17,6 +17,7 @@ from cellloc.pipeline import (
     field_scores,
     default_blend,
     mean_cell_score,
+    shown_weights,
     with_negative,
 )
 from cellloc.submission import decode_mask
@@ -98,6 +99,27 @@ def test_the_fields_score_is_a_power_mean_of_its_cells():
     assert (default_blend(False), default_blend(True), FieldOptions().blend) == ("centred", "image", "centred")
 
 
+def test_cells_that_show_nothing_count_less_in_the_fields_score():
+    # the third cell the model sees showing nothing (Negative 0.9, the last class): its weight in the field's
+    # score is (1 - 0.9)^k of its trust weight, so the field's class 0 comes from the two cells that show things
+    p = np.array([[0.8, 0.1, 0.0], [0.6, 0.1, 0.1], [0.05, 0.05, 0.9]])
+    w = np.array([1.0, 0.5, 1.0])
+    shown = shown_weights(p, w, 2, 2.0)
+    np.testing.assert_allclose(shown, [1.0, 0.5 * 0.81, 0.01])
+    np.testing.assert_array_equal(shown_weights(p, w, 2, 0.0), w)  # k 0: the weights as they were
+    np.testing.assert_array_equal(shown_weights(p, w, None, 2.0), w)  # a task without a Negative class
+    np.testing.assert_array_equal(shown_weights(p, None, 2, 0.0), np.ones(3))
+    assert mean_cell_score(p, shown, 3)[0] > mean_cell_score(p, w, 3)[0]
+    # the blend reads them for the field's part only: w 1 is the field's score, w 0 the cells centred on the trust
+    # weights as before
+    np.testing.assert_allclose(blend_with_field(p, "centred", 1.0, w, field_cell_weights=shown),
+                               np.broadcast_to(mean_cell_score(p, shown, 3), p.shape), rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(p, "centred", 0.0, w, field_cell_weights=shown), centre_on_field(p, w),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="shown power must be in"):
+        FieldOptions(shown_power=-1)
+
+
 def test_negative_rules():
     # cell 0 shows no class, cell 1 a confident first class; the model's own Negative score is the field's (0.6)
     p = np.array([[0.05, 0.1, 0.6], [0.9, 0.1, 0.6]], np.float32)
@@ -136,6 +158,9 @@ def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
     # cell 1 is sure of class 0, cell 2 of nothing: the field's mean of class 0 is 0.5, its cubic mean (what the
     # default blend reads) 0.5^(1/3); the cell's part, centred, is 1
     np.testing.assert_allclose(default[0, 0], 0.5 ** (0.85 / 3), rtol=1e-5)
+    # --shown-power 2: cell 2, sure it shows nothing, weighs (1 - 1)^2 in the field's score, which is cell 1's, 1
+    np.testing.assert_allclose(field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(
+        shown_power=2)).scores[0, 0], 1.0, rtol=1e-5)
     np.testing.assert_array_equal(default[:, :18], same[:, :18])  # the classes are blended alike ...
     np.testing.assert_allclose(default[0, 18], 1 - 0.5 ** 0.25, rtol=1e-5)  # ... Negative reads cell^0.75 * field^0.25
     np.testing.assert_allclose(same[0, 18], 1 - 0.5 ** 0.75, rtol=1e-5)
@@ -152,7 +177,8 @@ def test_cell_weights_downweight_small_and_edge_cells():
 
 
 class FixedScores:
-    """A loaded model's interface with fixed outputs: sure of class 0 for the first sample only."""
+    """A loaded model's interface with fixed outputs: sure of class 0 for the first sample only, and that the
+    others show nothing (Negative, the last class)."""
 
     def __init__(self, level: str, crop_size: int = 16) -> None:
         task = get_task("hpa-sc")
@@ -167,6 +193,7 @@ class FixedScores:
         out = np.zeros((len(samples), 19), np.float32)
         if len(samples):
             out[0, 0] = 1.0
+            out[1:, -1] = 1.0
         return out
 
 
@@ -208,6 +235,12 @@ def test_field_scores_blend_and_negative():
     w = cell_weights(default.table["area"].to_numpy(), default.table["edge"].to_numpy())
     probs = default.cell_probs
     np.testing.assert_allclose(default.scores[:, :18], blend_with_field(probs, "centred", 0.85, w)[:, :18], rtol=1e-5)
+    # --shown-power 2: the field's score weighs the cell that shows nothing (its own Negative 1) not at all
+    shown = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(shown_power=2))
+    np.testing.assert_allclose(shown.field_score[0], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(shown.scores[:, :18], blend_with_field(
+        probs, "centred", 0.85, w, field_cell_weights=shown_weights(probs, w, 18, 2.0))[:, :18], rtol=1e-5)
+    np.testing.assert_array_equal(shown.scores[:, 18], default.scores[:, 18])  # Negative reads as before
     np.testing.assert_allclose(default.scores[:, 18], with_negative(probs, 18, basis=blend_with_field(probs, "product", 0.25, w))[:, 18],
                                rtol=1e-5)
     assert default.scores[0, 0] > default.scores[1, 0]  # the cell that shows class 0 above the one that does not

@@ -105,6 +105,7 @@ class FieldOptions:
     negative: str = "absent"  # a name in NEGATIVE_RULES: how the Negative class is scored
     negative_field_weight: float | None = None  # the field's share in what the rule reads (None: the blend's own)
     field_power: float | None = None  # r of the cells' power mean, the field's score (None: the blend's own)
+    shown_power: float = 0.0  # k: each cell's weight in the field's score times (1 - its Negative score)^k
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -118,6 +119,8 @@ class FieldOptions:
                 raise ValueError(f"{name} must be in [0, 1], got {w}")
         if self.field_power is not None and not 0 < self.field_power <= 64:
             raise ValueError(f"field power must be in (0, 64], got {self.field_power}")
+        if not 0 <= self.shown_power <= 64:
+            raise ValueError(f"shown power must be in [0, 64], got {self.shown_power}")
 
     def power(self) -> float:
         """r of the power mean of the cells' scores that is the field's score."""
@@ -172,6 +175,18 @@ def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None, power:
     return ((p ** power * w[:, None]).sum(0) / max(w.sum(), 1e-9)) ** (1.0 / power)
 
 
+def shown_weights(probs: np.ndarray, weights: np.ndarray | None, negative: int | None, power: float) -> np.ndarray:
+    """(n_cells,) each cell's weight in its field's score: ``weights`` (None: 1) times ``(1 - p_negative)^power``.
+
+    A cell the model sees showing nothing says little about which classes its field shows, yet it
+    counts in the field's mean as much as one that shows them; ``power`` 0 (or a task without a
+    Negative class, ``negative`` None) leaves the weights as they are."""
+    w = np.ones(len(probs)) if weights is None else np.asarray(weights, float)
+    if negative is None or power == 0 or len(probs) == 0:
+        return w
+    return w * np.clip(1.0 - np.asarray(probs, np.float64)[:, negative], 0.0, 1.0) ** power
+
+
 def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """(n_cells, C) ``sigmoid(logit(p) - m)`` with ``m`` (C,) the field's weighted mean logit: each cell's
     scores relative to its field's (0.5: as the field's average cell), the field's level taken out."""
@@ -182,7 +197,8 @@ def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.
 
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float | None = None,
                      cell_weights: np.ndarray | None = None, field_score: np.ndarray | None = None,
-                     centre: bool | None = None, field_power: float | None = None) -> np.ndarray:
+                     centre: bool | None = None, field_power: float | None = None,
+                     field_cell_weights: np.ndarray | None = None) -> np.ndarray:
     """Mix each cell's scores ``probs`` (n_cells, C) with its field's score (a mode of :data:`BLENDS`).
 
     ``field_score`` (C,) is an image-level model's score of the field, which the ``image`` modes
@@ -194,7 +210,8 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     ``(1 - w) * cell + w * field``. ``centre`` (None: the mode's own ``Blend.centre``) replaces the
     cell's part by :func:`centre_on_field` of the cells (weighted by ``cell_weights``); ``field_power``
     (None: the mode's own ``Blend.field_power``) is r of the cells' power mean that the ``cells`` modes
-    take as the field's score.
+    take as the field's score, each cell weighed by ``field_cell_weights`` (None: ``cell_weights``;
+    :func:`shown_weights`).
     """
     if mode not in BLENDS:
         raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {mode!r}")
@@ -208,7 +225,8 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     if not 0 <= w <= 1:
         raise ValueError(f"field weight must be in [0, 1], got {w}")
     r = blend.field_power if field_power is None else float(field_power)
-    field = mean_cell_score(probs, cell_weights, r) if field_score is None else np.asarray(field_score, float)
+    in_field = cell_weights if field_cell_weights is None else field_cell_weights
+    field = mean_cell_score(probs, in_field, r) if field_score is None else np.asarray(field_score, float)
     centred = blend.centre if centre is None else centre
     cell = centre_on_field(probs, cell_weights) if centred else np.asarray(probs, np.float64)
     if blend.rule == "product":
@@ -314,9 +332,10 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     probs = classifier.predict(crops, tta=options.tta, batch_size=options.batch_size)
     weights = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
-    power = options.power()
-    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score, field_power=power)
-    field = mean_cell_score(probs, weights, power) if image_score is None else image_score
+    power, in_field = options.power(), shown_weights(probs, weights, task.label_set.negative, options.shown_power)
+    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score, field_power=power,
+                               field_cell_weights=in_field)
+    field = mean_cell_score(probs, in_field, power) if image_score is None else image_score
     # what Negative reads: less of the field, the cells' own scores and the field's mean (as the product blend)
     basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score, centre=False,
                              field_power=1.0)

@@ -89,6 +89,8 @@ class PredictConfig(ExecutorOptions):
                                     "the field's score (1: the mean; larger leans towards its highest cells; default: the "
                                     "blend's own: " + ", ".join(f"{n} {b.field_power:g}" for n, b in BLENDS.items()
                                                                 if b.field == "cells") + ")")
+    shown_power: float = opt(0.0, "k: each cell weighs (1 - its Negative score)^k in the field's score of the cells "
+                             "blends, so that cells the model sees showing nothing count less (0: as much as any)")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
                                "for edge-cut cells, 0 without a nucleus (less trusted cells rank lower)",
                                choices=list(CONFIDENCE_MODES))
@@ -135,6 +137,8 @@ class PredictConfig(ExecutorOptions):
             raise ValueError(f"--field-power must be in (0, 64], got {self.field_power}")
         if self.field_power is None and self.blend in BLENDS:
             self.field_power = BLENDS[self.blend].field_power  # saved as a number, as the field weight
+        if not 0 <= self.shown_power <= 64:
+            raise ValueError(f"--shown-power must be in [0, 64], got {self.shown_power}")
         if self.num_workers and self.executor != "serial":
             raise ValueError(f"--num-workers reads fields in this process's DataLoader; with --executor {self.executor} "
                              "each worker reads its own chunk: drop --num-workers")
@@ -159,7 +163,8 @@ class PredictConfig(ExecutorOptions):
         return Path(self.out) if self.out else Path("output") / self.dataset_dir().name
 
     def field_options(self) -> FieldOptions:
-        return FieldOptions(blend=self.blend, field_weight=self.field_weight, field_power=self.field_power, tta=self.tta,
+        return FieldOptions(blend=self.blend, field_weight=self.field_weight, field_power=self.field_power,
+                            shown_power=self.shown_power, tta=self.tta,
                             batch_size=self.batch_size, cell_confidence=self.cell_confidence, negative=self.negative,
                             negative_field_weight=self.negative_field_weight)
 
@@ -287,11 +292,13 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
             seg.pop(key)
     # the blend as one record (mode and weight): before the product rule took a weight, this was two keys; r of
-    # the field's power mean only when it is not the plain mean, which every record made before it meant (an older
-    # folder of the product blend resumes)
+    # the field's power mean only when it is not the plain mean, and k of the cells' weights in it only when it is
+    # not 0, which every record made before them meant (an older folder of the product blend resumes)
     blend: dict[str, Any] = {"mode": cfg.blend, "field_weight": cfg.field_weight}
     if cfg.field_power not in (None, 1.0):
         blend["field_power"] = cfg.field_power
+    if cfg.shown_power != 0:
+        blend["shown_power"] = cfg.shown_power
     return {
         "task": predictor.task.name, "input": os.path.normpath(cfg.input), "sample_submission": cfg.sample_submission,
         "models": _members(predictor.model), "image_models": _members(predictor.image_model),
