@@ -17,6 +17,7 @@ from cellloc.pipeline import (
     field_scores,
     default_blend,
     mean_cell_score,
+    mix_with_field,
     shown_weights,
     with_negative,
 )
@@ -49,6 +50,28 @@ def test_blend_product_and_mean():
         blend_with_field(p, "image")
     with pytest.raises(ValueError, match="not a given field score"):
         blend_with_field(p, "product", field_score=image)
+
+
+def test_mixing_with_a_given_field_score():
+    # the mixing step alone: any field score (C,), the rule and the share given
+    p = np.array([[0.9, 0.1], [0.1, 0.1]])
+    field = np.array([0.4, 0.8])
+    np.testing.assert_allclose(mix_with_field(p, field, "product", 0.75), p ** 0.25 * field ** 0.75, rtol=1e-6)
+    np.testing.assert_allclose(mix_with_field(p, field, "mean", 0.3), 0.7 * p + 0.3 * field, rtol=1e-6)
+    np.testing.assert_allclose(mix_with_field(p, field, "product", 1.0, centre=True), np.broadcast_to(field, p.shape))
+    np.testing.assert_allclose(mix_with_field(p, field, "product", 0.0, np.array([1.0, 0.0]), centre=True),
+                               centre_on_field(p, np.array([1.0, 0.0])), rtol=1e-6)
+    np.testing.assert_array_equal(mix_with_field(p, field, "none", 0.5), p)
+    # a cells mode is the mixing of the cells' own power mean
+    w = np.array([1.0, 0.5])
+    np.testing.assert_allclose(blend_with_field(p, "centred", cell_weights=w),
+                               mix_with_field(p, mean_cell_score(p, w, 3), "product", 0.85, w, centre=True), rtol=1e-6)
+    with pytest.raises(ValueError, match="field weight must be in"):
+        mix_with_field(p, field, "mean", -0.1)
+    with pytest.raises(ValueError, match="blend rule must be"):
+        mix_with_field(p, field, "max", 0.5)
+    assert FieldOptions().share() == 0.85 and FieldOptions(field_weight=0.5).share() == 0.5
+    assert FieldOptions(blend="product").share() == 0.75
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -235,6 +258,10 @@ def test_field_scores_blend_and_negative():
     w = cell_weights(default.table["area"].to_numpy(), default.table["edge"].to_numpy())
     probs = default.cell_probs
     np.testing.assert_allclose(default.scores[:, :18], blend_with_field(probs, "centred", 0.85, w)[:, :18], rtol=1e-5)
+    # the field's score it reports is the one its cells were mixed with: at w 1 every cell's classes are it
+    whole = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(field_weight=1.0))
+    np.testing.assert_allclose(whole.scores[:, :18], np.broadcast_to(whole.field_score[:18], (2, 18)), rtol=1e-6)
+    np.testing.assert_allclose(whole.field_score, mean_cell_score(probs, w, 3), rtol=1e-6)
     # --shown-power 2: the field's score weighs the cell that shows nothing (its own Negative 1) not at all
     shown = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(shown_power=2))
     np.testing.assert_allclose(shown.field_score[0], 1.0, rtol=1e-6)

@@ -126,12 +126,15 @@ class FieldOptions:
         """r of the power mean of the cells' scores that is the field's score."""
         return BLENDS[self.blend].field_power if self.field_power is None else self.field_power
 
+    def share(self) -> float:
+        """w, the field's share in the classes' blend."""
+        return BLENDS[self.blend].weight if self.field_weight is None else self.field_weight
+
     def negative_share(self) -> float:
         """The field's share in the scores the Negative rule reads."""
         if self.negative_field_weight is not None:
             return self.negative_field_weight
-        blend = BLENDS[self.blend]
-        return blend.negative_share(blend.weight if self.field_weight is None else self.field_weight)
+        return BLENDS[self.blend].negative_share(self.share())
 
 
 @dataclass
@@ -195,23 +198,43 @@ def centre_on_field(probs: np.ndarray, weights: np.ndarray | None = None) -> np.
     return 1.0 / (1.0 + np.exp(mean_cell_score(logit, weights)[None, :] - logit))
 
 
+def mix_with_field(probs: np.ndarray, field: np.ndarray, rule: str, field_weight: float,
+                   cell_weights: np.ndarray | None = None, centre: bool = False) -> np.ndarray:
+    """Mix each cell's scores ``probs`` (n_cells, C) with a given field score ``field`` (C,) by ``rule``.
+
+    The mixing step alone, apart from where the field's score comes from: ``product`` is the weighted
+    geometric mean ``cell^(1 - w) * field^w`` (w 0.5: ``sqrt(cell * field)``), which ranks cells as the
+    plain product does at w 0.5 and keeps scores on the probability scale; ``mean`` is
+    ``(1 - w) * cell + w * field``; ``none`` leaves the cells as they are. ``centre`` replaces the
+    cell's part by :func:`centre_on_field` of the cells (weighted by ``cell_weights``).
+    """
+    if rule not in ("none", "product", "mean"):
+        raise ValueError(f"blend rule must be none, product or mean, not {rule!r}")
+    if rule == "none" or len(probs) == 0:
+        return probs
+    w = float(field_weight)
+    if not 0 <= w <= 1:
+        raise ValueError(f"field weight must be in [0, 1], got {w}")
+    field = np.asarray(field, np.float64)
+    cell = centre_on_field(probs, cell_weights) if centre else np.asarray(probs, np.float64)
+    if rule == "product":
+        return (cell ** (1 - w) * field[None, :] ** w).astype(np.float32)
+    return ((1 - w) * cell + w * field[None, :]).astype(np.float32)
+
+
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float | None = None,
                      cell_weights: np.ndarray | None = None, field_score: np.ndarray | None = None,
                      centre: bool | None = None, field_power: float | None = None,
                      field_cell_weights: np.ndarray | None = None) -> np.ndarray:
-    """Mix each cell's scores ``probs`` (n_cells, C) with its field's score (a mode of :data:`BLENDS`).
+    """Mix each cell's scores ``probs`` (n_cells, C) with its field's score by a mode of :data:`BLENDS`.
 
     ``field_score`` (C,) is an image-level model's score of the field, which the ``image`` modes
-    need and the others refuse; the ``cells`` modes take the mean of the cells' own scores weighted
-    by ``cell_weights`` (n_cells,) (down-weighting small or edge-cut cells). ``field_weight`` is w,
-    the field's share (None: the mode's own, ``Blend.weight``). The ``product`` rule is the weighted
-    geometric mean ``cell^(1 - w) * field^w`` (w 0.5: ``sqrt(cell * field)``), which ranks cells as
-    the plain product does at w 0.5 and keeps scores on the probability scale; ``mean`` is
-    ``(1 - w) * cell + w * field``. ``centre`` (None: the mode's own ``Blend.centre``) replaces the
-    cell's part by :func:`centre_on_field` of the cells (weighted by ``cell_weights``); ``field_power``
-    (None: the mode's own ``Blend.field_power``) is r of the cells' power mean that the ``cells`` modes
-    take as the field's score, each cell weighed by ``field_cell_weights`` (None: ``cell_weights``;
-    :func:`shown_weights`).
+    need and the others refuse; the ``cells`` modes take the cells' own weighted power mean
+    (:func:`mean_cell_score`, r ``field_power``, None: the mode's own ``Blend.field_power``), each
+    cell weighed by ``field_cell_weights`` (None: ``cell_weights``, which down-weight small or
+    edge-cut cells; :func:`shown_weights`). ``field_weight`` is w, the field's share (None: the
+    mode's own, ``Blend.weight``); ``centre`` None is the mode's own ``Blend.centre``. The mixing
+    itself is :func:`mix_with_field`.
     """
     if mode not in BLENDS:
         raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {mode!r}")
@@ -222,16 +245,10 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     if blend.rule == "none" or len(probs) == 0:
         return probs
     w = blend.weight if field_weight is None else float(field_weight)
-    if not 0 <= w <= 1:
-        raise ValueError(f"field weight must be in [0, 1], got {w}")
-    r = blend.field_power if field_power is None else float(field_power)
-    in_field = cell_weights if field_cell_weights is None else field_cell_weights
-    field = mean_cell_score(probs, in_field, r) if field_score is None else np.asarray(field_score, float)
-    centred = blend.centre if centre is None else centre
-    cell = centre_on_field(probs, cell_weights) if centred else np.asarray(probs, np.float64)
-    if blend.rule == "product":
-        return (cell ** (1 - w) * field[None, :] ** w).astype(np.float32)
-    return ((1 - w) * cell + w * field[None, :]).astype(np.float32)
+    if field_score is None:
+        r = blend.field_power if field_power is None else float(field_power)
+        field_score = mean_cell_score(probs, cell_weights if field_cell_weights is None else field_cell_weights, r)
+    return mix_with_field(probs, field_score, blend.rule, w, cell_weights, blend.centre if centre is None else centre)
 
 
 @dataclass(frozen=True)
@@ -332,13 +349,13 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     probs = classifier.predict(crops, tta=options.tta, batch_size=options.batch_size)
     weights = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy())
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
-    power, in_field = options.power(), shown_weights(probs, weights, task.label_set.negative, options.shown_power)
-    blended = blend_with_field(probs, options.blend, options.field_weight, weights, image_score, field_power=power,
-                               field_cell_weights=in_field)
-    field = mean_cell_score(probs, in_field, power) if image_score is None else image_score
+    blend = BLENDS[options.blend]
+    in_field = shown_weights(probs, weights, task.label_set.negative, options.shown_power)
+    field = mean_cell_score(probs, in_field, options.power()) if image_score is None else image_score
+    blended = mix_with_field(probs, field, blend.rule, options.share(), weights, blend.centre)
     # what Negative reads: less of the field, the cells' own scores and the field's mean (as the product blend)
-    basis = blend_with_field(probs, options.blend, options.negative_share(), weights, image_score, centre=False,
-                             field_power=1.0)
+    plain = mean_cell_score(probs, weights) if image_score is None else image_score
+    basis = mix_with_field(probs, plain, blend.rule, options.negative_share(), weights)
     scores = with_negative(blended, task.label_set.negative, options.negative, basis)
     if options.cell_confidence == "weight":
         trust = cell_weights(table["area"].to_numpy(), table["edge"].to_numpy(), table["nucleus_area"].to_numpy())
