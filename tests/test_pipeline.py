@@ -11,6 +11,7 @@ from cellloc.pipeline import (
     FieldOptions,
     blend_with_field,
     cell_weights,
+    cells_field_score,
     centre_on_field,
     crop_field,
     encode_prediction,
@@ -120,6 +121,29 @@ def test_the_fields_score_is_a_power_mean_of_its_cells():
     assert FieldOptions(blend="product", field_power=2).power() == 2.0
     # the default of a cell model: centred without an image model, the image model's score with one
     assert (default_blend(False), default_blend(True), FieldOptions().blend) == ("centred", "image", "centred")
+
+
+def test_the_fields_score_can_lean_on_its_highest_cell():
+    # m, the highest cell's share: mean^(1 - m) * max^m; m 0 is the power mean, m 1 the highest cell
+    p = np.array([[0.9, 0.2], [0.1, 0.2], [0.2, 0.2]])
+    w = np.array([1.0, 1.0, 0.5])
+    np.testing.assert_array_equal(cells_field_score(p, w, 3.0), mean_cell_score(p, w, 3.0))
+    np.testing.assert_allclose(cells_field_score(p, w, 3.0, 1.0), [0.9, 0.2])
+    half = cells_field_score(p, w, 3.0, 0.5)
+    np.testing.assert_allclose(half, np.sqrt(mean_cell_score(p, w, 3.0) * [0.9, 0.2]))
+    assert mean_cell_score(p, w, 3.0)[0] < half[0] < 0.9 and half[1] == pytest.approx(0.2)  # cells alike: their score
+    # a cell that weighs nothing is not the field's highest
+    np.testing.assert_allclose(cells_field_score(p, np.array([0.0, 1.0, 1.0]), 1.0, 1.0), [0.2, 0.2])
+    np.testing.assert_allclose(cells_field_score(p, np.zeros(3) + 1e-12, 1.0, 1.0), [0.9, 0.2])
+    with pytest.raises(ValueError, match="field max share must be in"):
+        cells_field_score(p, w, 3.0, 1.5)
+    with pytest.raises(ValueError, match="field max share must be in"):
+        FieldOptions(field_max=-0.1)
+    # the cells blends read it; the Blend's own share unless given
+    np.testing.assert_allclose(blend_with_field(p, "centred", 1.0, w, field_max=1.0), np.broadcast_to([0.9, 0.2], p.shape),
+                               rtol=1e-6)
+    assert FieldOptions(field_max=0.25).max_share() == 0.25
+    assert FieldOptions(blend="product").max_share() == 0.0
 
 
 def test_cells_that_show_nothing_count_less_in_the_fields_score():

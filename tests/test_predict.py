@@ -276,7 +276,8 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
     assert changed == N_TEST
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
     saved = json.loads((tmp_path / "centred" / "predict_config.json").read_text())
-    assert (saved["blend"], saved["field_weight"], saved["field_power"], saved["shown_power"]) == ("centred", 0.85, 3.0, 0.0)
+    assert (saved["blend"], saved["field_weight"], saved["field_power"], saved["field_max"], saved["shown_power"]) == (
+        "centred", 0.85, 3.0, 0.0, 0.0)
     assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "centred" / "submission.csv").read_bytes()
     # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
     assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
@@ -348,6 +349,10 @@ def test_a_product_blend_folder_of_before_field_power_resumes(trained, tmp_path)
         run_predict(predict_cfg(trained, out, limit=2, blend="product", field_power=2.0), predictor)
     with pytest.raises(InputError, match=r"blend.shown_power: \(absent\) -> 2.0"):  # k 0 is left out, as r 1
         run_predict(predict_cfg(trained, out, limit=2, blend="product", shown_power=2.0), predictor)
+    with pytest.raises(InputError, match=r"blend.field_max: \(absent\) -> 0.5"):  # m 0 is left out too
+        run_predict(predict_cfg(trained, out, limit=2, blend="product", field_max=0.5), predictor)
+    with pytest.raises(ValueError, match=r"--field-max must be in \[0, 1\]"):
+        predict_cfg(trained, out, field_max=1.5)
 
 
 def test_two_predict_runs_on_one_output(trained, tmp_path):

@@ -58,6 +58,7 @@ class Blend:
     negative_weight: float | None = None  # the field's share in the scores the Negative rule reads (None: weight)
     centre: bool = False  # the cell's part is its logits less the field's mean logits (centre_on_field)
     field_power: float = 1.0  # r of the cells' power mean that is the field's score ("cells" fields; 1: the mean)
+    field_max: float = 0.0  # m: the field's score is the power mean^(1 - m) * the highest cell's score^m
 
     def negative_share(self, field_weight: float) -> float:
         """The field's share in what the Negative rule reads, given the share ``field_weight`` of the classes."""
@@ -106,6 +107,7 @@ class FieldOptions:
     negative_field_weight: float | None = None  # the field's share in what the rule reads (None: the blend's own)
     field_power: float | None = None  # r of the cells' power mean, the field's score (None: the blend's own)
     shown_power: float = 0.0  # k: each cell's weight in the field's score times (1 - its Negative score)^k
+    field_max: float | None = None  # m, the highest cell's share in the field's score (None: the blend's own)
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -121,10 +123,16 @@ class FieldOptions:
             raise ValueError(f"field power must be in (0, 64], got {self.field_power}")
         if not 0 <= self.shown_power <= 64:
             raise ValueError(f"shown power must be in [0, 64], got {self.shown_power}")
+        if self.field_max is not None and not 0 <= self.field_max <= 1:
+            raise ValueError(f"field max share must be in [0, 1], got {self.field_max}")
 
     def power(self) -> float:
         """r of the power mean of the cells' scores that is the field's score."""
         return BLENDS[self.blend].field_power if self.field_power is None else self.field_power
+
+    def max_share(self) -> float:
+        """m, the share of the field's highest cell in the field's score."""
+        return BLENDS[self.blend].field_max if self.field_max is None else self.field_max
 
     def share(self) -> float:
         """w, the field's share in the classes' blend."""
@@ -178,6 +186,26 @@ def mean_cell_score(probs: np.ndarray, weights: np.ndarray | None = None, power:
     return ((p ** power * w[:, None]).sum(0) / max(w.sum(), 1e-9)) ** (1.0 / power)
 
 
+def cells_field_score(probs: np.ndarray, weights: np.ndarray | None = None, power: float = 1.0,
+                      max_share: float = 0.0) -> np.ndarray:
+    """(C,) a field's score from its cells' scores: their weighted power mean (:func:`mean_cell_score`) times,
+    with share ``max_share`` m, the highest score of a cell that weighs anything:
+    ``mean^(1 - m) * max^m``.
+
+    A class one cell of many shows lifts the field's highest cell even where its mean stays low; the max
+    alone also takes one cell's false alarm for the field's answer, the mean of the two less so.
+    """
+    mean = mean_cell_score(probs, weights, power)
+    if not 0 <= max_share <= 1:
+        raise ValueError(f"field max share must be in [0, 1], got {max_share}")
+    if max_share == 0 or len(probs) == 0:
+        return mean
+    p = np.asarray(probs, np.float64)
+    if weights is not None and (np.asarray(weights) > 0).any():
+        p = p[np.asarray(weights) > 0]
+    return mean ** (1 - max_share) * p.max(0) ** max_share
+
+
 def shown_weights(probs: np.ndarray, weights: np.ndarray | None, negative: int | None, power: float) -> np.ndarray:
     """(n_cells,) each cell's weight in its field's score: ``weights`` (None: 1) times ``(1 - p_negative)^power``.
 
@@ -225,12 +253,13 @@ def mix_with_field(probs: np.ndarray, field: np.ndarray, rule: str, field_weight
 def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: float | None = None,
                      cell_weights: np.ndarray | None = None, field_score: np.ndarray | None = None,
                      centre: bool | None = None, field_power: float | None = None,
-                     field_cell_weights: np.ndarray | None = None) -> np.ndarray:
+                     field_cell_weights: np.ndarray | None = None, field_max: float | None = None) -> np.ndarray:
     """Mix each cell's scores ``probs`` (n_cells, C) with its field's score by a mode of :data:`BLENDS`.
 
     ``field_score`` (C,) is an image-level model's score of the field, which the ``image`` modes
-    need and the others refuse; the ``cells`` modes take the cells' own weighted power mean
-    (:func:`mean_cell_score`, r ``field_power``, None: the mode's own ``Blend.field_power``), each
+    need and the others refuse; the ``cells`` modes take :func:`cells_field_score` of the cells: their
+    weighted power mean (r ``field_power``) and the share of their highest (``field_max``; None, either:
+    the mode's own ``Blend.field_power``, ``Blend.field_max``), each
     cell weighed by ``field_cell_weights`` (None: ``cell_weights``, which down-weight small or
     edge-cut cells; :func:`shown_weights`). ``field_weight`` is w, the field's share (None: the
     mode's own, ``Blend.weight``); ``centre`` None is the mode's own ``Blend.centre``. The mixing
@@ -247,7 +276,9 @@ def blend_with_field(probs: np.ndarray, mode: str = "product", field_weight: flo
     w = blend.weight if field_weight is None else float(field_weight)
     if field_score is None:
         r = blend.field_power if field_power is None else float(field_power)
-        field_score = mean_cell_score(probs, cell_weights if field_cell_weights is None else field_cell_weights, r)
+        m = blend.field_max if field_max is None else float(field_max)
+        in_field = cell_weights if field_cell_weights is None else field_cell_weights
+        field_score = cells_field_score(probs, in_field, r, m)
     return mix_with_field(probs, field_score, blend.rule, w, cell_weights, blend.centre if centre is None else centre)
 
 
@@ -351,7 +382,7 @@ def field_scores(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, class
     image_score = score_image(image, image_classifier, options.tta) if image_classifier is not None else None
     blend = BLENDS[options.blend]
     in_field = shown_weights(probs, weights, task.label_set.negative, options.shown_power)
-    field = mean_cell_score(probs, in_field, options.power()) if image_score is None else image_score
+    field = cells_field_score(probs, in_field, options.power(), options.max_share()) if image_score is None else image_score
     blended = mix_with_field(probs, field, blend.rule, options.share(), weights, blend.centre)
     # what Negative reads: less of the field, the cells' own scores and the field's mean (as the product blend)
     plain = mean_cell_score(probs, weights) if image_score is None else image_score

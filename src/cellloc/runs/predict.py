@@ -89,6 +89,10 @@ class PredictConfig(ExecutorOptions):
                                     "the field's score (1: the mean; larger leans towards its highest cells; default: the "
                                     "blend's own: " + ", ".join(f"{n} {b.field_power:g}" for n, b in BLENDS.items()
                                                                 if b.field == "cells") + ")")
+    field_max: float | None = opt(None, "m, the share of the field's highest cell in the field's score of the cells "
+                                  "blends: (power mean)^(1 - m) * (highest cell)^m (0: the power mean alone; default: "
+                                  "the blend's own: " + ", ".join(f"{n} {b.field_max:g}" for n, b in BLENDS.items()
+                                                                 if b.field == "cells") + ")")
     shown_power: float = opt(0.0, "k: each cell weighs (1 - its Negative score)^k in the field's score of the cells "
                              "blends, so that cells the model sees showing nothing count less (0: as much as any)")
     cell_confidence: str = opt("none", "none, or weight: a cell's scores times min(1, area / the field's median), halved "
@@ -137,6 +141,10 @@ class PredictConfig(ExecutorOptions):
             raise ValueError(f"--field-power must be in (0, 64], got {self.field_power}")
         if self.field_power is None and self.blend in BLENDS:
             self.field_power = BLENDS[self.blend].field_power  # saved as a number, as the field weight
+        if self.field_max is not None and not 0 <= self.field_max <= 1:
+            raise ValueError(f"--field-max must be in [0, 1], got {self.field_max}")
+        if self.field_max is None and self.blend in BLENDS:
+            self.field_max = BLENDS[self.blend].field_max  # saved as a number, as the field weight
         if not 0 <= self.shown_power <= 64:
             raise ValueError(f"--shown-power must be in [0, 64], got {self.shown_power}")
         if self.num_workers and self.executor != "serial":
@@ -164,7 +172,7 @@ class PredictConfig(ExecutorOptions):
 
     def field_options(self) -> FieldOptions:
         return FieldOptions(blend=self.blend, field_weight=self.field_weight, field_power=self.field_power,
-                            shown_power=self.shown_power, tta=self.tta,
+                            field_max=self.field_max, shown_power=self.shown_power, tta=self.tta,
                             batch_size=self.batch_size, cell_confidence=self.cell_confidence, negative=self.negative,
                             negative_field_weight=self.negative_field_weight)
 
@@ -292,11 +300,13 @@ def run_settings(cfg: PredictConfig, predictor: Predictor) -> dict:
         for key in ("device", "batch_size", "weights_dir", "runtime", "threads"):
             seg.pop(key)
     # the blend as one record (mode and weight): before the product rule took a weight, this was two keys; r of
-    # the field's power mean only when it is not the plain mean, and k of the cells' weights in it only when it is
-    # not 0, which every record made before them meant (an older folder of the product blend resumes)
+    # the field's power mean only when it is not the plain mean, m of its highest cell and k of the cells' weights
+    # in it only when they are not 0, which every record made before them meant (an older folder resumes)
     blend: dict[str, Any] = {"mode": cfg.blend, "field_weight": cfg.field_weight}
     if cfg.field_power not in (None, 1.0):
         blend["field_power"] = cfg.field_power
+    if cfg.field_max not in (None, 0.0):
+        blend["field_max"] = cfg.field_max
     if cfg.shown_power != 0:
         blend["shown_power"] = cfg.shown_power
     return {
