@@ -26,9 +26,15 @@ def test_a_loaded_run_scores_every_cell_and_the_field(sample, tmp_path):
     n = len(pred.table)
     assert n >= 5 and pred.cell_scores.shape == (n, 19) and pred.field_scores.shape == (19,)
     assert set(np.unique(pred.cells)) - {0} == set(pred.table["cell_id"])
-    # the field score is a weighted mean of the cells': inside their range, class by class
-    assert np.all(pred.field_scores <= pred.cell_scores.max(0) + 1e-6)
-    assert np.all(pred.field_scores >= pred.cell_scores.min(0) - 1e-6)
+    # the field's score is the one its cells were blended with (the pipeline's, on the same cells), and a pool of
+    # the cells' own scores: inside their range, class by class
+    from cellloc.pipeline import field_scores
+
+    res = field_scores(sample, pred.cells, pred.nuclei, model._classifier, options=model._options)
+    np.testing.assert_array_equal(pred.field_scores, res.field_score)
+    np.testing.assert_array_equal(pred.cell_scores, res.scores)
+    assert np.all(pred.field_scores <= res.cell_probs.max(0) + 1e-6)
+    assert np.all(pred.field_scores >= res.cell_probs.min(0) - 1e-6)
 
 
 def test_the_service_runtime_reaches_the_classifier_and_the_segmentation(openvino_installed, tmp_path):
