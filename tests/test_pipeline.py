@@ -66,7 +66,8 @@ def test_mixing_with_a_given_field_score():
     # a cells mode is the mixing of the cells' own power mean
     w = np.array([1.0, 0.5])
     np.testing.assert_allclose(blend_with_field(p, "centred", cell_weights=w),
-                               mix_with_field(p, mean_cell_score(p, w, 3), "product", 0.85, w, centre=True), rtol=1e-6)
+                               mix_with_field(p, cells_field_score(p, w, 3, 0.5), "product", 0.85, w, centre=True),
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="field weight must be in"):
         mix_with_field(p, field, "mean", -0.1)
     with pytest.raises(ValueError, match="blend rule must be"):
@@ -94,12 +95,14 @@ def test_centred_blend_takes_the_fields_level_out_of_the_cells_part():
     np.testing.assert_allclose(logit(centre_on_field(one, w))[:2].sum(0), 0.0, atol=1e-9)
     # certain scores stay finite
     assert np.isfinite(centre_on_field(np.array([[0.0, 1.0], [1.0, 0.0]]))).all()
-    # the blend: the centred cell's part times the cubic mean of the field's cells, each with its share
+    # the blend: the centred cell's part times the field's score, the geometric mean of the cubic mean of the
+    # field's cells and its highest cell, each with its share
     cubic = ((one ** 3).mean(0)) ** (1 / 3)
-    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.15 * cubic ** 0.85, rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "centred", 0.75, centre=False, field_power=1),
+    field = np.sqrt(cubic * one.max(0))
+    np.testing.assert_allclose(blend_with_field(one, "centred"), centre_on_field(one) ** 0.15 * field ** 0.85, rtol=1e-6)
+    np.testing.assert_allclose(blend_with_field(one, "centred", 0.75, centre=False, field_power=1, field_max=0),
                                blend_with_field(one, "product"), rtol=1e-6)
-    np.testing.assert_allclose(blend_with_field(one, "product", 0.85, centre=True, field_power=3),
+    np.testing.assert_allclose(blend_with_field(one, "product", 0.85, centre=True, field_power=3, field_max=0.5),
                                blend_with_field(one, "centred"), rtol=1e-6)
 
 
@@ -160,7 +163,7 @@ def test_cells_that_show_nothing_count_less_in_the_fields_score():
     # the blend reads them for the field's part only: w 1 is the field's score, w 0 the cells centred on the trust
     # weights as before
     np.testing.assert_allclose(blend_with_field(p, "centred", 1.0, w, field_cell_weights=shown),
-                               np.broadcast_to(mean_cell_score(p, shown, 3), p.shape), rtol=1e-6)
+                               np.broadcast_to(cells_field_score(p, shown, 3, 0.5), p.shape), rtol=1e-6)
     np.testing.assert_allclose(blend_with_field(p, "centred", 0.0, w, field_cell_weights=shown), centre_on_field(p, w),
                                rtol=1e-6)
     with pytest.raises(ValueError, match="shown power must be in"):
@@ -202,9 +205,9 @@ def test_negative_reads_the_cells_blended_with_a_share_of_its_own():
     nuclei = np.zeros_like(cells)
     default = field_scores(image, cells, nuclei, FixedScores("cell")).scores
     same = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(negative_field_weight=0.75)).scores
-    # cell 1 is sure of class 0, cell 2 of nothing: the field's mean of class 0 is 0.5, its cubic mean (what the
-    # default blend reads) 0.5^(1/3); the cell's part, centred, is 1
-    np.testing.assert_allclose(default[0, 0], 0.5 ** (0.85 / 3), rtol=1e-5)
+    # cell 1 is sure of class 0, cell 2 of nothing: the field's mean of class 0 is 0.5, its cubic mean 0.5^(1/3),
+    # its highest cell 1, so the field's score (what the default blend reads) 0.5^(1/6); the cell's part, centred, is 1
+    np.testing.assert_allclose(default[0, 0], 0.5 ** (0.85 / 6), rtol=1e-5)
     # --shown-power 2: cell 2, sure it shows nothing, weighs (1 - 1)^2 in the field's score, which is cell 1's, 1
     np.testing.assert_allclose(field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(
         shown_power=2)).scores[0, 0], 1.0, rtol=1e-5)
@@ -285,7 +288,7 @@ def test_field_scores_blend_and_negative():
     # the field's score it reports is the one its cells were mixed with: at w 1 every cell's classes are it
     whole = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(field_weight=1.0))
     np.testing.assert_allclose(whole.scores[:, :18], np.broadcast_to(whole.field_score[:18], (2, 18)), rtol=1e-6)
-    np.testing.assert_allclose(whole.field_score, mean_cell_score(probs, w, 3), rtol=1e-6)
+    np.testing.assert_allclose(whole.field_score, cells_field_score(probs, w, 3, 0.5), rtol=1e-6)
     # --shown-power 2: the field's score weighs the cell that shows nothing (its own Negative 1) not at all
     shown = field_scores(image, cells, nuclei, FixedScores("cell"), options=FieldOptions(shown_power=2))
     np.testing.assert_allclose(shown.field_score[0], 1.0, rtol=1e-6)

@@ -277,7 +277,7 @@ def test_an_image_model_on_the_same_folds_is_blended_into_the_cells(trained, tmp
     assert json.loads((tmp_path / "image" / "predict_config.json").read_text())["blend"] == "image"
     saved = json.loads((tmp_path / "centred" / "predict_config.json").read_text())
     assert (saved["blend"], saved["field_weight"], saved["field_power"], saved["field_max"], saved["shown_power"]) == (
-        "centred", 0.85, 3.0, 0.0, 0.0)
+        "centred", 0.85, 3.0, 0.5, 0.0)
     assert (tmp_path / "image" / "submission.csv").read_bytes() != (tmp_path / "centred" / "submission.csv").read_bytes()
     # the saved config re-runs it: the same submission and cell scores from nothing but predict_config.json
     assert load_script("predict").main(["--config", str(tmp_path / "image" / "predict_config.json"),
@@ -306,10 +306,9 @@ def test_rerun_with_other_settings_stops_and_overwrite_starts_over(trained, tmp_
     with pytest.raises(InputError) as err:
         run_predict(predict_cfg(trained, out, limit=2, tta=2, blend="mean", negative="raise"), predictor)
     msg = str(err.value)
-    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_power: 3.0 -> "
-                          "(absent); blend.field_weight: 0.85 -> 0.3; blend.mode: \"centred\" -> \"mean\"; negative: \"absent\" -> "
-                          "\"raise\"; and 2 more); add "
-                          "--overwrite to start over") and "\n" not in msg
+    assert msg.startswith(f"{out}: its predict outputs were made with other settings (blend.field_max: 0.5 -> (absent); "
+                          "blend.field_power: 3.0 -> (absent); blend.field_weight: 0.85 -> 0.3; blend.mode: \"centred\" -> "
+                          "\"mean\"; and 3 more); add --overwrite to start over") and "\n" not in msg
     assert (out / "submission.csv").read_text() == first  # no row of the other settings was added ...
     assert json.loads((out / "predict_config.json").read_text())["tta"] == 1  # ... and the record is unchanged
     more = run_predict(predict_cfg(trained, out, limit=2, batch_size=7), predictor)  # same settings: resumes
