@@ -20,8 +20,9 @@ the whole field, trained on the field labels, which are exact at that level (``i
 by its field's mean logit, so that the cell's part says how much more than its neighbours it shows
 a class and the field's part how much the field does: a model trained on image labels scores every
 cell of a field naming several classes lower in each, whether the cell shows it or not; and its
-field's score is the cubic mean of the cells' (``Blend.field_power``), which a class that only some
-cells show lifts more than the plain mean does. Then the
+field's score is the geometric mean of the cells' cubic mean (``Blend.field_power``), which a class
+that only some cells show lifts more than the plain mean does, and their highest score
+(``Blend.field_max``; :func:`cells_field_score`). Then the
 Negative class gets its score by a rule (:data:`NEGATIVE_RULES`): by default ``prod(1 - p)`` over
 the other classes, the chance that the cell shows none of them. The rule reads the cells' own
 scores (not centred) blended with a field share of its own (``Blend.negative_weight``): whether a
@@ -93,7 +94,7 @@ BLEND_MODES = tuple(BLENDS)
 
 def default_blend(has_image_model: bool) -> str:
     """The blend a cell model's prediction uses unless told: with its image partner's score of the field
-    when there is one, else ``centred`` (the cells centred on their field, the field's cubic mean)."""
+    when there is one, else ``centred`` (the cells centred on their field, the field's cubic mean and highest cell)."""
     return "image" if has_image_model else "centred"
 
 
